@@ -1,0 +1,254 @@
+//! The allocation store: one sled database per network under the data dir, opened under an
+//! exclusive flock on `<dir>/lock` (the lock file the reference plugin also takes), so
+//! concurrent invocations wait for each other instead of failing.
+//!
+//! Keys: `ip/<addr>` -> `<containerID>\n<ifname>`; `id/<containerID>\n<ifname>\n<addr>`
+//! (find a container's addresses by prefix, no scan); `last/<set>` -> last reserved address.
+
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use libcni::{code, Error};
+use nix::fcntl::{Flock, FlockArg};
+
+pub struct Store {
+    db: sled::Db,
+    dir: PathBuf,
+    // Dropped after `db`: the lock outlives the database handle.
+    _lock: Flock<File>,
+}
+
+const IMPORTED: &[u8] = b"meta/imported";
+
+fn io_err(what: String, e: impl std::fmt::Display) -> Error {
+    Error::new(code::IO, what).details(e.to_string())
+}
+
+fn id_prefix(cid: &str, ifname: &str) -> Vec<u8> {
+    format!("id/{cid}\n{ifname}\n").into_bytes()
+}
+
+impl Store {
+    /// Locks and opens the store of one network, importing the reference plugin's
+    /// reservation files on first use.
+    pub fn open(dir: &Path) -> Result<Store, Error> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
+        let lock_path = dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| io_err(format!("opening {}", lock_path.display()), e))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err(format!("locking {}", lock_path.display()), e))?;
+        let db_path = dir.join("sled");
+        let db = sled::Config::new()
+            .path(&db_path)
+            .cache_capacity(1 << 20)
+            .flush_every_ms(None)
+            .open()
+            .map_err(|e| io_err(format!("opening the sled store {}", db_path.display()), e))?;
+        let store = Store {
+            db,
+            dir: dir.to_path_buf(),
+            _lock: lock,
+        };
+        if !store.has(IMPORTED)? {
+            store.import_reference_files()?;
+        }
+        Ok(store)
+    }
+
+    fn has(&self, key: &[u8]) -> Result<bool, Error> {
+        self.db
+            .contains_key(key)
+            .map_err(|e| self.err("reading", e))
+    }
+
+    fn err(&self, op: &str, e: impl std::fmt::Display) -> Error {
+        io_err(format!("{op} the store in {}", self.dir.display()), e)
+    }
+
+    /// Who holds `ip`, if anyone.
+    pub fn owner(&self, ip: IpAddr) -> Result<Option<(String, String)>, Error> {
+        let v = self
+            .db
+            .get(format!("ip/{ip}"))
+            .map_err(|e| self.err("reading", e))?;
+        Ok(v.map(|v| {
+            let s = String::from_utf8_lossy(&v);
+            let (cid, ifname) = s.split_once('\n').unwrap_or((&s, ""));
+            (cid.to_string(), ifname.to_string())
+        }))
+    }
+
+    pub fn last_reserved(&self, set: usize) -> Result<Option<IpAddr>, Error> {
+        let v = self
+            .db
+            .get(format!("last/{set}"))
+            .map_err(|e| self.err("reading", e))?;
+        Ok(v.and_then(|v| String::from_utf8_lossy(&v).parse().ok()))
+    }
+
+    /// Records all of one container's reservations (with the last reserved address of each
+    /// range set) in one atomic batch.
+    pub fn reserve(&self, cid: &str, ifname: &str, ips: &[(usize, IpAddr)]) -> Result<(), Error> {
+        let mut b = sled::Batch::default();
+        for (set, ip) in ips {
+            b.insert(
+                format!("ip/{ip}").into_bytes(),
+                format!("{cid}\n{ifname}").into_bytes(),
+            );
+            let mut k = id_prefix(cid, ifname);
+            k.extend_from_slice(ip.to_string().as_bytes());
+            b.insert(k, Vec::<u8>::new());
+            b.insert(
+                format!("last/{set}").into_bytes(),
+                ip.to_string().into_bytes(),
+            );
+        }
+        self.db.apply_batch(b).map_err(|e| self.err("writing", e))
+    }
+
+    /// The addresses held by (containerID, ifname).
+    pub fn ips_of(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
+        let prefix = id_prefix(cid, ifname);
+        let mut out = Vec::new();
+        for kv in self.db.scan_prefix(&prefix) {
+            let (k, _) = kv.map_err(|e| self.err("reading", e))?;
+            if let Ok(ip) = String::from_utf8_lossy(&k[prefix.len()..]).parse() {
+                out.push(ip);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees everything (containerID, ifname) holds; returns what was freed.
+    pub fn release(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
+        let ips = self.ips_of(cid, ifname)?;
+        let mut b = sled::Batch::default();
+        for ip in &ips {
+            b.remove(format!("ip/{ip}").into_bytes());
+            let mut k = id_prefix(cid, ifname);
+            k.extend_from_slice(ip.to_string().as_bytes());
+            b.remove(k);
+        }
+        self.db.apply_batch(b).map_err(|e| self.err("writing", e))?;
+        Ok(ips)
+    }
+
+    /// Every (containerID, ifname) holding an address.
+    pub fn attachments(&self) -> Result<HashSet<(String, String)>, Error> {
+        let mut out = HashSet::new();
+        for kv in self.db.scan_prefix(b"ip/") {
+            let (_, v) = kv.map_err(|e| self.err("reading", e))?;
+            let s = String::from_utf8_lossy(&v);
+            let (cid, ifname) = s.split_once('\n').unwrap_or((&s, ""));
+            out.insert((cid.to_string(), ifname.to_string()));
+        }
+        Ok(out)
+    }
+
+    /// Makes every change durable; called before the result is printed.
+    pub fn flush(&self) -> Result<(), Error> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(|e| self.err("flushing", e))
+    }
+
+    /// Reads the reference host-local's files in the same directory: `<ip>` files holding
+    /// `<containerID>\r\n<ifname>` and `last_reserved_ip.<set>`. They are left in place.
+    fn import_reference_files(&self) -> Result<(), Error> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| io_err(format!("reading {}", self.dir.display()), e))?;
+        let mut b = sled::Batch::default();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let read = || std::fs::read_to_string(entry.path()).unwrap_or_default();
+            if let Ok(ip) = name.parse::<IpAddr>() {
+                let content = read();
+                let mut lines = content.lines().map(str::trim);
+                let cid = lines.next().unwrap_or_default();
+                if cid.is_empty() {
+                    continue;
+                }
+                let ifname = lines.next().filter(|l| !l.is_empty()).unwrap_or("eth0");
+                b.insert(
+                    format!("ip/{ip}").into_bytes(),
+                    format!("{cid}\n{ifname}").into_bytes(),
+                );
+                b.insert(
+                    format!("id/{cid}\n{ifname}\n{ip}").into_bytes(),
+                    Vec::<u8>::new(),
+                );
+            } else if let Some(set) = name.strip_prefix("last_reserved_ip.") {
+                if let (Ok(set), Ok(ip)) = (set.parse::<usize>(), read().trim().parse::<IpAddr>()) {
+                    b.insert(
+                        format!("last/{set}").into_bytes(),
+                        ip.to_string().into_bytes(),
+                    );
+                }
+            }
+        }
+        b.insert(IMPORTED, Vec::<u8>::new());
+        self.db
+            .apply_batch(b)
+            .map_err(|e| self.err("importing into", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn reserve_find_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        s.reserve("c1", "eth0", &[(0, ip("10.0.0.2")), (1, ip("fd00::2"))])
+            .unwrap();
+        assert_eq!(
+            s.owner(ip("10.0.0.2")).unwrap(),
+            Some(("c1".into(), "eth0".into()))
+        );
+        assert_eq!(s.ips_of("c1", "eth0").unwrap().len(), 2);
+        assert!(s.ips_of("c1", "eth1").unwrap().is_empty());
+        assert_eq!(s.last_reserved(1).unwrap(), Some(ip("fd00::2")));
+        assert_eq!(s.release("c1", "eth0").unwrap().len(), 2);
+        assert_eq!(s.owner(ip("10.0.0.2")).unwrap(), None);
+        assert!(s.attachments().unwrap().is_empty());
+        // the last reserved address survives release: round robin goes on after it
+        assert_eq!(s.last_reserved(0).unwrap(), Some(ip("10.0.0.2")));
+    }
+
+    #[test]
+    fn imports_reference_files_once() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("10.0.0.7"), "abc\r\neth1").unwrap();
+        std::fs::write(dir.path().join("10.0.0.8"), "old").unwrap();
+        std::fs::write(dir.path().join("last_reserved_ip.0"), "10.0.0.8").unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            assert_eq!(
+                s.owner(ip("10.0.0.7")).unwrap(),
+                Some(("abc".into(), "eth1".into()))
+            );
+            assert_eq!(s.ips_of("old", "eth0").unwrap(), vec![ip("10.0.0.8")]);
+            assert_eq!(s.last_reserved(0).unwrap(), Some(ip("10.0.0.8")));
+            s.release("abc", "eth1").unwrap();
+            s.flush().unwrap();
+        }
+        // a freed imported address is not brought back by a second open
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.owner(ip("10.0.0.7")).unwrap(), None);
+    }
+}

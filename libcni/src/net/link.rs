@@ -1,0 +1,450 @@
+//! The thin netlink layer: one `Netlink` handle per namespace, and small requests named
+//! after what they do to the kernel. Errors name the object and the operation.
+
+use std::net::IpAddr;
+
+use futures::TryStreamExt;
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{
+    InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlInfo,
+    LinkMessage,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+};
+
+use super::libc_errno::{EADDRNOTAVAIL, EEXIST};
+use super::{Error, Netns};
+
+/// What we read back about a link.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub up: bool,
+    pub promisc: bool,
+    pub controller: Option<u32>,
+    pub kind: Option<String>,
+}
+
+/// A route as read back from a table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteInfo {
+    pub dst: IpNetwork,
+    pub gw: Option<IpAddr>,
+    pub oif: Option<u32>,
+}
+
+/// A route netlink connection bound to the namespace it was opened in.
+pub struct Netlink {
+    handle: Handle,
+}
+
+fn nl_err(what: impl Into<String>, e: rtnetlink::Error) -> Error {
+    let source = match e {
+        rtnetlink::Error::NetlinkError(m) => m.to_io(),
+        other => std::io::Error::other(other.to_string()),
+    };
+    Error::io(what, source)
+}
+
+fn tolerate(res: Result<(), Error>, errno: i32) -> Result<bool, Error> {
+    match res {
+        Ok(()) => Ok(true),
+        Err(e) if e.errno() == Some(errno) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+impl Netlink {
+    /// Opens a connection in the calling thread's namespace. Needs a tokio runtime context.
+    pub fn connect() -> Result<Netlink, Error> {
+        let (conn, handle, _) =
+            rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
+        tokio::spawn(conn);
+        Ok(Netlink { handle })
+    }
+
+    /// Opens a connection inside `ns`; the socket stays bound there after we leave.
+    pub fn connect_in(ns: &Netns) -> Result<Netlink, Error> {
+        ns.run(Netlink::connect)?
+    }
+
+    pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, Error> {
+        let req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        Self::first_link(req, &format!("looking up link {name}")).await
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, Error> {
+        let req = self.handle.link().get().match_index(index).execute();
+        Self::first_link(req, &format!("looking up link #{index}")).await
+    }
+
+    async fn first_link(
+        mut req: impl futures::Stream<Item = Result<LinkMessage, rtnetlink::Error>> + Unpin,
+        what: &str,
+    ) -> Result<Option<LinkInfo>, Error> {
+        match req.try_next().await {
+            Ok(m) => Ok(m.map(link_info)),
+            Err(e) => {
+                let e = nl_err(what, e);
+                if e.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Creates the bridge if missing (a concurrent creator is fine) and brings it up. A new
+    /// bridge gets a fixed MAC so it does not change as ports come and go.
+    pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>) -> Result<LinkInfo, Error> {
+        if let Some(l) = self.link(name).await? {
+            return self.ensure_up(l).await;
+        }
+        let mut b = LinkBridge::new(name).address(random_mac()?);
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        let res = self.handle.link().add(b.build()).execute().await;
+        tolerate(
+            res.map_err(|e| nl_err(format!("creating bridge {name}"), e)),
+            EEXIST,
+        )?;
+        let l = self.link(name).await?.ok_or_else(|| {
+            Error::io(
+                format!("bridge {name} vanished after creation"),
+                std::io::ErrorKind::NotFound.into(),
+            )
+        })?;
+        self.ensure_up(l).await
+    }
+
+    async fn ensure_up(&self, mut l: LinkInfo) -> Result<LinkInfo, Error> {
+        if !l.up {
+            self.set_up(l.index, &l.name).await?;
+            l.up = true;
+        }
+        Ok(l)
+    }
+
+    /// Creates a veth pair whose peer is born inside `peer_ns` (no move afterwards).
+    pub async fn create_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        peer_ns: &Netns,
+        mtu: Option<u32>,
+    ) -> Result<(), Error> {
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer)
+            .setns_by_fd(peer_ns.fd());
+        let mut msg =
+            LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth).name(host);
+        if let Some(mtu) = mtu {
+            peer_msg = peer_msg.mtu(mtu);
+            msg = msg.mtu(mtu);
+        }
+        let msg = msg
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
+        self.handle.link().add(msg).execute().await.map_err(|e| {
+            nl_err(
+                format!(
+                    "creating veth {host} with peer {peer} in {}",
+                    peer_ns.path().display()
+                ),
+                e,
+            )
+        })
+    }
+
+    /// Puts a port under `controller` and brings it up in one request.
+    pub async fn attach_and_up(
+        &self,
+        index: u32,
+        name: &str,
+        controller: u32,
+    ) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(controller)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("attaching {name} to #{controller}"), e))
+    }
+
+    pub async fn set_up(&self, index: u32, name: &str) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index).up().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("setting {name} up"), e))
+    }
+
+    pub async fn set_down(&self, index: u32, name: &str) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index).down().build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("setting {name} down"), e))
+    }
+
+    pub async fn set_promisc(&self, index: u32, name: &str) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index).promiscuous(true).build();
+        self.handle
+            .link()
+            .set(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("setting {name} promiscuous"), e))
+    }
+
+    /// Lets a bridge port send frames back out the port they came in on.
+    pub async fn set_hairpin(&self, index: u32, name: &str) -> Result<(), Error> {
+        let msg = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::HairpinMode(true))
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("setting hairpin on {name}"), e))
+    }
+
+    /// Deletes a link by name; `Ok(false)` when it was already gone.
+    pub async fn delete_link(&self, name: &str) -> Result<bool, Error> {
+        let Some(l) = self.link(name).await? else {
+            return Ok(false);
+        };
+        match self.handle.link().del(l.index).execute().await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = nl_err(format!("deleting link {name}"), e);
+                if e.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// Adds an address; `Ok(false)` when the link already had it.
+    pub async fn add_address(
+        &self,
+        index: u32,
+        name: &str,
+        addr: IpNetwork,
+    ) -> Result<bool, Error> {
+        let res = self
+            .handle
+            .address()
+            .add(index, addr.ip(), addr.prefix())
+            .execute()
+            .await;
+        tolerate(
+            res.map_err(|e| nl_err(format!("adding address {addr} to {name}"), e)),
+            EEXIST,
+        )
+    }
+
+    pub async fn delete_address(
+        &self,
+        index: u32,
+        name: &str,
+        addr: IpNetwork,
+    ) -> Result<(), Error> {
+        let mut req = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(m) = req
+            .try_next()
+            .await
+            .map_err(|e| nl_err(format!("listing addresses of {name}"), e))?
+        {
+            if address_of(&m).is_some_and(|a| a == addr) {
+                let res = self.handle.address().del(m).execute().await;
+                tolerate(
+                    res.map_err(|e| nl_err(format!("removing {addr} from {name}"), e)),
+                    EADDRNOTAVAIL,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Addresses on a link, with their prefix lengths.
+    pub async fn addresses(&self, index: u32, name: &str) -> Result<Vec<IpNetwork>, Error> {
+        let req = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        let msgs: Vec<_> = req
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(format!("listing addresses of {name}"), e))?;
+        Ok(msgs
+            .iter()
+            .filter(|m| m.header.index == index)
+            .filter_map(address_of)
+            .collect())
+    }
+
+    /// Adds a route through link `index`; an identical route already present is fine.
+    pub async fn add_route(
+        &self,
+        index: u32,
+        name: &str,
+        dst: IpNetwork,
+        gw: Option<IpAddr>,
+    ) -> Result<(), Error> {
+        let what = || {
+            format!(
+                "adding route {dst} via {} dev {name}",
+                gw.map_or("-".to_string(), |g| g.to_string())
+            )
+        };
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .map_err(|e| Error::io(what(), std::io::Error::other(e.to_string())))?
+            .output_interface(index);
+        if let Some(gw) = gw {
+            b = b
+                .gateway(gw)
+                .map_err(|e| Error::io(what(), std::io::Error::other(e.to_string())))?;
+        }
+        let res = self.handle.route().add(b.build()).execute().await;
+        tolerate(res.map_err(|e| nl_err(what(), e)), EEXIST).map(|_| ())
+    }
+
+    /// Routes of the main table for one address family.
+    pub async fn routes(&self, v6: bool) -> Result<Vec<RouteInfo>, Error> {
+        let mut filter = RouteMessage::default();
+        filter.header.address_family = if v6 {
+            AddressFamily::Inet6
+        } else {
+            AddressFamily::Inet
+        };
+        let msgs: Vec<_> = self
+            .handle
+            .route()
+            .get(filter)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err("listing routes", e))?;
+        Ok(msgs.iter().filter_map(route_info).collect())
+    }
+}
+
+fn link_info(m: LinkMessage) -> LinkInfo {
+    let mut l = LinkInfo {
+        index: m.header.index,
+        name: String::new(),
+        mac: Vec::new(),
+        mtu: 0,
+        up: m.header.flags.contains(LinkFlags::Up),
+        promisc: m.header.flags.contains(LinkFlags::Promisc),
+        controller: None,
+        kind: None,
+    };
+    for a in m.attributes {
+        match a {
+            LinkAttribute::IfName(n) => l.name = n,
+            LinkAttribute::Address(mac) => l.mac = mac,
+            LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+            LinkAttribute::Controller(c) => l.controller = Some(c),
+            LinkAttribute::LinkInfo(infos) => {
+                for i in infos {
+                    if let NlInfo::Kind(k) = i {
+                        l.kind = Some(k.to_string());
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    l
+}
+
+fn address_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpNetwork> {
+    let ip = m.attributes.iter().find_map(|a| match a {
+        AddressAttribute::Address(ip) => Some(*ip),
+        _ => None,
+    })?;
+    IpNetwork::new(ip, m.header.prefix_len).ok()
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
+    }
+}
+
+fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
+    if m.header.table != RouteMessage::default().header.table && m.header.table != 254 {
+        return None;
+    }
+    let v6 = m.header.address_family == AddressFamily::Inet6;
+    let mut dst = None;
+    let mut gw = None;
+    let mut oif = None;
+    for a in &m.attributes {
+        match a {
+            RouteAttribute::Destination(d) => dst = route_ip(d),
+            RouteAttribute::Gateway(g) => gw = route_ip(g),
+            RouteAttribute::Oif(i) => oif = Some(*i),
+            _ => {}
+        }
+    }
+    let unspecified: IpAddr = if v6 {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    } else {
+        std::net::Ipv4Addr::UNSPECIFIED.into()
+    };
+    let dst = IpNetwork::new(
+        dst.unwrap_or(unspecified),
+        m.header.destination_prefix_length,
+    )
+    .ok()?;
+    Some(RouteInfo { dst, gw, oif })
+}
+
+/// A random locally administered unicast MAC.
+fn random_mac() -> Result<Vec<u8>, Error> {
+    use std::io::Read;
+    let mut mac = vec![0u8; 6];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut mac))
+        .map_err(|e| Error::io("reading /dev/urandom for a bridge MAC", e))?;
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    Ok(mac)
+}
