@@ -1,1 +1,326 @@
-pub fn x() {}
+//! Shared test harness: network namespaces that are always removed (also when a test
+//! panics), plugin invocations exactly as a runtime makes them (`ip netns exec` into a
+//! "host" namespace, CNI_* env, config on stdin), and readers for kernel state.
+//! Nothing here touches the machine's root namespace.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde_json::Value;
+
+pub use serde_json::json;
+
+/// Where our release binaries are (`scripts/test.sh` builds them first).
+pub fn bin_dir() -> PathBuf {
+    let dir = std::env::var_os("CNI_RS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+    for b in ["bridge", "host-local", "loopback"] {
+        assert!(
+            dir.join(b).is_file(),
+            "{} missing: run scripts/test.sh, which builds the release binaries",
+            dir.join(b).display()
+        );
+    }
+    dir
+}
+
+/// Debian's containernetworking-plugins, for side-by-side comparison.
+pub fn reference_dir() -> PathBuf {
+    let dir = PathBuf::from("/usr/lib/cni");
+    assert!(
+        dir.join("bridge").is_file(),
+        "reference plugins missing: apt-get install containernetworking-plugins"
+    );
+    dir
+}
+
+pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+/// A name unique across the parallel tests of this run and across concurrent runs.
+pub fn unique(prefix: &str) -> String {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "{prefix}{}-{}",
+        std::process::id() % 100_000,
+        N.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    out
+}
+
+fn must(cmd: &mut Command) -> String {
+    let out = run(cmd);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A network namespace of this test; deleted on drop with everything in it.
+pub struct Ns {
+    pub name: String,
+}
+
+impl Ns {
+    pub fn new(prefix: &str) -> Ns {
+        let name = unique(prefix);
+        must(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Ns { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    pub fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    /// Runs a shell command inside the namespace; returns its output.
+    pub fn exec(&self, script: &str) -> Output {
+        run(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", script]))
+    }
+
+    /// Like `exec` but the command must succeed; returns stdout.
+    pub fn sh(&self, script: &str) -> String {
+        must(Command::new("ip").args(["netns", "exec", &self.name, "sh", "-c", script]))
+    }
+
+    /// `ip -j -d <args>` in this namespace.
+    pub fn ip_json(&self, args: &str) -> Value {
+        let out = self.sh(&format!("ip -j -d {args}"));
+        serde_json::from_str(&out).unwrap_or(Value::Array(vec![]))
+    }
+
+    /// One link by name, or None.
+    pub fn link(&self, name: &str) -> Option<Value> {
+        let out = self.exec(&format!("ip -j -d link show dev {name}"));
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice::<Value>(&out.stdout)
+            .ok()?
+            .get(0)
+            .cloned()
+    }
+
+    /// Names of all links but lo.
+    pub fn link_names(&self) -> Vec<String> {
+        self.ip_json("link show")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .filter(|n| n != "lo")
+            .collect()
+    }
+
+    /// Addresses of a link as "addr/prefix", link-local ones left out.
+    pub fn addrs(&self, dev: &str) -> Vec<String> {
+        let v = self.ip_json(&format!("addr show dev {dev}"));
+        v[0]["addr_info"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|i| i["scope"] != "link")
+                    .map(|i| format!("{}/{}", i["local"].as_str().unwrap(), i["prefixlen"]))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// `dst via gw` strings of the main table for a family ("-4" or "-6").
+    pub fn routes(&self, family: &str) -> Vec<String> {
+        self.ip_json(&format!("{family} route show"))
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} via {}",
+                    r["dst"].as_str().unwrap_or(""),
+                    r["gateway"].as_str().unwrap_or("-")
+                )
+            })
+            .collect()
+    }
+
+    /// Sends `count` pings with a bounded wait; true if any came back.
+    pub fn ping(&self, addr: &str) -> bool {
+        self.exec(&format!("ping -c 2 -i 0.2 -W 1 {addr}"))
+            .status
+            .success()
+    }
+
+    /// The nftables ruleset as text.
+    pub fn nft_ruleset(&self) -> String {
+        self.sh("nft list ruleset")
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
+    }
+}
+
+/// What a plugin invocation returned.
+#[derive(Debug)]
+pub struct Outcome {
+    pub ok: bool,
+    pub json: Value,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    /// The error code of a failed call.
+    pub fn code(&self) -> u64 {
+        assert!(!self.ok, "expected a failure, got {}", self.stdout);
+        self.json["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no error object on stdout: {:?}", self.stdout))
+    }
+
+    #[track_caller]
+    pub fn expect_ok(self) -> Value {
+        assert!(self.ok, "plugin failed: {} {}", self.stdout, self.stderr);
+        self.json
+    }
+}
+
+/// One invocation of a plugin as a runtime makes it.
+pub struct Call<'a> {
+    pub bin_dir: PathBuf,
+    pub plugin: &'a str,
+    pub command: &'a str,
+    pub host: &'a Ns,
+    pub netns: String,
+    pub container_id: String,
+    pub ifname: &'a str,
+    pub env: Vec<(String, String)>,
+}
+
+impl<'a> Call<'a> {
+    pub fn new(
+        plugin: &'a str,
+        command: &'a str,
+        host: &'a Ns,
+        netns: &str,
+        container_id: &str,
+    ) -> Call<'a> {
+        Call {
+            bin_dir: bin_dir(),
+            plugin,
+            command,
+            host,
+            netns: netns.to_string(),
+            container_id: container_id.to_string(),
+            ifname: "eth0",
+            env: Vec::new(),
+        }
+    }
+
+    pub fn reference(mut self) -> Self {
+        self.bin_dir = reference_dir();
+        self
+    }
+
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.env.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    pub fn run(&self, conf: &Value) -> Outcome {
+        self.run_raw(conf.to_string().as_bytes())
+    }
+
+    pub fn run_raw(&self, stdin: &[u8]) -> Outcome {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host.name])
+            .arg(self.bin_dir.join(self.plugin))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", self.command)
+            .env("CNI_CONTAINERID", &self.container_id)
+            .env("CNI_NETNS", &self.netns)
+            .env("CNI_IFNAME", self.ifname)
+            .env("CNI_PATH", &self.bin_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.env {
+            if v.is_empty() {
+                cmd.env_remove(k);
+            } else {
+                cmd.env(k, v);
+            }
+        }
+        let mut child = cmd.spawn().expect("spawning plugin");
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        Outcome {
+            ok: out.status.success(),
+            json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+}
+
+/// A bridge network config with host-local IPAM in `data_dir`.
+pub fn bridge_conf(version: &str, data_dir: &Path, subnet: &str, extra: Value) -> Value {
+    let mut conf = json!({
+        "cniVersion": version,
+        "name": "testnet",
+        "type": "bridge",
+        "bridge": "cnitest0",
+        "isGateway": true,
+        "isDefaultGateway": true,
+        "ipam": {"type": "host-local", "dataDir": data_dir, "ranges": [[{"subnet": subnet}]]}
+    });
+    merge(&mut conf, extra);
+    conf
+}
+
+/// Shallow-merges `extra`'s keys into `conf`.
+pub fn merge(conf: &mut Value, extra: Value) {
+    if let (Some(c), Value::Object(e)) = (conf.as_object_mut(), extra) {
+        c.extend(e);
+    }
+}
+
+/// Adds the previous result to a config, as a runtime does for CHECK.
+pub fn with_prev(conf: &Value, prev: &Value) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = prev.clone();
+    c
+}
+
+/// Number of addresses host-local holds for `network` under `data_dir`.
+pub fn store_allocations(data_dir: &Path, network: &str) -> usize {
+    let dir = data_dir.join(network);
+    if !dir.join("sled").exists() {
+        return 0;
+    }
+    // The plugin's own lock, so the store is never opened while a plugin has it.
+    let lock = std::fs::File::open(dir.join("lock")).expect("lock file");
+    let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .expect("locking the store");
+    let db = sled::Config::new()
+        .path(dir.join("sled"))
+        .open()
+        .expect("opening store");
+    db.scan_prefix(b"ip/").count()
+}

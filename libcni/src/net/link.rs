@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::address::{AddressAttribute, AddressFlags};
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlInfo,
     LinkMessage,
@@ -250,19 +250,20 @@ impl Netlink {
         }
     }
 
-    /// Adds an address; `Ok(false)` when the link already had it.
+    /// Adds an address; `Ok(false)` when the link already had it. IPv6 addresses skip
+    /// duplicate address detection, so they are usable at once.
     pub async fn add_address(
         &self,
         index: u32,
         name: &str,
         addr: IpNetwork,
     ) -> Result<bool, Error> {
-        let res = self
-            .handle
-            .address()
-            .add(index, addr.ip(), addr.prefix())
-            .execute()
-            .await;
+        let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
+        if addr.is_ipv6() {
+            let flags = AddressAttribute::Flags(AddressFlags::Nodad);
+            req.message_mut().attributes.push(flags);
+        }
+        let res = req.execute().await;
         tolerate(
             res.map_err(|e| nl_err(format!("adding address {addr} to {name}"), e)),
             EEXIST,

@@ -264,8 +264,7 @@ fn finish_add(
     Ok(r)
 }
 
-/// Inside the container: addresses (without DAD for IPv6), link up, routes. Returns the
-/// interface's MAC.
+/// Inside the container: addresses, link up, routes. Returns the interface's MAC.
 async fn configure_container(
     netns: &Netns,
     ifname: &str,
@@ -274,9 +273,6 @@ async fn configure_container(
 ) -> Result<String, net::Error> {
     let nl = Netlink::connect_in(netns)?;
     let link = nl.link(ifname).await?.ok_or_else(|| gone(ifname))?;
-    if ips.iter().any(|i| i.address.is_ipv6()) {
-        netns.run(|| net::sysctl_set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0"))??;
-    }
     for ip in ips {
         nl.add_address(link.index, ifname, ip.address).await?;
     }

@@ -1,0 +1,308 @@
+//! bridge + host-local, run as a runtime runs them, for every spec version: the kernel
+//! state after ADD, real traffic, CHECK, DEL (also twice, also after the netns is gone).
+
+use cni_tests::*;
+
+struct Net {
+    host: Ns,
+    data: tempfile::TempDir,
+}
+
+impl Net {
+    fn new() -> Net {
+        Net {
+            host: Ns::new("h"),
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn call<'a>(&'a self, cmd: &'a str, ctr: &str, cid: &str) -> Call<'a> {
+        Call::new("bridge", cmd, &self.host, ctr, cid)
+    }
+}
+
+fn host_veths(host: &Ns) -> Vec<String> {
+    host.link_names()
+        .into_iter()
+        .filter(|n| n.starts_with("veth"))
+        .collect()
+}
+
+#[test]
+fn add_check_del_in_every_version() {
+    for v in VERSIONS {
+        let net = Net::new();
+        let conf = bridge_conf(v, net.data.path(), "10.91.0.0/24", json!({}));
+        let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+        let r1 = net.call("ADD", &c1.path(), "ctr1").run(&conf).expect_ok();
+        let r2 = net.call("ADD", &c2.path(), "ctr2").run(&conf).expect_ok();
+
+        // the result, in the shape of the version asked for
+        assert_eq!(r1["cniVersion"], *v);
+        let ifaces = r1["interfaces"].as_array().unwrap();
+        assert_eq!(ifaces.len(), 3, "{r1}");
+        assert_eq!(ifaces[0]["name"], "cnitest0");
+        assert_eq!(ifaces[2]["name"], "eth0");
+        assert_eq!(ifaces[2]["sandbox"], c1.path());
+        let ip = &r1["ips"][0];
+        assert_eq!(ip["address"], "10.91.0.2/24");
+        assert_eq!(ip["gateway"], "10.91.0.1");
+        assert_eq!(ip["interface"], 2);
+        assert_eq!(
+            ip.get("version").is_some(),
+            v.starts_with("0."),
+            "{v}: {ip}"
+        );
+        assert_eq!(
+            r1["routes"],
+            json!([{"dst": "0.0.0.0/0", "gw": "10.91.0.1"}])
+        );
+        assert_eq!(r2["ips"][0]["address"], "10.91.0.3/24");
+
+        // the kernel
+        assert_eq!(c1.addrs("eth0"), ["10.91.0.2/24"]);
+        assert!(c1
+            .routes("-4")
+            .contains(&"default via 10.91.0.1".to_string()));
+        let eth0 = c1.link("eth0").unwrap();
+        assert_eq!(eth0["address"], ifaces[2]["mac"]);
+        assert!(eth0["flags"].as_array().unwrap().contains(&json!("UP")));
+        assert_eq!(net.host.addrs("cnitest0"), ["10.91.0.1/24"]);
+        let veth = ifaces[1]["name"].as_str().unwrap();
+        assert_eq!(net.host.link(veth).unwrap()["master"], "cnitest0");
+        assert_eq!(
+            net.host.link("cnitest0").unwrap()["address"],
+            ifaces[0]["mac"]
+        );
+        assert_eq!(net.host.sh("cat /proc/sys/net/ipv4/ip_forward").trim(), "1");
+
+        // traffic
+        assert!(c1.ping("10.91.0.3"), "{v}: c1 -> c2");
+        assert!(c2.ping("10.91.0.2"), "{v}: c2 -> c1");
+        assert!(c1.ping("10.91.0.1"), "{v}: c1 -> gateway");
+
+        // CHECK passes, then fails once the container's address is gone
+        if *v >= "0.4.0" {
+            let check = with_prev(&conf, &r1);
+            net.call("CHECK", &c1.path(), "ctr1")
+                .run(&check)
+                .expect_ok();
+            c1.sh("ip addr del 10.91.0.2/24 dev eth0");
+            let bad = net.call("CHECK", &c1.path(), "ctr1").run(&check);
+            assert_eq!(bad.code(), 104, "{v}: {}", bad.stdout);
+            assert!(bad.stdout.contains("10.91.0.2/24"), "{}", bad.stdout);
+        } else {
+            assert_eq!(
+                net.call("CHECK", &c1.path(), "ctr1")
+                    .run(&with_prev(&conf, &r1))
+                    .code(),
+                1
+            );
+        }
+
+        // DEL removes everything, and again succeeds
+        for _ in 0..2 {
+            net.call("DEL", &c1.path(), "ctr1").run(&conf).expect_ok();
+            net.call("DEL", &c2.path(), "ctr2").run(&conf).expect_ok();
+        }
+        assert!(
+            host_veths(&net.host).is_empty(),
+            "{v}: {:?}",
+            net.host.link_names()
+        );
+        assert!(c1.link("eth0").is_none());
+        assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
+    }
+}
+
+#[test]
+fn dual_stack_with_mtu_hairpin_and_promisc() {
+    let net = Net::new();
+    let mut conf = bridge_conf(
+        "1.0.0",
+        net.data.path(),
+        "10.92.0.0/24",
+        json!({"mtu": 1400, "hairpinMode": true, "promiscMode": true}),
+    );
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.92.0.0/24"}], [{"subnet": "fd92::/64"}]]);
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    let r = net.call("ADD", &c1.path(), "d1").run(&conf).expect_ok();
+    net.call("ADD", &c2.path(), "d2").run(&conf).expect_ok();
+    assert_eq!(r["ips"][1]["address"], "fd92::2/64");
+    assert_eq!(c1.addrs("eth0"), ["10.92.0.2/24", "fd92::2/64"]);
+    assert!(
+        c1.routes("-6").contains(&"default via fd92::1".to_string()),
+        "{:?}",
+        c1.routes("-6")
+    );
+    assert_eq!(c1.link("eth0").unwrap()["mtu"], 1400);
+    let veth = r["interfaces"][1]["name"].as_str().unwrap();
+    let host_end = net.host.link(veth).unwrap();
+    assert_eq!(host_end["mtu"], 1400);
+    assert_eq!(
+        host_end["linkinfo"]["info_slave_data"]["hairpin"], true,
+        "{host_end}"
+    );
+    assert!(
+        net.host.link("cnitest0").unwrap()["promiscuity"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(c1.ping("fd92::3"), "IPv6 c1 -> c2");
+    assert!(c1.ping("fd92::1"), "IPv6 c1 -> gateway");
+    net.call("DEL", &c1.path(), "d1").run(&conf).expect_ok();
+    net.call("DEL", &c2.path(), "d2").run(&conf).expect_ok();
+    assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
+}
+
+#[test]
+fn ip_masq_hides_containers_behind_the_host() {
+    let net = Net::new();
+    // a third namespace behind the host, with no route back to the container subnet
+    let outside = Ns::new("o");
+    let (h, o) = (unique("vh"), unique("vo"));
+    net.host.sh(&format!(
+        "ip link add {h} type veth peer name {o} netns {}",
+        outside.name
+    ));
+    net.host.sh(&format!(
+        "ip addr add 10.93.9.1/24 dev {h} && ip link set {h} up"
+    ));
+    outside.sh(&format!(
+        "ip addr add 10.93.9.2/24 dev {o} && ip link set {o} up"
+    ));
+    outside.sh("nft add table ip t && nft add chain ip t in '{ type filter hook input priority 0; }' && nft add rule ip t in ip saddr 10.93.9.1 icmp type echo-request counter");
+
+    let conf = bridge_conf(
+        "1.0.0",
+        net.data.path(),
+        "10.93.0.0/24",
+        json!({"ipMasq": true}),
+    );
+    let c = Ns::new("c");
+    net.call("ADD", &c.path(), "m1").run(&conf).expect_ok();
+    assert!(net.host.nft_ruleset().contains("masquerade"));
+    assert!(
+        c.ping("10.93.9.2"),
+        "container reaches the outside namespace"
+    );
+    let counted = outside.sh("nft list chain ip t in");
+    assert!(
+        !counted.contains("packets 0 "),
+        "outside saw no echo requests from the host address: {counted}"
+    );
+
+    net.call("DEL", &c.path(), "m1").run(&conf).expect_ok();
+    assert!(
+        !net.host.nft_ruleset().contains("masquerade"),
+        "{}",
+        net.host.nft_ruleset()
+    );
+    net.call("DEL", &c.path(), "m1").run(&conf).expect_ok();
+}
+
+#[test]
+fn mac_spoof_check_rule_follows_the_container() {
+    let net = Net::new();
+    let conf = bridge_conf(
+        "1.0.0",
+        net.data.path(),
+        "10.94.0.0/24",
+        json!({"macspoofchk": true}),
+    );
+    let c = Ns::new("c");
+    let r = net.call("ADD", &c.path(), "s1").run(&conf).expect_ok();
+    let mac = r["interfaces"][2]["mac"].as_str().unwrap();
+    assert!(
+        net.host
+            .nft_ruleset()
+            .contains(&format!("ether saddr != {mac} drop")),
+        "{}",
+        net.host.nft_ruleset()
+    );
+    assert!(c.ping("10.94.0.1"));
+    // a forged source MAC is dropped
+    c.sh("ip link set eth0 address 02:00:00:00:00:99");
+    assert!(!c.ping("10.94.0.1"), "spoofed frames must be dropped");
+    net.call("DEL", &c.path(), "s1").run(&conf).expect_ok();
+    assert!(!net.host.nft_ruleset().contains("ether saddr"));
+}
+
+#[test]
+fn del_after_the_netns_is_gone() {
+    let net = Net::new();
+    let conf = bridge_conf(
+        "1.1.0",
+        net.data.path(),
+        "10.95.0.0/24",
+        json!({"ipMasq": true}),
+    );
+    let c = Ns::new("c");
+    let path = c.path();
+    net.call("ADD", &path, "g1").run(&conf).expect_ok();
+    drop(c);
+    net.call("DEL", &path, "g1").run(&conf).expect_ok();
+    net.call("DEL", "", "g1").run(&conf).expect_ok();
+    assert!(host_veths(&net.host).is_empty());
+    assert!(!net.host.nft_ruleset().contains("masquerade"));
+    assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
+}
+
+#[test]
+fn bridge_address_of_another_subnet_needs_force_address() {
+    let net = Net::new();
+    net.host
+        .sh("ip link add cnitest0 type bridge && ip addr add 10.96.99.1/24 dev cnitest0");
+    let c = Ns::new("c");
+    let conf = bridge_conf("1.0.0", net.data.path(), "10.96.0.0/24", json!({}));
+    let e = net.call("ADD", &c.path(), "f1").run(&conf);
+    assert_eq!(e.code(), 101, "{}", e.stdout);
+    assert!(e.stdout.contains("forceAddress"), "{}", e.stdout);
+    // the failed ADD left nothing behind
+    assert!(host_veths(&net.host).is_empty());
+    assert!(c.link("eth0").is_none());
+    assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
+
+    let forced = bridge_conf(
+        "1.0.0",
+        net.data.path(),
+        "10.96.0.0/24",
+        json!({"forceAddress": true}),
+    );
+    net.call("ADD", &c.path(), "f1").run(&forced).expect_ok();
+    assert_eq!(net.host.addrs("cnitest0"), ["10.96.0.1/24"]);
+    net.call("DEL", &c.path(), "f1").run(&forced).expect_ok();
+}
+
+#[test]
+fn exhausted_range_fails_cleanly() {
+    let net = Net::new();
+    let mut conf = bridge_conf("1.0.0", net.data.path(), "10.97.0.0/24", json!({}));
+    conf["ipam"]["ranges"] =
+        json!([[{"subnet": "10.97.0.0/24", "rangeStart": "10.97.0.10", "rangeEnd": "10.97.0.10"}]]);
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    net.call("ADD", &c1.path(), "e1").run(&conf).expect_ok();
+    let e = net.call("ADD", &c2.path(), "e2").run(&conf);
+    assert_eq!(e.code(), 103);
+    assert!(e.stdout.contains("10.97.0.10"), "{}", e.stdout);
+    assert_eq!(host_veths(&net.host).len(), 1);
+    assert!(c2.link("eth0").is_none());
+    net.call("DEL", &c1.path(), "e1").run(&conf).expect_ok();
+}
+
+#[test]
+fn gc_frees_addresses_of_unlisted_attachments() {
+    let net = Net::new();
+    let conf = bridge_conf("1.1.0", net.data.path(), "10.98.0.0/24", json!({}));
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    net.call("ADD", &c1.path(), "k1").run(&conf).expect_ok();
+    net.call("ADD", &c2.path(), "k2").run(&conf).expect_ok();
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "k1", "ifname": "eth0"}]);
+    net.call("GC", "", "").run(&gc).expect_ok();
+    assert_eq!(store_allocations(net.data.path(), "testnet"), 1);
+    net.call("STATUS", "", "").run(&conf).expect_ok();
+    net.call("DEL", &c1.path(), "k1").run(&conf).expect_ok();
+    net.call("DEL", &c2.path(), "k2").run(&conf).expect_ok();
+}
