@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use libcni::{code, Error};
 use nix::fcntl::{Flock, FlockArg};
@@ -30,6 +31,36 @@ fn id_prefix(cid: &str, ifname: &str) -> Vec<u8> {
     format!("id/{cid}\n{ifname}\n").into_bytes()
 }
 
+/// How long to wait for sled's own lock once we hold the flock.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Opens the database. The previous holder of our flock may still be exiting with sled's
+/// file lock held (sled's threads keep the database open until the process ends), so a
+/// WouldBlock is waited out, bounded.
+fn open_db(path: &Path) -> Result<sled::Db, Error> {
+    let started = Instant::now();
+    loop {
+        let res = sled::Config::new()
+            .path(path)
+            .cache_capacity(1 << 20)
+            .flush_every_ms(None)
+            .open();
+        match res {
+            // sled 0.34 reports its failed try-lock as ErrorKind::Other with this text.
+            Err(sled::Error::Io(e))
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < SLED_LOCK_WAIT =>
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            res => {
+                return res
+                    .map_err(|e| io_err(format!("opening the sled store {}", path.display()), e))
+            }
+        }
+    }
+}
+
 impl Store {
     /// Locks and opens the store of one network, importing the reference plugin's
     /// reservation files on first use.
@@ -45,13 +76,7 @@ impl Store {
             .map_err(|e| io_err(format!("opening {}", lock_path.display()), e))?;
         let lock = Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| io_err(format!("locking {}", lock_path.display()), e))?;
-        let db_path = dir.join("sled");
-        let db = sled::Config::new()
-            .path(&db_path)
-            .cache_capacity(1 << 20)
-            .flush_every_ms(None)
-            .open()
-            .map_err(|e| io_err(format!("opening the sled store {}", db_path.display()), e))?;
+        let db = open_db(&dir.join("sled"))?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
