@@ -32,7 +32,7 @@ fn bad_inputs_give_error_objects_and_leave_nothing() {
                 out.ok, out.stdout
             ));
         }
-        if !out.json["msg"].as_str().is_some_and(|m| !m.is_empty()) {
+        if out.json["msg"].as_str().is_none_or(str::is_empty) {
             failures.push(format!(
                 "{name}: error object without msg: {:?}",
                 out.stdout

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Benchmarks our bridge+host-local against Debian's reference plugins, side by side in
+# one run: N sequential ADDs then N DELs (default 200) in a throwaway host namespace with
+# the same config, per-invocation median/p90/p99 wall time, peak RSS of one invocation
+# (the plugin and its IPAM delegate), and the ratios. Usage: scripts/bench.sh [N] [--masq]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; fi
+n=${1:-200}
+masq=false
+[ "${2:-}" = --masq ] && masq=true
+[ -x /usr/lib/cni/bridge ] || apt-get install -y -qq containernetworking-plugins >/dev/null
+for pkg in python3:python3 /usr/bin/time:time; do command -v "${pkg%%:*}" >/dev/null || apt-get install -y -qq "${pkg#*:}" >/dev/null; done
+cargo build --release --bins --quiet
+tag=cnirs-bench-$$
+made=()
+cleanup() { for ns in "${made[@]}"; do ip netns delete "$ns" 2>/dev/null || true; done; }
+trap cleanup EXIT
+for side in ours ref; do
+  ip netns add "$tag-$side"; made+=("$tag-$side")
+  for i in $(seq "$n"); do ip netns add "$tag-$side-$i"; made+=("$tag-$side-$i"); done
+done
+for side in ours ref; do
+  dir=$PWD/target/release
+  [ $side = ref ] && dir=/usr/lib/cni
+  ip netns exec "$tag-$side" python3 scripts/bench_driver.py "$side" "$dir" "$tag-$side" "$n" "$masq"
+done | python3 scripts/bench_driver.py --report

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Runs every test: unit tests and the integration tests, which run the release binaries
+# inside network namespaces they create (root needed). Ends with "N passed, N failed".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh needs root (network namespaces)" >&2; exit 1; fi
+cargo build --release --bins || exit 1
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$status"
