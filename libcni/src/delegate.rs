@@ -2,6 +2,7 @@
 //! a runtime would: found on CNI_PATH, same environment, same config on stdin.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 
@@ -45,7 +46,13 @@ pub fn spawn(plugin: &str, command: &str, args: &CmdArgs) -> Result<Running, Err
 
 fn start(bin: &Path, command: &str, stdin: &[u8]) -> Result<Running, Error> {
     let name = bin.display().to_string();
-    let mut child = Process::new(bin)
+    let parent = std::process::id();
+    let mut cmd = Process::new(bin);
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || die_with_parent(parent));
+    }
+    let mut child = cmd
         .env("CNI_COMMAND", command)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -61,6 +68,24 @@ fn start(bin: &Path, command: &str, stdin: &[u8]) -> Result<Running, Error> {
         name,
         command: command.to_string(),
     })
+}
+
+/// A delegate must not outlive us: a runtime that kills a plugin on timeout kills only
+/// that process, and an orphaned IPAM plugin could then allocate after the DEL that
+/// follows, leaking the address.
+fn die_with_parent(parent: u32) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe syscalls.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() as u32 != parent {
+            return Err(std::io::Error::other(
+                "parent exited before the delegate started",
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Running {

@@ -246,6 +246,19 @@ impl<'a> Call<'a> {
     }
 
     pub fn run_raw(&self, stdin: &[u8]) -> Outcome {
+        let out = self.spawn(stdin).wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        Outcome {
+            ok: out.status.success(),
+            json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
+            stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        }
+    }
+
+    /// Starts the plugin with its input written and returns without waiting. `ip netns
+    /// exec` execs the plugin, so the child's pid is the plugin's.
+    pub fn spawn(&self, stdin: &[u8]) -> std::process::Child {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host.name])
             .arg(self.bin_dir.join(self.plugin))
@@ -268,14 +281,7 @@ impl<'a> Call<'a> {
         }
         let mut child = cmd.spawn().expect("spawning plugin");
         let _ = child.stdin.take().unwrap().write_all(stdin);
-        let out = child.wait_with_output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        Outcome {
-            ok: out.status.success(),
-            json: serde_json::from_str(&stdout).unwrap_or(Value::Null),
-            stdout,
-            stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        }
+        child
     }
 }
 
