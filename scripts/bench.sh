@@ -2,7 +2,8 @@
 # Benchmarks our bridge+host-local against Debian's reference plugins, side by side in
 # one run: N sequential ADDs then N DELs (default 200) in a throwaway host namespace with
 # the same config, per-invocation median/p90/p99 wall time, peak RSS of one invocation
-# (the plugin and its IPAM delegate), and the ratios. Usage: scripts/bench.sh [N] [--masq]
+# (the plugin and its IPAM delegate), and the ratios; calls alternate between ours and
+# the reference so both see the same load. Usage: scripts/bench.sh [N] [--masq]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; fi
@@ -20,8 +21,4 @@ for side in ours ref; do
   ip netns add "$tag-$side"; made+=("$tag-$side")
   for i in $(seq "$n"); do ip netns add "$tag-$side-$i"; made+=("$tag-$side-$i"); done
 done
-for side in ours ref; do
-  dir=$PWD/target/release
-  [ $side = ref ] && dir=/usr/lib/cni
-  ip netns exec "$tag-$side" python3 scripts/bench_driver.py "$side" "$dir" "$tag-$side" "$n" "$masq"
-done | python3 scripts/bench_driver.py --report
+python3 scripts/bench_driver.py "$tag" "$n" "$masq" "$PWD/target/release" /usr/lib/cni

@@ -1,68 +1,77 @@
-"""Driver for scripts/bench.sh: runs N ADDs then N DELs of one plugin set from inside the
-host namespace (so no `ip netns exec` per call is measured) and prints one JSON line;
-with --report, reads those lines and prints the table and ratios."""
-import json, os, statistics, subprocess, sys, tempfile, time
+"""Driver for scripts/bench.sh. Calls ours and the reference alternately, one call each
+in turn, so both see the same machine load; before each call it enters that side's host
+namespace with setns, so no `ip netns exec` is timed. Prints the table and the ratios."""
+import ctypes, json, os, statistics, subprocess, sys, tempfile, time
 
-
-def run_side(side, bindir, prefix, n, masq):
-    data = tempfile.mkdtemp()
-    conf = json.dumps({
-        "cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cnibench0",
-        "isDefaultGateway": True, "ipMasq": masq == "true",
-        "ipam": {"type": "host-local", "dataDir": data, "ranges": [[{"subnet": "10.50.0.0/16"}]]},
-    }).encode()
-    out = {"side": side}
-    for op in ("ADD", "DEL"):
-        times = []
-        for i in range(1, n + 1):
-            start = time.perf_counter()
-            invoke(bindir, op, prefix, i, conf)
-            times.append((time.perf_counter() - start) * 1000)
-        q = statistics.quantiles(times, n=100)
-        out[op] = {"median": statistics.median(times), "p90": q[89], "p99": q[98]}
-    # Peak RSS in a pass of its own, through GNU time: a child forked from this Python
-    # process would report Python's high-water mark, not the plugin's.
-    for op in ("ADD", "DEL"):
-        out[op]["rss_kb"] = max(invoke(bindir, op, prefix, i, conf, rss=True) for i in range(1, RSS_SAMPLES + 1))
-    print(json.dumps(out), flush=True)
-
-
+CLONE_NEWNET = 0x40000000
 RSS_SAMPLES = 20
+libc = ctypes.CDLL(None, use_errno=True)
 
 
-def invoke(bindir, op, prefix, i, conf, rss=False):
-    """One plugin call as a runtime makes it; with rss, returns the peak RSS in KiB of the
-    plugin and its delegate."""
-    env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}",
-               CNI_NETNS=f"/var/run/netns/{prefix}-{i}", CNI_IFNAME="eth0", CNI_PATH=bindir)
-    cmd = [os.path.join(bindir, "bridge")]
-    if rss:
-        cmd = ["/usr/bin/time", "-f", "%M"] + cmd
-    p = subprocess.run(cmd, input=conf, env=env, capture_output=True)
-    if p.returncode != 0:
-        sys.exit(f"{bindir} {op} {i} failed: {p.stdout.decode()} {p.stderr.decode()}")
-    return int(p.stderr.decode().split()[-1]) if rss else None
+def enter(ns_fd):
+    if libc.setns(ns_fd, CLONE_NEWNET) != 0:
+        sys.exit(f"setns: {os.strerror(ctypes.get_errno())}")
 
 
-def report():
-    rows = {}
-    for line in sys.stdin:
-        r = json.loads(line)
-        rows[r["side"]] = r
-    print(f"{'plugins':10} {'op':4} {'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'peak RSS':>10}")
-    for side in ("ours", "ref"):
-        for op in ("ADD", "DEL"):
-            m = rows[side][op]
-            print(f"{side:10} {op:4} {m['median']:10.2f} {m['p90']:8.2f} {m['p99']:8.2f} {m['rss_kb']/1024:8.1f}MB")
+class Side:
+    def __init__(self, name, bindir, tag, masq):
+        self.name, self.bindir, self.prefix = name, bindir, f"{tag}-{name}"
+        self.ns = os.open(f"/var/run/netns/{self.prefix}", os.O_RDONLY)
+        self.conf = json.dumps({
+            "cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cnibench0",
+            "isDefaultGateway": True, "ipMasq": masq,
+            "ipam": {"type": "host-local", "dataDir": tempfile.mkdtemp(),
+                     "ranges": [[{"subnet": "10.50.0.0/16"}]]},
+        }).encode()
+        self.times = {"ADD": [], "DEL": []}
+        self.rss = {"ADD": 0, "DEL": 0}
+
+    def invoke(self, op, i, rss=False):
+        """One call as a runtime makes it; with rss, through GNU time for the peak RSS of
+        the plugin and its delegate (a child forked from Python would report Python's)."""
+        enter(self.ns)
+        env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}",
+                   CNI_NETNS=f"/var/run/netns/{self.prefix}-{i}", CNI_IFNAME="eth0",
+                   CNI_PATH=self.bindir)
+        cmd = [os.path.join(self.bindir, "bridge")]
+        if rss:
+            cmd = ["/usr/bin/time", "-f", "%M"] + cmd
+        start = time.perf_counter()
+        p = subprocess.run(cmd, input=self.conf, env=env, capture_output=True)
+        elapsed = (time.perf_counter() - start) * 1000
+        if p.returncode != 0:
+            sys.exit(f"{self.name} {op} {i} failed: {p.stdout.decode()} {p.stderr.decode()}")
+        if rss:
+            self.rss[op] = max(self.rss[op], int(p.stderr.decode().split()[-1]))
+        else:
+            self.times[op].append(elapsed)
+
+
+def main(tag, n, masq, ours_dir, ref_dir):
+    sides = [Side("ours", ours_dir, tag, masq), Side("ref", ref_dir, tag, masq)]
     for op in ("ADD", "DEL"):
-        o, r = rows["ours"][op], rows["ref"][op]
-        print(f"{op}: ours takes {o['median']/r['median']:.2f}x the reference's median time "
-              f"({r['median']/o['median']:.1f}x faster), peak RSS {o['rss_kb']/r['rss_kb']:.2f}x")
+        for i in range(1, n + 1):
+            for side in (sides if i % 2 else sides[::-1]):
+                side.invoke(op, i)
+    for i in range(1, RSS_SAMPLES + 1):
+        for op in ("ADD", "DEL"):
+            for side in sides:
+                side.invoke(op, i, rss=True)
+    print(f"{n} ADDs then {n} DELs each, alternating ours and the reference; ipMasq={masq}")
+    print(f"{'plugins':8} {'op':4} {'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'peak RSS':>10}")
+    for side in sides:
+        for op in ("ADD", "DEL"):
+            t = side.times[op]
+            q = statistics.quantiles(t, n=100)
+            print(f"{side.name:8} {op:4} {statistics.median(t):10.2f} {q[89]:8.2f} {q[98]:8.2f} "
+                  f"{side.rss[op] / 1024:8.1f}MB")
+    ours, ref = sides
+    for op in ("ADD", "DEL"):
+        mo, mr = statistics.median(ours.times[op]), statistics.median(ref.times[op])
+        print(f"{op}: ours/reference median time {mo / mr:.2f} ({mr / mo:.1f}x faster), "
+              f"peak RSS {ours.rss[op] / ref.rss[op]:.2f}")
 
 
 if __name__ == "__main__":
-    if sys.argv[1] == "--report":
-        report()
-    else:
-        side, bindir, prefix, n, masq = sys.argv[1:]
-        run_side(side, bindir, prefix, int(n), masq)
+    tag, n, masq, ours_dir, ref_dir = sys.argv[1:]
+    main(tag, int(n), masq == "true", ours_dir, ref_dir)

@@ -324,8 +324,15 @@ pub fn store_allocations(data_dir: &Path, network: &str) -> usize {
     let lock = std::fs::File::open(dir.join("lock")).expect("lock file");
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .expect("locking the store");
+    // sled refuses a segment size other than the one the store was made with.
+    let conf = std::fs::read(dir.join("sled/conf")).expect("sled conf");
+    let seg = String::from_utf8_lossy(&conf)
+        .lines()
+        .find_map(|l| l.strip_prefix("segment_size:")?.trim().parse().ok())
+        .expect("segment_size in sled conf");
     let db = sled::Config::new()
         .path(dir.join("sled"))
+        .segment_size(seg)
         .open()
         .expect("opening store");
     db.scan_prefix(b"ip/").count()
