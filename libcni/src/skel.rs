@@ -1,6 +1,7 @@
 //! The plugin side of CNI: read the `CNI_*` environment and the config on stdin, check
 //! them, dispatch to a [`Plugin`], and print exactly one result or error object on stdout.
 
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -66,6 +67,27 @@ impl CmdArgs {
             .clone()
             .map(CniResult::from_value)
             .transpose()
+    }
+
+    /// GC's `cni.dev/valid-attachments` as (containerID, ifname) pairs.
+    pub fn valid_attachments(&self) -> Result<HashSet<(String, String)>, Error> {
+        #[derive(serde::Deserialize)]
+        struct Attachment {
+            #[serde(rename = "containerID")]
+            container_id: String,
+            ifname: String,
+        }
+        #[derive(serde::Deserialize)]
+        struct Gc {
+            #[serde(rename = "cni.dev/valid-attachments", default)]
+            valid: Vec<Attachment>,
+        }
+        let gc: Gc = self.parse_conf()?;
+        Ok(gc
+            .valid
+            .into_iter()
+            .map(|a| (a.container_id, a.ifname))
+            .collect())
     }
 
     pub fn cni_arg(&self, key: &str) -> Option<&str> {

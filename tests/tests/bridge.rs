@@ -292,17 +292,53 @@ fn exhausted_range_fails_cleanly() {
 }
 
 #[test]
-fn gc_frees_addresses_of_unlisted_attachments() {
+fn gc_removes_what_the_runtime_no_longer_lists() {
     let net = Net::new();
-    let conf = bridge_conf("1.1.0", net.data.path(), "10.98.0.0/24", json!({}));
+    let conf = bridge_conf(
+        "1.1.0",
+        net.data.path(),
+        "10.98.0.0/24",
+        json!({"ipMasq": true}),
+    );
     let (c1, c2) = (Ns::new("c"), Ns::new("c"));
-    net.call("ADD", &c1.path(), "k1").run(&conf).expect_ok();
-    net.call("ADD", &c2.path(), "k2").run(&conf).expect_ok();
+    let r1 = net.call("ADD", &c1.path(), "k1").run(&conf).expect_ok();
+    let r2 = net.call("ADD", &c2.path(), "k2").run(&conf).expect_ok();
+    let veth = |r: &serde_json::Value| r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    assert_eq!(
+        net.host.link(&veth(&r2)).unwrap()["ifalias"],
+        "cni-rs/k2/eth0/testnet"
+    );
     let mut gc = conf.clone();
     gc["cni.dev/valid-attachments"] = json!([{"containerID": "k1", "ifname": "eth0"}]);
     net.call("GC", "", "").run(&gc).expect_ok();
     assert_eq!(store_allocations(net.data.path(), "testnet"), 1);
+    assert!(net.host.link(&veth(&r2)).is_none(), "stale veth left");
+    assert!(c2.link("eth0").is_none());
+    let rules = net.host.nft_ruleset();
+    assert!(
+        rules.contains("testnet/k1") && !rules.contains("testnet/k2"),
+        "{rules}"
+    );
+    assert!(c1.ping("10.98.0.1"), "the listed attachment still works");
+    assert!(net.host.link(&veth(&r1)).is_some());
     net.call("STATUS", "", "").run(&conf).expect_ok();
     net.call("DEL", &c1.path(), "k1").run(&conf).expect_ok();
     net.call("DEL", &c2.path(), "k2").run(&conf).expect_ok();
+}
+
+#[test]
+fn layer2_only_without_gateway_or_ipam() {
+    let net = Net::new();
+    let conf = json!({"cniVersion": "1.0.0", "name": "l2", "type": "bridge", "bridge": "cnil2"});
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    let r = net.call("ADD", &c1.path(), "l1").run(&conf).expect_ok();
+    net.call("ADD", &c2.path(), "l2").run(&conf).expect_ok();
+    assert!(r.get("ips").is_none(), "{r}");
+    assert!(net.host.addrs("cnil2").is_empty());
+    // the runtime (or a later plugin) addresses the interfaces; the bridge carries the frames
+    c1.sh("ip addr add 192.168.77.1/24 dev eth0");
+    c2.sh("ip addr add 192.168.77.2/24 dev eth0");
+    assert!(c1.ping("192.168.77.2"));
+    net.call("DEL", &c1.path(), "l1").run(&conf).expect_ok();
+    net.call("DEL", &c2.path(), "l2").run(&conf).expect_ok();
 }

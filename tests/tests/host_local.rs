@@ -157,3 +157,34 @@ fn gc_and_status() {
         .expect_ok();
     assert_eq!(r["ips"][0]["address"], "10.82.0.10/24");
 }
+
+#[test]
+fn legacy_single_range_form() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let c = json!({
+        "cniVersion": "0.3.1", "name": "legacy", "type": "host-local",
+        "ipam": {"type": "host-local", "dataDir": data.path(), "subnet": "10.83.0.0/24",
+                 "rangeStart": "10.83.0.100", "rangeEnd": "10.83.0.101", "gateway": "10.83.0.254"}
+    });
+    let got: Vec<_> = ["a", "b"]
+        .iter()
+        .map(|id| {
+            Call::new("host-local", "ADD", &host, "/x", id)
+                .run(&c)
+                .expect_ok()["ips"][0]
+                .clone()
+        })
+        .collect();
+    assert_eq!(
+        got[0],
+        json!({"version": "4", "address": "10.83.0.100/24", "gateway": "10.83.0.254"})
+    );
+    assert_eq!(got[1]["address"], "10.83.0.101/24");
+    assert_eq!(
+        Call::new("host-local", "ADD", &host, "/x", "c")
+            .run(&c)
+            .code(),
+        103
+    );
+}

@@ -6,12 +6,9 @@ mod config;
 mod range;
 mod store;
 
-use std::collections::HashSet;
-
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::Route;
 use libcni::{code, CniResult, Error};
-use serde::Deserialize;
 
 use config::Config;
 use store::Store;
@@ -94,24 +91,8 @@ impl Plugin for HostLocal {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
-        #[derive(Deserialize)]
-        struct Attachment {
-            #[serde(rename = "containerID")]
-            container_id: String,
-            ifname: String,
-        }
-        #[derive(Deserialize)]
-        struct GcConf {
-            #[serde(rename = "cni.dev/valid-attachments", default)]
-            valid: Vec<Attachment>,
-        }
         let conf = Config::load(args)?;
-        let gc: GcConf = args.parse_conf()?;
-        let valid: HashSet<(String, String)> = gc
-            .valid
-            .into_iter()
-            .map(|a| (a.container_id, a.ifname))
-            .collect();
+        let valid = args.valid_attachments()?;
         let store = Store::open(&conf.dir)?;
         for (cid, ifname) in store.attachments()?.difference(&valid) {
             store.release(cid, ifname)?;

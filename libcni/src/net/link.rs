@@ -30,6 +30,7 @@ pub struct LinkInfo {
     pub promisc: bool,
     pub controller: Option<u32>,
     pub kind: Option<String>,
+    pub alias: Option<String>,
 }
 
 /// A route as read back from a table.
@@ -88,6 +89,19 @@ impl Netlink {
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, Error> {
         let req = self.handle.link().get().match_index(index).execute();
         Self::first_link(req, &format!("looking up link #{index}")).await
+    }
+
+    /// Every link of the namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>, Error> {
+        let msgs: Vec<_> = self
+            .handle
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err("listing links", e))?;
+        Ok(msgs.into_iter().map(link_info).collect())
     }
 
     async fn first_link(
@@ -170,15 +184,18 @@ impl Netlink {
         })
     }
 
-    /// Puts a port under `controller` and brings it up in one request.
-    pub async fn attach_and_up(
+    /// Puts a port under `controller`, labels it with `alias` and brings it up, in one
+    /// request (the kernel ignores an alias given at creation).
+    pub async fn attach_port(
         &self,
         index: u32,
         name: &str,
         controller: u32,
+        alias: &str,
     ) -> Result<(), Error> {
         let msg = LinkUnspec::new_with_index(index)
             .controller(controller)
+            .alias(alias)
             .up()
             .build();
         self.handle
@@ -374,6 +391,7 @@ fn link_info(m: LinkMessage) -> LinkInfo {
         promisc: m.header.flags.contains(LinkFlags::Promisc),
         controller: None,
         kind: None,
+        alias: None,
     };
     for a in m.attributes {
         match a {
@@ -381,6 +399,7 @@ fn link_info(m: LinkMessage) -> LinkInfo {
             LinkAttribute::Address(mac) => l.mac = mac,
             LinkAttribute::Mtu(mtu) => l.mtu = mtu,
             LinkAttribute::Controller(c) => l.controller = Some(c),
+            LinkAttribute::IfAlias(a) => l.alias = Some(a),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let NlInfo::Kind(k) = i {

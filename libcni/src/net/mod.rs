@@ -84,6 +84,19 @@ pub fn host_veth_name(network: &str, container_id: &str, ifname: &str) -> String
     )
 }
 
+/// The alias our host-side links carry: whose attachment they are, for GC. The container
+/// ID cannot contain '/', nor can an interface name, so the network name comes last.
+pub fn attachment_alias(network: &str, container_id: &str, ifname: &str) -> String {
+    format!("cni-rs/{container_id}/{ifname}/{network}")
+}
+
+/// (network, containerID, ifname) from an alias made by [`attachment_alias`].
+pub fn parse_attachment_alias(alias: &str) -> Option<(&str, &str, &str)> {
+    let (cid, rest) = alias.strip_prefix("cni-rs/")?.split_once('/')?;
+    let (ifname, network) = rest.split_once('/')?;
+    Some((network, cid, ifname))
+}
+
 /// Runs a future on a current_thread runtime: enough for a plugin, and safe with setns.
 pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -117,6 +130,16 @@ mod tests {
             host_veth_name("ne", "tc1", "eth0"),
             host_veth_name("net", "c1", "eth0")
         );
+    }
+
+    #[test]
+    fn attachment_alias_round_trips() {
+        let a = attachment_alias("my/net work", "c-1.x", "eth0");
+        assert_eq!(
+            parse_attachment_alias(&a),
+            Some(("my/net work", "c-1.x", "eth0"))
+        );
+        assert_eq!(parse_attachment_alias("something else"), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use libcni::skel::CmdArgs;
 use libcni::spec::Dns;
-use libcni::Error;
+use libcni::{code, Error};
 use serde::Deserialize;
 
 #[derive(Debug, Deserialize)]
@@ -32,6 +32,12 @@ pub struct BridgeConf {
     pub ipam: Option<Ipam>,
     #[serde(default)]
     pub dns: Option<Dns>,
+    /// Reference fields we do not implement; refused rather than silently ignored, since
+    /// ignoring them would drop the isolation they ask for.
+    #[serde(default)]
+    vlan: u16,
+    #[serde(default, rename = "vlanTrunk")]
+    vlan_trunk: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +55,12 @@ impl BridgeConf {
         let mut c: BridgeConf = args.parse_conf()?;
         libcni::skel::validate_ifname(&c.bridge)
             .map_err(|_| Error::config(format!("invalid bridge name {:?}", c.bridge)))?;
+        if c.vlan != 0 || !c.vlan_trunk.is_empty() {
+            return Err(Error::new(
+                code::UNSUPPORTED_FIELD,
+                "bridge VLANs (\"vlan\", \"vlanTrunk\") are not supported",
+            ));
+        }
         if c.is_default_gateway {
             c.is_gateway = true;
         }

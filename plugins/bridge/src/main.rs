@@ -4,10 +4,14 @@
 
 mod config;
 
+use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use libcni::net::{self, block_on, format_mac, host_veth_name, Netlink, Netns};
+use libcni::net::{
+    self, attachment_alias, block_on, format_mac, host_veth_name, parse_attachment_alias, Netlink,
+    Netns,
+};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Interface, IpConfig, Route};
 use libcni::{code, delegate, firewall, CniResult, Error};
@@ -41,11 +45,8 @@ impl Created<'_> {
                 self.host_veth
             );
         }
-        if self.conf.ip_masq {
-            let _ = firewall::del_masquerade(&self.conf.name, &self.args.container_id);
-        }
-        if self.conf.macspoofchk {
-            let _ = firewall::del_mac_spoof_check(&self.conf.name, &self.args.container_id);
+        if let Err(e) = remove_rules(self.conf, &self.args.container_id) {
+            eprintln!("bridge: removing rules after a failed ADD: {e}");
         }
     }
 }
@@ -110,12 +111,7 @@ impl Plugin for Bridge {
         })
         .and_then(|r: Result<(), net::Error>| r.map_err(Error::from));
         let ipam = ipam.map(|r| r.wait()).transpose();
-        if conf.ip_masq {
-            firewall::del_masquerade(&conf.name, &args.container_id)?;
-        }
-        if conf.macspoofchk {
-            firewall::del_mac_spoof_check(&conf.name, &args.container_id)?;
-        }
+        remove_rules(&conf, &args.container_id)?;
         links?;
         ipam.map(|_| ())
     }
@@ -147,9 +143,49 @@ impl Plugin for Bridge {
         delegate_plain(args, "STATUS")
     }
 
+    /// Removes the host veths and rules of attachments of this network that the runtime no
+    /// longer lists (left by a runtime that lost track of them), then GC in IPAM.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
+        let conf = BridgeConf::load(args)?;
+        let valid = args.valid_attachments()?;
+        let stale = block_on(remove_stale_veths(&conf.name, &valid))?.map_err(Error::from)?;
+        for cid in &stale {
+            remove_rules(&conf, cid)?;
+        }
         delegate_plain(args, "GC")
     }
+}
+
+/// Deletes our host veths of `network` whose attachment is not in `valid`; returns their
+/// container IDs.
+async fn remove_stale_veths(
+    network: &str,
+    valid: &HashSet<(String, String)>,
+) -> Result<Vec<String>, net::Error> {
+    let nl = Netlink::connect()?;
+    let mut stale = Vec::new();
+    for link in nl.links().await? {
+        let Some((net, cid, ifname)) = link.alias.as_deref().and_then(parse_attachment_alias)
+        else {
+            continue;
+        };
+        if net == network && !valid.contains(&(cid.to_string(), ifname.to_string())) {
+            nl.delete_link(&link.name).await?;
+            stale.push(cid.to_string());
+        }
+    }
+    Ok(stale)
+}
+
+/// Removes the container's masquerade and MAC spoof rules, where the config has them.
+fn remove_rules(conf: &BridgeConf, container_id: &str) -> Result<(), Error> {
+    if conf.ip_masq {
+        firewall::del_masquerade(&conf.name, container_id)?;
+    }
+    if conf.macspoofchk {
+        firewall::del_mac_spoof_check(&conf.name, container_id)?;
+    }
+    Ok(())
 }
 
 fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
@@ -180,7 +216,9 @@ async fn create_links(
     nl.create_veth(veth, &args.ifname, netns, conf.mtu())
         .await?;
     let host = nl.link(veth).await?.ok_or_else(|| gone(veth))?;
-    nl.attach_and_up(host.index, veth, bridge.index).await?;
+    let alias = attachment_alias(&conf.name, &args.container_id, &args.ifname);
+    nl.attach_port(host.index, veth, bridge.index, &alias)
+        .await?;
     if conf.hairpin_mode {
         nl.set_hairpin(host.index, veth).await?;
     }
