@@ -153,16 +153,19 @@ impl Netlink {
         Ok(l)
     }
 
-    /// Creates a veth pair whose peer is born inside `peer_ns` (no move afterwards).
+    /// Creates a veth pair whose peer, with MAC `peer_mac`, is born inside `peer_ns` (no
+    /// move afterwards).
     pub async fn create_veth(
         &self,
         host: &str,
         peer: &str,
+        peer_mac: &[u8],
         peer_ns: &Netns,
         mtu: Option<u32>,
     ) -> Result<(), Error> {
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer)
+            .address(peer_mac.to_vec())
             .setns_by_fd(peer_ns.fd());
         let mut msg =
             LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Veth).name(host);
@@ -198,42 +201,33 @@ impl Netlink {
             .alias(alias)
             .up()
             .build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
+        self.set_link(msg, || format!("attaching {name} to #{controller}"))
             .await
-            .map_err(|e| nl_err(format!("attaching {name} to #{controller}"), e))
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), Error> {
         let msg = LinkUnspec::new_with_index(index).up().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("setting {name} up"), e))
+        self.set_link(msg, || format!("setting {name} up")).await
     }
 
     pub async fn set_down(&self, index: u32, name: &str) -> Result<(), Error> {
         let msg = LinkUnspec::new_with_index(index).down().build();
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("setting {name} down"), e))
+        self.set_link(msg, || format!("setting {name} down")).await
     }
 
     pub async fn set_promisc(&self, index: u32, name: &str) -> Result<(), Error> {
         let msg = LinkUnspec::new_with_index(index).promiscuous(true).build();
+        self.set_link(msg, || format!("setting {name} promiscuous"))
+            .await
+    }
+
+    async fn set_link(&self, msg: LinkMessage, what: impl FnOnce() -> String) -> Result<(), Error> {
         self.handle
             .link()
             .set(msg)
             .execute()
             .await
-            .map_err(|e| nl_err(format!("setting {name} promiscuous"), e))
+            .map_err(|e| nl_err(what(), e))
     }
 
     /// Lets a bridge port send frames back out the port they came in on.
@@ -459,7 +453,7 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
 }
 
 /// A random locally administered unicast MAC.
-fn random_mac() -> Result<Vec<u8>, Error> {
+pub fn random_mac() -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let mut mac = vec![0u8; 6];
     std::fs::File::open("/dev/urandom")

@@ -5,7 +5,7 @@ mod netns;
 
 use std::io;
 
-pub use link::{LinkInfo, Netlink, RouteInfo};
+pub use link::{random_mac, LinkInfo, Netlink, RouteInfo};
 pub use netns::Netns;
 
 use crate::spec::{code, Error as CniError};

@@ -45,7 +45,9 @@ impl Created<'_> {
                 self.host_veth
             );
         }
-        if let Err(e) = remove_rules(self.conf, &self.args.container_id) {
+        let removed = start_rule_removal(self.conf, &[self.args.container_id.as_str()])
+            .and_then(|p| p.map_or(Ok(()), firewall::Pending::wait));
+        if let Err(e) = removed {
             eprintln!("bridge: removing rules after a failed ADD: {e}");
         }
     }
@@ -94,6 +96,7 @@ impl Plugin for Bridge {
             .ipam_plugin()
             .map(|p| delegate::spawn(p, "DEL", args))
             .transpose()?;
+        let rules = start_rule_removal(&conf, &[args.container_id.as_str()])?;
         let veth = host_veth_name(&conf.name, &args.container_id, &args.ifname);
         let links = block_on(async {
             let host = Netlink::connect()?;
@@ -111,7 +114,7 @@ impl Plugin for Bridge {
         })
         .and_then(|r: Result<(), net::Error>| r.map_err(Error::from));
         let ipam = ipam.map(|r| r.wait()).transpose();
-        remove_rules(&conf, &args.container_id)?;
+        rules.map_or(Ok(()), firewall::Pending::wait)?;
         links?;
         ipam.map(|_| ())
     }
@@ -149,8 +152,9 @@ impl Plugin for Bridge {
         let conf = BridgeConf::load(args)?;
         let valid = args.valid_attachments()?;
         let stale = block_on(remove_stale_veths(&conf.name, &valid))?.map_err(Error::from)?;
-        for cid in &stale {
-            remove_rules(&conf, cid)?;
+        let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
+        if let Some(p) = start_rule_removal(&conf, &stale)? {
+            p.wait()?;
         }
         delegate_plain(args, "GC")
     }
@@ -177,15 +181,60 @@ async fn remove_stale_veths(
     Ok(stale)
 }
 
-/// Removes the container's masquerade and MAC spoof rules, where the config has them.
-fn remove_rules(conf: &BridgeConf, container_id: &str) -> Result<(), Error> {
+/// Starts installing the container's masquerade and MAC spoof rules, where the config has
+/// them, as one transaction.
+fn start_rules(
+    conf: &BridgeConf,
+    args: &CmdArgs,
+    links: &Links,
+    ips: &[IpConfig],
+) -> Result<Option<firewall::Pending>, Error> {
+    let mut script = String::new();
     if conf.ip_masq {
-        firewall::del_masquerade(&conf.name, container_id)?;
+        let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
+        script += &firewall::masquerade(&conf.name, &args.container_id, &addrs);
     }
     if conf.macspoofchk {
-        firewall::del_mac_spoof_check(&conf.name, container_id)?;
+        script += &firewall::mac_spoof_check(
+            &conf.name,
+            &args.container_id,
+            &links.host.name,
+            &links.container_mac,
+        );
     }
-    Ok(())
+    if script.is_empty() {
+        return Ok(None);
+    }
+    firewall::apply(
+        &script,
+        format!("installing the rules of {}", args.container_id),
+    )
+    .map(Some)
+}
+
+/// Starts removing the masquerade and MAC spoof rules of these containers, where the
+/// config has them, as one transaction.
+fn start_rule_removal(
+    conf: &BridgeConf,
+    container_ids: &[&str],
+) -> Result<Option<firewall::Pending>, Error> {
+    let mut script = String::new();
+    for cid in container_ids {
+        if conf.ip_masq {
+            script += &firewall::remove_masquerade(&conf.name, cid);
+        }
+        if conf.macspoofchk {
+            script += &firewall::remove_mac_spoof_check(&conf.name, cid);
+        }
+    }
+    if script.is_empty() {
+        return Ok(None);
+    }
+    firewall::apply(
+        &script,
+        format!("removing the rules of {}", container_ids.join(", ")),
+    )
+    .map(Some)
 }
 
 fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
@@ -198,6 +247,9 @@ fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
 struct Links {
     bridge: net::LinkInfo,
     host: net::LinkInfo,
+    /// Chosen by us at creation, so the MAC spoof rule can go in before the container's
+    /// interface is configured.
+    container_mac: String,
 }
 
 /// Host side: the bridge, the veth pair with its peer born in the container namespace, and
@@ -213,7 +265,8 @@ async fn create_links(
     if conf.promisc_mode && !bridge.promisc {
         nl.set_promisc(bridge.index, &bridge.name).await?;
     }
-    nl.create_veth(veth, &args.ifname, netns, conf.mtu())
+    let container_mac = net::random_mac()?;
+    nl.create_veth(veth, &args.ifname, &container_mac, netns, conf.mtu())
         .await?;
     let host = nl.link(veth).await?.ok_or_else(|| gone(veth))?;
     let alias = attachment_alias(&conf.name, &args.container_id, &args.ifname);
@@ -222,7 +275,11 @@ async fn create_links(
     if conf.hairpin_mode {
         nl.set_hairpin(host.index, veth).await?;
     }
-    Ok(Links { bridge, host })
+    Ok(Links {
+        bridge,
+        host,
+        container_mac: format_mac(&container_mac),
+    })
 }
 
 fn gone(name: &str) -> net::Error {
@@ -265,18 +322,21 @@ fn finish_add(
     for ip in &mut r.ips {
         ip.interface = Some(2);
     }
-    let mac = block_on(configure_container(netns, &args.ifname, &r.ips, &r.routes))?
-        .map_err(Error::from)?;
+    let rules = start_rules(conf, args, &links, &r.ips)?;
+    let kernel = block_on(async {
+        configure_container(netns, &args.ifname, &r.ips, &r.routes).await?;
+        if conf.is_gateway {
+            set_gateways(conf, &links.bridge, &r.ips).await?;
+        }
+        Ok::<_, net::Error>(())
+    })
+    .and_then(|res| res.map_err(Error::from));
+    // Waited for even when the kernel work failed, so the undo that follows does not race it.
+    let rules = rules.map_or(Ok(()), firewall::Pending::wait);
+    kernel?;
+    rules?;
     if conf.is_gateway {
-        block_on(set_gateways(conf, &links.bridge, &r.ips))?.map_err(Error::from)?;
         enable_forwarding(&r.ips)?;
-    }
-    if conf.ip_masq {
-        let addrs: Vec<IpNetwork> = r.ips.iter().map(|i| i.address).collect();
-        firewall::add_masquerade(&conf.name, &args.container_id, &addrs)?;
-    }
-    if conf.macspoofchk {
-        firewall::add_mac_spoof_check(&conf.name, &args.container_id, &links.host.name, &mac)?;
     }
     if conf.dns.as_ref().is_some_and(|d| !d.is_empty()) {
         r.dns = conf.dns.clone().unwrap_or_default();
@@ -294,7 +354,7 @@ fn finish_add(
         },
         Interface {
             name: args.ifname.clone(),
-            mac,
+            mac: links.container_mac.clone(),
             sandbox: args.netns.clone(),
             ..Default::default()
         },
@@ -302,13 +362,13 @@ fn finish_add(
     Ok(r)
 }
 
-/// Inside the container: addresses, link up, routes. Returns the interface's MAC.
+/// Inside the container: addresses, link up, routes.
 async fn configure_container(
     netns: &Netns,
     ifname: &str,
     ips: &[IpConfig],
     routes: &[Route],
-) -> Result<String, net::Error> {
+) -> Result<(), net::Error> {
     let nl = Netlink::connect_in(netns)?;
     let link = nl.link(ifname).await?.ok_or_else(|| gone(ifname))?;
     for ip in ips {
@@ -323,7 +383,7 @@ async fn configure_container(
         });
         nl.add_route(link.index, ifname, rt.dst, gw).await?;
     }
-    Ok(format_mac(&link.mac))
+    Ok(())
 }
 
 /// Puts each gateway on the bridge; an IPv4 address of another subnet there is replaced
