@@ -10,8 +10,7 @@ if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespac
 n=${1:-200}
 masq=false
 [ "${2:-}" = --masq ] && masq=true
-[ -x /usr/lib/cni/bridge ] || apt-get install -y -qq containernetworking-plugins >/dev/null
-for pkg in python3:python3 /usr/bin/time:time; do command -v "${pkg%%:*}" >/dev/null || apt-get install -y -qq "${pkg#*:}" >/dev/null; done
+scripts/deps.sh iproute2 nftables containernetworking-plugins python3 time
 cargo build --release --bins --quiet
 tag=cnirs-bench-$$
 made=()

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/demo.sh needs root (network namespaces)" >&2; exit 1; fi
+scripts/deps.sh iproute2 nftables iputils-ping
 cargo build --release --bins --quiet
 bin=$PWD/target/release
 tag=$$

@@ -4,6 +4,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh needs root (network namespaces)" >&2; exit 1; fi
+# iproute2: namespaces and links; nftables: ipMasq and macspoofchk; iputils-ping: traffic;
+# containernetworking-plugins: the reference plugins the comparison tests run.
+scripts/deps.sh iproute2 nftables iputils-ping containernetworking-plugins || exit 1
 cargo build --release --bins || exit 1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
