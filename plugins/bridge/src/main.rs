@@ -81,7 +81,7 @@ impl Plugin for Bridge {
             .transpose()?;
         let links = block_on(create_links(&conf, &netns, args, &created.host_veth))
             .and_then(|r| r.map_err(Error::from));
-        let ipam_result = ipam.map(|r| r.result()).transpose();
+        let ipam_result = ipam.map(delegate::result).transpose();
         created.ipam_done = matches!(ipam_result, Ok(Some(_)));
         let outcome = links.and_then(|links| {
             let ipam_result = ipam_result?.unwrap_or_default();
