@@ -69,6 +69,12 @@ impl CmdArgs {
             .transpose()
     }
 
+    /// prevResult, which this command cannot do without (code 7 when missing).
+    pub fn required_prev_result(&self) -> Result<CniResult, Error> {
+        self.prev_result()?
+            .ok_or_else(|| Error::config(format!("{:?} needs prevResult", self.command)))
+    }
+
     /// GC's `cni.dev/valid-attachments` as (containerID, ifname) pairs.
     pub fn valid_attachments(&self) -> Result<HashSet<(String, String)>, Error> {
         #[derive(serde::Deserialize)]

@@ -17,7 +17,7 @@ pub fn bin_dir() -> PathBuf {
     let dir = std::env::var_os("CNI_RS_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
-    for b in ["bridge", "host-local", "loopback", "cnitool"] {
+    for b in ["bridge", "host-local", "loopback", "tuning", "cnitool"] {
         assert!(
             dir.join(b).is_file(),
             "{} missing: run scripts/test.sh, which builds the release binaries",
@@ -282,6 +282,57 @@ impl<'a> Call<'a> {
         let mut child = cmd.spawn().expect("spawning plugin");
         let _ = child.stdin.take().unwrap().write_all(stdin);
         child
+    }
+}
+
+/// cnitool run in a host namespace of its own, with a config directory, cache and IPAM
+/// data under a temporary directory (`@DATA@` in the conflist stands for the data dir).
+pub struct Cnitool {
+    pub host: Ns,
+    pub dir: tempfile::TempDir,
+}
+
+impl Cnitool {
+    pub fn new(conflist: Value) -> Cnitool {
+        let t = Cnitool {
+            host: Ns::new("h"),
+            dir: tempfile::tempdir().unwrap(),
+        };
+        std::fs::create_dir_all(t.path("conf")).unwrap();
+        let text = conflist
+            .to_string()
+            .replace("@DATA@", t.path("data").to_str().unwrap());
+        std::fs::write(t.path("conf/10-tool.conflist"), text).unwrap();
+        t
+    }
+
+    pub fn path(&self, p: &str) -> std::path::PathBuf {
+        self.dir.path().join(p)
+    }
+
+    pub fn run(&self, args: &[&str], extra_env: &[(&str, &str)]) -> (bool, String, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.host.name])
+            .arg(bin_dir().join("cnitool"))
+            .args(args)
+            .env("NETCONFPATH", self.path("conf"))
+            .env("CNI_PATH", bin_dir())
+            .env("CNI_CACHE_DIR", self.path("cache"))
+            .envs(extra_env.iter().copied())
+            .output()
+            .unwrap();
+        let s = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.success(), s(&out.stdout), s(&out.stderr))
+    }
+
+    pub fn cache_files(&self) -> Vec<String> {
+        std::fs::read_dir(self.path("cache/results"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 

@@ -3,59 +3,8 @@
 //! capability arguments, and errors on stderr.
 
 use std::path::Path;
-use std::process::Command;
 
 use cni_tests::*;
-
-struct Tool {
-    host: Ns,
-    dir: tempfile::TempDir,
-}
-
-impl Tool {
-    /// A host namespace and a directory with conf/, cache/ and data/.
-    fn new(conflist: serde_json::Value) -> Tool {
-        let t = Tool {
-            host: Ns::new("h"),
-            dir: tempfile::tempdir().unwrap(),
-        };
-        std::fs::create_dir_all(t.path("conf")).unwrap();
-        let text = conflist
-            .to_string()
-            .replace("@DATA@", t.path("data").to_str().unwrap());
-        std::fs::write(t.path("conf/10-tool.conflist"), text).unwrap();
-        t
-    }
-
-    fn path(&self, p: &str) -> std::path::PathBuf {
-        self.dir.path().join(p)
-    }
-
-    fn run(&self, args: &[&str], extra_env: &[(&str, &str)]) -> (bool, String, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.host.name])
-            .arg(bin_dir().join("cnitool"))
-            .args(args)
-            .env("NETCONFPATH", self.path("conf"))
-            .env("CNI_PATH", bin_dir())
-            .env("CNI_CACHE_DIR", self.path("cache"))
-            .envs(extra_env.iter().copied())
-            .output()
-            .unwrap();
-        let s = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-        (out.status.success(), s(&out.stdout), s(&out.stderr))
-    }
-
-    fn cache_files(&self) -> Vec<String> {
-        std::fs::read_dir(self.path("cache/results"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().to_string())
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-}
 
 fn conflist(version: &str) -> serde_json::Value {
     json!({
@@ -70,7 +19,7 @@ fn conflist(version: &str) -> serde_json::Value {
 
 #[test]
 fn add_check_del_with_cache() {
-    let t = Tool::new(conflist("1.1.0"));
+    let t = Cnitool::new(conflist("1.1.0"));
     let c = Ns::new("c");
     let (ok, out, err) = t.run(&["add", "toolnet", &c.path()], &[]);
     assert!(ok, "{err}");
@@ -108,7 +57,7 @@ fn add_check_del_with_cache() {
 
 #[test]
 fn capability_args_reach_the_plugins_that_declare_them() {
-    let t = Tool::new(conflist("1.0.0"));
+    let t = Cnitool::new(conflist("1.0.0"));
     let c = Ns::new("c");
     let (ok, out, err) = t.run(
         &["add", "toolnet", &c.path()],
@@ -121,7 +70,7 @@ fn capability_args_reach_the_plugins_that_declare_them() {
 
 #[test]
 fn gc_deletes_cached_attachments() {
-    let t = Tool::new(conflist("1.1.0"));
+    let t = Cnitool::new(conflist("1.1.0"));
     let (a, b) = (Ns::new("c"), Ns::new("c"));
     assert!(t.run(&["add", "toolnet", &a.path()], &[]).0);
     assert!(t.run(&["add", "toolnet", &b.path()], &[]).0);
@@ -135,7 +84,7 @@ fn gc_deletes_cached_attachments() {
 
 #[test]
 fn single_plugin_conf_and_errors() {
-    let t = Tool::new(conflist("1.0.0"));
+    let t = Cnitool::new(conflist("1.0.0"));
     std::fs::write(
         t.path("conf/99-lo.conf"),
         r#"{"cniVersion":"0.4.0","name":"lonet","type":"loopback"}"#,

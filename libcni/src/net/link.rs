@@ -28,9 +28,21 @@ pub struct LinkInfo {
     pub mtu: u32,
     pub up: bool,
     pub promisc: bool,
+    pub allmulti: bool,
+    pub txqlen: u32,
     pub controller: Option<u32>,
     pub kind: Option<String>,
     pub alias: Option<String>,
+}
+
+/// Link settings to change; `None` leaves a setting alone.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LinkTuning {
+    pub mac: Option<Vec<u8>>,
+    pub mtu: Option<u32>,
+    pub promisc: Option<bool>,
+    pub allmulti: Option<bool>,
+    pub txqlen: Option<u32>,
 }
 
 /// A route as read back from a table.
@@ -221,6 +233,28 @@ impl Netlink {
             .await
     }
 
+    /// Applies the given settings to a link in one request; `None` leaves one as it is.
+    pub async fn tune_link(&self, index: u32, name: &str, t: &LinkTuning) -> Result<(), Error> {
+        let mut msg = LinkUnspec::new_with_index(index);
+        if let Some(mac) = &t.mac {
+            msg = msg.address(mac.clone());
+        }
+        if let Some(mtu) = t.mtu {
+            msg = msg.mtu(mtu);
+        }
+        if let Some(on) = t.promisc {
+            msg = msg.promiscuous(on);
+        }
+        if let Some(on) = t.allmulti {
+            msg = msg.allmulticast(on);
+        }
+        if let Some(q) = t.txqlen {
+            msg = msg.txqueuelen(q);
+        }
+        self.set_link(msg.build(), || format!("tuning {name} ({t:?})"))
+            .await
+    }
+
     async fn set_link(&self, msg: LinkMessage, what: impl FnOnce() -> String) -> Result<(), Error> {
         self.handle
             .link()
@@ -383,6 +417,8 @@ fn link_info(m: LinkMessage) -> LinkInfo {
         mtu: 0,
         up: m.header.flags.contains(LinkFlags::Up),
         promisc: m.header.flags.contains(LinkFlags::Promisc),
+        allmulti: m.header.flags.contains(LinkFlags::Allmulti),
+        txqlen: 0,
         controller: None,
         kind: None,
         alias: None,
@@ -392,6 +428,7 @@ fn link_info(m: LinkMessage) -> LinkInfo {
             LinkAttribute::IfName(n) => l.name = n,
             LinkAttribute::Address(mac) => l.mac = mac,
             LinkAttribute::Mtu(mtu) => l.mtu = mtu,
+            LinkAttribute::TxQueueLen(q) => l.txqlen = q,
             LinkAttribute::Controller(c) => l.controller = Some(c),
             LinkAttribute::IfAlias(a) => l.alias = Some(a),
             LinkAttribute::LinkInfo(infos) => {

@@ -5,7 +5,7 @@ mod netns;
 
 use std::io;
 
-pub use link::{random_mac, LinkInfo, Netlink, RouteInfo};
+pub use link::{random_mac, LinkInfo, LinkTuning, Netlink, RouteInfo};
 pub use netns::Netns;
 
 use crate::spec::{code, Error as CniError};
@@ -109,6 +109,15 @@ pub fn block_on<F: std::future::Future>(f: F) -> Result<F::Output, CniError> {
     Ok(rt.block_on(f))
 }
 
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
+        .collect::<Option<_>>()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
         .map(|b| format!("{b:02x}"))
@@ -145,5 +154,17 @@ mod tests {
     #[test]
     fn mac_formats() {
         assert_eq!(format_mac(&[0x0a, 0, 0xff, 1, 2, 3]), "0a:00:ff:01:02:03");
+        assert_eq!(
+            parse_mac("0a:00:FF:01:02:03"),
+            Some(vec![0x0a, 0, 0xff, 1, 2, 3])
+        );
+        for bad in [
+            "0a:00:ff:01:02",
+            "0a:00:ff:01:02:03:04",
+            "0a:0:ff:01:02:03",
+            "zz:00:ff:01:02:03",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
     }
 }

@@ -121,9 +121,7 @@ impl Plugin for Bridge {
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = BridgeConf::load(args)?;
-        let prev = args
-            .prev_result()?
-            .ok_or_else(|| Error::config("CHECK needs prevResult"))?;
+        let prev = args.required_prev_result()?;
         if let Some(p) = conf.ipam_plugin() {
             delegate::exec(p, "CHECK", args)?;
         }
