@@ -17,7 +17,14 @@ pub fn bin_dir() -> PathBuf {
     let dir = std::env::var_os("CNI_RS_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
-    for b in ["bridge", "host-local", "loopback", "tuning", "cnitool"] {
+    for b in [
+        "bridge",
+        "host-local",
+        "loopback",
+        "tuning",
+        "portmap",
+        "cnitool",
+    ] {
         assert!(
             dir.join(b).is_file(),
             "{} missing: run scripts/test.sh, which builds the release binaries",

@@ -132,8 +132,25 @@ impl Cni {
     }
 
     /// Deletes the attachment through every plugin in reverse order, passing the cached
-    /// result (0.4.0 on), then forgets it. Plugins succeed on what is already gone.
+    /// result (0.4.0 on), then forgets it. Plugins succeed on what is already gone. A DEL
+    /// without capability arguments gets those the attachment was added with, so that
+    /// portmap, say, still finds its mappings.
     pub fn del(&self, list: &NetworkList, rt: &RuntimeConf) -> Result<(), RuntimeError> {
+        let cached_caps;
+        let rt = if rt.capability_args.is_empty() {
+            let cached = cache::attachments(&self.cache_dir, Some(&rt.container_id))
+                .into_iter()
+                .find(|a| a.network == list.name && a.runtime.ifname == rt.ifname);
+            cached_caps = RuntimeConf {
+                capability_args: cached
+                    .map(|a| a.runtime.capability_args)
+                    .unwrap_or_default(),
+                ..rt.clone()
+            };
+            &cached_caps
+        } else {
+            rt
+        };
         let prev = if version(list) >= Version(0, 4, 0) {
             self.cached_result(list, rt)
         } else {

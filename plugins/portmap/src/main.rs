@@ -1,0 +1,176 @@
+//! `portmap`: a chained plugin that forwards host ports (the `portMappings` capability) to
+//! the container's addresses from prevResult, for traffic arriving at the host, made on it
+//! (localhost included), and from the container to its own host port (hairpin). The rules
+//! live in per-container nftables chains, so DEL needs no prevResult.
+
+use std::net::IpAddr;
+
+use libcni::firewall::{self, PortMapping, PortMasq};
+use libcni::net;
+use libcni::skel::{self, CmdArgs, Plugin};
+use libcni::{code, CniResult, Error};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conf {
+    name: String,
+    #[serde(default)]
+    runtime_config: RuntimeConfig,
+    /// Masquerade hairpin and localhost traffic (default true).
+    #[serde(default)]
+    snat: Option<bool>,
+    #[serde(default)]
+    masq_all: bool,
+    /// iptables mark bits: nftables masquerades directly and needs no mark; checked only.
+    #[serde(default)]
+    mark_masq_bit: Option<i64>,
+    #[serde(default)]
+    external_set_mark_chain: Option<String>,
+    /// iptables match syntax; refused rather than ignored.
+    #[serde(default, rename = "conditionsV4")]
+    conditions_v4: Option<Vec<String>>,
+    #[serde(default, rename = "conditionsV6")]
+    conditions_v6: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuntimeConfig {
+    #[serde(default)]
+    port_mappings: Vec<PortMapping>,
+}
+
+impl Conf {
+    fn load(args: &CmdArgs) -> Result<Conf, Error> {
+        let c: Conf = args.parse_conf()?;
+        if c.mark_masq_bit.is_some() && c.external_set_mark_chain.is_some() {
+            return Err(Error::config(
+                "cannot specify both externalSetMarkChain and markMasqBit",
+            ));
+        }
+        if c.mark_masq_bit.is_some_and(|b| !(0..=31).contains(&b)) {
+            return Err(Error::config("markMasqBit must be between 0 and 31"));
+        }
+        if c.conditions_v4.as_ref().is_some_and(|v| !v.is_empty())
+            || c.conditions_v6.as_ref().is_some_and(|v| !v.is_empty())
+        {
+            return Err(Error::new(
+                code::UNSUPPORTED_FIELD,
+                "conditionsV4/conditionsV6 (iptables matches) are not supported",
+            ));
+        }
+        Ok(c)
+    }
+
+    fn masq(&self) -> PortMasq {
+        match (self.masq_all, self.snat.unwrap_or(true)) {
+            (true, _) => PortMasq::All,
+            (false, true) => PortMasq::Hairpin,
+            (false, false) => PortMasq::None,
+        }
+    }
+}
+
+/// The first IPv4 and first IPv6 address of the container interface in prevResult.
+fn container_ips(r: &CniResult, ifname: &str) -> Vec<IpAddr> {
+    let mine = |i: Option<usize>| {
+        i.and_then(|i| r.interfaces.get(i))
+            .is_none_or(|iface| iface.name == ifname && !iface.sandbox.is_empty())
+    };
+    let pick = |v4: bool| {
+        r.ips
+            .iter()
+            .find(|ip| ip.address.is_ipv4() == v4 && mine(ip.interface))
+            .map(|ip| ip.address.ip())
+    };
+    [pick(true), pick(false)].into_iter().flatten().collect()
+}
+
+/// Lets localhost traffic DNATed to the container leave through the host interfaces.
+fn enable_localnet_routing(r: &CniResult) -> Result<(), Error> {
+    for iface in r.interfaces.iter().filter(|i| i.sandbox.is_empty()) {
+        let key = format!("net/ipv4/conf/{}/route_localnet", iface.name);
+        if std::path::Path::new("/proc/sys").join(&key).exists() {
+            net::sysctl_set(&key, "1")?;
+        }
+    }
+    Ok(())
+}
+
+struct Portmap;
+
+impl Plugin for Portmap {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+        let conf = Conf::load(args)?;
+        let prev = args.required_prev_result()?;
+        let mappings = &conf.runtime_config.port_mappings;
+        if mappings.is_empty() {
+            return Ok(prev);
+        }
+        let ips = container_ips(&prev, &args.ifname);
+        if ips.is_empty() {
+            return Err(Error::config(format!(
+                "prevResult has no address on {} to forward ports to",
+                args.ifname
+            )));
+        }
+        let script =
+            firewall::port_mappings(&conf.name, &args.container_id, mappings, &ips, conf.masq())?;
+        firewall::apply(
+            &script,
+            format!("forwarding ports to {}", args.container_id),
+        )?
+        .wait()?;
+        if conf.masq() == PortMasq::Hairpin && ips.iter().any(IpAddr::is_ipv4) {
+            enable_localnet_routing(&prev)?;
+        }
+        Ok(prev)
+    }
+
+    fn del(&self, args: &CmdArgs) -> Result<(), Error> {
+        let conf = Conf::load(args)?;
+        if conf.runtime_config.port_mappings.is_empty() {
+            return Ok(());
+        }
+        let script = firewall::remove_port_mappings(&conf.name, &args.container_id);
+        firewall::apply(
+            &script,
+            format!("removing the port mappings of {}", args.container_id),
+        )?
+        .wait()
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), Error> {
+        let conf = Conf::load(args)?;
+        let prev = args.required_prev_result()?;
+        let listed = firewall::listed_port_mappings(&conf.name, &args.container_id);
+        let mut missing = Vec::new();
+        for m in &conf.runtime_config.port_mappings {
+            for ip in container_ips(&prev, &args.ifname) {
+                let to = if ip.is_ipv4() {
+                    format!("{ip}:{}", m.container_port)
+                } else {
+                    format!("[{ip}]:{}", m.container_port)
+                };
+                let rule = format!(
+                    "dport {} dnat {} to {to}",
+                    m.host_port,
+                    if ip.is_ipv4() { "ip" } else { "ip6" }
+                );
+                if !listed.contains(&rule) {
+                    missing.push(format!("{} {} -> {to}", m.protocol, m.host_port));
+                }
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(code::CHECK_FAILED, "port mappings missing").details(missing.join("; ")))
+        }
+    }
+}
+
+fn main() {
+    skel::run(&Portmap, "CNI portmap plugin (cni-rs)")
+}

@@ -1,0 +1,165 @@
+//! portmap chained after bridge, through cnitool: a TCP server in the container answers on
+//! the host port from a namespace behind the host, from the host's localhost and from the
+//! container itself (hairpin, which with br_netfilter needs the bridge's hairpinMode, as
+//! for the reference plugins); CHECK; DEL removes the forwarding.
+
+use std::process::{Child, Command, Stdio};
+
+use cni_tests::*;
+
+/// A TCP server in a namespace that greets each client; killed on drop.
+struct Server(Child);
+
+impl Server {
+    fn start(ns: &Ns, port: u16) -> Server {
+        let script = format!(
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', {port})); s.listen(8); s.settimeout(30)\n\
+             while True:\n    c, a = s.accept(); c.sendall(b'hello from ' + a[0].encode()); c.close()\n"
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the server said to a client in `ns` connecting to addr:port, retried for 3 s.
+fn fetch(ns: &Ns, addr: &str, port: u16) -> Option<String> {
+    let script = format!(
+        "import socket, time\nfor _ in range(30):\n    try:\n        \
+         s = socket.create_connection(('{addr}', {port}), timeout=1); print(s.recv(100).decode()); break\n    \
+         except OSError:\n        time.sleep(0.1)\n"
+    );
+    let out = ns.exec(&format!("python3 -c \"{script}\""));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
+}
+
+#[test]
+fn host_port_reaches_the_container_from_outside_localhost_and_itself() {
+    let t = Cnitool::new(json!({
+        "cniVersion": "1.0.0", "name": "pmnet",
+        "plugins": [
+            {"type": "bridge", "bridge": "cnipm0", "isDefaultGateway": true, "hairpinMode": true,
+             "ipam": {"type": "host-local", "dataDir": "@DATA@", "ranges": [[{"subnet": "10.66.0.0/24"}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]
+    }));
+    let outside = Ns::new("o");
+    let (h, o) = (unique("ph"), unique("po"));
+    t.host.sh(&format!(
+        "ip link add {h} type veth peer name {o} netns {}",
+        outside.name
+    ));
+    t.host.sh(&format!(
+        "ip addr add 10.66.9.1/24 dev {h} && ip link set {h} up"
+    ));
+    outside.sh(&format!(
+        "ip addr add 10.66.9.2/24 dev {o} && ip link set {o} up"
+    ));
+
+    let c = Ns::new("c");
+    let caps = r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}"#;
+    let (ok, _, err) = t.run(&["add", "pmnet", &c.path()], &[("CAP_ARGS", caps)]);
+    assert!(ok, "{err}");
+    let _server = Server::start(&c, 80);
+
+    let from_outside = fetch(&outside, "10.66.9.1", 8080);
+    assert_eq!(
+        from_outside.as_deref(),
+        Some("hello from 10.66.9.2"),
+        "outside -> host port"
+    );
+    let from_localhost = fetch(&t.host, "127.0.0.1", 8080);
+    assert!(
+        from_localhost.is_some_and(|s| s.starts_with("hello from 10.66.0.")),
+        "localhost -> host port"
+    );
+    let hairpin = fetch(&c, "10.66.9.1", 8080);
+    assert_eq!(
+        hairpin.as_deref(),
+        Some("hello from 10.66.0.1"),
+        "container -> its own host port, masqueraded"
+    );
+
+    assert!(t.run(&["check", "pmnet", &c.path()], &[]).0);
+    assert!(t.run(&["del", "pmnet", &c.path()], &[]).0);
+    let rules = t.host.nft_ruleset();
+    assert!(!rules.contains("dnat"), "{rules}");
+    let refused = t.host.exec(
+        "python3 -c \"import socket; socket.create_connection(('127.0.0.1', 8080), timeout=1)\"",
+    );
+    assert!(
+        !refused.status.success(),
+        "the host port still answers after DEL"
+    );
+}
+
+#[test]
+fn host_ip_restricts_and_bad_mappings_are_refused() {
+    let host = Ns::new("h");
+    let c = Ns::new("c");
+    let prev = json!({"cniVersion": "1.0.0",
+        "interfaces": [{"name": "eth0", "sandbox": c.path()}],
+        "ips": [{"address": "10.67.0.2/24", "interface": 0}]});
+    let conf = |maps: serde_json::Value| {
+        json!({"cniVersion": "1.0.0", "name": "pm", "type": "portmap",
+        "runtimeConfig": {"portMappings": maps}, "prevResult": prev})
+    };
+    let ok = conf(
+        json!([{"hostPort": 9090, "containerPort": 90, "protocol": "udp", "hostIP": "192.168.50.1"}]),
+    );
+    Call::new("portmap", "ADD", &host, &c.path(), "p1")
+        .run(&ok)
+        .expect_ok();
+    let rules = host.nft_ruleset();
+    assert!(
+        rules.contains("ip daddr 192.168.50.1 udp dport 9090 dnat ip to 10.67.0.2:90"),
+        "{rules}"
+    );
+    Call::new("portmap", "CHECK", &host, &c.path(), "p1")
+        .run(&ok)
+        .expect_ok();
+    Call::new("portmap", "DEL", &host, &c.path(), "p1")
+        .run(&ok)
+        .expect_ok();
+    assert!(!host.nft_ruleset().contains("dnat"));
+    assert_eq!(
+        Call::new("portmap", "CHECK", &host, &c.path(), "p1")
+            .run(&ok)
+            .code(),
+        104
+    );
+    for bad in [
+        json!([{"hostPort": 0, "containerPort": 90}]),
+        json!([{"hostPort": 70000, "containerPort": 90}]),
+        json!([{"hostPort": 1, "containerPort": 90, "protocol": "icmp"}]),
+    ] {
+        assert_eq!(
+            Call::new("portmap", "ADD", &host, &c.path(), "p2")
+                .run(&conf(bad.clone()))
+                .code(),
+            7,
+            "{bad}"
+        );
+    }
+    let mut cond = conf(json!([{"hostPort": 1, "containerPort": 2}]));
+    cond["conditionsV4"] = json!(["-s", "1.2.3.4"]);
+    assert_eq!(
+        Call::new("portmap", "ADD", &host, &c.path(), "p3")
+            .run(&cond)
+            .code(),
+        2
+    );
+    assert!(!host.nft_ruleset().contains("dnat"));
+}
