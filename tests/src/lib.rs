@@ -167,6 +167,22 @@ impl Ns {
             .success()
     }
 
+    /// Puts `other` behind this namespace on a veth pair: `<prefix>.1/24` here and
+    /// `<prefix>.2/24` there, and no route from there to anywhere else.
+    pub fn veth_to(&self, other: &Ns, prefix: &str) {
+        let (here, there) = (unique("vh"), unique("vo"));
+        self.sh(&format!(
+            "ip link add {here} type veth peer name {there} netns {}",
+            other.name
+        ));
+        self.sh(&format!(
+            "ip addr add {prefix}.1/24 dev {here} && ip link set {here} up"
+        ));
+        other.sh(&format!(
+            "ip addr add {prefix}.2/24 dev {there} && ip link set {there} up"
+        ));
+    }
+
     /// The nftables ruleset as text.
     pub fn nft_ruleset(&self) -> String {
         self.sh("nft list ruleset")

@@ -161,17 +161,7 @@ fn ip_masq_hides_containers_behind_the_host() {
     let net = Net::new();
     // a third namespace behind the host, with no route back to the container subnet
     let outside = Ns::new("o");
-    let (h, o) = (unique("vh"), unique("vo"));
-    net.host.sh(&format!(
-        "ip link add {h} type veth peer name {o} netns {}",
-        outside.name
-    ));
-    net.host.sh(&format!(
-        "ip addr add 10.93.9.1/24 dev {h} && ip link set {h} up"
-    ));
-    outside.sh(&format!(
-        "ip addr add 10.93.9.2/24 dev {o} && ip link set {o} up"
-    ));
+    net.host.veth_to(&outside, "10.93.9");
     outside.sh("nft add table ip t && nft add chain ip t in '{ type filter hook input priority 0; }' && nft add rule ip t in ip saddr 10.93.9.1 icmp type echo-request counter");
 
     let conf = bridge_conf(

@@ -56,17 +56,7 @@ fn host_port_reaches_the_container_from_outside_localhost_and_itself() {
         ]
     }));
     let outside = Ns::new("o");
-    let (h, o) = (unique("ph"), unique("po"));
-    t.host.sh(&format!(
-        "ip link add {h} type veth peer name {o} netns {}",
-        outside.name
-    ));
-    t.host.sh(&format!(
-        "ip addr add 10.66.9.1/24 dev {h} && ip link set {h} up"
-    ));
-    outside.sh(&format!(
-        "ip addr add 10.66.9.2/24 dev {o} && ip link set {o} up"
-    ));
+    t.host.veth_to(&outside, "10.66.9");
 
     let c = Ns::new("c");
     let caps = r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}]}"#;

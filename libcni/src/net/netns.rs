@@ -24,6 +24,20 @@ impl Netns {
         Ok(Netns { file, path })
     }
 
+    /// Opens the container's namespace for a plugin command: a missing one is the spec's
+    /// "unknown container" (3), anything else an I/O error (5).
+    pub fn open_container(path: &str) -> Result<Netns, crate::spec::Error> {
+        use crate::spec::{code, Error};
+        Netns::open(path).map_err(|e| {
+            let code = if e.is_not_found() {
+                code::UNKNOWN_CONTAINER
+            } else {
+                code::IO
+            };
+            Error::new(code, e.what).details(e.source.to_string())
+        })
+    }
+
     pub fn fd(&self) -> RawFd {
         self.file.as_raw_fd()
     }

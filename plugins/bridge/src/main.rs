@@ -53,21 +53,10 @@ impl Created<'_> {
     }
 }
 
-fn open_netns(path: &str) -> Result<Netns, Error> {
-    Netns::open(path).map_err(|e| {
-        let code = if e.is_not_found() {
-            code::UNKNOWN_CONTAINER
-        } else {
-            code::IO
-        };
-        Error::new(code, e.what).details(e.source.to_string())
-    })
-}
-
 impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
         let conf = BridgeConf::load(args)?;
-        let netns = open_netns(&args.netns)?;
+        let netns = Netns::open_container(&args.netns)?;
         let mut created = Created {
             args,
             conf: &conf,
@@ -125,7 +114,7 @@ impl Plugin for Bridge {
         if let Some(p) = conf.ipam_plugin() {
             delegate::exec(p, "CHECK", args)?;
         }
-        let netns = open_netns(&args.netns)?;
+        let netns = Netns::open_container(&args.netns)?;
         let veth = host_veth_name(&conf.name, &args.container_id, &args.ifname);
         let problems =
             block_on(check_kernel(&conf, args, &netns, &veth, &prev))?.map_err(Error::from)?;

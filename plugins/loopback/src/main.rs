@@ -63,8 +63,7 @@ impl Plugin for Loopback {
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
-        let ns = Netns::open(&args.netns)
-            .map_err(|e| Error::new(code::UNKNOWN_CONTAINER, e.to_string()))?;
+        let ns = Netns::open_container(&args.netns)?;
         let up = block_on(async {
             let nl = Netlink::connect_in(&ns)?;
             Ok::<_, libcni::net::Error>(nl.link("lo").await?.is_some_and(|l| l.up))

@@ -105,17 +105,6 @@ fn sysctl_path(key: &str, ifname: &str) -> Result<String, Error> {
     Ok(path)
 }
 
-fn open_netns(path: &str) -> Result<Netns, Error> {
-    Netns::open(path).map_err(|e| {
-        let code = if e.is_not_found() {
-            code::UNKNOWN_CONTAINER
-        } else {
-            code::IO
-        };
-        Error::new(code, e.what).details(e.source.to_string())
-    })
-}
-
 /// The settings `t` names, as the link has them now (for the backup and for CHECK).
 fn current(link: &net::LinkInfo, t: &LinkTuning) -> LinkTuning {
     LinkTuning {
@@ -138,7 +127,7 @@ impl Plugin for Tuning {
             .iter()
             .map(|(k, v)| Ok((sysctl_path(k, &args.ifname)?, v.clone())))
             .collect::<Result<Vec<_>, Error>>()?;
-        let netns = open_netns(&args.netns)?;
+        let netns = Netns::open_container(&args.netns)?;
         for (key, value) in &sysctls {
             netns.run(|| net::sysctl_set(key, value))??;
         }
@@ -191,7 +180,7 @@ impl Plugin for Tuning {
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, tuning) = Conf::load(args)?;
         args.required_prev_result()?;
-        let netns = open_netns(&args.netns)?;
+        let netns = Netns::open_container(&args.netns)?;
         let mut problems = Vec::new();
         for (key, want) in &conf.sysctl {
             let path = format!("/proc/sys/{}", sysctl_path(key, &args.ifname)?);
