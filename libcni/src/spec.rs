@@ -194,6 +194,21 @@ pub struct Route {
     pub scope: Option<u32>,
 }
 
+impl Route {
+    /// A route to `dst` via `gw`, without the 1.1.0 extras.
+    pub fn new(dst: IpNetwork, gw: Option<IpAddr>) -> Route {
+        Route {
+            dst,
+            gw,
+            mtu: None,
+            advmss: None,
+            priority: None,
+            table: None,
+            scope: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Dns {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -36,15 +36,7 @@ impl Plugin for HostLocal {
         let routes = conf
             .routes
             .iter()
-            .map(|r| Route {
-                dst: r.dst,
-                gw: r.gw,
-                mtu: None,
-                advmss: None,
-                priority: None,
-                table: None,
-                scope: None,
-            })
+            .map(|r| Route::new(r.dst, r.gw))
             .collect();
         Ok(CniResult {
             cni_version: String::new(),

@@ -85,7 +85,8 @@ impl Plugin for Bridge {
             .ipam_plugin()
             .map(|p| delegate::spawn(p, "DEL", args))
             .transpose()?;
-        let rules = start_rule_removal(&conf, &[args.container_id.as_str()])?;
+        // Every step runs even when one fails, so the IPAM delegate is always waited for.
+        let rules = start_rule_removal(&conf, &[args.container_id.as_str()]);
         let veth = host_veth_name(&conf.name, &args.container_id, &args.ifname);
         let links = block_on(async {
             let host = Netlink::connect()?;
@@ -103,9 +104,8 @@ impl Plugin for Bridge {
         })
         .and_then(|r: Result<(), net::Error>| r.map_err(Error::from));
         let ipam = ipam.map(|r| r.wait()).transpose();
-        rules.map_or(Ok(()), firewall::Pending::wait)?;
-        links?;
-        ipam.map(|_| ())
+        let rules = rules.and_then(|p| p.map_or(Ok(()), firewall::Pending::wait));
+        links.and(rules).and(ipam.map(|_| ()))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -189,14 +189,10 @@ fn start_rules(
             &links.container_mac,
         );
     }
-    if script.is_empty() {
-        return Ok(None);
-    }
-    firewall::apply(
+    apply_rules(
         &script,
         format!("installing the rules of {}", args.container_id),
     )
-    .map(Some)
 }
 
 /// Starts removing the masquerade and MAC spoof rules of these containers, where the
@@ -214,14 +210,18 @@ fn start_rule_removal(
             script += &firewall::remove_mac_spoof_check(&conf.name, cid);
         }
     }
-    if script.is_empty() {
-        return Ok(None);
-    }
-    firewall::apply(
+    apply_rules(
         &script,
         format!("removing the rules of {}", container_ids.join(", ")),
     )
-    .map(Some)
+}
+
+/// Starts `script` as one nft transaction, unless the config asked for no rules at all.
+fn apply_rules(script: &str, what: String) -> Result<Option<firewall::Pending>, Error> {
+    if script.is_empty() {
+        return Ok(None);
+    }
+    firewall::apply(script, what).map(Some)
 }
 
 fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
@@ -294,15 +294,7 @@ fn finish_add(
             let any = if gw.is_ipv4() { "0.0.0.0/0" } else { "::/0" };
             let dst: IpNetwork = any.parse().expect("valid literal");
             if !r.routes.iter().any(|rt| rt.dst == dst) {
-                r.routes.push(Route {
-                    dst,
-                    gw: Some(gw),
-                    mtu: None,
-                    advmss: None,
-                    priority: None,
-                    table: None,
-                    scope: None,
-                });
+                r.routes.push(Route::new(dst, Some(gw)));
             }
         }
     }
@@ -384,7 +376,12 @@ async fn set_gateways(
     let existing = nl.addresses(bridge.index, &bridge.name).await?;
     for ip in ips {
         let Some(gw) = ip.gateway else { continue };
-        let gw_net = IpNetwork::new(gw, ip.address.prefix()).expect("prefix from a valid address");
+        let gw_net = IpNetwork::new(gw, ip.address.prefix()).map_err(|e| {
+            net::Error::io(
+                format!("gateway {gw} does not fit address {}", ip.address),
+                std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+            )
+        })?;
         if gw.is_ipv4() {
             for old in existing.iter().filter(|a| a.is_ipv4() && **a != gw_net) {
                 if !conf.force_address {
