@@ -23,6 +23,8 @@ pub fn bin_dir() -> PathBuf {
         "loopback",
         "tuning",
         "portmap",
+        "firewall",
+        "bandwidth",
         "cnitool",
     ] {
         assert!(
@@ -322,11 +324,16 @@ impl Cnitool {
             dir: tempfile::tempdir().unwrap(),
         };
         std::fs::create_dir_all(t.path("conf")).unwrap();
+        t.add_network("10-tool", &conflist);
+        t
+    }
+
+    /// Writes one more conflist into the config directory.
+    pub fn add_network(&self, file: &str, conflist: &Value) {
         let text = conflist
             .to_string()
-            .replace("@DATA@", t.path("data").to_str().unwrap());
-        std::fs::write(t.path("conf/10-tool.conflist"), text).unwrap();
-        t
+            .replace("@DATA@", self.path("data").to_str().unwrap());
+        std::fs::write(self.path(&format!("conf/{file}.conflist")), text).unwrap();
     }
 
     pub fn path(&self, p: &str) -> std::path::PathBuf {

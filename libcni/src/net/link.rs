@@ -33,6 +33,8 @@ pub struct LinkInfo {
     pub controller: Option<u32>,
     pub kind: Option<String>,
     pub alias: Option<String>,
+    /// For a veth, its peer's index (in the peer's namespace).
+    pub peer: Option<u32>,
 }
 
 /// Link settings to change; `None` leaves a setting alone.
@@ -55,10 +57,10 @@ pub struct RouteInfo {
 
 /// A route netlink connection bound to the namespace it was opened in.
 pub struct Netlink {
-    handle: Handle,
+    pub(super) handle: Handle,
 }
 
-fn nl_err(what: impl Into<String>, e: rtnetlink::Error) -> Error {
+pub(super) fn nl_err(what: impl Into<String>, e: rtnetlink::Error) -> Error {
     let source = match e {
         rtnetlink::Error::NetlinkError(m) => m.to_io(),
         other => std::io::Error::other(other.to_string()),
@@ -422,6 +424,7 @@ fn link_info(m: LinkMessage) -> LinkInfo {
         controller: None,
         kind: None,
         alias: None,
+        peer: None,
     };
     for a in m.attributes {
         match a {
@@ -431,6 +434,7 @@ fn link_info(m: LinkMessage) -> LinkInfo {
             LinkAttribute::TxQueueLen(q) => l.txqlen = q,
             LinkAttribute::Controller(c) => l.controller = Some(c),
             LinkAttribute::IfAlias(a) => l.alias = Some(a),
+            LinkAttribute::Link(p) => l.peer = Some(p),
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let NlInfo::Kind(k) = i {

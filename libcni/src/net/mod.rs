@@ -2,11 +2,13 @@
 
 mod link;
 mod netns;
+mod tc;
 
 use std::io;
 
 pub use link::{random_mac, LinkInfo, LinkTuning, Netlink, RouteInfo};
 pub use netns::Netns;
+pub use tc::{Qdisc, Tbf};
 
 use crate::spec::{code, Error as CniError};
 

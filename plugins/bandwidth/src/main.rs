@@ -1,0 +1,254 @@
+//! `bandwidth`: a chained plugin that limits the container's traffic with token buckets
+//! on the host side of its veth. Traffic to the container is shaped by a tbf root qdisc
+//! on the host veth; traffic from it is redirected to an ifb device (named like the
+//! reference plugin's, from network and container ID) whose tbf shapes it. Rates are in
+//! bits per second and bursts in bits, from the config or the `bandwidth` capability.
+
+use libcni::net::{block_on, Netlink, Netns, Tbf};
+use libcni::skel::{self, CmdArgs, Plugin};
+use libcni::spec::Interface;
+use libcni::{code, CniResult, Error};
+use serde::Deserialize;
+use sha2::{Digest, Sha512};
+
+/// The queue a tbf holds beyond its burst, as time at the rate (the reference's 25 ms).
+const LATENCY_MS: u64 = 25;
+
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct Limits {
+    #[serde(default)]
+    ingress_rate: u64,
+    #[serde(default)]
+    ingress_burst: u64,
+    #[serde(default)]
+    egress_rate: u64,
+    #[serde(default)]
+    egress_burst: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conf {
+    name: String,
+    #[serde(flatten)]
+    limits: Limits,
+    #[serde(default)]
+    runtime_config: RuntimeConfig,
+    #[serde(default)]
+    unshaped_subnets: Vec<String>,
+    #[serde(default)]
+    shaped_subnets: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RuntimeConfig {
+    #[serde(default)]
+    bandwidth: Option<Limits>,
+}
+
+impl Conf {
+    /// The limits to apply: the config's own when it sets any, else the capability's.
+    fn load(args: &CmdArgs) -> Result<(Conf, Limits), Error> {
+        let c: Conf = args.parse_conf()?;
+        if !c.unshaped_subnets.is_empty() || !c.shaped_subnets.is_empty() {
+            return Err(Error::new(
+                code::UNSUPPORTED_FIELD,
+                "unshapedSubnets/shapedSubnets are not supported",
+            ));
+        }
+        let limits = match (c.limits, c.runtime_config.bandwidth) {
+            (own, Some(cap)) if own == Limits::default() => cap,
+            (own, _) => own,
+        };
+        for (what, rate, burst) in [
+            ("ingress", limits.ingress_rate, limits.ingress_burst),
+            ("egress", limits.egress_rate, limits.egress_burst),
+        ] {
+            if (rate == 0) != (burst == 0) {
+                return Err(Error::config(format!(
+                    "{what}Rate and {what}Burst must be set together"
+                )));
+            }
+            if burst / 8 >= u64::from(u32::MAX) {
+                return Err(Error::config(format!("{what}Burst cannot be 4 GB or more")));
+            }
+        }
+        Ok((c, limits))
+    }
+}
+
+/// A token bucket for `rate` bits/s and `burst` bits, or None for no limit.
+fn bucket(rate: u64, burst: u64) -> Option<Tbf> {
+    (rate > 0).then(|| {
+        let (rate, burst) = (rate / 8, (burst / 8) as u32);
+        let queued = rate * LATENCY_MS / 1000;
+        Tbf {
+            rate,
+            burst,
+            limit: u32::try_from(queued + u64::from(burst)).unwrap_or(u32::MAX),
+        }
+    })
+}
+
+/// "bwp" and 12 hex digits of sha512(network + containerID), as the reference names it.
+fn ifb_name(network: &str, container_id: &str) -> String {
+    let digest = Sha512::digest(format!("{network}{container_id}").as_bytes());
+    let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    format!("bwp{hex}")
+}
+
+/// The host end of the container's veth: the link whose index the container interface
+/// names as its peer, which must be a host interface of prevResult.
+async fn host_veth(args: &CmdArgs, prev: &CniResult, host: &Netlink) -> Result<(u32, u32), Error> {
+    let netns = Netns::open_container(&args.netns)?;
+    let inside = Netlink::connect_in(&netns)?;
+    let peer = inside
+        .link(&args.ifname)
+        .await?
+        .and_then(|l| l.peer)
+        .ok_or_else(|| {
+            Error::config(format!(
+                "container interface {} has no veth peer",
+                args.ifname
+            ))
+        })?;
+    let link = host.link_by_index(peer).await?;
+    match link {
+        Some(l)
+            if prev
+                .interfaces
+                .iter()
+                .any(|i| i.sandbox.is_empty() && i.name == l.name) =>
+        {
+            Ok((l.index, l.mtu))
+        }
+        _ => Err(Error::config(format!(
+            "the veth peer of {} is not a host interface of prevResult",
+            args.ifname
+        ))),
+    }
+}
+
+struct Bandwidth;
+
+impl Plugin for Bandwidth {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+        let (conf, limits) = Conf::load(args)?;
+        let mut result = args.required_prev_result()?;
+        if limits == Limits::default() {
+            return Ok(result);
+        }
+        let ifb = ifb_name(&conf.name, &args.container_id);
+        block_on(async {
+            let nl = Netlink::connect()?;
+            let (veth, mtu) = host_veth(args, &result, &nl).await?;
+            if let Some(tbf) = bucket(limits.ingress_rate, limits.ingress_burst) {
+                nl.set_root_tbf(veth, "the host veth", tbf).await?;
+            }
+            if let Some(tbf) = bucket(limits.egress_rate, limits.egress_burst) {
+                let shaped = async {
+                    let index = nl.create_ifb(&ifb, mtu).await?;
+                    nl.redirect_ingress(veth, "the host veth", index).await?;
+                    nl.set_root_tbf(index, &ifb, tbf).await?;
+                    Ok::<_, Error>(index)
+                }
+                .await;
+                let index = match shaped {
+                    Ok(i) => i,
+                    Err(e) => {
+                        let _ = nl.delete_link(&ifb).await;
+                        return Err(e);
+                    }
+                };
+                let mac = nl
+                    .link_by_index(index)
+                    .await?
+                    .map(|l| l.mac)
+                    .unwrap_or_default();
+                result.interfaces.push(Interface {
+                    name: ifb.clone(),
+                    mac: libcni::net::format_mac(&mac),
+                    ..Default::default()
+                });
+            }
+            Ok(result)
+        })?
+    }
+
+    /// Deletes the ifb; the veth's own qdisc goes with the veth. Only the network name is
+    /// read, so DEL cleans up even after a config that ADD refused.
+    fn del(&self, args: &CmdArgs) -> Result<(), Error> {
+        let ifb = ifb_name(&args.conf.name, &args.container_id);
+        block_on(async {
+            let nl = Netlink::connect()?;
+            nl.delete_link(&ifb).await?;
+            Ok(())
+        })?
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), Error> {
+        let (conf, limits) = Conf::load(args)?;
+        let prev = args.required_prev_result()?;
+        if limits == Limits::default() {
+            return Ok(());
+        }
+        block_on(async {
+            let nl = Netlink::connect()?;
+            let (veth, _) = host_veth(args, &prev, &nl).await?;
+            let mut missing = Vec::new();
+            let has = |qdiscs: &[libcni::net::Qdisc], want: Tbf| {
+                qdiscs.iter().any(|q| {
+                    q.tbf
+                        .is_some_and(|t| t.rate == want.rate && t.limit == want.limit)
+                })
+            };
+            let veth_qdiscs = nl.qdiscs(veth).await?;
+            if let Some(want) = bucket(limits.ingress_rate, limits.ingress_burst) {
+                if !has(&veth_qdiscs, want) {
+                    missing.push("ingress tbf on the host veth".to_string());
+                }
+            }
+            if let Some(want) = bucket(limits.egress_rate, limits.egress_burst) {
+                let ifb = ifb_name(&conf.name, &args.container_id);
+                let shaped = match nl.link(&ifb).await? {
+                    Some(l) => has(&nl.qdiscs(l.index).await?, want),
+                    None => false,
+                };
+                if !shaped || !veth_qdiscs.iter().any(|q| q.kind == "ingress") {
+                    missing.push(format!("egress redirect to {ifb} with its tbf"));
+                }
+            }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(Error::new(code::CHECK_FAILED, "bandwidth limits missing")
+                    .details(missing.join("; ")))
+            }
+        })?
+    }
+}
+
+fn main() {
+    skel::run(&Bandwidth, "CNI bandwidth plugin (cni-rs)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifb_name_fits_a_link_name() {
+        let n = ifb_name("net", "c1");
+        assert_eq!(n.len(), 15);
+        assert!(n.starts_with("bwp"));
+        assert_ne!(n, ifb_name("net", "c2"));
+    }
+
+    #[test]
+    fn bucket_in_bytes_with_25ms_queue() {
+        let t = bucket(8_000_000, 80_000).unwrap();
+        assert_eq!((t.rate, t.burst, t.limit), (1_000_000, 10_000, 35_000));
+        assert!(bucket(0, 0).is_none());
+    }
+}

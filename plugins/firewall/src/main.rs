@@ -1,0 +1,155 @@
+//! `firewall`: a chained plugin that accepts the container's traffic on the host's forward
+//! path after an administrator's override chain, and with `ingressPolicy` isolates the
+//! container's bridge from other isolated bridges (`same-bridge`) or from everything,
+//! its own ports included (`isolated`). nftables only: the reference's `iptables` backend
+//! name maps onto it, `firewalld` is refused.
+
+use std::net::IpAddr;
+
+use libcni::firewall;
+use libcni::skel::{self, CmdArgs, Plugin};
+use libcni::{code, CniResult, Error};
+use serde::Deserialize;
+
+const DEFAULT_ADMIN_CHAIN: &str = "CNI-ADMIN";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conf {
+    name: String,
+    #[serde(default)]
+    backend: String,
+    #[serde(default)]
+    iptables_admin_chain_name: Option<String>,
+    #[serde(default)]
+    ingress_policy: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum IngressPolicy {
+    Open,
+    SameBridge,
+    Isolated,
+}
+
+impl Conf {
+    fn load(args: &CmdArgs) -> Result<(Conf, IngressPolicy), Error> {
+        let c: Conf = args.parse_conf()?;
+        match c.backend.as_str() {
+            "" | "iptables" | "nftables" => {}
+            "firewalld" => {
+                return Err(Error::new(
+                    code::UNSUPPORTED_FIELD,
+                    "backend \"firewalld\" is not supported; this plugin uses nftables",
+                ))
+            }
+            other => return Err(Error::config(format!("unknown backend {other:?}"))),
+        }
+        if let Some(name) = &c.iptables_admin_chain_name {
+            let valid = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+            if !valid {
+                return Err(Error::config(format!(
+                    "iptablesAdminChainName {name:?}: use up to 64 letters, digits, '-' or '_'"
+                )));
+            }
+        }
+        let policy = match c.ingress_policy.as_str() {
+            "" | "open" => IngressPolicy::Open,
+            "same-bridge" => IngressPolicy::SameBridge,
+            "isolated" => IngressPolicy::Isolated,
+            other => return Err(Error::config(format!("unknown ingress policy {other:?}"))),
+        };
+        Ok((c, policy))
+    }
+
+    fn admin_chain(&self) -> &str {
+        self.iptables_admin_chain_name
+            .as_deref()
+            .unwrap_or(DEFAULT_ADMIN_CHAIN)
+    }
+}
+
+fn addresses(r: &CniResult) -> Vec<IpAddr> {
+    r.ips.iter().map(|ip| ip.address.ip()).collect()
+}
+
+/// The bridge an isolation policy applies to: the first interface of prevResult, which
+/// the bridge plugin reports first.
+fn bridge_name(r: &CniResult, policy: IngressPolicy) -> Result<Option<&str>, Error> {
+    if policy == IngressPolicy::Open {
+        return Ok(None);
+    }
+    match r.interfaces.first() {
+        Some(i) if !i.name.is_empty() && i.sandbox.is_empty() => Ok(Some(&i.name)),
+        _ => Err(Error::config(
+            "an ingress policy needs the bridge as the first interface of prevResult; \
+             chain firewall after bridge",
+        )),
+    }
+}
+
+struct Firewall;
+
+impl Plugin for Firewall {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+        let (conf, policy) = Conf::load(args)?;
+        let prev = args.required_prev_result()?;
+        let mut script = firewall::forward_allow(
+            &conf.name,
+            &args.container_id,
+            &addresses(&prev),
+            conf.admin_chain(),
+        );
+        if let Some(bridge) = bridge_name(&prev, policy)? {
+            script += &firewall::isolate_bridge(bridge, policy == IngressPolicy::Isolated);
+        }
+        firewall::apply(
+            &script,
+            format!("adding forward rules for {}", args.container_id),
+        )?
+        .wait()?;
+        Ok(prev)
+    }
+
+    /// Removes the container's rules. A bridge's isolation stays: other containers may
+    /// still be attached to it (as with the reference plugin). Only the network name is
+    /// read, so a config that ADD refused still lets the runtime clean up the chain.
+    fn del(&self, args: &CmdArgs) -> Result<(), Error> {
+        let script = firewall::remove_forward_allow(&args.conf.name, &args.container_id);
+        firewall::apply(
+            &script,
+            format!("removing the forward rules of {}", args.container_id),
+        )?
+        .wait()
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), Error> {
+        let (conf, policy) = Conf::load(args)?;
+        let prev = args.required_prev_result()?;
+        let listed = firewall::listed_forward_allow(&conf.name, &args.container_id);
+        let mut missing: Vec<String> = addresses(&prev)
+            .into_iter()
+            .filter(|ip| !listed.contains(&format!("saddr {ip} accept")))
+            .map(|ip| format!("accept from {ip}"))
+            .collect();
+        if let Some(bridge) = bridge_name(&prev, policy)? {
+            if !firewall::listed_isolation().contains(&format!("\"{bridge}\"")) {
+                missing.push(format!("isolation of {bridge}"));
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(code::CHECK_FAILED, "firewall rules missing")
+                .details(missing.join("; ")))
+        }
+    }
+}
+
+fn main() {
+    skel::run(&Firewall, "CNI firewall plugin (cni-rs)")
+}
