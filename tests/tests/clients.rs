@@ -132,7 +132,10 @@ fn cnitool_runs_the_clients_conflists() {
             assert!(ok, "{file} {cmd}: {err}");
         }
         let rules = t.host.nft_ruleset();
-        assert!(!rules.contains("chain pm-") && !rules.contains("chain fw-"), "{rules}");
+        assert!(
+            !rules.contains("chain pm-") && !rules.contains("chain fw-"),
+            "{rules}"
+        );
         assert_eq!(store_allocations(&t.path("data"), net), 0);
         assert!(t.cache_files().is_empty());
     }

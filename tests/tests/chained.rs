@@ -1,0 +1,119 @@
+//! The chained plugins (portmap, firewall, tuning, bandwidth) behind bridge in one list,
+//! through cnitool, for every spec version: ADD prints the version asked for and keeps
+//! bridge's interfaces and addresses, CHECK passes (from 0.4.0), DEL leaves nothing. And
+//! the reference plugins given the same list shape traffic with the same tc parameters.
+
+use cni_tests::*;
+use serde_json::Value;
+
+fn chain(version: &str, bridge: &str) -> Value {
+    json!({
+        "cniVersion": version, "name": "chain",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": true,
+             "ipam": {"type": "host-local", "dataDir": "@DATA@", "ranges": [[{"subnet": "10.73.0.0/24"}]]}},
+            {"type": "portmap", "capabilities": {"portMappings": true}},
+            {"type": "firewall"},
+            {"type": "tuning", "sysctl": {"net.ipv4.conf.IFNAME.arp_notify": "1"}},
+            {"type": "bandwidth", "capabilities": {"bandwidth": true}}
+        ]
+    })
+}
+
+const CAPS: &str = r#"{"portMappings":[{"hostPort":8080,"containerPort":80,"protocol":"tcp"}],
+    "bandwidth":{"ingressRate":8000000,"ingressBurst":80000,"egressRate":4000000,"egressBurst":40000}}"#;
+
+#[test]
+fn every_version_adds_checks_and_deletes_the_whole_chain() {
+    for version in VERSIONS {
+        let t = Cnitool::new(chain(version, "cnich0"));
+        let c = Ns::new("c");
+        let (ok, out, err) = t.run(&["add", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
+        assert!(ok, "{version}: {err}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["cniVersion"], json!(version), "{r}");
+        let names: Vec<&str> = r["interfaces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names[0], "cnich0", "{version}: {names:?}");
+        assert_eq!(names[2], "eth0", "{version}: {names:?}");
+        assert!(names[3].starts_with("bwp"), "{version}: {names:?}");
+        assert!(r["ips"][0]["address"]
+            .as_str()
+            .unwrap()
+            .starts_with("10.73.0."));
+        assert_eq!(c.sh("sysctl -n net.ipv4.conf.eth0.arp_notify").trim(), "1");
+        if *version >= "0.4.0" {
+            let (ok, _, err) = t.run(&["check", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
+            assert!(ok, "{version} CHECK: {err}");
+        }
+        let (ok, _, err) = t.run(&["del", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
+        assert!(ok, "{version} DEL: {err}");
+        let rules = t.host.nft_ruleset();
+        for kind in ["masq-", "pm-", "fw-"] {
+            assert!(
+                !rules.contains(&format!("chain {kind}")),
+                "{version}: {rules}"
+            );
+        }
+        let left: Vec<_> = t
+            .host
+            .link_names()
+            .into_iter()
+            .filter(|l| l.starts_with("veth") || l.starts_with("bwp"))
+            .collect();
+        assert!(left.is_empty(), "{version}: {left:?}");
+        assert_eq!(store_allocations(&t.path("data"), "chain"), 0);
+    }
+}
+
+/// (kind, rate, burst, lat) of the tbf qdiscs on the container's host veth and its ifb.
+fn buckets(t: &Cnitool, r: &Value) -> Vec<(String, Value, Value, Value)> {
+    let mut out = Vec::new();
+    for i in r["interfaces"].as_array().unwrap() {
+        let dev = i["name"].as_str().unwrap();
+        if !(dev.starts_with("veth") || dev.starts_with("bwp")) {
+            continue;
+        }
+        let qdiscs: Value =
+            serde_json::from_str(&t.host.sh(&format!("tc -j qdisc show dev {dev}"))).unwrap();
+        for q in qdiscs.as_array().unwrap() {
+            if q["kind"] == "tbf" {
+                let o = &q["options"];
+                let side = if dev.starts_with("bwp") {
+                    "ifb"
+                } else {
+                    "veth"
+                };
+                out.push((
+                    side.to_string(),
+                    o["rate"].clone(),
+                    o["burst"].clone(),
+                    o["lat"].clone(),
+                ));
+            }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[test]
+fn bandwidth_sets_the_same_token_buckets_as_the_reference() {
+    let mut seen = Vec::new();
+    for cni_path in [bin_dir(), reference_dir()] {
+        let t = Cnitool::new(chain("1.0.0", "cnichref0"));
+        let c = Ns::new("c");
+        let env = [("CAP_ARGS", CAPS), ("CNI_PATH", cni_path.to_str().unwrap())];
+        let (ok, out, err) = t.run(&["add", "chain", &c.path()], &env);
+        assert!(ok, "{}: {err}", cni_path.display());
+        seen.push(buckets(&t, &serde_json::from_str(&out).unwrap()));
+        let (ok, _, err) = t.run(&["del", "chain", &c.path()], &env);
+        assert!(ok, "{}: {err}", cni_path.display());
+    }
+    assert_eq!(seen[0].len(), 2, "{:?}", seen[0]);
+    assert_eq!(seen[0], seen[1], "ours, then the reference's");
+}
