@@ -5,6 +5,7 @@
 //! `nft -f -` transaction; [`apply`] starts it and the caller waits when it needs to, since
 //! nft and the kernel's chain teardown take milliseconds the caller can spend elsewhere.
 
+use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
@@ -298,6 +299,56 @@ fn nft_list(kind: &str, name: &str) -> String {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default()
+}
+
+/// Script: remove the port mappings of `network`'s containers that are not in `valid`.
+pub fn remove_stale_port_mappings(network: &str, valid: &HashSet<String>) -> Result<String, Error> {
+    remove_stale(network, &["pm-pre", "pm-out", "pm-post"], valid)
+}
+
+/// Script: remove the forward-path rules of `network`'s containers not in `valid`.
+pub fn remove_stale_forward_allow(network: &str, valid: &HashSet<String>) -> Result<String, Error> {
+    remove_stale(network, &["fw"], valid)
+}
+
+/// Script deleting the `kinds` chains whose rules' comments name a container of
+/// `network` that is not in `valid` (container IDs); empty when there are none.
+fn remove_stale(network: &str, kinds: &[&str], valid: &HashSet<String>) -> Result<String, Error> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "inet", INET_TABLE])
+        .output()
+        .map_err(|e| Error::new(code::FIREWALL, "running nft").details(e.to_string()))?;
+    if !out.status.success() {
+        return Ok(String::new()); // no table, nothing of ours
+    }
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::new(code::FIREWALL, "reading nft's listing").details(e.to_string()))?;
+    let ours = comment(network, "");
+    let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
+    let mut stale = BTreeSet::new();
+    let items = listed["nftables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    for rule in items.iter().filter_map(|i| i.get("rule")) {
+        let (Some(chain), Some(note)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
+            continue;
+        };
+        let Some((kind, hash)) = chain.rsplit_once('-') else {
+            continue;
+        };
+        if kinds.contains(&kind) && note.starts_with(&ours) && !keep.contains(note) {
+            stale.insert(hash.to_string());
+        }
+    }
+    Ok(stale
+        .iter()
+        .flat_map(|h| {
+            kinds
+                .iter()
+                .map(move |k| delete_chain("inet", INET_TABLE, &format!("{k}-{h}")))
+        })
+        .collect())
 }
 
 /// `add` first so that deleting what is not there succeeds (nft 1.0.6 has no `destroy`).

@@ -107,6 +107,15 @@ impl Error {
     pub fn config(msg: impl Into<String>) -> Error {
         Error::new(code::INVALID_CONFIG, msg)
     }
+
+    /// CHECK's verdict: fine when nothing differs, else code 104 listing what does.
+    pub fn check(msg: &str, differences: Vec<String>) -> Result<(), Error> {
+        if differences.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::new(code::CHECK_FAILED, msg).details(differences.join("; ")))
+        }
+    }
 }
 
 /// The fields every plugin config has. Plugin-specific fields are read from the raw JSON.

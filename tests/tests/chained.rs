@@ -117,3 +117,76 @@ fn bandwidth_sets_the_same_token_buckets_as_the_reference() {
     assert_eq!(seen[0].len(), 2, "{:?}", seen[0]);
     assert_eq!(seen[0], seen[1], "ours, then the reference's");
 }
+
+/// The container ID cnitool gave the attachment in `netns` (from its cache file name).
+fn cached_container_id(t: &Cnitool, before: &[String]) -> String {
+    let name = t
+        .cache_files()
+        .into_iter()
+        .find(|f| !before.contains(f))
+        .expect("a new cache entry");
+    name.strip_prefix("chain-")
+        .and_then(|n| n.strip_suffix("-eth0"))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn gc_removes_what_the_runtime_lost_track_of_and_keeps_the_rest() {
+    let t = Cnitool::new(chain("1.1.0", "cnichgc0"));
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    let mut ids = Vec::new();
+    for c in [&c1, &c2] {
+        let before = t.cache_files();
+        let (ok, _, err) = t.run(&["add", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
+        assert!(ok, "{err}");
+        ids.push(cached_container_id(&t, &before));
+    }
+    let (lost, kept) = (&ids[0], &ids[1]);
+    let conf: Value =
+        serde_json::from_str(&std::fs::read_to_string(t.path("conf/10-tool.conflist")).unwrap())
+            .unwrap();
+    for plugin in conf["plugins"].as_array().unwrap().iter().rev() {
+        let mut p = plugin.clone();
+        p["name"] = json!("chain");
+        p["cniVersion"] = json!("1.1.0");
+        p["cni.dev/valid-attachments"] = json!([{"containerID": kept, "ifname": "eth0"}]);
+        let kind = p["type"].as_str().unwrap().to_string();
+        Call::new(&kind, "GC", &t.host, "", "").run(&p).expect_ok();
+    }
+
+    let rules = t.host.nft_ruleset();
+    assert!(!rules.contains(&format!("chain/{lost}")), "{rules}");
+    for kind in ["masq-", "pm-pre-", "pm-out-", "pm-post-", "fw-"] {
+        assert_eq!(
+            rules.matches(&format!("chain {kind}")).count(),
+            1,
+            "{kind}: {rules}"
+        );
+    }
+    let aliases: Vec<String> = t
+        .host
+        .ip_json("link show")
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["ifalias"].as_str().map(String::from))
+        .collect();
+    assert!(
+        aliases.iter().all(|a| !a.contains(lost.as_str())),
+        "{aliases:?}"
+    );
+    assert_eq!(
+        aliases.iter().filter(|a| a.contains(kept.as_str())).count(),
+        2,
+        "the kept container's veth and ifb: {aliases:?}"
+    );
+    assert_eq!(store_allocations(&t.path("data"), "chain"), 1);
+
+    for c in [&c1, &c2] {
+        let (ok, _, err) = t.run(&["del", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
+        assert!(ok, "{err}");
+    }
+    assert!(!t.host.nft_ruleset().contains("chain fw-"));
+    assert_eq!(store_allocations(&t.path("data"), "chain"), 0);
+}

@@ -219,6 +219,34 @@ impl Netlink {
             .await
     }
 
+    /// Deletes the links of `kind` labelled by [`super::attachment_alias`] for `network`
+    /// whose (containerID, ifname) is not in `valid`; returns their container IDs.
+    pub async fn delete_stale_attachments(
+        &self,
+        kind: &str,
+        network: &str,
+        valid: &std::collections::HashSet<(String, String)>,
+    ) -> Result<Vec<String>, Error> {
+        let mut stale = Vec::new();
+        for link in self.links().await? {
+            if link.kind.as_deref() != Some(kind) {
+                continue;
+            }
+            let Some((net, cid, ifname)) = link
+                .alias
+                .as_deref()
+                .and_then(super::parse_attachment_alias)
+            else {
+                continue;
+            };
+            if net == network && !valid.contains(&(cid.to_string(), ifname.to_string())) {
+                self.delete_link(&link.name).await?;
+                stale.push(cid.to_string());
+            }
+        }
+        Ok(stale)
+    }
+
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), Error> {
         let msg = LinkUnspec::new_with_index(index).up().build();
         self.set_link(msg, || format!("setting {name} up")).await
@@ -257,7 +285,11 @@ impl Netlink {
             .await
     }
 
-    async fn set_link(&self, msg: LinkMessage, what: impl FnOnce() -> String) -> Result<(), Error> {
+    pub(super) async fn set_link(
+        &self,
+        msg: LinkMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Error> {
         self.handle
             .link()
             .set(msg)

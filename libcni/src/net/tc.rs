@@ -139,12 +139,11 @@ impl Netlink {
         .await
     }
 
-    /// Creates an ifb device, up, and returns its index.
-    pub async fn create_ifb(&self, name: &str, mtu: u32) -> Result<u32, Error> {
+    /// Creates an ifb device labelled with `alias`, up, and returns its index.
+    pub async fn create_ifb(&self, name: &str, mtu: u32, alias: &str) -> Result<u32, Error> {
         let msg = LinkMessageBuilder::<LinkUnspec>::new_with_info_kind(InfoKind::Ifb)
             .name(name)
             .mtu(mtu)
-            .up()
             .build();
         self.handle
             .link()
@@ -158,6 +157,13 @@ impl Netlink {
                 std::io::ErrorKind::NotFound.into(),
             )
         })?;
+        // The kernel ignores an alias given at creation.
+        let msg = LinkUnspec::new_with_index(l.index)
+            .alias(alias)
+            .up()
+            .build();
+        self.set_link(msg, || format!("labelling ifb {name} and setting it up"))
+            .await?;
         Ok(l.index)
     }
 

@@ -3,8 +3,9 @@
 //! on the host veth; traffic from it is redirected to an ifb device (named like the
 //! reference plugin's, from network and container ID) whose tbf shapes it. Rates are in
 //! bits per second and bursts in bits, from the config or the `bandwidth` capability.
+//! The ifb carries the attachment in its alias, so GC finds those of gone containers.
 
-use libcni::net::{block_on, Netlink, Netns, Tbf};
+use libcni::net::{attachment_alias, block_on, Netlink, Netns, Tbf};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::Interface;
 use libcni::{code, CniResult, Error};
@@ -148,7 +149,8 @@ impl Plugin for Bandwidth {
             }
             if let Some(tbf) = bucket(limits.egress_rate, limits.egress_burst) {
                 let shaped = async {
-                    let index = nl.create_ifb(&ifb, mtu).await?;
+                    let alias = attachment_alias(&conf.name, &args.container_id, &args.ifname);
+                    let index = nl.create_ifb(&ifb, mtu, &alias).await?;
                     nl.redirect_ingress(veth, "the host veth", index).await?;
                     nl.set_root_tbf(index, &ifb, tbf).await?;
                     Ok::<_, Error>(index)
@@ -187,6 +189,17 @@ impl Plugin for Bandwidth {
         })?
     }
 
+    /// Deletes this network's ifb devices whose attachment is not valid any more.
+    fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
+        let valid = args.valid_attachments()?;
+        block_on(async {
+            Netlink::connect()?
+                .delete_stale_attachments("ifb", &args.conf.name, &valid)
+                .await
+        })??;
+        Ok(())
+    }
+
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, limits) = Conf::load(args)?;
         let prev = args.required_prev_result()?;
@@ -219,12 +232,7 @@ impl Plugin for Bandwidth {
                     missing.push(format!("egress redirect to {ifb} with its tbf"));
                 }
             }
-            if missing.is_empty() {
-                Ok(())
-            } else {
-                Err(Error::new(code::CHECK_FAILED, "bandwidth limits missing")
-                    .details(missing.join("; ")))
-            }
+            Error::check("bandwidth limits missing", missing)
         })?
     }
 }

@@ -4,14 +4,10 @@
 
 mod config;
 
-use std::collections::HashSet;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use libcni::net::{
-    self, attachment_alias, block_on, format_mac, host_veth_name, parse_attachment_alias, Netlink,
-    Netns,
-};
+use libcni::net::{self, attachment_alias, block_on, format_mac, host_veth_name, Netlink, Netns};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Interface, IpConfig, Route};
 use libcni::{code, delegate, firewall, CniResult, Error};
@@ -138,34 +134,18 @@ impl Plugin for Bridge {
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = BridgeConf::load(args)?;
         let valid = args.valid_attachments()?;
-        let stale = block_on(remove_stale_veths(&conf.name, &valid))?.map_err(Error::from)?;
+        let stale = block_on(async {
+            Netlink::connect()?
+                .delete_stale_attachments("veth", &conf.name, &valid)
+                .await
+        })?
+        .map_err(Error::from)?;
         let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
         if let Some(p) = start_rule_removal(&conf, &stale)? {
             p.wait()?;
         }
         delegate_plain(args, "GC")
     }
-}
-
-/// Deletes our host veths of `network` whose attachment is not in `valid`; returns their
-/// container IDs.
-async fn remove_stale_veths(
-    network: &str,
-    valid: &HashSet<(String, String)>,
-) -> Result<Vec<String>, net::Error> {
-    let nl = Netlink::connect()?;
-    let mut stale = Vec::new();
-    for link in nl.links().await? {
-        let Some((net, cid, ifname)) = link.alias.as_deref().and_then(parse_attachment_alias)
-        else {
-            continue;
-        };
-        if net == network && !valid.contains(&(cid.to_string(), ifname.to_string())) {
-            nl.delete_link(&link.name).await?;
-            stale.push(cid.to_string());
-        }
-    }
-    Ok(stale)
 }
 
 /// Starts installing the container's masquerade and MAC spoof rules, where the config has

@@ -127,6 +127,20 @@ impl Plugin for Firewall {
         .wait()
     }
 
+    /// Removes the rules of this network's containers that are not valid any more.
+    fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
+        let valid = args
+            .valid_attachments()?
+            .into_iter()
+            .map(|(cid, _)| cid)
+            .collect();
+        let script = firewall::remove_stale_forward_allow(&args.conf.name, &valid)?;
+        if !script.is_empty() {
+            firewall::apply(&script, "removing stale forward rules")?.wait()?;
+        }
+        Ok(())
+    }
+
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, policy) = Conf::load(args)?;
         let prev = args.required_prev_result()?;
@@ -141,12 +155,7 @@ impl Plugin for Firewall {
                 missing.push(format!("isolation of {bridge}"));
             }
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(code::CHECK_FAILED, "firewall rules missing")
-                .details(missing.join("; ")))
-        }
+        Error::check("firewall rules missing", missing)
     }
 }
 

@@ -141,6 +141,20 @@ impl Plugin for Portmap {
         .wait()
     }
 
+    /// Removes the rules of this network's containers that are not valid any more.
+    fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
+        let valid = args
+            .valid_attachments()?
+            .into_iter()
+            .map(|(cid, _)| cid)
+            .collect();
+        let script = firewall::remove_stale_port_mappings(&args.conf.name, &valid)?;
+        if !script.is_empty() {
+            firewall::apply(&script, "removing stale port mappings")?.wait()?;
+        }
+        Ok(())
+    }
+
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = Conf::load(args)?;
         let prev = args.required_prev_result()?;
@@ -163,11 +177,7 @@ impl Plugin for Portmap {
                 }
             }
         }
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(code::CHECK_FAILED, "port mappings missing").details(missing.join("; ")))
-        }
+        Error::check("port mappings missing", missing)
     }
 }
 

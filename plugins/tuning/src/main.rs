@@ -200,11 +200,7 @@ impl Plugin for Tuning {
                 current(&link, &tuning)
             ));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Error::new(code::CHECK_FAILED, "tuning differs").details(problems.join("; ")))
-        }
+        Error::check("tuning differs", problems)
     }
 }
 
