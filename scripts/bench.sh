@@ -3,13 +3,20 @@
 # one run: N sequential ADDs then N DELs (default 200) in a throwaway host namespace with
 # the same config, per-invocation median/p90/p99 wall time, peak RSS of one invocation
 # (the plugin and its IPAM delegate), and the ratios; calls alternate between ours and
-# the reference so both see the same load. Usage: scripts/bench.sh [N] [--masq]
+# the reference so both see the same load. --chain runs podman's default list instead
+# (bridge with ipMasq, portmap, firewall, tuning) through our cnitool for both sides.
+# Usage: scripts/bench.sh [N] [--masq|--chain]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; fi
 n=${1:-200}
-masq=false
-[ "${2:-}" = --masq ] && masq=true
+masq=false mode=bridge
+case "${2:-}" in
+  --masq) masq=true ;;
+  --chain) masq=true mode=chain ;;
+  "") ;;
+  *) echo "usage: scripts/bench.sh [N] [--masq|--chain]" >&2; exit 2 ;;
+esac
 scripts/deps.sh iproute2 nftables containernetworking-plugins python3 time
 cargo build --release --bins --quiet
 tag=cnirs-bench-$$
@@ -20,4 +27,4 @@ for side in ours ref; do
   ip netns add "$tag-$side"; made+=("$tag-$side")
   for i in $(seq "$n"); do ip netns add "$tag-$side-$i"; made+=("$tag-$side-$i"); done
 done
-python3 scripts/bench_driver.py "$tag" "$n" "$masq" "$PWD/target/release" /usr/lib/cni
+python3 scripts/bench_driver.py "$tag" "$n" "$mode" "$masq" "$PWD/target/release" /usr/lib/cni

@@ -14,30 +14,53 @@ def enter(ns_fd):
 
 
 class Side:
-    def __init__(self, name, bindir, tag, masq):
+    """One side's plugins. mode "bridge": bridge+host-local called directly; "chain":
+    podman's default list (bridge, portmap with one port per container, firewall, tuning)
+    run by our cnitool for both sides, so only the plugins differ."""
+
+    def __init__(self, name, bindir, tag, mode, masq, cnitool):
         self.name, self.bindir, self.prefix = name, bindir, f"{tag}-{name}"
+        self.mode, self.cnitool = mode, cnitool
         self.ns = os.open(f"/var/run/netns/{self.prefix}", os.O_RDONLY)
-        self.conf = json.dumps({
-            "cniVersion": "1.0.0", "name": "bench", "type": "bridge", "bridge": "cnibench0",
-            "isDefaultGateway": True, "ipMasq": masq,
-            "ipam": {"type": "host-local", "dataDir": tempfile.mkdtemp(),
+        self.work = tempfile.mkdtemp()
+        bridge = {
+            "type": "bridge", "bridge": "cnibench0", "isDefaultGateway": True, "ipMasq": masq,
+            "ipam": {"type": "host-local", "dataDir": self.work,
                      "ranges": [[{"subnet": "10.50.0.0/16"}]]},
-        }).encode()
+        }
+        if mode == "bridge":
+            self.conf = json.dumps(dict(bridge, cniVersion="1.0.0", name="bench")).encode()
+        else:
+            os.mkdir(os.path.join(self.work, "conf"))
+            with open(os.path.join(self.work, "conf", "10-bench.conflist"), "w") as f:
+                json.dump({"cniVersion": "1.0.0", "name": "bench", "plugins": [
+                    bridge, {"type": "portmap", "capabilities": {"portMappings": True}},
+                    {"type": "firewall"}, {"type": "tuning"}]}, f)
         self.times = {"ADD": [], "DEL": []}
         self.rss = {"ADD": 0, "DEL": 0}
+
+    def command(self, op, i):
+        netns = f"/var/run/netns/{self.prefix}-{i}"
+        if self.mode == "bridge":
+            env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}",
+                       CNI_NETNS=netns, CNI_IFNAME="eth0", CNI_PATH=self.bindir)
+            return [os.path.join(self.bindir, "bridge")], env, self.conf
+        caps = {"portMappings": [{"hostPort": 10000 + i, "containerPort": 80,
+                                  "protocol": "tcp"}]}
+        env = dict(os.environ, NETCONFPATH=os.path.join(self.work, "conf"),
+                   CNI_PATH=self.bindir, CNI_CACHE_DIR=os.path.join(self.work, "cache"),
+                   CAP_ARGS=json.dumps(caps))
+        return [self.cnitool, op.lower(), "bench", netns], env, b""
 
     def invoke(self, op, i, rss=False):
         """One call as a runtime makes it; with rss, through GNU time for the peak RSS of
         the plugin and its delegate (a child forked from Python would report Python's)."""
         enter(self.ns)
-        env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}",
-                   CNI_NETNS=f"/var/run/netns/{self.prefix}-{i}", CNI_IFNAME="eth0",
-                   CNI_PATH=self.bindir)
-        cmd = [os.path.join(self.bindir, "bridge")]
+        cmd, env, stdin = self.command(op, i)
         if rss:
             cmd = ["/usr/bin/time", "-f", "%M"] + cmd
         start = time.perf_counter()
-        p = subprocess.run(cmd, input=self.conf, env=env, capture_output=True)
+        p = subprocess.run(cmd, input=stdin, env=env, capture_output=True)
         elapsed = (time.perf_counter() - start) * 1000
         if p.returncode != 0:
             sys.exit(f"{self.name} {op} {i} failed: {p.stdout.decode()} {p.stderr.decode()}")
@@ -47,8 +70,10 @@ class Side:
             self.times[op].append(elapsed)
 
 
-def main(tag, n, masq, ours_dir, ref_dir):
-    sides = [Side("ours", ours_dir, tag, masq), Side("ref", ref_dir, tag, masq)]
+def main(tag, n, mode, masq, ours_dir, ref_dir):
+    cnitool = os.path.join(ours_dir, "cnitool")
+    sides = [Side("ours", ours_dir, tag, mode, masq, cnitool),
+             Side("ref", ref_dir, tag, mode, masq, cnitool)]
     for op in ("ADD", "DEL"):
         for i in range(1, n + 1):
             for side in (sides if i % 2 else sides[::-1]):
@@ -57,7 +82,9 @@ def main(tag, n, masq, ours_dir, ref_dir):
         for op in ("ADD", "DEL"):
             for side in sides:
                 side.invoke(op, i, rss=True)
-    print(f"{n} ADDs then {n} DELs each, alternating ours and the reference; ipMasq={masq}")
+    what = "bridge+host-local" if mode == "bridge" else "podman's chain through cnitool"
+    print(f"{n} ADDs then {n} DELs each of {what}, alternating ours and the reference; "
+          f"ipMasq={masq}")
     print(f"{'plugins':8} {'op':4} {'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'peak RSS':>10}")
     for side in sides:
         for op in ("ADD", "DEL"):
@@ -73,5 +100,5 @@ def main(tag, n, masq, ours_dir, ref_dir):
 
 
 if __name__ == "__main__":
-    tag, n, masq, ours_dir, ref_dir = sys.argv[1:]
-    main(tag, int(n), masq == "true", ours_dir, ref_dir)
+    tag, n, mode, masq, ours_dir, ref_dir = sys.argv[1:]
+    main(tag, int(n), mode, masq == "true", ours_dir, ref_dir)

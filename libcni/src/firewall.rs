@@ -1,7 +1,7 @@
-//! Our nftables rules in the host namespace: masquerade for `ipMasq`, the MAC spoof check,
-//! port mappings and the forward-path rules of the `firewall` plugin. Each container gets
-//! chains of its own, named from (network, containerID), so DEL finds them without
-//! prevResult. A container's rules are one script, applied as one
+//! Our nftables rules in the host namespace: masquerade for `ipMasq`, the MAC spoof check
+//! and port mappings, and what every user of our table shares (its name, rule labels,
+//! listing, applying scripts). Each container gets chains of its own, named from
+//! (network, containerID), so DEL finds them without prevResult. A container's rules are one script, applied as one
 //! `nft -f -` transaction; [`apply`] starts it and the caller waits when it needs to, since
 //! nft and the kernel's chain teardown take milliseconds the caller can spend elsewhere.
 
@@ -15,7 +15,7 @@ use crate::net::stable_hash;
 use crate::spec::{code, Error};
 
 /// Our table for NAT of IP traffic (both families).
-const INET_TABLE: &str = "cni_rs";
+pub const INET_TABLE: &str = "cni_rs";
 /// Our table for layer-2 checks on bridge ports.
 const BRIDGE_TABLE: &str = "cni_rs_br";
 
@@ -24,7 +24,7 @@ fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
 }
 
 /// A rule comment that tells a person whose rule this is (nft allows 128 bytes).
-fn comment(network: &str, container_id: &str) -> String {
+pub fn comment(network: &str, container_id: &str) -> String {
     let mut c = format!("{network}/{container_id}");
     c.retain(|ch| ch != '"' && ch != '\\');
     c.truncate(120);
@@ -215,90 +215,28 @@ pub fn remove_port_mappings(network: &str, container_id: &str) -> String {
 /// The container's DNAT rules as nft lists them (for CHECK); empty when there are none.
 pub fn listed_port_mappings(network: &str, container_id: &str) -> String {
     let [(pre, _), _, _] = port_chains(network, container_id);
-    list_chain(&pre)
-}
-
-/// Script: accept the container's traffic on the host's forward path (what it sends, and
-/// replies to it), in a chain that runs after `admin_chain`, where an administrator's
-/// rules override ours. The admin chain is created when missing and never flushed.
-///
-/// An nftables accept ends only its own base chain: a drop in another table (an iptables
-/// FORWARD policy of DROP, say) still wins over it.
-pub fn forward_allow(
-    network: &str,
-    container_id: &str,
-    addrs: &[std::net::IpAddr],
-    admin_chain: &str,
-) -> String {
-    let chain = chain_name("fw", network, container_id);
-    let note = comment(network, container_id);
-    let mut s = format!(
-        "add table inet {INET_TABLE}\n\
-         add chain inet {INET_TABLE} {admin_chain} {{ type filter hook forward priority -10; }}\n\
-         add chain inet {INET_TABLE} {chain} {{ type filter hook forward priority filter; }}\n\
-         flush chain inet {INET_TABLE} {chain}\n"
-    );
-    for ip in addrs {
-        let fam = if ip.is_ipv4() { "ip" } else { "ip6" };
-        s += &format!(
-            "add rule inet {INET_TABLE} {chain} {fam} daddr {ip} ct state established,related accept comment \"{note}\"\n\
-             add rule inet {INET_TABLE} {chain} {fam} saddr {ip} accept comment \"{note}\"\n"
-        );
-    }
-    s
-}
-
-/// Script: remove the container's forward-path rules; nothing there is fine.
-pub fn remove_forward_allow(network: &str, container_id: &str) -> String {
-    delete_chain("inet", INET_TABLE, &chain_name("fw", network, container_id))
-}
-
-/// The container's forward-path rules as nft lists them (for CHECK); empty when none.
-pub fn listed_forward_allow(network: &str, container_id: &str) -> String {
-    list_chain(&chain_name("fw", network, container_id))
-}
-
-/// Script: isolate `bridge` from the other isolated bridges: traffic between two bridges
-/// in the set is dropped, and with `strict` also traffic between ports of `bridge` itself
-/// (routed or, with br_netfilter, bridged). Shared by all containers of the bridge and
-/// kept on DEL, since other containers may still use it.
-pub fn isolate_bridge(bridge: &str, strict: bool) -> String {
-    let same = format!("{{ \"{bridge}\" . \"{bridge}\" }}");
-    let mut s = format!(
-        "add table inet {INET_TABLE}\n\
-         add set inet {INET_TABLE} isolated {{ type ifname; }}\n\
-         add set inet {INET_TABLE} isolated_same {{ type ifname . ifname; }}\n\
-         add element inet {INET_TABLE} isolated {{ \"{bridge}\" }}\n\
-         add element inet {INET_TABLE} isolated_same {same}\n"
-    );
-    if strict {
-        s += &format!("delete element inet {INET_TABLE} isolated_same {same}\n");
-    }
-    s += &format!(
-        "add chain inet {INET_TABLE} isolation {{ type filter hook forward priority -20; }}\n\
-         flush chain inet {INET_TABLE} isolation\n\
-         add rule inet {INET_TABLE} isolation iifname . oifname @isolated_same accept\n\
-         add rule inet {INET_TABLE} isolation iifname @isolated oifname @isolated drop\n"
-    );
-    s
-}
-
-/// The names in the set of isolated bridges, as nft lists them (for CHECK).
-pub fn listed_isolation() -> String {
-    nft_list("set", "isolated")
-}
-
-fn list_chain(chain: &str) -> String {
-    nft_list("chain", chain)
-}
-
-/// `nft list <kind> inet <our table> <name>`; empty when it does not exist.
-fn nft_list(kind: &str, name: &str) -> String {
     Command::new("nft")
-        .args(["list", kind, "inet", INET_TABLE, name])
+        .args(["list", "chain", "inet", INET_TABLE, &pre])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default()
+}
+
+/// Our table as nft's JSON items; empty when the table does not exist.
+pub fn listed_table() -> Result<Vec<serde_json::Value>, Error> {
+    let out = Command::new("nft")
+        .args(["-j", "list", "table", "inet", INET_TABLE])
+        .output()
+        .map_err(|e| Error::new(code::FIREWALL, "running nft").details(e.to_string()))?;
+    if !out.status.success() {
+        return Ok(Vec::new());
+    }
+    let mut listed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::new(code::FIREWALL, "reading nft's listing").details(e.to_string()))?;
+    Ok(match listed["nftables"].take() {
+        serde_json::Value::Array(items) => items,
+        _ => Vec::new(),
+    })
 }
 
 /// Script: remove the port mappings of `network`'s containers that are not in `valid`.
@@ -306,31 +244,13 @@ pub fn remove_stale_port_mappings(network: &str, valid: &HashSet<String>) -> Res
     remove_stale(network, &["pm-pre", "pm-out", "pm-post"], valid)
 }
 
-/// Script: remove the forward-path rules of `network`'s containers not in `valid`.
-pub fn remove_stale_forward_allow(network: &str, valid: &HashSet<String>) -> Result<String, Error> {
-    remove_stale(network, &["fw"], valid)
-}
-
 /// Script deleting the `kinds` chains whose rules' comments name a container of
 /// `network` that is not in `valid` (container IDs); empty when there are none.
 fn remove_stale(network: &str, kinds: &[&str], valid: &HashSet<String>) -> Result<String, Error> {
-    let out = Command::new("nft")
-        .args(["-j", "list", "table", "inet", INET_TABLE])
-        .output()
-        .map_err(|e| Error::new(code::FIREWALL, "running nft").details(e.to_string()))?;
-    if !out.status.success() {
-        return Ok(String::new()); // no table, nothing of ours
-    }
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| Error::new(code::FIREWALL, "reading nft's listing").details(e.to_string()))?;
     let ours = comment(network, "");
     let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
     let mut stale = BTreeSet::new();
-    let items = listed["nftables"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    for rule in items.iter().filter_map(|i| i.get("rule")) {
+    for rule in listed_table()?.iter().filter_map(|i| i.get("rule")) {
         let (Some(chain), Some(note)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
             continue;
         };
@@ -382,6 +302,14 @@ pub fn apply(script: &str, what: impl Into<String>) -> Result<Pending, Error> {
             .map_err(|e| fail(format!("writing to nft: {e}")))?;
     }
     Ok(Pending { child, what })
+}
+
+/// Applies `script` and waits for it; an empty script does nothing.
+pub fn run(script: &str, what: impl Into<String>) -> Result<(), Error> {
+    if script.is_empty() {
+        return Ok(());
+    }
+    apply(script, what)?.wait()
 }
 
 impl Pending {

@@ -41,16 +41,24 @@ fn forward_rules_follow_the_container_and_the_admin_chain_overrides_them() {
     let outside = Ns::new("o");
     t.host.veth_to(&outside, "10.67.9");
     let (c, ip) = attach(&t, "fwnet");
+    let (other, other_ip) = attach(&t, "fwnet");
 
     let rules = t.host.nft_ruleset();
-    assert!(rules.contains(&format!("ip saddr {ip} accept")), "{rules}");
-    assert!(
-        rules.contains(&format!(
-            "ip daddr {ip} ct state established,related accept"
-        )),
-        "{rules}"
-    );
-    assert!(rules.contains("chain CNI-ADMIN"), "{rules}");
+    for rule in [
+        "ip saddr @CNI-ADMIN-v4 accept",
+        "ip daddr @CNI-ADMIN-v4 ct state established,related accept",
+        "ip6 saddr @CNI-ADMIN-v6 accept",
+        "chain CNI-ADMIN",
+    ] {
+        assert!(rules.contains(rule), "{rule}: {rules}");
+    }
+    let allowed = t.host.sh("nft list set inet cni_rs CNI-ADMIN-v4");
+    for addr in [&ip, &other_ip] {
+        assert!(
+            allowed.contains(&format!("{addr} comment \"fwnet/")),
+            "{allowed}"
+        );
+    }
     assert!(c.ping("10.67.9.2"), "container -> outside");
     let (ok, _, err) = t.run(&["check", "fwnet", &c.path()], &[]);
     assert!(ok, "{err}");
@@ -59,38 +67,33 @@ fn forward_rules_follow_the_container_and_the_admin_chain_overrides_them() {
         "nft add rule inet cni_rs CNI-ADMIN ip saddr {ip} drop"
     ));
     assert!(!c.ping("10.67.9.2"), "the admin's drop wins");
+    assert!(
+        other.ping("10.67.9.2"),
+        "only for the address the admin named"
+    );
     t.host.sh("nft flush chain inet cni_rs CNI-ADMIN");
     assert!(c.ping("10.67.9.2"), "traffic flows again");
 
-    // CHECK notices a removed rule.
-    let chain = t
-        .host
-        .sh("nft -a list table inet cni_rs")
-        .lines()
-        .find(|l| l.contains(&format!("saddr {ip} accept")))
-        .and_then(|l| l.rsplit("handle ").next())
-        .map(str::trim)
-        .map(String::from)
-        .unwrap();
-    let fw_chain = t
-        .host
-        .sh("nft list table inet cni_rs")
-        .lines()
-        .filter(|l| l.trim_start().starts_with("chain fw-"))
-        .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
-        .next()
-        .unwrap();
     t.host.sh(&format!(
-        "nft delete rule inet cni_rs {fw_chain} handle {chain}"
+        "nft delete element inet cni_rs CNI-ADMIN-v4 {{ {ip} }}"
     ));
     let (ok, out, _) = t.run(&["check", "fwnet", &c.path()], &[]);
-    assert!(!ok && out.is_empty(), "CHECK passed without the rule");
+    assert!(!ok && out.is_empty(), "CHECK passed without the address");
+    let (c, ip) = {
+        detach(&t, "fwnet", &c);
+        attach(&t, "fwnet")
+    };
 
     detach(&t, "fwnet", &c);
-    let rules = t.host.nft_ruleset();
-    assert!(!rules.contains("chain fw-"), "{rules}");
-    assert!(!rules.contains(&ip), "{rules}");
     detach(&t, "fwnet", &c);
+    let allowed = t.host.sh("nft list set inet cni_rs CNI-ADMIN-v4");
+    assert!(!allowed.contains(&format!("{ip} ")), "{allowed}");
+    assert!(
+        allowed.contains(&other_ip),
+        "the other container keeps its rule"
+    );
+    detach(&t, "fwnet", &other);
+    assert!(!t.host.nft_ruleset().contains("\"fwnet/"));
 }
 
 #[test]
@@ -146,8 +149,10 @@ fn same_bridge_and_isolated_policies_stop_traffic_between_bridges() {
         detach(&t, net, c);
     }
     let rules = t.host.nft_ruleset();
-    assert!(!rules.contains("chain fw-"), "{rules}");
-    assert!(!rules.contains(&c1_ip), "{rules}");
+    assert!(
+        !rules.contains(&c1_ip) && !rules.contains("\"iso"),
+        "{rules}"
+    );
 }
 
 #[test]
@@ -173,4 +178,36 @@ fn bad_firewall_configs_are_refused_with_codes() {
             "{fw}: cleaned up"
         );
     }
+}
+
+#[test]
+fn a_named_admin_chain_and_a_flushed_ruleset_are_handled() {
+    let t = Cnitool::new(network(
+        "fwadm",
+        "cnifwadm0",
+        "10.67.5.0/24",
+        json!({"iptablesAdminChainName": "SITE-ADMIN"}),
+    ));
+    let outside = Ns::new("o");
+    t.host.veth_to(&outside, "10.67.8");
+    let (c, ip) = attach(&t, "fwadm");
+    let rules = t.host.nft_ruleset();
+    assert!(rules.contains("chain SITE-ADMIN-forward") && rules.contains("jump SITE-ADMIN"));
+    t.host.sh(&format!(
+        "nft add rule inet cni_rs SITE-ADMIN ip saddr {ip} drop"
+    ));
+    assert!(!c.ping("10.67.8.2"), "the named admin chain's drop wins");
+
+    // Someone flushes the whole ruleset: the next ADD makes the shared objects again.
+    t.host.sh("nft flush ruleset");
+    let (ok, out, _) = t.run(&["check", "fwadm", &c.path()], &[]);
+    assert!(!ok && out.is_empty(), "CHECK passed after the flush");
+    let (c2, ip2) = attach(&t, "fwadm");
+    let listed = t.host.sh("nft list set inet cni_rs SITE-ADMIN-v4");
+    assert!(listed.contains(&ip2), "{listed}");
+    assert!(c2.ping("10.67.8.2"));
+    for c in [&c, &c2] {
+        detach(&t, "fwadm", c);
+    }
+    assert!(!t.host.nft_ruleset().contains("\"fwadm/"));
 }

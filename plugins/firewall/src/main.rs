@@ -1,15 +1,16 @@
 //! `firewall`: a chained plugin that accepts the container's traffic on the host's forward
-//! path after an administrator's override chain, and with `ingressPolicy` isolates the
+//! path after an administrator's override chain (see rules.rs), and with `ingressPolicy` isolates the
 //! container's bridge from other isolated bridges (`same-bridge`) or from everything,
 //! its own ports included (`isolated`). nftables only: the reference's `iptables` backend
 //! name maps onto it, `firewalld` is refused.
 
 use std::net::IpAddr;
 
-use libcni::firewall;
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde::Deserialize;
+
+mod rules;
 
 const DEFAULT_ADMIN_CHAIN: &str = "CNI-ADMIN";
 
@@ -46,14 +47,14 @@ impl Conf {
             other => return Err(Error::config(format!("unknown backend {other:?}"))),
         }
         if let Some(name) = &c.iptables_admin_chain_name {
-            let valid = !name.is_empty()
-                && name.len() <= 64
+            let valid = name.len() <= 54
+                && name.starts_with(|ch: char| ch.is_ascii_alphabetic())
                 && name
                     .chars()
                     .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
             if !valid {
                 return Err(Error::config(format!(
-                    "iptablesAdminChainName {name:?}: use up to 64 letters, digits, '-' or '_'"
+                    "iptablesAdminChainName {name:?}: a letter, then up to 53 letters, digits, '-' or '_'"
                 )));
             }
         }
@@ -98,60 +99,43 @@ impl Plugin for Firewall {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
         let (conf, policy) = Conf::load(args)?;
         let prev = args.required_prev_result()?;
-        let mut script = firewall::forward_allow(
-            &conf.name,
-            &args.container_id,
-            &addresses(&prev),
-            conf.admin_chain(),
-        );
+        let addrs = addresses(&prev);
+        rules::allow_forward(&conf.name, &args.container_id, &addrs, conf.admin_chain())?;
         if let Some(bridge) = bridge_name(&prev, policy)? {
-            script += &firewall::isolate_bridge(bridge, policy == IngressPolicy::Isolated);
+            rules::isolate_bridge(bridge, policy == IngressPolicy::Isolated)?;
         }
-        firewall::apply(
-            &script,
-            format!("adding forward rules for {}", args.container_id),
-        )?
-        .wait()?;
         Ok(prev)
     }
 
-    /// Removes the container's rules. A bridge's isolation stays: other containers may
-    /// still be attached to it (as with the reference plugin). Only the network name is
-    /// read, so a config that ADD refused still lets the runtime clean up the chain.
+    /// Removes the container's addresses from the accepted sets. A bridge's isolation
+    /// stays: other containers may still be attached to it (as with the reference
+    /// plugin). Only the network name is read, so a config that ADD refused still lets
+    /// the runtime clean up.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
-        let script = firewall::remove_forward_allow(&args.conf.name, &args.container_id);
-        firewall::apply(
-            &script,
-            format!("removing the forward rules of {}", args.container_id),
-        )?
-        .wait()
+        rules::remove_forward(&args.conf.name, &args.container_id)
     }
 
-    /// Removes the rules of this network's containers that are not valid any more.
+    /// Removes the accepted addresses of this network's containers that are not valid.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let valid = args
             .valid_attachments()?
             .into_iter()
             .map(|(cid, _)| cid)
             .collect();
-        let script = firewall::remove_stale_forward_allow(&args.conf.name, &valid)?;
-        if !script.is_empty() {
-            firewall::apply(&script, "removing stale forward rules")?.wait()?;
-        }
-        Ok(())
+        rules::remove_stale_forward(&args.conf.name, &valid)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, policy) = Conf::load(args)?;
         let prev = args.required_prev_result()?;
-        let listed = firewall::listed_forward_allow(&conf.name, &args.container_id);
-        let mut missing: Vec<String> = addresses(&prev)
-            .into_iter()
-            .filter(|ip| !listed.contains(&format!("saddr {ip} accept")))
-            .map(|ip| format!("accept from {ip}"))
-            .collect();
+        let mut missing = rules::missing_forward(
+            &conf.name,
+            &args.container_id,
+            &addresses(&prev),
+            conf.admin_chain(),
+        )?;
         if let Some(bridge) = bridge_name(&prev, policy)? {
-            if !firewall::listed_isolation().contains(&format!("\"{bridge}\"")) {
+            if !rules::is_isolated(bridge)? {
                 missing.push(format!("isolation of {bridge}"));
             }
         }

@@ -117,11 +117,10 @@ impl Plugin for Portmap {
         }
         let script =
             firewall::port_mappings(&conf.name, &args.container_id, mappings, &ips, conf.masq())?;
-        firewall::apply(
+        firewall::run(
             &script,
             format!("forwarding ports to {}", args.container_id),
-        )?
-        .wait()?;
+        )?;
         if conf.masq() == PortMasq::Hairpin && ips.iter().any(IpAddr::is_ipv4) {
             enable_localnet_routing(&prev)?;
         }
@@ -134,11 +133,10 @@ impl Plugin for Portmap {
             return Ok(());
         }
         let script = firewall::remove_port_mappings(&conf.name, &args.container_id);
-        firewall::apply(
+        firewall::run(
             &script,
             format!("removing the port mappings of {}", args.container_id),
-        )?
-        .wait()
+        )
     }
 
     /// Removes the rules of this network's containers that are not valid any more.
@@ -149,10 +147,7 @@ impl Plugin for Portmap {
             .map(|(cid, _)| cid)
             .collect();
         let script = firewall::remove_stale_port_mappings(&args.conf.name, &valid)?;
-        if !script.is_empty() {
-            firewall::apply(&script, "removing stale port mappings")?.wait()?;
-        }
-        Ok(())
+        firewall::run(&script, "removing stale port mappings")
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {

@@ -1,0 +1,202 @@
+//! The firewall plugin's nftables objects, in our table `inet cni_rs`.
+//!
+//! Forward path, per admin chain name A (default `CNI-ADMIN`): sets `A-v4` and `A-v6`
+//! of container addresses, each labelled "network/containerID"; a base chain
+//! `A-forward` on the forward hook that jumps to A (the administrator's, never flushed,
+//! so a drop there wins) and then accepts what the set addresses send and replies to
+//! them. A packet costs one set lookup however many containers there are.
+//!
+//! ADD only adds set elements, which on this kernel is as cheap as an nft run gets;
+//! touching or deleting existing objects waits for an RCU grace period (10-20 ms), so the
+//! shared objects are made only when that first transaction fails for want of them.
+//!
+//! An nftables accept ends only its own base chain: a drop in another table (an iptables
+//! FORWARD policy of DROP, say) still wins over it.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use libcni::firewall::{comment, listed_table, run, INET_TABLE};
+use libcni::Error;
+
+fn set_name(admin: &str, ip: &IpAddr) -> String {
+    format!("{admin}-{}", if ip.is_ipv4() { "v4" } else { "v6" })
+}
+
+/// Accepts the container's traffic on the forward path, creating the shared chains and
+/// sets behind `admin` when they are missing.
+pub fn allow_forward(
+    network: &str,
+    container_id: &str,
+    addrs: &[IpAddr],
+    admin: &str,
+) -> Result<(), Error> {
+    let note = comment(network, container_id);
+    let elements: String = addrs
+        .iter()
+        .map(|ip| {
+            format!(
+                "add element inet {INET_TABLE} {} {{ {ip} comment \"{note}\" }}\n",
+                set_name(admin, ip)
+            )
+        })
+        .collect();
+    let what = format!("accepting the forwarded traffic of {container_id}");
+    if elements.is_empty() || run(&elements, &what).is_ok() {
+        return Ok(());
+    }
+    let chain = format!("{admin}-forward");
+    let mut setup = format!(
+        "add table inet {INET_TABLE}\n\
+         add chain inet {INET_TABLE} {admin}\n\
+         add chain inet {INET_TABLE} {chain} {{ type filter hook forward priority filter; }}\n\
+         flush chain inet {INET_TABLE} {chain}\n\
+         add rule inet {INET_TABLE} {chain} jump {admin}\n"
+    );
+    for (fam, kind, probe) in [
+        ("ip", "ipv4_addr", IpAddr::from([0, 0, 0, 0])),
+        ("ip6", "ipv6_addr", IpAddr::from([0u16; 8])),
+    ] {
+        let set = set_name(admin, &probe);
+        setup += &format!(
+            "add set inet {INET_TABLE} {set} {{ type {kind}; }}\n\
+             add rule inet {INET_TABLE} {chain} {fam} daddr @{set} ct state established,related accept\n\
+             add rule inet {INET_TABLE} {chain} {fam} saddr @{set} accept\n"
+        );
+    }
+    run(&(setup + &elements), what)
+}
+
+/// One labelled address in one of our sets.
+struct Element {
+    set: String,
+    ip: IpAddr,
+    note: String,
+}
+
+/// Every labelled element of our address sets.
+fn elements() -> Result<Vec<Element>, Error> {
+    let mut out = Vec::new();
+    for item in listed_table()? {
+        let Some(set) = item.get("set") else { continue };
+        let Some(name) = set["name"].as_str() else {
+            continue;
+        };
+        if !(name.ends_with("-v4") || name.ends_with("-v6")) {
+            continue;
+        }
+        for e in set["elem"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let e = &e["elem"];
+            if let (Some(ip), Some(note)) = (
+                e["val"].as_str().and_then(|v| v.parse().ok()),
+                e["comment"].as_str(),
+            ) {
+                out.push(Element {
+                    set: name.to_string(),
+                    ip,
+                    note: note.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn delete(elements: impl Iterator<Item = Element>, what: &str) -> Result<(), Error> {
+    let script: String = elements
+        .map(|e| {
+            format!(
+                "delete element inet {INET_TABLE} {} {{ {} }}\n",
+                e.set, e.ip
+            )
+        })
+        .collect();
+    run(&script, what)
+}
+
+/// Removes the container's addresses from our sets, whichever admin chain they are under.
+pub fn remove_forward(network: &str, container_id: &str) -> Result<(), Error> {
+    let note = comment(network, container_id);
+    delete(
+        elements()?.into_iter().filter(|e| e.note == note),
+        &format!("removing the forward rules of {container_id}"),
+    )
+}
+
+/// Removes the addresses of `network`'s containers whose IDs are not in `valid`.
+pub fn remove_stale_forward(network: &str, valid: &HashSet<String>) -> Result<(), Error> {
+    let ours = comment(network, "");
+    let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
+    delete(
+        elements()?
+            .into_iter()
+            .filter(|e| e.note.starts_with(&ours) && !keep.contains(&e.note)),
+        "removing stale forward rules",
+    )
+}
+
+/// What CHECK misses of the container's forward rules under `admin`.
+pub fn missing_forward(
+    network: &str,
+    container_id: &str,
+    addrs: &[IpAddr],
+    admin: &str,
+) -> Result<Vec<String>, Error> {
+    let note = comment(network, container_id);
+    let listed = elements()?;
+    let chain_exists = listed_table()?
+        .iter()
+        .any(|i| i["chain"]["name"] == format!("{admin}-forward").as_str());
+    let mut missing: Vec<String> = addrs
+        .iter()
+        .filter(|ip| {
+            !listed
+                .iter()
+                .any(|e| e.ip == **ip && e.note == note && e.set == set_name(admin, ip))
+        })
+        .map(|ip| format!("accept for {ip}"))
+        .collect();
+    if !chain_exists {
+        missing.push(format!("chain {admin}-forward"));
+    }
+    Ok(missing)
+}
+
+/// Isolates `bridge` from the other isolated bridges: traffic between two bridges in the
+/// set is dropped, and with `strict` also traffic between ports of `bridge` itself
+/// (routed or, with br_netfilter, bridged). Shared by all containers of the bridge and
+/// kept on DEL, since other containers may still use it.
+pub fn isolate_bridge(bridge: &str, strict: bool) -> Result<(), Error> {
+    let same = format!("{{ \"{bridge}\" . \"{bridge}\" }}");
+    let mut s = format!(
+        "add table inet {INET_TABLE}\n\
+         add set inet {INET_TABLE} isolated {{ type ifname; }}\n\
+         add set inet {INET_TABLE} isolated_same {{ type ifname . ifname; }}\n\
+         add element inet {INET_TABLE} isolated {{ \"{bridge}\" }}\n\
+         add element inet {INET_TABLE} isolated_same {same}\n"
+    );
+    if strict {
+        s += &format!("delete element inet {INET_TABLE} isolated_same {same}\n");
+    }
+    s += &format!(
+        "add chain inet {INET_TABLE} isolation {{ type filter hook forward priority -20; }}\n\
+         flush chain inet {INET_TABLE} isolation\n\
+         add rule inet {INET_TABLE} isolation iifname . oifname @isolated_same accept\n\
+         add rule inet {INET_TABLE} isolation iifname @isolated oifname @isolated drop\n"
+    );
+    run(&s, format!("isolating bridge {bridge}"))
+}
+
+/// Whether `bridge` is in the set of isolated bridges (for CHECK).
+pub fn is_isolated(bridge: &str) -> Result<bool, Error> {
+    Ok(listed_table()?.iter().any(|i| {
+        i["set"]["name"] == "isolated"
+            && i["set"]["elem"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|v| v == bridge))
+    }))
+}
