@@ -224,8 +224,21 @@ pub fn listed_port_mappings(network: &str, container_id: &str) -> String {
 
 /// Our table as nft's JSON items; empty when the table does not exist.
 pub fn listed_table() -> Result<Vec<serde_json::Value>, Error> {
+    nft_json(&["list", "table", "inet", INET_TABLE])
+}
+
+/// Our table's sets with their elements, without the chains (for quick lookups).
+pub fn listed_sets() -> Result<Vec<serde_json::Value>, Error> {
+    let mut sets = nft_json(&["list", "sets", "inet"])?;
+    sets.retain(|i| i["set"]["table"] == INET_TABLE);
+    Ok(sets)
+}
+
+/// The items of nft's JSON output for `args`; empty when what they name is missing.
+fn nft_json(args: &[&str]) -> Result<Vec<serde_json::Value>, Error> {
     let out = Command::new("nft")
-        .args(["-j", "list", "table", "inet", INET_TABLE])
+        .arg("-j")
+        .args(args)
         .output()
         .map_err(|e| Error::new(code::FIREWALL, "running nft").details(e.to_string()))?;
     if !out.status.success() {

@@ -96,6 +96,15 @@ impl CmdArgs {
             .collect())
     }
 
+    /// The container IDs of GC's `cni.dev/valid-attachments`.
+    pub fn valid_container_ids(&self) -> Result<HashSet<String>, Error> {
+        Ok(self
+            .valid_attachments()?
+            .into_iter()
+            .map(|(cid, _)| cid)
+            .collect())
+    }
+
     pub fn cni_arg(&self, key: &str) -> Option<&str> {
         self.args
             .iter()

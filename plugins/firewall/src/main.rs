@@ -117,11 +117,7 @@ impl Plugin for Firewall {
 
     /// Removes the accepted addresses of this network's containers that are not valid.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
-        let valid = args
-            .valid_attachments()?
-            .into_iter()
-            .map(|(cid, _)| cid)
-            .collect();
+        let valid = args.valid_container_ids()?;
         rules::remove_stale_forward(&args.conf.name, &valid)
     }
 

@@ -16,7 +16,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use libcni::firewall::{comment, listed_table, run, INET_TABLE};
+use libcni::firewall::{comment, listed_sets, listed_table, run, INET_TABLE};
 use libcni::Error;
 
 fn set_name(admin: &str, ip: &IpAddr) -> String {
@@ -77,7 +77,7 @@ struct Element {
 /// Every labelled element of our address sets.
 fn elements() -> Result<Vec<Element>, Error> {
     let mut out = Vec::new();
-    for item in listed_table()? {
+    for item in listed_sets()? {
         let Some(set) = item.get("set") else { continue };
         let Some(name) = set["name"].as_str() else {
             continue;
@@ -193,7 +193,7 @@ pub fn isolate_bridge(bridge: &str, strict: bool) -> Result<(), Error> {
 
 /// Whether `bridge` is in the set of isolated bridges (for CHECK).
 pub fn is_isolated(bridge: &str) -> Result<bool, Error> {
-    Ok(listed_table()?.iter().any(|i| {
+    Ok(listed_sets()?.iter().any(|i| {
         i["set"]["name"] == "isolated"
             && i["set"]["elem"]
                 .as_array()

@@ -141,11 +141,7 @@ impl Plugin for Portmap {
 
     /// Removes the rules of this network's containers that are not valid any more.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
-        let valid = args
-            .valid_attachments()?
-            .into_iter()
-            .map(|(cid, _)| cid)
-            .collect();
+        let valid = args.valid_container_ids()?;
         let script = firewall::remove_stale_port_mappings(&args.conf.name, &valid)?;
         firewall::run(&script, "removing stale port mappings")
     }
