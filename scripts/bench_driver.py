@@ -22,7 +22,8 @@ class Side:
         self.name, self.bindir, self.prefix = name, bindir, f"{tag}-{name}"
         self.mode, self.cnitool = mode, cnitool
         self.ns = os.open(f"/var/run/netns/{self.prefix}", os.O_RDONLY)
-        self.work = tempfile.mkdtemp()
+        self._tmp = tempfile.TemporaryDirectory()  # removed when the driver exits
+        self.work = self._tmp.name
         bridge = {
             "type": "bridge", "bridge": "cnibench0", "isDefaultGateway": True, "ipMasq": masq,
             "ipam": {"type": "host-local", "dataDir": self.work,
