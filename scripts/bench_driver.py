@@ -79,7 +79,7 @@ def main(tag, n, mode, masq, ours_dir, ref_dir):
         for i in range(1, n + 1):
             for side in (sides if i % 2 else sides[::-1]):
                 side.invoke(op, i)
-    for i in range(1, RSS_SAMPLES + 1):
+    for i in range(1, min(RSS_SAMPLES, n) + 1):
         for op in ("ADD", "DEL"):
             for side in sides:
                 side.invoke(op, i, rss=True)
