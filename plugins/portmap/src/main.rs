@@ -129,7 +129,11 @@ impl Plugin for Portmap {
 
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = Conf::load(args)?;
-        if conf.runtime_config.port_mappings.is_empty() {
+        // Without the mappings (a runtime that lost them), look before deleting: a delete
+        // costs the kernel a grace period even when there is nothing to remove.
+        if conf.runtime_config.port_mappings.is_empty()
+            && firewall::listed_port_mappings(&conf.name, &args.container_id).is_empty()
+        {
             return Ok(());
         }
         let script = firewall::remove_port_mappings(&conf.name, &args.container_id);
