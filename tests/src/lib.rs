@@ -341,18 +341,30 @@ impl Cnitool {
     }
 
     pub fn run(&self, args: &[&str], extra_env: &[(&str, &str)]) -> (bool, String, String) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.host.name])
+        let out = self.command(args, extra_env).output().unwrap();
+        let s = |b: &[u8]| String::from_utf8_lossy(b).to_string();
+        (out.status.success(), s(&out.stdout), s(&out.stderr))
+    }
+
+    /// Starts cnitool without waiting; `ip netns exec` execs it, so the pid is cnitool's.
+    pub fn spawn(&self, args: &[&str], extra_env: &[(&str, &str)]) -> std::process::Child {
+        self.command(args, extra_env)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn command(&self, args: &[&str], extra_env: &[(&str, &str)]) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host.name])
             .arg(bin_dir().join("cnitool"))
             .args(args)
             .env("NETCONFPATH", self.path("conf"))
             .env("CNI_PATH", bin_dir())
             .env("CNI_CACHE_DIR", self.path("cache"))
-            .envs(extra_env.iter().copied())
-            .output()
-            .unwrap();
-        let s = |b: &[u8]| String::from_utf8_lossy(b).to_string();
-        (out.status.success(), s(&out.stdout), s(&out.stderr))
+            .envs(extra_env.iter().copied());
+        cmd
     }
 
     pub fn cache_files(&self) -> Vec<String> {

@@ -193,3 +193,44 @@ fn gc_removes_what_the_runtime_lost_track_of_and_keeps_the_rest() {
     assert!(!t.host.nft_ruleset().contains("\"chain/"));
     assert_eq!(store_allocations(&t.path("data"), "chain"), 0);
 }
+
+/// A runtime may kill the whole chain at any moment of ADD (a timeout): cnitool dies and
+/// takes the running plugin along. The DEL that follows, without a cached result, leaves
+/// no veth, ifb, rule, set element or address behind.
+#[test]
+fn killing_the_chain_during_add_then_del_leaves_nothing() {
+    let t = Cnitool::new(chain("1.0.0", "cnichkill0"));
+    let c = Ns::new("c");
+    let mut completed = 0;
+    for delay_ms in (0..60).step_by(3) {
+        let mut child = t.spawn(&["add", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        if child.wait().unwrap().success() {
+            completed += 1;
+        }
+        let (ok, _, err) = t.run(&["del", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
+        assert!(ok, "killed after {delay_ms} ms, DEL: {err}");
+        let left: Vec<_> = t
+            .host
+            .link_names()
+            .into_iter()
+            .filter(|l| l.starts_with("veth") || l.starts_with("bwp"))
+            .collect();
+        assert!(left.is_empty(), "killed after {delay_ms} ms: {left:?}");
+        assert!(c.link("eth0").is_none(), "killed after {delay_ms} ms: eth0");
+        let rules = t.host.nft_ruleset();
+        assert!(
+            !rules.contains("\"chain/") && !rules.contains("dnat"),
+            "killed after {delay_ms} ms: {rules}"
+        );
+        assert_eq!(
+            store_allocations(&t.path("data"), "chain"),
+            0,
+            "killed after {delay_ms} ms: address leaked"
+        );
+        assert!(t.cache_files().is_empty());
+    }
+    eprintln!("{completed} of 20 ADDs completed before the kill");
+    assert!(completed < 20, "no kill landed during an ADD");
+}
