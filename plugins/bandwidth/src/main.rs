@@ -5,7 +5,7 @@
 //! bits per second and bursts in bits, from the config or the `bandwidth` capability.
 //! The ifb carries the attachment in its alias, so GC finds those of gone containers.
 
-use libcni::net::{attachment_alias, block_on, Netlink, Netns, Tbf};
+use libcni::net::{attachment_alias, block_on, LinkInfo, Netlink, Netns, Qdisc, Tbf};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::Interface;
 use libcni::{code, CniResult, Error};
@@ -101,7 +101,7 @@ fn ifb_name(network: &str, container_id: &str) -> String {
 
 /// The host end of the container's veth: the link whose index the container interface
 /// names as its peer, which must be a host interface of prevResult.
-async fn host_veth(args: &CmdArgs, prev: &CniResult, host: &Netlink) -> Result<(u32, u32), Error> {
+async fn host_veth(args: &CmdArgs, prev: &CniResult, host: &Netlink) -> Result<LinkInfo, Error> {
     let netns = Netns::open_container(&args.netns)?;
     let inside = Netlink::connect_in(&netns)?;
     let peer = inside
@@ -122,7 +122,7 @@ async fn host_veth(args: &CmdArgs, prev: &CniResult, host: &Netlink) -> Result<(
                 .iter()
                 .any(|i| i.sandbox.is_empty() && i.name == l.name) =>
         {
-            Ok((l.index, l.mtu))
+            Ok(l)
         }
         _ => Err(Error::config(format!(
             "the veth peer of {} is not a host interface of prevResult",
@@ -143,15 +143,15 @@ impl Plugin for Bandwidth {
         let ifb = ifb_name(&conf.name, &args.container_id);
         block_on(async {
             let nl = Netlink::connect()?;
-            let (veth, mtu) = host_veth(args, &result, &nl).await?;
+            let veth = host_veth(args, &result, &nl).await?;
             if let Some(tbf) = bucket(limits.ingress_rate, limits.ingress_burst) {
-                nl.set_root_tbf(veth, "the host veth", tbf).await?;
+                nl.set_root_tbf(veth.index, &veth.name, tbf).await?;
             }
             if let Some(tbf) = bucket(limits.egress_rate, limits.egress_burst) {
                 let shaped = async {
                     let alias = attachment_alias(&conf.name, &args.container_id, &args.ifname);
-                    let index = nl.create_ifb(&ifb, mtu, &alias).await?;
-                    nl.redirect_ingress(veth, "the host veth", index).await?;
+                    let index = nl.create_ifb(&ifb, veth.mtu, &alias).await?;
+                    nl.redirect_ingress(veth.index, &veth.name, index).await?;
                     nl.set_root_tbf(index, &ifb, tbf).await?;
                     Ok::<_, Error>(index)
                 }
@@ -208,18 +208,18 @@ impl Plugin for Bandwidth {
         }
         block_on(async {
             let nl = Netlink::connect()?;
-            let (veth, _) = host_veth(args, &prev, &nl).await?;
+            let veth = host_veth(args, &prev, &nl).await?;
             let mut missing = Vec::new();
-            let has = |qdiscs: &[libcni::net::Qdisc], want: Tbf| {
+            let has = |qdiscs: &[Qdisc], want: Tbf| {
                 qdiscs.iter().any(|q| {
                     q.tbf
                         .is_some_and(|t| t.rate == want.rate && t.limit == want.limit)
                 })
             };
-            let veth_qdiscs = nl.qdiscs(veth).await?;
+            let veth_qdiscs = nl.qdiscs(veth.index).await?;
             if let Some(want) = bucket(limits.ingress_rate, limits.ingress_burst) {
                 if !has(&veth_qdiscs, want) {
-                    missing.push("ingress tbf on the host veth".to_string());
+                    missing.push(format!("ingress tbf on {}", veth.name));
                 }
             }
             if let Some(want) = bucket(limits.egress_rate, limits.egress_burst) {
