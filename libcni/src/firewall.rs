@@ -56,16 +56,45 @@ pub fn masquerade(network: &str, container_id: &str, addrs: &[IpNetwork]) -> Str
     s
 }
 
-/// Script: drop frames entering the bridge from `host_veth` whose source MAC is not `mac`.
-pub fn mac_spoof_check(network: &str, container_id: &str, host_veth: &str, mac: &str) -> String {
-    let chain = chain_name("mac", network, container_id);
+/// Script: the shared MAC spoof check, made once: a chain on the bridge prerouting hook
+/// drops frames from a port in the set `ports` whose (port, source MAC) pair is not in
+/// the set `pairs`. One lookup per frame however many containers there are.
+pub fn mac_spoof_setup() -> String {
     format!(
         "add table bridge {BRIDGE_TABLE}\n\
-         add chain bridge {BRIDGE_TABLE} {chain} {{ type filter hook prerouting priority -300; }}\n\
-         flush chain bridge {BRIDGE_TABLE} {chain}\n\
-         add rule bridge {BRIDGE_TABLE} {chain} iifname \"{host_veth}\" ether saddr != {mac} drop comment \"{}\"\n",
-        comment(network, container_id)
+         add set bridge {BRIDGE_TABLE} ports {{ type ifname; }}\n\
+         add set bridge {BRIDGE_TABLE} pairs {{ type ifname . ether_addr; }}\n\
+         add chain bridge {BRIDGE_TABLE} mac_check {{ type filter hook prerouting priority -300; }}\n\
+         flush chain bridge {BRIDGE_TABLE} mac_check\n\
+         add rule bridge {BRIDGE_TABLE} mac_check iifname @ports iifname . ether saddr != @pairs drop\n"
     )
+}
+
+/// Script: only `mac` may send from `host_veth`. Adds set elements only, so it fails
+/// while the shared check is missing: apply it with [`apply_with_setup`] and
+/// [`mac_spoof_setup`].
+pub fn mac_spoof_check(network: &str, container_id: &str, host_veth: &str, mac: &str) -> String {
+    let note = comment(network, container_id);
+    format!(
+        "add element bridge {BRIDGE_TABLE} ports {{ \"{host_veth}\" comment \"{note}\" }}\n\
+         add element bridge {BRIDGE_TABLE} pairs {{ \"{host_veth}\" . {mac} comment \"{note}\" }}\n"
+    )
+}
+
+/// Script: lift the check of `host_veth`; fails only when the shared sets are missing
+/// (apply it with [`apply_if_present`]).
+pub fn remove_mac_spoof_check(host_veth: &str, mac: &str) -> String {
+    let mut s = String::new();
+    for (set, key) in [
+        ("ports", format!("\"{host_veth}\"")),
+        ("pairs", format!("\"{host_veth}\" . {mac}")),
+    ] {
+        s += &format!(
+            "add element bridge {BRIDGE_TABLE} {set} {{ {key} }}\n\
+             delete element bridge {BRIDGE_TABLE} {set} {{ {key} }}\n"
+        );
+    }
+    s
 }
 
 /// Script: remove the container's masquerade rules; nothing there is fine.
@@ -74,15 +103,6 @@ pub fn remove_masquerade(network: &str, container_id: &str) -> String {
         "inet",
         INET_TABLE,
         &chain_name("masq", network, container_id),
-    )
-}
-
-/// Script: remove the container's MAC spoof check; nothing there is fine.
-pub fn remove_mac_spoof_check(network: &str, container_id: &str) -> String {
-    delete_chain(
-        "bridge",
-        BRIDGE_TABLE,
-        &chain_name("mac", network, container_id),
     )
 }
 
@@ -296,11 +316,42 @@ fn delete_chain(family: &str, table: &str, chain: &str) -> String {
 pub struct Pending {
     child: Child,
     what: String,
+    script: String,
+    recovery: Recovery,
+}
+
+/// What [`Pending::wait`] does when the transaction fails.
+enum Recovery {
+    Fail,
+    /// Run this setup and the script again, as one transaction.
+    Setup(String),
+    /// Succeed if what the script names does not exist (nothing to remove).
+    MissingIsFine,
 }
 
 /// Starts `script` as one nft transaction; `what` names it in errors.
 pub fn apply(script: &str, what: impl Into<String>) -> Result<Pending, Error> {
-    let what = what.into();
+    start(script, what.into(), Recovery::Fail)
+}
+
+/// Starts `script`, which only adds to shared objects; should it fail, [`Pending::wait`]
+/// runs `setup` with it. Re-declaring existing objects costs the kernel an RCU grace
+/// period, so the setup is paid only when it is missing.
+pub fn apply_with_setup(
+    script: &str,
+    setup: String,
+    what: impl Into<String>,
+) -> Result<Pending, Error> {
+    start(script, what.into(), Recovery::Setup(setup))
+}
+
+/// Starts a removal `script` that fails only when its table or sets do not exist, which
+/// counts as done.
+pub fn apply_if_present(script: &str, what: impl Into<String>) -> Result<Pending, Error> {
+    start(script, what.into(), Recovery::MissingIsFine)
+}
+
+fn start(script: &str, what: String, recovery: Recovery) -> Result<Pending, Error> {
     let fail = |d: String| Error::new(code::FIREWALL, what.clone()).details(d);
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -314,7 +365,12 @@ pub fn apply(script: &str, what: impl Into<String>) -> Result<Pending, Error> {
             .write_all(script.as_bytes())
             .map_err(|e| fail(format!("writing to nft: {e}")))?;
     }
-    Ok(Pending { child, what })
+    Ok(Pending {
+        child,
+        what,
+        script: script.to_string(),
+        recovery,
+    })
 }
 
 /// Applies `script` and waits for it; an empty script does nothing.
@@ -333,11 +389,14 @@ impl Pending {
             .wait_with_output()
             .map_err(|e| fail(format!("waiting for nft: {e}")))?;
         if out.status.success() {
-            Ok(())
-        } else {
-            Err(fail(
-                String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            ))
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        match self.recovery {
+            Recovery::Fail => Err(fail(stderr)),
+            Recovery::Setup(setup) => run(&(setup + &self.script), self.what),
+            Recovery::MissingIsFine if stderr.contains("No such file or directory") => Ok(()),
+            Recovery::MissingIsFine => Err(fail(stderr)),
         }
     }
 }

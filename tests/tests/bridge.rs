@@ -193,7 +193,7 @@ fn ip_masq_hides_containers_behind_the_host() {
 }
 
 #[test]
-fn mac_spoof_check_rule_follows_the_container() {
+fn mac_spoof_check_follows_the_containers() {
     let net = Net::new();
     let conf = bridge_conf(
         "1.0.0",
@@ -201,22 +201,32 @@ fn mac_spoof_check_rule_follows_the_container() {
         "10.94.0.0/24",
         json!({"macspoofchk": true}),
     );
-    let c = Ns::new("c");
+    let (c, other) = (Ns::new("c"), Ns::new("c"));
     let r = net.call("ADD", &c.path(), "s1").run(&conf).expect_ok();
+    net.call("ADD", &other.path(), "s2").run(&conf).expect_ok();
+    let veth = r["interfaces"][1]["name"].as_str().unwrap();
     let mac = r["interfaces"][2]["mac"].as_str().unwrap();
+    let rules = net.host.nft_ruleset();
     assert!(
-        net.host
-            .nft_ruleset()
-            .contains(&format!("ether saddr != {mac} drop")),
-        "{}",
-        net.host.nft_ruleset()
+        rules.contains("iifname @ports iifname . ether saddr != @pairs drop")
+            && rules.contains(&format!("\"{veth}\" . {mac}")),
+        "{rules}"
     );
-    assert!(c.ping("10.94.0.1"));
-    // a forged source MAC is dropped
+    assert!(c.ping("10.94.0.1") && other.ping("10.94.0.1"));
+    // a forged source MAC is dropped, the other container is not affected
     c.sh("ip link set eth0 address 02:00:00:00:00:99");
     assert!(!c.ping("10.94.0.1"), "spoofed frames must be dropped");
+    assert!(other.ping("10.94.0.1"));
+    // the same attachment gets the same MAC again, so DEL finds its entry
     net.call("DEL", &c.path(), "s1").run(&conf).expect_ok();
-    assert!(!net.host.nft_ruleset().contains("ether saddr"));
+    let again = net.call("ADD", &c.path(), "s1").run(&conf).expect_ok();
+    assert_eq!(again["interfaces"][2]["mac"], json!(mac));
+    assert!(c.ping("10.94.0.1"));
+    for (ns, cid) in [(&c, "s1"), (&other, "s2"), (&other, "s2")] {
+        net.call("DEL", &ns.path(), cid).run(&conf).expect_ok();
+    }
+    let rules = net.host.nft_ruleset();
+    assert!(!rules.contains("elements"), "{rules}");
 }
 
 #[test]

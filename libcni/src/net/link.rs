@@ -220,13 +220,13 @@ impl Netlink {
     }
 
     /// Deletes the links of `kind` labelled by [`super::attachment_alias`] for `network`
-    /// whose (containerID, ifname) is not in `valid`; returns their container IDs.
+    /// whose (containerID, ifname) is not in `valid`; returns those attachments.
     pub async fn delete_stale_attachments(
         &self,
         kind: &str,
         network: &str,
         valid: &std::collections::HashSet<(String, String)>,
-    ) -> Result<Vec<String>, Error> {
+    ) -> Result<Vec<(String, String)>, Error> {
         let mut stale = Vec::new();
         for link in self.links().await? {
             if link.kind.as_deref() != Some(kind) {
@@ -239,9 +239,10 @@ impl Netlink {
             else {
                 continue;
             };
-            if net == network && !valid.contains(&(cid.to_string(), ifname.to_string())) {
+            let attachment = (cid.to_string(), ifname.to_string());
+            if net == network && !valid.contains(&attachment) {
                 self.delete_link(&link.name).await?;
-                stale.push(cid.to_string());
+                stale.push(attachment);
             }
         }
         Ok(stale)

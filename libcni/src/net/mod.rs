@@ -92,6 +92,15 @@ pub fn attachment_alias(network: &str, container_id: &str, ifname: &str) -> Stri
     format!("cni-rs/{container_id}/{ifname}/{network}")
 }
 
+/// The container interface's MAC: locally administered unicast, derived from the
+/// attachment, so DEL knows it without the container (the MAC spoof check is keyed by it).
+pub fn container_mac(network: &str, container_id: &str, ifname: &str) -> Vec<u8> {
+    let h = stable_hash(&["mac", network, container_id, ifname]).to_be_bytes();
+    let mut mac = h[..6].to_vec();
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
+}
+
 /// (network, containerID, ifname) from an alias made by [`attachment_alias`].
 pub fn parse_attachment_alias(alias: &str) -> Option<(&str, &str, &str)> {
     let (cid, rest) = alias.strip_prefix("cni-rs/")?.split_once('/')?;
@@ -130,6 +139,14 @@ pub fn format_mac(mac: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn container_macs_are_stable_unicast_and_local() {
+        let a = container_mac("n", "c1", "eth0");
+        assert_eq!(a, container_mac("n", "c1", "eth0"));
+        assert_ne!(a, container_mac("n", "c2", "eth0"));
+        assert_eq!(a[0] & 0x03, 0x02, "{a:?}");
+    }
 
     #[test]
     fn veth_name_is_stable_and_short() {

@@ -41,8 +41,8 @@ impl Created<'_> {
                 self.host_veth
             );
         }
-        let removed = start_rule_removal(self.conf, &[self.args.container_id.as_str()])
-            .and_then(|p| p.map_or(Ok(()), firewall::Pending::wait));
+        let attachment = (self.args.container_id.as_str(), self.args.ifname.as_str());
+        let removed = start_rule_removal(self.conf, &[attachment]).and_then(wait_all);
         if let Err(e) = removed {
             eprintln!("bridge: removing rules after a failed ADD: {e}");
         }
@@ -82,7 +82,7 @@ impl Plugin for Bridge {
             .map(|p| delegate::spawn(p, "DEL", args))
             .transpose()?;
         // Every step runs even when one fails, so the IPAM delegate is always waited for.
-        let rules = start_rule_removal(&conf, &[args.container_id.as_str()]);
+        let rules = start_rule_removal(&conf, &[(&args.container_id, &args.ifname)]);
         let veth = host_veth_name(&conf.name, &args.container_id, &args.ifname);
         let links = block_on(async {
             let host = Netlink::connect()?;
@@ -100,7 +100,7 @@ impl Plugin for Bridge {
         })
         .and_then(|r: Result<(), net::Error>| r.map_err(Error::from));
         let ipam = ipam.map(|r| r.wait()).transpose();
-        let rules = rules.and_then(|p| p.map_or(Ok(()), firewall::Pending::wait));
+        let rules = rules.and_then(wait_all);
         links.and(rules).and(ipam.map(|_| ()))
     }
 
@@ -140,16 +140,17 @@ impl Plugin for Bridge {
                 .await
         })?
         .map_err(Error::from)?;
-        let stale: Vec<&str> = stale.iter().map(String::as_str).collect();
-        if let Some(p) = start_rule_removal(&conf, &stale)? {
-            p.wait()?;
-        }
+        let stale: Vec<(&str, &str)> = stale
+            .iter()
+            .map(|(cid, ifname)| (cid.as_str(), ifname.as_str()))
+            .collect();
+        wait_all(start_rule_removal(&conf, &stale)?)?;
         delegate_plain(args, "GC")
     }
 }
 
 /// Starts installing the container's masquerade and MAC spoof rules, where the config has
-/// them, as one transaction.
+/// them, as one transaction (made with the shared MAC check if that is missing).
 fn start_rules(
     conf: &BridgeConf,
     args: &CmdArgs,
@@ -161,6 +162,7 @@ fn start_rules(
         let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
         script += &firewall::masquerade(&conf.name, &args.container_id, &addrs);
     }
+    let what = format!("installing the rules of {}", args.container_id);
     if conf.macspoofchk {
         script += &firewall::mac_spoof_check(
             &conf.name,
@@ -168,40 +170,54 @@ fn start_rules(
             &links.host.name,
             &links.container_mac,
         );
+        return firewall::apply_with_setup(&script, firewall::mac_spoof_setup(), what).map(Some);
     }
-    apply_rules(
-        &script,
-        format!("installing the rules of {}", args.container_id),
-    )
-}
-
-/// Starts removing the masquerade and MAC spoof rules of these containers, where the
-/// config has them, as one transaction.
-fn start_rule_removal(
-    conf: &BridgeConf,
-    container_ids: &[&str],
-) -> Result<Option<firewall::Pending>, Error> {
-    let mut script = String::new();
-    for cid in container_ids {
-        if conf.ip_masq {
-            script += &firewall::remove_masquerade(&conf.name, cid);
-        }
-        if conf.macspoofchk {
-            script += &firewall::remove_mac_spoof_check(&conf.name, cid);
-        }
-    }
-    apply_rules(
-        &script,
-        format!("removing the rules of {}", container_ids.join(", ")),
-    )
-}
-
-/// Starts `script` as one nft transaction, unless the config asked for no rules at all.
-fn apply_rules(script: &str, what: String) -> Result<Option<firewall::Pending>, Error> {
     if script.is_empty() {
         return Ok(None);
     }
-    firewall::apply(script, what).map(Some)
+    firewall::apply(&script, what).map(Some)
+}
+
+/// Starts removing the masquerade and MAC spoof rules of these attachments
+/// ((containerID, ifname)), where the config has them.
+fn start_rule_removal(
+    conf: &BridgeConf,
+    attachments: &[(&str, &str)],
+) -> Result<Vec<firewall::Pending>, Error> {
+    let mut masq = String::new();
+    let mut mac = String::new();
+    for (cid, ifname) in attachments {
+        if conf.ip_masq {
+            masq += &firewall::remove_masquerade(&conf.name, cid);
+        }
+        if conf.macspoofchk {
+            let veth = host_veth_name(&conf.name, cid, ifname);
+            let addr = format_mac(&net::container_mac(&conf.name, cid, ifname));
+            mac += &firewall::remove_mac_spoof_check(&veth, &addr);
+        }
+    }
+    let ids: Vec<&str> = attachments.iter().map(|(cid, _)| *cid).collect();
+    let what = format!("removing the rules of {}", ids.join(", "));
+    let mut pending = Vec::new();
+    if !masq.is_empty() {
+        pending.push(firewall::apply(&masq, what.clone())?);
+    }
+    if !mac.is_empty() {
+        pending.push(firewall::apply_if_present(&mac, what)?);
+    }
+    Ok(pending)
+}
+
+/// Waits for every transaction (none is left running); the first failure is the result.
+fn wait_all(pending: Vec<firewall::Pending>) -> Result<(), Error> {
+    let mut outcome = Ok(());
+    for p in pending {
+        let r = p.wait();
+        if outcome.is_ok() {
+            outcome = r;
+        }
+    }
+    outcome
 }
 
 fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
@@ -214,8 +230,8 @@ fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
 struct Links {
     bridge: net::LinkInfo,
     host: net::LinkInfo,
-    /// Chosen by us at creation, so the MAC spoof rule can go in before the container's
-    /// interface is configured.
+    /// Derived from the attachment and set at creation, so the MAC spoof check can go in
+    /// before the container's interface is configured and DEL can find it.
     container_mac: String,
 }
 
@@ -232,7 +248,7 @@ async fn create_links(
     if conf.promisc_mode && !bridge.promisc {
         nl.set_promisc(bridge.index, &bridge.name).await?;
     }
-    let container_mac = net::random_mac()?;
+    let container_mac = net::container_mac(&conf.name, &args.container_id, &args.ifname);
     nl.create_veth(veth, &args.ifname, &container_mac, netns, conf.mtu())
         .await?;
     let host = nl.link(veth).await?.ok_or_else(|| gone(veth))?;
