@@ -31,29 +31,89 @@ pub fn comment(network: &str, container_id: &str) -> String {
     c
 }
 
-/// Script: masquerade traffic from the container's addresses to anything outside their
-/// subnets (and not multicast), replacing the container's previous rules.
-pub fn masquerade(network: &str, container_id: &str, addrs: &[IpNetwork]) -> String {
-    let chain = chain_name("masq", network, container_id);
+/// The masquerade sets per family: (set of container addresses, their key type, nft
+/// family keyword, multicast range that is never masqueraded).
+const MASQ: [(&str, &str, &str, &str); 2] = [
+    ("masq4", "ipv4_addr", "ip", "224.0.0.0/4"),
+    ("masq6", "ipv6_addr", "ip6", "ff00::/8"),
+];
+
+fn masq_set(a: &IpNetwork) -> &'static str {
+    if a.is_ipv4() {
+        MASQ[0].0
+    } else {
+        MASQ[1].0
+    }
+}
+
+/// Script: the shared masquerade, made once: one chain on the nat postrouting hook that
+/// lets traffic from a container address to its own subnets pass (the `_local` sets of
+/// (address . subnet)) and masquerades the rest of what the addresses in `masq4`/`masq6`
+/// send, multicast excepted. Two set lookups per new connection, however many containers.
+pub fn masquerade_setup() -> String {
     let mut s = format!(
         "add table inet {INET_TABLE}\n\
-         add chain inet {INET_TABLE} {chain} {{ type nat hook postrouting priority srcnat; }}\n\
-         flush chain inet {INET_TABLE} {chain}\n"
+         add chain inet {INET_TABLE} postrouting {{ type nat hook postrouting priority srcnat; }}\n\
+         flush chain inet {INET_TABLE} postrouting\n"
     );
-    let note = comment(network, container_id);
-    for a in addrs {
-        let (fam, mcast) = if a.is_ipv4() {
-            ("ip", "224.0.0.0/4")
-        } else {
-            ("ip6", "ff00::/8")
-        };
-        let subnet = IpNetwork::new(a.network(), a.prefix()).expect("prefix from a valid address");
+    for (set, kind, fam, mcast) in MASQ {
         s += &format!(
-            "add rule inet {INET_TABLE} {chain} {fam} saddr {} {fam} daddr != {{ {subnet}, {mcast} }} masquerade comment \"{note}\"\n",
-            a.ip()
+            "add set inet {INET_TABLE} {set} {{ type {kind}; }}\n\
+             add set inet {INET_TABLE} {set}_local {{ type {kind} . {kind}; flags interval; }}\n\
+             add rule inet {INET_TABLE} postrouting {fam} saddr . {fam} daddr @{set}_local return\n\
+             add rule inet {INET_TABLE} postrouting {fam} saddr @{set} {fam} daddr != {mcast} masquerade\n"
         );
     }
     s
+}
+
+fn masq_keys(a: &IpNetwork) -> [(String, String); 2] {
+    let set = masq_set(a);
+    let subnet = IpNetwork::new(a.network(), a.prefix()).expect("prefix from a valid address");
+    [
+        (set.to_string(), a.ip().to_string()),
+        (format!("{set}_local"), format!("{} . {subnet}", a.ip())),
+    ]
+}
+
+/// Script: masquerade what the container's addresses send outside their subnets. Adds
+/// set elements only, so it fails while the shared chain is missing: apply it with
+/// [`apply_with_setup`] and [`masquerade_setup`].
+pub fn masquerade(network: &str, container_id: &str, addrs: &[IpNetwork]) -> String {
+    let note = comment(network, container_id);
+    addrs
+        .iter()
+        .flat_map(masq_keys)
+        .map(|(set, key)| {
+            format!("add element inet {INET_TABLE} {set} {{ {key} comment \"{note}\" }}\n")
+        })
+        .collect()
+}
+
+/// Script: stop masquerading these addresses (the container's, from prevResult); fails
+/// only when the shared sets are missing (apply it with [`apply_if_present`]).
+pub fn remove_masquerade(addrs: &[IpNetwork]) -> String {
+    addrs
+        .iter()
+        .flat_map(masq_keys)
+        .map(|(set, key)| {
+            format!(
+                "add element inet {INET_TABLE} {set} {{ {key} }}\n\
+                 delete element inet {INET_TABLE} {set} {{ {key} }}\n"
+            )
+        })
+        .collect()
+}
+
+/// Script: stop masquerading the addresses labelled with these containers of `network`
+/// (for when their addresses are unknown); empty when there are none.
+pub fn remove_labelled_masquerade(network: &str, container_ids: &[&str]) -> Result<String, Error> {
+    let notes: HashSet<String> = container_ids.iter().map(|c| comment(network, c)).collect();
+    let mine: Vec<Element> = labelled_elements("inet", |set| set.starts_with("masq"))?
+        .into_iter()
+        .filter(|e| notes.contains(&e.note))
+        .collect();
+    Ok(delete_elements("inet", &mine))
 }
 
 /// Script: the shared MAC spoof check, made once: a chain on the bridge prerouting hook
@@ -95,15 +155,6 @@ pub fn remove_mac_spoof_check(host_veth: &str, mac: &str) -> String {
         );
     }
     s
-}
-
-/// Script: remove the container's masquerade rules; nothing there is fine.
-pub fn remove_masquerade(network: &str, container_id: &str) -> String {
-    delete_chain(
-        "inet",
-        INET_TABLE,
-        &chain_name("masq", network, container_id),
-    )
 }
 
 /// One `portMappings` entry, as runtimes pass it.
@@ -252,6 +303,96 @@ pub fn listed_sets() -> Result<Vec<serde_json::Value>, Error> {
     let mut sets = nft_json(&["list", "sets", "inet"])?;
     sets.retain(|i| i["set"]["table"] == INET_TABLE);
     Ok(sets)
+}
+
+/// A labelled element of one of our sets: its key as nft writes it, and its label.
+pub struct Element {
+    pub set: String,
+    pub key: String,
+    pub note: String,
+}
+
+/// The labelled elements of those sets of our table in `family` ("inet" or "bridge")
+/// whose names `wanted` accepts.
+pub fn labelled_elements(
+    family: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<Element>, Error> {
+    let table = if family == "bridge" {
+        BRIDGE_TABLE
+    } else {
+        INET_TABLE
+    };
+    let mut out = Vec::new();
+    for item in nft_json(&["list", "sets", family])? {
+        let set = &item["set"];
+        let Some(name) = set["name"].as_str() else {
+            continue;
+        };
+        if set["table"] != table || !wanted(name) {
+            continue;
+        }
+        for e in set["elem"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let e = &e["elem"];
+            if let (Some(key), Some(note)) = (element_key(&e["val"]), e["comment"].as_str()) {
+                out.push(Element {
+                    set: name.to_string(),
+                    key,
+                    note: note.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An element's key in nft's syntax, from its JSON form.
+fn element_key(v: &serde_json::Value) -> Option<String> {
+    if let Some(s) = v.as_str() {
+        return Some(quote_if_name(s));
+    }
+    if let Some(parts) = v["concat"].as_array() {
+        let keys: Option<Vec<String>> = parts.iter().map(element_key).collect();
+        return keys.map(|k| k.join(" . "));
+    }
+    if let (Some(addr), Some(len)) = (v["prefix"]["addr"].as_str(), v["prefix"]["len"].as_u64()) {
+        return Some(format!("{addr}/{len}"));
+    }
+    if let Some([a, b]) = v["range"].as_array().map(Vec::as_slice) {
+        return Some(format!("{}-{}", element_key(a)?, element_key(b)?));
+    }
+    None
+}
+
+/// Interface names are strings in nft's syntax; IP and MAC addresses are not.
+fn quote_if_name(s: &str) -> String {
+    if s.parse::<std::net::IpAddr>().is_ok() || s.contains(':') {
+        s.to_string()
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+/// Script deleting these elements from our table in `family`.
+pub fn delete_elements(family: &str, elements: &[Element]) -> String {
+    let table = if family == "bridge" {
+        BRIDGE_TABLE
+    } else {
+        INET_TABLE
+    };
+    elements
+        .iter()
+        .map(|e| {
+            format!(
+                "delete element {family} {table} {} {{ {} }}\n",
+                e.set, e.key
+            )
+        })
+        .collect()
 }
 
 /// The items of nft's JSON output for `args`; empty when what they name is missing.
@@ -448,22 +589,32 @@ mod tests {
     }
 
     #[test]
-    fn masquerade_script_covers_each_family() {
-        let s = masquerade(
-            "n",
-            "c",
-            &[
-                "10.1.0.5/24".parse().unwrap(),
-                "fd00::5/64".parse().unwrap(),
-            ],
-        );
+    fn masquerade_elements_cover_each_family() {
+        let addrs: Vec<IpNetwork> = vec![
+            "10.1.0.5/24".parse().unwrap(),
+            "fd00::5/64".parse().unwrap(),
+        ];
+        let s = masquerade("n", "c", &addrs);
+        for want in [
+            "masq4 { 10.1.0.5 comment \"n/c\" }",
+            "masq4_local { 10.1.0.5 . 10.1.0.0/24 comment \"n/c\" }",
+            "masq6_local { fd00::5 . fd00::/64 comment \"n/c\" }",
+        ] {
+            assert!(s.contains(want), "{want}: {s}");
+        }
+        let r = remove_masquerade(&addrs);
         assert!(
-            s.contains("ip saddr 10.1.0.5 ip daddr != { 10.1.0.0/24, 224.0.0.0/4 } masquerade"),
-            "{s}"
+            r.contains("delete element inet cni_rs masq6 { fd00::5 }"),
+            "{r}"
         );
-        assert!(
-            s.contains("ip6 saddr fd00::5 ip6 daddr != { fd00::/64, ff00::/8 } masquerade"),
-            "{s}"
-        );
+    }
+
+    #[test]
+    fn element_keys_in_nft_syntax() {
+        let v: serde_json::Value = serde_json::json!({"concat": [
+            "fd00::5", {"prefix": {"addr": "fd00::", "len": 64}}]});
+        assert_eq!(element_key(&v).unwrap(), "fd00::5 . fd00::/64");
+        let v = serde_json::json!({"concat": ["veth0123", "02:00:00:00:00:01"]});
+        assert_eq!(element_key(&v).unwrap(), "\"veth0123\" . 02:00:00:00:00:01");
     }
 }

@@ -42,7 +42,7 @@ impl Created<'_> {
             );
         }
         let attachment = (self.args.container_id.as_str(), self.args.ifname.as_str());
-        let removed = start_rule_removal(self.conf, &[attachment]).and_then(wait_all);
+        let removed = start_rule_removal(self.conf, &[attachment], None).and_then(wait_all);
         if let Err(e) = removed {
             eprintln!("bridge: removing rules after a failed ADD: {e}");
         }
@@ -82,7 +82,16 @@ impl Plugin for Bridge {
             .map(|p| delegate::spawn(p, "DEL", args))
             .transpose()?;
         // Every step runs even when one fails, so the IPAM delegate is always waited for.
-        let rules = start_rule_removal(&conf, &[(&args.container_id, &args.ifname)]);
+        let addrs: Option<Vec<IpNetwork>> = args
+            .prev_result()
+            .ok()
+            .flatten()
+            .map(|r| r.ips.iter().map(|i| i.address).collect());
+        let rules = start_rule_removal(
+            &conf,
+            &[(&args.container_id, &args.ifname)],
+            addrs.as_deref(),
+        );
         let veth = host_veth_name(&conf.name, &args.container_id, &args.ifname);
         let links = block_on(async {
             let host = Netlink::connect()?;
@@ -144,13 +153,13 @@ impl Plugin for Bridge {
             .iter()
             .map(|(cid, ifname)| (cid.as_str(), ifname.as_str()))
             .collect();
-        wait_all(start_rule_removal(&conf, &stale)?)?;
+        wait_all(start_rule_removal(&conf, &stale, None)?)?;
         delegate_plain(args, "GC")
     }
 }
 
-/// Starts installing the container's masquerade and MAC spoof rules, where the config has
-/// them, as one transaction (made with the shared MAC check if that is missing).
+/// Starts installing the container's masquerade and MAC spoof entries, where the config
+/// has them, as one transaction (with the shared chains made first if they are missing).
 fn start_rules(
     conf: &BridgeConf,
     args: &CmdArgs,
@@ -158,11 +167,12 @@ fn start_rules(
     ips: &[IpConfig],
 ) -> Result<Option<firewall::Pending>, Error> {
     let mut script = String::new();
+    let mut setup = String::new();
     if conf.ip_masq {
         let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
         script += &firewall::masquerade(&conf.name, &args.container_id, &addrs);
+        setup += &firewall::masquerade_setup();
     }
-    let what = format!("installing the rules of {}", args.container_id);
     if conf.macspoofchk {
         script += &firewall::mac_spoof_check(
             &conf.name,
@@ -170,40 +180,46 @@ fn start_rules(
             &links.host.name,
             &links.container_mac,
         );
-        return firewall::apply_with_setup(&script, firewall::mac_spoof_setup(), what).map(Some);
+        setup += &firewall::mac_spoof_setup();
     }
     if script.is_empty() {
         return Ok(None);
     }
-    firewall::apply(&script, what).map(Some)
+    let what = format!("installing the rules of {}", args.container_id);
+    firewall::apply_with_setup(&script, setup, what).map(Some)
 }
 
-/// Starts removing the masquerade and MAC spoof rules of these attachments
-/// ((containerID, ifname)), where the config has them.
+/// Starts removing the masquerade and MAC spoof entries of these attachments
+/// ((containerID, ifname)), where the config has them. `addrs` are their addresses when
+/// known (prevResult); otherwise the masquerade entries are found by their labels.
 fn start_rule_removal(
     conf: &BridgeConf,
     attachments: &[(&str, &str)],
+    addrs: Option<&[IpNetwork]>,
 ) -> Result<Vec<firewall::Pending>, Error> {
-    let mut masq = String::new();
+    let ids: Vec<&str> = attachments.iter().map(|(cid, _)| *cid).collect();
+    let mut script = String::new();
+    if conf.ip_masq {
+        script += &match addrs {
+            Some(addrs) => firewall::remove_masquerade(addrs),
+            None => firewall::remove_labelled_masquerade(&conf.name, &ids)?,
+        };
+    }
     let mut mac = String::new();
-    for (cid, ifname) in attachments {
-        if conf.ip_masq {
-            masq += &firewall::remove_masquerade(&conf.name, cid);
-        }
-        if conf.macspoofchk {
+    if conf.macspoofchk {
+        for (cid, ifname) in attachments {
             let veth = host_veth_name(&conf.name, cid, ifname);
             let addr = format_mac(&net::container_mac(&conf.name, cid, ifname));
             mac += &firewall::remove_mac_spoof_check(&veth, &addr);
         }
     }
-    let ids: Vec<&str> = attachments.iter().map(|(cid, _)| *cid).collect();
+    // Separate transactions: either table may be missing, which fails only its own.
     let what = format!("removing the rules of {}", ids.join(", "));
     let mut pending = Vec::new();
-    if !masq.is_empty() {
-        pending.push(firewall::apply(&masq, what.clone())?);
-    }
-    if !mac.is_empty() {
-        pending.push(firewall::apply_if_present(&mac, what)?);
+    for s in [script, mac] {
+        if !s.is_empty() {
+            pending.push(firewall::apply_if_present(&s, what.clone())?);
+        }
     }
     Ok(pending)
 }

@@ -16,7 +16,10 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
-use libcni::firewall::{comment, listed_sets, listed_table, run, INET_TABLE};
+use libcni::firewall::{
+    comment, delete_elements, labelled_elements, listed_sets, listed_table, run, Element,
+    INET_TABLE,
+};
 use libcni::Error;
 
 fn set_name(admin: &str, ip: &IpAddr) -> String {
@@ -67,62 +70,20 @@ pub fn allow_forward(
     run(&(setup + &elements), what)
 }
 
-/// One labelled address in one of our sets.
-struct Element {
-    set: String,
-    ip: IpAddr,
-    note: String,
-}
-
-/// Every labelled element of our address sets.
+/// The labelled addresses of our forward sets.
 fn elements() -> Result<Vec<Element>, Error> {
-    let mut out = Vec::new();
-    for item in listed_sets()? {
-        let Some(set) = item.get("set") else { continue };
-        let Some(name) = set["name"].as_str() else {
-            continue;
-        };
-        if !(name.ends_with("-v4") || name.ends_with("-v6")) {
-            continue;
-        }
-        for e in set["elem"]
-            .as_array()
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-        {
-            let e = &e["elem"];
-            if let (Some(ip), Some(note)) = (
-                e["val"].as_str().and_then(|v| v.parse().ok()),
-                e["comment"].as_str(),
-            ) {
-                out.push(Element {
-                    set: name.to_string(),
-                    ip,
-                    note: note.to_string(),
-                });
-            }
-        }
-    }
-    Ok(out)
+    labelled_elements("inet", |set| set.ends_with("-v4") || set.ends_with("-v6"))
 }
 
-fn delete(elements: impl Iterator<Item = Element>, what: &str) -> Result<(), Error> {
-    let script: String = elements
-        .map(|e| {
-            format!(
-                "delete element inet {INET_TABLE} {} {{ {} }}\n",
-                e.set, e.ip
-            )
-        })
-        .collect();
-    run(&script, what)
+fn delete(elements: Vec<Element>, what: &str) -> Result<(), Error> {
+    run(&delete_elements("inet", &elements), what)
 }
 
 /// Removes the container's addresses from our sets, whichever admin chain they are under.
 pub fn remove_forward(network: &str, container_id: &str) -> Result<(), Error> {
     let note = comment(network, container_id);
     delete(
-        elements()?.into_iter().filter(|e| e.note == note),
+        elements()?.into_iter().filter(|e| e.note == note).collect(),
         &format!("removing the forward rules of {container_id}"),
     )
 }
@@ -134,7 +95,8 @@ pub fn remove_stale_forward(network: &str, valid: &HashSet<String>) -> Result<()
     delete(
         elements()?
             .into_iter()
-            .filter(|e| e.note.starts_with(&ours) && !keep.contains(&e.note)),
+            .filter(|e| e.note.starts_with(&ours) && !keep.contains(&e.note))
+            .collect(),
         "removing stale forward rules",
     )
 }
@@ -156,7 +118,7 @@ pub fn missing_forward(
         .filter(|ip| {
             !listed
                 .iter()
-                .any(|e| e.ip == **ip && e.note == note && e.set == set_name(admin, ip))
+                .any(|e| e.key == ip.to_string() && e.note == note && e.set == set_name(admin, ip))
         })
         .map(|ip| format!("accept for {ip}"))
         .collect();
