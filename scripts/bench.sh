@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks our bridge+host-local against Debian's reference plugins, side by side in
-# one run: N sequential ADDs then N DELs (default 200) in a throwaway host namespace with
+# one run: N sequential ADDs then N DELs (default 200; DEL gets the ADD result as
+# prevResult, as runtimes pass it) in a throwaway host namespace with
 # the same config, per-invocation median/p90/p99 wall time, peak RSS of one invocation
 # (the plugin and its IPAM delegate), and the ratios; calls alternate between ours and
 # the reference so both see the same load. --chain runs podman's default list instead

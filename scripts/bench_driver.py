@@ -30,7 +30,8 @@ class Side:
                      "ranges": [[{"subnet": "10.50.0.0/16"}]]},
         }
         if mode == "bridge":
-            self.conf = json.dumps(dict(bridge, cniVersion="1.0.0", name="bench")).encode()
+            self.conf = dict(bridge, cniVersion="1.0.0", name="bench")
+            self.results = {}  # ADD results, passed back as prevResult on DEL like a runtime
         else:
             os.mkdir(os.path.join(self.work, "conf"))
             with open(os.path.join(self.work, "conf", "10-bench.conflist"), "w") as f:
@@ -45,7 +46,8 @@ class Side:
         if self.mode == "bridge":
             env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}",
                        CNI_NETNS=netns, CNI_IFNAME="eth0", CNI_PATH=self.bindir)
-            return [os.path.join(self.bindir, "bridge")], env, self.conf
+            conf = dict(self.conf, prevResult=self.results[i]) if op == "DEL" else self.conf
+            return [os.path.join(self.bindir, "bridge")], env, json.dumps(conf).encode()
         caps = {"portMappings": [{"hostPort": 10000 + i, "containerPort": 80,
                                   "protocol": "tcp"}]}
         env = dict(os.environ, NETCONFPATH=os.path.join(self.work, "conf"),
@@ -65,6 +67,8 @@ class Side:
         elapsed = (time.perf_counter() - start) * 1000
         if p.returncode != 0:
             sys.exit(f"{self.name} {op} {i} failed: {p.stdout.decode()} {p.stderr.decode()}")
+        if op == "ADD" and self.mode == "bridge":
+            self.results[i] = json.loads(p.stdout)
         if rss:
             self.rss[op] = max(self.rss[op], int(p.stderr.decode().split()[-1]))
         else:
