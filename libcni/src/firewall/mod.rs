@@ -1,0 +1,307 @@
+//! Our nftables state in the host namespace, and what every user of it shares: the table
+//! names, the labels ("network/containerID") on rules and set elements, listing them, and
+//! applying scripts as one `nft -f -` transaction each ([`apply`] starts one; the caller
+//! waits when it needs to, since nft and the kernel take milliseconds the caller can spend
+//! elsewhere). The rules themselves are in one module per concern.
+
+mod mac;
+mod masq;
+mod ports;
+
+pub use mac::*;
+pub use masq::*;
+pub use ports::*;
+
+use std::collections::{BTreeSet, HashSet};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+
+use crate::net::stable_hash;
+use crate::spec::{code, Error};
+
+/// Our table for NAT of IP traffic (both families).
+pub const INET_TABLE: &str = "cni_rs";
+/// Our table for layer-2 checks on bridge ports.
+const BRIDGE_TABLE: &str = "cni_rs_br";
+
+fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
+    format!("{kind}-{:016x}", stable_hash(&[network, container_id]))
+}
+
+/// A rule comment that tells a person whose rule this is (nft allows 128 bytes).
+pub fn comment(network: &str, container_id: &str) -> String {
+    let mut c = format!("{network}/{container_id}");
+    c.retain(|ch| ch != '"' && ch != '\\');
+    c.truncate(120);
+    c
+}
+
+/// Our table as nft's JSON items; empty when the table does not exist.
+pub fn listed_table() -> Result<Vec<serde_json::Value>, Error> {
+    nft_json(&["list", "table", "inet", INET_TABLE])
+}
+
+/// Our table's sets with their elements, without the chains (for quick lookups).
+pub fn listed_sets() -> Result<Vec<serde_json::Value>, Error> {
+    let mut sets = nft_json(&["list", "sets", "inet"])?;
+    sets.retain(|i| i["set"]["table"] == INET_TABLE);
+    Ok(sets)
+}
+
+/// A labelled element of one of our sets: its key as nft writes it, and its label.
+pub struct Element {
+    pub set: String,
+    pub key: String,
+    pub note: String,
+}
+
+/// The labelled elements of those sets of our table in `family` ("inet" or "bridge")
+/// whose names `wanted` accepts.
+pub fn labelled_elements(
+    family: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<Element>, Error> {
+    let table = if family == "bridge" {
+        BRIDGE_TABLE
+    } else {
+        INET_TABLE
+    };
+    let mut out = Vec::new();
+    for item in nft_json(&["list", "sets", family])? {
+        let set = &item["set"];
+        let Some(name) = set["name"].as_str() else {
+            continue;
+        };
+        if set["table"] != table || !wanted(name) {
+            continue;
+        }
+        for e in set["elem"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            let e = &e["elem"];
+            if let (Some(key), Some(note)) = (element_key(&e["val"]), e["comment"].as_str()) {
+                out.push(Element {
+                    set: name.to_string(),
+                    key,
+                    note: note.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An element's key in nft's syntax, from its JSON form.
+fn element_key(v: &serde_json::Value) -> Option<String> {
+    if let Some(s) = v.as_str() {
+        return Some(quote_if_name(s));
+    }
+    if let Some(parts) = v["concat"].as_array() {
+        let keys: Option<Vec<String>> = parts.iter().map(element_key).collect();
+        return keys.map(|k| k.join(" . "));
+    }
+    if let (Some(addr), Some(len)) = (v["prefix"]["addr"].as_str(), v["prefix"]["len"].as_u64()) {
+        return Some(format!("{addr}/{len}"));
+    }
+    if let Some([a, b]) = v["range"].as_array().map(Vec::as_slice) {
+        return Some(format!("{}-{}", element_key(a)?, element_key(b)?));
+    }
+    None
+}
+
+/// Interface names are strings in nft's syntax; IP and MAC addresses are not.
+fn quote_if_name(s: &str) -> String {
+    if s.parse::<std::net::IpAddr>().is_ok() || s.contains(':') {
+        s.to_string()
+    } else {
+        format!("\"{s}\"")
+    }
+}
+
+/// Script deleting these elements from our table in `family`.
+pub fn delete_elements(family: &str, elements: &[Element]) -> String {
+    let table = if family == "bridge" {
+        BRIDGE_TABLE
+    } else {
+        INET_TABLE
+    };
+    elements
+        .iter()
+        .map(|e| {
+            format!(
+                "delete element {family} {table} {} {{ {} }}\n",
+                e.set, e.key
+            )
+        })
+        .collect()
+}
+
+/// The items of nft's JSON output for `args`; empty when what they name is missing.
+fn nft_json(args: &[&str]) -> Result<Vec<serde_json::Value>, Error> {
+    let out = Command::new("nft")
+        .arg("-j")
+        .args(args)
+        .output()
+        .map_err(|e| Error::new(code::FIREWALL, "running nft").details(e.to_string()))?;
+    if !out.status.success() {
+        return Ok(Vec::new());
+    }
+    let mut listed: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| Error::new(code::FIREWALL, "reading nft's listing").details(e.to_string()))?;
+    Ok(match listed["nftables"].take() {
+        serde_json::Value::Array(items) => items,
+        _ => Vec::new(),
+    })
+}
+
+/// Script deleting the `kinds` chains whose rules' comments name a container of
+/// `network` that is not in `valid` (container IDs); empty when there are none.
+fn remove_stale(network: &str, kinds: &[&str], valid: &HashSet<String>) -> Result<String, Error> {
+    let ours = comment(network, "");
+    let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
+    let mut stale = BTreeSet::new();
+    for rule in listed_table()?.iter().filter_map(|i| i.get("rule")) {
+        let (Some(chain), Some(note)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
+            continue;
+        };
+        let Some((kind, hash)) = chain.rsplit_once('-') else {
+            continue;
+        };
+        if kinds.contains(&kind) && note.starts_with(&ours) && !keep.contains(note) {
+            stale.insert(hash.to_string());
+        }
+    }
+    Ok(stale
+        .iter()
+        .flat_map(|h| {
+            kinds
+                .iter()
+                .map(move |k| delete_chain("inet", INET_TABLE, &format!("{k}-{h}")))
+        })
+        .collect())
+}
+
+/// `add` first so that deleting what is not there succeeds (nft 1.0.6 has no `destroy`).
+fn delete_chain(family: &str, table: &str, chain: &str) -> String {
+    format!(
+        "add table {family} {table}\nadd chain {family} {table} {chain}\n\
+         flush chain {family} {table} {chain}\ndelete chain {family} {table} {chain}\n"
+    )
+}
+
+/// An nft transaction under way.
+pub struct Pending {
+    child: Child,
+    what: String,
+    script: String,
+    recovery: Recovery,
+}
+
+/// What [`Pending::wait`] does when the transaction fails.
+enum Recovery {
+    Fail,
+    /// Run this setup and the script again, as one transaction.
+    Setup(String),
+    /// Succeed if what the script names does not exist (nothing to remove).
+    MissingIsFine,
+}
+
+/// Starts `script` as one nft transaction; `what` names it in errors.
+pub fn apply(script: &str, what: impl Into<String>) -> Result<Pending, Error> {
+    start(script, what.into(), Recovery::Fail)
+}
+
+/// Starts `script`, which only adds to shared objects; should it fail, [`Pending::wait`]
+/// runs `setup` with it. Re-declaring existing objects costs the kernel an RCU grace
+/// period, so the setup is paid only when it is missing.
+pub fn apply_with_setup(
+    script: &str,
+    setup: String,
+    what: impl Into<String>,
+) -> Result<Pending, Error> {
+    start(script, what.into(), Recovery::Setup(setup))
+}
+
+/// Starts a removal `script` that fails only when its table or sets do not exist, which
+/// counts as done.
+pub fn apply_if_present(script: &str, what: impl Into<String>) -> Result<Pending, Error> {
+    start(script, what.into(), Recovery::MissingIsFine)
+}
+
+fn start(script: &str, what: String, recovery: Recovery) -> Result<Pending, Error> {
+    let fail = |d: String| Error::new(code::FIREWALL, what.clone()).details(d);
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("running nft: {e}")))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(script.as_bytes())
+            .map_err(|e| fail(format!("writing to nft: {e}")))?;
+    }
+    Ok(Pending {
+        child,
+        what,
+        script: script.to_string(),
+        recovery,
+    })
+}
+
+/// Applies `script` and waits for it; an empty script does nothing.
+pub fn run(script: &str, what: impl Into<String>) -> Result<(), Error> {
+    if script.is_empty() {
+        return Ok(());
+    }
+    apply(script, what)?.wait()
+}
+
+impl Pending {
+    pub fn wait(self) -> Result<(), Error> {
+        let fail = |d: String| Error::new(code::FIREWALL, self.what.clone()).details(d);
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        match self.recovery {
+            Recovery::Fail => Err(fail(stderr)),
+            Recovery::Setup(setup) => run(&(setup + &self.script), self.what),
+            Recovery::MissingIsFine if stderr.contains("No such file or directory") => Ok(()),
+            Recovery::MissingIsFine => Err(fail(stderr)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_are_per_container() {
+        assert_ne!(chain_name("masq", "n", "a"), chain_name("masq", "n", "b"));
+        assert_eq!(chain_name("masq", "n", "a"), chain_name("masq", "n", "a"));
+    }
+
+    #[test]
+    fn comment_is_bounded_and_unquoted() {
+        let c = comment("n\"et", &"x".repeat(300));
+        assert!(c.len() <= 120 && !c.contains('"'));
+    }
+
+    #[test]
+    fn element_keys_in_nft_syntax() {
+        let v: serde_json::Value = serde_json::json!({"concat": [
+            "fd00::5", {"prefix": {"addr": "fd00::", "len": 64}}]});
+        assert_eq!(element_key(&v).unwrap(), "fd00::5 . fd00::/64");
+        let v = serde_json::json!({"concat": ["veth0123", "02:00:00:00:00:01"]});
+        assert_eq!(element_key(&v).unwrap(), "\"veth0123\" . 02:00:00:00:00:01");
+    }
+}
