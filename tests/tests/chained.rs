@@ -52,18 +52,30 @@ fn every_version_adds_checks_and_deletes_the_whole_chain() {
         }
         let (ok, _, err) = t.run(&["del", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
         assert!(ok, "{version} DEL: {err}");
-        let rules = t.host.nft_ruleset();
-        assert!(!rules.contains("\"chain/"), "{version}: {rules}");
-        assert!(!rules.contains("chain pm-"), "{version}: {rules}");
-        let left: Vec<_> = t
-            .host
-            .link_names()
-            .into_iter()
-            .filter(|l| l.starts_with("veth") || l.starts_with("bwp"))
-            .collect();
-        assert!(left.is_empty(), "{version}: {left:?}");
-        assert_eq!(store_allocations(&t.path("data"), "chain"), 0);
+        assert_nothing_left(&t, version);
     }
+}
+
+/// No veth, ifb, labelled rule or element, DNAT, address or cached result of the network.
+fn assert_nothing_left(t: &Cnitool, when: &str) {
+    let left: Vec<_> = t
+        .host
+        .link_names()
+        .into_iter()
+        .filter(|l| l.starts_with("veth") || l.starts_with("bwp"))
+        .collect();
+    assert!(left.is_empty(), "{when}: {left:?}");
+    let rules = t.host.nft_ruleset();
+    assert!(
+        !rules.contains("\"chain/") && !rules.contains("dnat"),
+        "{when}: {rules}"
+    );
+    assert_eq!(
+        store_allocations(&t.path("data"), "chain"),
+        0,
+        "{when}: address leaked"
+    );
+    assert!(t.cache_files().is_empty(), "{when}: cached result left");
 }
 
 /// (kind, rate, burst, lat) of the tbf qdiscs on the container's host veth and its ifb.
@@ -208,25 +220,8 @@ fn killing_the_chain_during_add_then_del_leaves_nothing() {
         }
         let (ok, _, err) = t.run(&["del", "chain", &c.path()], &[("CAP_ARGS", CAPS)]);
         assert!(ok, "killed after {delay_ms} ms, DEL: {err}");
-        let left: Vec<_> = t
-            .host
-            .link_names()
-            .into_iter()
-            .filter(|l| l.starts_with("veth") || l.starts_with("bwp"))
-            .collect();
-        assert!(left.is_empty(), "killed after {delay_ms} ms: {left:?}");
         assert!(c.link("eth0").is_none(), "killed after {delay_ms} ms: eth0");
-        let rules = t.host.nft_ruleset();
-        assert!(
-            !rules.contains("\"chain/") && !rules.contains("dnat"),
-            "killed after {delay_ms} ms: {rules}"
-        );
-        assert_eq!(
-            store_allocations(&t.path("data"), "chain"),
-            0,
-            "killed after {delay_ms} ms: address leaked"
-        );
-        assert!(t.cache_files().is_empty());
+        assert_nothing_left(&t, &format!("killed after {delay_ms} ms"));
     }
     eprintln!("{completed} of 20 ADDs completed before the kill");
     assert!(completed < 20, "no kill landed during an ADD");
