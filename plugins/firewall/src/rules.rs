@@ -17,8 +17,8 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use libcni::firewall::{
-    comment, delete_elements, labelled_elements, listed_sets, listed_table, run, Element,
-    INET_TABLE,
+    apply_with_setup, comment, delete_elements, labelled_elements, listed_sets, listed_table, run,
+    Element, INET_TABLE,
 };
 use libcni::Error;
 
@@ -44,10 +44,15 @@ pub fn allow_forward(
             )
         })
         .collect();
-    let what = format!("accepting the forwarded traffic of {container_id}");
-    if elements.is_empty() || run(&elements, &what).is_ok() {
+    if elements.is_empty() {
         return Ok(());
     }
+    let what = format!("accepting the forwarded traffic of {container_id}");
+    apply_with_setup(&elements, forward_setup(admin), what)?.wait()
+}
+
+/// Script: the shared chain and sets behind `admin`, and `admin` itself when missing.
+fn forward_setup(admin: &str) -> String {
     let chain = format!("{admin}-forward");
     let mut setup = format!(
         "add table inet {INET_TABLE}\n\
@@ -67,7 +72,7 @@ pub fn allow_forward(
              add rule inet {INET_TABLE} {chain} {fam} saddr @{set} accept\n"
         );
     }
-    run(&(setup + &elements), what)
+    setup
 }
 
 /// The labelled addresses of our forward sets.
