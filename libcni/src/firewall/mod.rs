@@ -12,21 +12,15 @@ pub use mac::*;
 pub use masq::*;
 pub use ports::*;
 
-use std::collections::{BTreeSet, HashSet};
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
-use crate::net::stable_hash;
 use crate::spec::{code, Error};
 
 /// Our table for NAT of IP traffic (both families).
 pub const INET_TABLE: &str = "cni_rs";
 /// Our table for layer-2 checks on bridge ports.
 const BRIDGE_TABLE: &str = "cni_rs_br";
-
-fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
-    format!("{kind}-{:016x}", stable_hash(&[network, container_id]))
-}
 
 /// A rule comment that tells a person whose rule this is (nft allows 128 bytes).
 pub fn comment(network: &str, container_id: &str) -> String {
@@ -41,10 +35,19 @@ pub fn listed_table() -> Result<Vec<serde_json::Value>, Error> {
     nft_json(&["list", "table", "inet", INET_TABLE])
 }
 
-/// Our table's sets with their elements, without the chains (for quick lookups).
-pub fn listed_sets() -> Result<Vec<serde_json::Value>, Error> {
-    let mut sets = nft_json(&["list", "sets", "inet"])?;
-    sets.retain(|i| i["set"]["table"] == INET_TABLE);
+/// Our table of `family` ("inet" or "bridge").
+fn table_of(family: &str) -> &'static str {
+    if family == "bridge" {
+        BRIDGE_TABLE
+    } else {
+        INET_TABLE
+    }
+}
+
+/// The sets of our table in `family`, with their elements, without the chains.
+pub fn listed_sets(family: &str) -> Result<Vec<serde_json::Value>, Error> {
+    let mut sets = nft_json(&["list", "sets", family])?;
+    sets.retain(|i| i["set"]["table"] == table_of(family));
     Ok(sets)
 }
 
@@ -61,20 +64,12 @@ pub fn labelled_elements(
     family: &str,
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<Element>, Error> {
-    let table = if family == "bridge" {
-        BRIDGE_TABLE
-    } else {
-        INET_TABLE
-    };
     let mut out = Vec::new();
-    for item in nft_json(&["list", "sets", family])? {
+    for item in listed_sets(family)? {
         let set = &item["set"];
-        let Some(name) = set["name"].as_str() else {
+        let Some(name) = set["name"].as_str().filter(|n| wanted(n)) else {
             continue;
         };
-        if set["table"] != table || !wanted(name) {
-            continue;
-        }
         for e in set["elem"]
             .as_array()
             .map(Vec::as_slice)
@@ -122,11 +117,7 @@ fn quote_if_name(s: &str) -> String {
 
 /// Script deleting these elements from our table in `family`.
 pub fn delete_elements(family: &str, elements: &[Element]) -> String {
-    let table = if family == "bridge" {
-        BRIDGE_TABLE
-    } else {
-        INET_TABLE
-    };
+    let table = table_of(family);
     elements
         .iter()
         .map(|e| {
@@ -154,41 +145,6 @@ fn nft_json(args: &[&str]) -> Result<Vec<serde_json::Value>, Error> {
         serde_json::Value::Array(items) => items,
         _ => Vec::new(),
     })
-}
-
-/// Script deleting the `kinds` chains whose rules' comments name a container of
-/// `network` that is not in `valid` (container IDs); empty when there are none.
-fn remove_stale(network: &str, kinds: &[&str], valid: &HashSet<String>) -> Result<String, Error> {
-    let ours = comment(network, "");
-    let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
-    let mut stale = BTreeSet::new();
-    for rule in listed_table()?.iter().filter_map(|i| i.get("rule")) {
-        let (Some(chain), Some(note)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
-            continue;
-        };
-        let Some((kind, hash)) = chain.rsplit_once('-') else {
-            continue;
-        };
-        if kinds.contains(&kind) && note.starts_with(&ours) && !keep.contains(note) {
-            stale.insert(hash.to_string());
-        }
-    }
-    Ok(stale
-        .iter()
-        .flat_map(|h| {
-            kinds
-                .iter()
-                .map(move |k| delete_chain("inet", INET_TABLE, &format!("{k}-{h}")))
-        })
-        .collect())
-}
-
-/// `add` first so that deleting what is not there succeeds (nft 1.0.6 has no `destroy`).
-fn delete_chain(family: &str, table: &str, chain: &str) -> String {
-    format!(
-        "add table {family} {table}\nadd chain {family} {table} {chain}\n\
-         flush chain {family} {table} {chain}\ndelete chain {family} {table} {chain}\n"
-    )
 }
 
 /// An nft transaction under way.
@@ -283,12 +239,6 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chains_are_per_container() {
-        assert_ne!(chain_name("masq", "n", "a"), chain_name("masq", "n", "b"));
-        assert_eq!(chain_name("masq", "n", "a"), chain_name("masq", "n", "a"));
-    }
 
     #[test]
     fn comment_is_bounded_and_unquoted() {

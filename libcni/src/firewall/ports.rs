@@ -1,10 +1,15 @@
 //! Port mappings (`portmap`): per-container nat chains DNATing host ports to the container.
 
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::process::Command;
 
-use super::{chain_name, comment, delete_chain, remove_stale, INET_TABLE};
+use super::{comment, listed_table, INET_TABLE};
+use crate::net::stable_hash;
 use crate::spec::Error;
+
+fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
+    format!("{kind}-{:016x}", stable_hash(&[network, container_id]))
+}
 
 /// One `portMappings` entry, as runtimes pass it.
 #[derive(Debug, Clone, PartialEq, serde::Deserialize)]
@@ -147,9 +152,56 @@ pub fn remove_stale_port_mappings(network: &str, valid: &HashSet<String>) -> Res
     remove_stale(network, &["pm-pre", "pm-out", "pm-post"], valid)
 }
 
+/// Script deleting the `kinds` chains whose rules' comments name a container of
+/// `network` that is not in `valid` (container IDs); empty when there are none.
+fn remove_stale(network: &str, kinds: &[&str], valid: &HashSet<String>) -> Result<String, Error> {
+    let ours = comment(network, "");
+    let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
+    let mut stale = BTreeSet::new();
+    for rule in listed_table()?.iter().filter_map(|i| i.get("rule")) {
+        let (Some(chain), Some(note)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
+            continue;
+        };
+        let Some((kind, hash)) = chain.rsplit_once('-') else {
+            continue;
+        };
+        if kinds.contains(&kind) && note.starts_with(&ours) && !keep.contains(note) {
+            stale.insert(hash.to_string());
+        }
+    }
+    Ok(stale
+        .iter()
+        .flat_map(|h| {
+            kinds
+                .iter()
+                .map(move |k| delete_chain("inet", INET_TABLE, &format!("{k}-{h}")))
+        })
+        .collect())
+}
+
+/// `add` first so that deleting what is not there succeeds (nft 1.0.6 has no `destroy`).
+fn delete_chain(family: &str, table: &str, chain: &str) -> String {
+    format!(
+        "add table {family} {table}\nadd chain {family} {table} {chain}\n\
+         flush chain {family} {table} {chain}\ndelete chain {family} {table} {chain}\n"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chains_are_per_container() {
+        assert_ne!(
+            chain_name("pm-pre", "n", "a"),
+            chain_name("pm-pre", "n", "b")
+        );
+        assert_eq!(
+            chain_name("pm-pre", "n", "a"),
+            chain_name("pm-pre", "n", "a")
+        );
+    }
 
     #[test]
     fn port_mapping_script() {

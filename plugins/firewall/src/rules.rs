@@ -160,7 +160,7 @@ pub fn isolate_bridge(bridge: &str, strict: bool) -> Result<(), Error> {
 
 /// Whether `bridge` is in the set of isolated bridges (for CHECK).
 pub fn is_isolated(bridge: &str) -> Result<bool, Error> {
-    Ok(listed_sets()?.iter().any(|i| {
+    Ok(listed_sets("inet")?.iter().any(|i| {
         i["set"]["name"] == "isolated"
             && i["set"]["elem"]
                 .as_array()
