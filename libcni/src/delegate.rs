@@ -1,5 +1,8 @@
-//! Running another plugin as a delegate (the IPAM plugin named in `ipam.type`), exactly as
-//! a runtime would: found on CNI_PATH, same environment, same config on stdin.
+//! Running another plugin as a delegate, exactly as a runtime would: found on CNI_PATH,
+//! the same CNI_* environment, a config on stdin. The IPAM plugin named in `ipam.type`
+//! gets the plugin's own config unchanged; a plugin that computes its IPAM config (the
+//! overlay hands host-local the node's subnet) builds one with [`Delegate::with_config`].
+//! Every wait is bounded (exec::DELEGATE_WAIT).
 
 use serde_json::Value;
 
@@ -7,21 +10,54 @@ use crate::exec::{self, Running};
 use crate::skel::CmdArgs;
 use crate::spec::{code, CniResult, Error};
 
-/// Runs `plugin` with `command` (ADD, DEL, CHECK, GC, STATUS) and returns what it printed.
-pub fn exec(plugin: &str, command: &str, args: &CmdArgs) -> Result<Option<Value>, Error> {
-    spawn(plugin, command, args)?.wait()
+/// A plugin to delegate to, and the config it gets.
+#[derive(Debug, Clone)]
+pub struct Delegate {
+    plugin: String,
+    /// None: the invocation's own stdin.
+    config: Option<Vec<u8>>,
 }
 
-/// Starts `plugin` with `command`; wait for it with [`Running::wait`] or [`result`].
-pub fn spawn(plugin: &str, command: &str, args: &CmdArgs) -> Result<Running, Error> {
-    let bin = exec::find(plugin, &args.path)?;
-    exec::start(&bin, command, &[], &args.stdin)
+impl Delegate {
+    /// The config's IPAM plugin; None without one (`ipam` absent, null, `{}` or without a
+    /// type: layer 2 only, as the reference plugins read it).
+    pub fn ipam(args: &CmdArgs) -> Option<Delegate> {
+        let plugin = args.conf.ipam.as_ref()?.get("type")?.as_str()?;
+        (!plugin.is_empty()).then(|| Delegate {
+            plugin: plugin.to_string(),
+            config: None,
+        })
+    }
+
+    /// `plugin` with a config built by the caller.
+    pub fn with_config(plugin: &str, config: &Value) -> Delegate {
+        Delegate {
+            plugin: plugin.to_string(),
+            config: Some(config.to_string().into_bytes()),
+        }
+    }
+
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Starts `command`; wait for it with [`Running::wait`].
+    pub fn start(&self, command: &str, args: &CmdArgs) -> Result<Running, Error> {
+        let bin = exec::find(&self.plugin, &args.path)?;
+        let stdin = self.config.as_deref().unwrap_or(&args.stdin);
+        exec::start(&bin, command, &[], stdin)
+    }
+
+    /// Runs `command` (DEL, CHECK, GC, STATUS) and returns what it printed.
+    pub fn run(&self, command: &str, args: &CmdArgs) -> Result<Option<Value>, Error> {
+        self.start(command, args)?.wait()
+    }
 }
 
-/// The result of a delegated ADD, version-neutral.
-pub fn result(running: Running) -> Result<CniResult, Error> {
-    let out = running.wait()?;
-    CniResult::from_value(
-        out.ok_or_else(|| Error::new(code::DELEGATE, "IPAM ADD printed no result"))?,
-    )
+/// The result a delegated ADD printed, version-neutral; one without a version is read in
+/// the config's.
+pub fn result(out: Option<Value>, delegate: &str, args: &CmdArgs) -> Result<CniResult, Error> {
+    let out =
+        out.ok_or_else(|| Error::new(code::DELEGATE, format!("{delegate} ADD printed no result")))?;
+    CniResult::from_value_in(out, &args.conf.cni_version)
 }

@@ -28,12 +28,18 @@ pub fn find(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, Error> {
         })
 }
 
-/// A plugin started and not yet waited for, so the caller can work meanwhile.
+/// A plugin started and not yet waited for, so the caller can work meanwhile. Dropped
+/// unwaited (the caller failed), it is still waited for, bounded, so it never outlives
+/// the work that depends on it.
 pub struct Running {
-    child: Child,
+    child: Option<Child>,
     name: String,
     command: String,
 }
+
+/// How long a plugin waits for a delegate: longer than any delegate needs, shorter than
+/// a runtime's own timeout.
+pub const DELEGATE_WAIT: Duration = Duration::from_secs(55);
 
 /// Starts `bin` with the environment of this process plus `env`, and writes `stdin`.
 pub fn start(
@@ -62,7 +68,7 @@ pub fn start(
         let _ = pipe.write_all(stdin);
     }
     Ok(Running {
-        child,
+        child: Some(child),
         name,
         command: command.to_string(),
     })
@@ -87,40 +93,58 @@ fn die_with_parent(parent: u32) -> std::io::Result<()> {
 }
 
 impl Running {
-    /// What the plugin printed, or its error object with its own code.
+    /// What the plugin printed, or its error object with its own code; a delegate that
+    /// takes longer than [`DELEGATE_WAIT`] is killed (code 11).
     pub fn wait(self) -> Result<Option<Value>, Error> {
-        let Running {
-            child,
-            name,
-            command,
-        } = self;
-        let out = child.wait_with_output().map_err(|e| {
-            Error::new(code::IO, format!("waiting for {name}")).details(e.to_string())
-        })?;
-        decode(&name, &command, out)
+        self.wait_timeout(DELEGATE_WAIT)
     }
 
     /// Like [`Running::wait`], but kills the plugin once `timeout` has passed.
-    pub fn wait_timeout(self, timeout: Duration) -> Result<Option<Value>, Error> {
-        let pid = self.child.id() as libc::pid_t;
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<Option<Value>, Error> {
+        let child = self.child.take().expect("a Running is waited for once");
         let (name, command) = (self.name.clone(), self.command.clone());
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(self.wait());
-        });
-        match rx.recv_timeout(timeout) {
-            Ok(outcome) => outcome,
-            Err(_) => {
-                // SAFETY: signalling our own child, which is not reaped until the waiter ends.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                let _ = rx.recv();
-                Err(Error::new(
-                    code::TRY_AGAIN,
-                    format!("{name} {command} timed out after {timeout:?}"),
-                ))
-            }
+        let out = wait_bounded(child, timeout, &format!("{name} {command}"))?;
+        decode(&name, &command, out)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let unwaited = Running {
+                child: self.child.take(),
+                name: std::mem::take(&mut self.name),
+                command: std::mem::take(&mut self.command),
+            };
+            let _ = unwaited.wait();
         }
     }
+}
+
+/// Waits for `child` and collects its output; kills it once `timeout` has passed (code 11).
+pub(crate) fn wait_bounded(
+    child: Child,
+    timeout: Duration,
+    what: &str,
+) -> Result<std::process::Output, Error> {
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    let out = match rx.recv_timeout(timeout) {
+        Ok(out) => out,
+        Err(_) => {
+            // SAFETY: signalling our own child, which is not reaped until the waiter ends.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = rx.recv();
+            return Err(Error::new(
+                code::TRY_AGAIN,
+                format!("{what} timed out after {timeout:?}"),
+            ));
+        }
+    };
+    out.map_err(|e| Error::new(code::IO, format!("waiting for {what}")).details(e.to_string()))
 }
 
 fn decode(name: &str, command: &str, out: std::process::Output) -> Result<Option<Value>, Error> {

@@ -1,10 +1,16 @@
-//! libcni: everything the plugins share. `spec` holds the CNI types, `skel` the plugin
-//! side of the protocol, `delegate` running another plugin, `net` the Linux plumbing and
-//! `firewall` our nftables rules, `runtime` the caller side (chains, cache) for runtimes.
+//! libcni: everything the plugins share. `spec` holds the CNI types, `decode` reads JSON
+//! as Go does, `skel` the plugin side of the protocol, `names` the rules for names we get
+//! and make, `attachment` one container interface's identity, `delegate` running another
+//! plugin, `net` the Linux plumbing and `firewall` our nftables rules, `runtime` the caller
+//! side (chains, cache) for runtimes.
 
+pub mod attachment;
+pub mod decode;
 pub mod delegate;
 pub mod exec;
+pub mod files;
 pub mod firewall;
+pub mod names;
 pub mod net;
 pub mod runtime;
 pub mod skel;

@@ -1,13 +1,21 @@
 //! The plugin side of CNI: read the `CNI_*` environment and the config on stdin, check
 //! them, dispatch to a [`Plugin`], and print exactly one result or error object on stdout.
+//! A panic in a plugin unwinds (running the undo guards of what the call created) and is
+//! reported as an error object too.
 
 use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::names;
+use crate::net::Netns;
 use crate::spec::{code, CniResult, Error, NetConf, Version, SUPPORTED_VERSIONS};
+
+/// The largest config we read: anything bigger is not a network config.
+pub const MAX_CONFIG_BYTES: usize = 1 << 20;
 
 /// What one invocation was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +50,9 @@ pub struct CmdArgs {
     /// Empty when the runtime passed none (allowed for DEL, STATUS, GC).
     pub netns: String,
     pub ifname: String,
-    /// CNI_ARGS as `key=value` pairs.
-    pub args: Vec<(String, String)>,
+    /// CNI_ARGS as the runtime passed it; read with [`CmdArgs::cni_args`] by the plugins
+    /// that use it, so the others never fail on it.
+    pub cni_args: String,
     pub path: Vec<PathBuf>,
     /// The raw config bytes, passed on unchanged to delegates.
     pub stdin: Vec<u8>,
@@ -51,22 +60,40 @@ pub struct CmdArgs {
     pub version: Version,
     /// The whole config, for plugin-specific fields.
     pub raw: Value,
+    /// CNI_NETNS, opened and proven a network namespace before the plugin runs: always
+    /// there for ADD and CHECK, for DEL when the namespace still exists.
+    netns_handle: Option<Arc<Netns>>,
 }
 
 impl CmdArgs {
     /// Decodes the plugin's own view of the config; wrong types are code 7.
     pub fn parse_conf<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_value(self.raw.clone())
+        crate::decode::from_value(&self.raw)
             .map_err(|e| Error::config("invalid network config").details(e.to_string()))
     }
 
-    /// prevResult converted from whatever version it was printed in.
+    /// The container's namespace (ADD, CHECK; DEL when it still exists).
+    pub fn netns(&self) -> Option<&Netns> {
+        self.netns_handle.as_deref()
+    }
+
+    /// The container's namespace where the command cannot do without it.
+    pub fn required_netns(&self) -> Result<&Netns, Error> {
+        self.netns().ok_or_else(|| {
+            Error::new(
+                code::UNKNOWN_CONTAINER,
+                format!("netns {:?} does not exist", self.netns),
+            )
+        })
+    }
+
+    /// prevResult converted from whatever version it was printed in (the config's when it
+    /// names none).
     pub fn prev_result(&self) -> Result<Option<CniResult>, Error> {
-        self.conf
-            .prev_result
-            .clone()
-            .map(CniResult::from_value)
-            .transpose()
+        match &self.conf.prev_result {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => CniResult::from_value_in(v.clone(), &self.conf.cni_version).map(Some),
+        }
     }
 
     /// prevResult, which this command cannot do without (code 7 when missing).
@@ -105,16 +132,26 @@ impl CmdArgs {
             .collect())
     }
 
-    pub fn cni_arg(&self, key: &str) -> Option<&str> {
-        self.args
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+    /// CNI_ARGS read as the reference plugins read them (`K=V;K2=V2`): a pair without
+    /// '=' is an error, and so is a key outside `known` unless `IgnoreUnknown` is set
+    /// to 1 or true. Returns the known pairs.
+    pub fn cni_args(&self, known: &[&str]) -> Result<Vec<(String, String)>, Error> {
+        parse_cni_args(&self.cni_args, known)
     }
 }
 
 /// A plugin implements the commands; the skeleton has already validated env and config.
 pub trait Plugin {
+    /// The spec versions this plugin speaks (a chained plugin that needs interfaces in
+    /// prevResult starts later, as the reference's do).
+    fn versions(&self) -> &'static [&'static str] {
+        SUPPORTED_VERSIONS
+    }
+    /// Whether the plugin works in the container's namespace; if so, CNI_NETNS is opened
+    /// and checked before the plugin runs. An IPAM plugin does not touch it.
+    fn uses_netns(&self) -> bool {
+        true
+    }
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error>;
     fn del(&self, args: &CmdArgs) -> Result<(), Error>;
     fn check(&self, args: &CmdArgs) -> Result<(), Error>;
@@ -129,12 +166,15 @@ pub trait Plugin {
 /// Runs the plugin for this process and exits: 0 with a result (or nothing) on stdout,
 /// 1 with an error object. `about` goes to stderr when CNI_COMMAND is missing.
 pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
-    install_panic_hook();
+    // Whatever the caller's umask, what we create is ours alone.
+    // SAFETY: umask only changes this process's file creation mask.
+    unsafe { libc::umask(0o077) };
+    // A panic is reported below as an error object; the hook only logs it.
+    std::panic::set_hook(Box::new(|info| eprintln!("plugin panicked: {info}")));
     let env = |k: &str| std::env::var(k).ok();
-    let mut stdin = Vec::new();
-    let outcome = match std::io::stdin().read_to_end(&mut stdin) {
-        Ok(_) => dispatch(plugin, &env, stdin),
-        Err(e) => Err(Error::new(code::IO, "reading stdin").details(e.to_string())),
+    let outcome = match read_config(std::io::stdin().lock()) {
+        Ok(stdin) => guarded(|| dispatch(plugin, &env, stdin)),
+        Err(e) => Err(e),
     };
     match outcome {
         Ok(Some(out)) => {
@@ -149,6 +189,34 @@ pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
             print_error(e)
         }
     }
+}
+
+/// Reads the config, refusing more than [`MAX_CONFIG_BYTES`] (code 7).
+fn read_config(input: impl Read) -> Result<Vec<u8>, Error> {
+    let mut stdin = Vec::new();
+    input
+        .take(MAX_CONFIG_BYTES as u64 + 1)
+        .read_to_end(&mut stdin)
+        .map_err(|e| Error::new(code::IO, "reading stdin").details(e.to_string()))?;
+    if stdin.len() > MAX_CONFIG_BYTES {
+        return Err(Error::config(format!(
+            "network config is larger than {MAX_CONFIG_BYTES} bytes"
+        )));
+    }
+    Ok(stdin)
+}
+
+/// Runs `f`, turning a panic into an internal error once it has unwound (so the guards of
+/// what the call created have undone it).
+fn guarded<T>(f: impl FnOnce() -> Result<T, Error>) -> Result<T, Error> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        let what = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(Error::new(code::INTERNAL, "internal error").details(what))
+    })
 }
 
 fn print_json(v: &Value) {
@@ -166,14 +234,6 @@ fn print_error(mut e: Error) -> ! {
     std::process::exit(1)
 }
 
-/// A panic must still reach the runtime as an error object, never as a trace on stdout.
-fn install_panic_hook() {
-    std::panic::set_hook(Box::new(|info| {
-        eprintln!("plugin panicked: {info}");
-        print_error(Error::new(code::INTERNAL, "internal error").details(info.to_string()))
-    }));
-}
-
 /// Validates the environment and config and runs one command. Separate from [`run`] so
 /// it can be tested without a process.
 pub fn dispatch(
@@ -185,7 +245,7 @@ pub fn dispatch(
     let command = Command::parse(&cmd_s)
         .ok_or_else(|| Error::new(code::INVALID_ENV, format!("unknown CNI_COMMAND: {cmd_s}")))?;
     if command == Command::Version {
-        return Ok(Some(version_reply(&stdin)));
+        return Ok(Some(version_reply(&stdin, plugin.versions())));
     }
     let needed: &[&str] = match command {
         Command::Add | Command::Check => {
@@ -202,14 +262,14 @@ pub fn dispatch(
     let container_id = env("CNI_CONTAINERID").unwrap_or_default();
     let ifname = env("CNI_IFNAME").unwrap_or_default();
     if matches!(command, Command::Add | Command::Check | Command::Del) {
-        validate_container_id(&container_id)?;
-        validate_ifname(&ifname)?;
+        names::container_id(&container_id)?;
+        names::ifname(&ifname)?;
     }
     let raw: Value = serde_json::from_slice(&stdin)
         .map_err(|e| Error::new(code::DECODE, "decoding network config").details(e.to_string()))?;
-    let conf: NetConf = serde_json::from_value(raw.clone())
+    let conf: NetConf = crate::decode::from_value(&raw)
         .map_err(|e| Error::config("invalid network config").details(e.to_string()))?;
-    let version = Version::supported(&conf.cni_version)?;
+    let version = Version::supported_of(&conf.cni_version, plugin.versions())?;
     let allowed = match command {
         Command::Check => version.has_check(),
         Command::Status | Command::Gc => version.has_status_and_gc(),
@@ -221,17 +281,27 @@ pub fn dispatch(
             format!("config version {} does not allow {cmd_s}", conf.cni_version),
         ));
     }
+    // As the reference's skel: every command but VERSION, DEL included.
+    names::network_name(&conf.name)?;
+    let netns = env("CNI_NETNS").unwrap_or_default();
+    let netns_handle = match command {
+        _ if !plugin.uses_netns() => None,
+        Command::Add | Command::Check => Some(Arc::new(Netns::open_container(&netns)?)),
+        Command::Del => Netns::open_if_present(&netns).map(Arc::new),
+        _ => None,
+    };
     let args = CmdArgs {
         command,
         container_id,
-        netns: env("CNI_NETNS").unwrap_or_default(),
+        netns,
         ifname,
-        args: parse_cni_args(&env("CNI_ARGS").unwrap_or_default())?,
+        cni_args: env("CNI_ARGS").unwrap_or_default(),
         path: std::env::split_paths(&env("CNI_PATH").unwrap_or_default()).collect(),
         stdin,
         version,
         raw,
         conf,
+        netns_handle,
     };
     let tag = |mut e: Error| {
         e.cni_version = args.conf.cni_version.clone();
@@ -240,7 +310,7 @@ pub fn dispatch(
     match command {
         Command::Add => {
             let r = plugin.add(&args).map_err(tag)?;
-            Ok(Some(r.to_json(&args.conf.cni_version)))
+            r.to_json(&args.conf.cni_version).map(Some).map_err(tag)
         }
         Command::Del => plugin.del(&args).map_err(tag).map(|_| None),
         Command::Check => plugin.check(&args).map_err(tag).map(|_| None),
@@ -250,7 +320,7 @@ pub fn dispatch(
     }
 }
 
-fn version_reply(stdin: &[u8]) -> Value {
+fn version_reply(stdin: &[u8], versions: &[&str]) -> Value {
     let asked = serde_json::from_slice::<Value>(stdin)
         .ok()
         .and_then(|v| {
@@ -259,7 +329,7 @@ fn version_reply(stdin: &[u8]) -> Value {
                 .map(str::to_string)
         })
         .unwrap_or_else(|| crate::spec::LATEST_VERSION.to_string());
-    json!({"cniVersion": asked, "supportedVersions": SUPPORTED_VERSIONS})
+    json!({"cniVersion": asked, "supportedVersions": versions})
 }
 
 fn missing_env(k: &str) -> Error {
@@ -269,57 +339,69 @@ fn missing_env(k: &str) -> Error {
     )
 }
 
-fn validate_container_id(id: &str) -> Result<(), Error> {
-    let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(code::INVALID_ENV, "invalid characters in CNI_CONTAINERID").details(id))
+/// CNI_ARGS as the reference's `types.LoadArgs` reads it into a struct with the fields
+/// `known`.
+fn parse_cni_args(s: &str, known: &[&str]) -> Result<Vec<(String, String)>, Error> {
+    let invalid = |msg: String| Error::new(code::INVALID_ENV, format!("CNI_ARGS: {msg}"));
+    let mut pairs = Vec::new();
+    let mut ignore_unknown = false;
+    for p in s.split(';').filter(|p| !p.is_empty()) {
+        let (k, v) = match p.split('=').collect::<Vec<_>>()[..] {
+            [k, v] => (k, v),
+            _ => return Err(invalid(format!("invalid pair {p:?}"))),
+        };
+        if k == "IgnoreUnknown" {
+            ignore_unknown = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => return Err(invalid(format!("invalid boolean in {p:?}"))),
+            };
+        } else {
+            pairs.push((k.to_string(), v.to_string()));
+        }
     }
-}
-
-/// The kernel's rules for interface names.
-pub fn validate_ifname(name: &str) -> Result<(), Error> {
-    let ok = !name.is_empty()
-        && name.len() <= 15
-        && name != "."
-        && name != ".."
-        && !name
-            .chars()
-            .any(|c| c == '/' || c == ':' || c.is_whitespace());
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::new(code::INVALID_ENV, "invalid interface name in CNI_IFNAME").details(name))
+    let unknown: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| !known.contains(&k.as_str()))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    if !unknown.is_empty() && !ignore_unknown {
+        return Err(invalid(format!("unknown args {unknown:?}")));
     }
-}
-
-/// CNI_ARGS is `K=V;K2=V2`.
-fn parse_cni_args(s: &str) -> Result<Vec<(String, String)>, Error> {
-    s.split(';')
-        .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| Error::new(code::INVALID_ENV, "invalid CNI_ARGS pair").details(p))
-        })
-        .collect()
+    pairs.retain(|(k, _)| known.contains(&k.as_str()));
+    Ok(pairs)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::collections::HashMap;
+
+    thread_local! {
+        static UNDONE: Cell<bool> = const { Cell::new(false) };
+    }
+
+    /// Undoes "what the call created" when dropped, as the plugins' guards do.
+    struct Guard;
+    impl Drop for Guard {
+        fn drop(&mut self) {
+            UNDONE.set(true);
+        }
+    }
 
     struct Echo;
     impl Plugin for Echo {
         fn add(&self, a: &CmdArgs) -> Result<CniResult, Error> {
-            if a.cni_arg("PANIC").is_some() {
+            let _created = Guard;
+            let args = a.cni_args(&["PANIC", "FAIL"])?;
+            if args.iter().any(|(k, _)| k == "PANIC") {
+                panic!("asked to");
+            }
+            if args.iter().any(|(k, _)| k == "FAIL") {
                 return Err(Error::new(code::INTERNAL, "asked"));
             }
+            std::mem::forget(_created);
             Ok(CniResult::default())
         }
         fn del(&self, _: &CmdArgs) -> Result<(), Error> {
@@ -334,7 +416,8 @@ mod tests {
         let mut m: HashMap<String, String> = [
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "abc"),
-            ("CNI_NETNS", "/run/netns/x"),
+            // The test's own namespace: a real one, which Echo does not touch.
+            ("CNI_NETNS", "/proc/self/ns/net"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/opt/cni/bin"),
         ]
@@ -348,7 +431,7 @@ mod tests {
                 m.insert(k.to_string(), v.to_string());
             }
         }
-        dispatch(&Echo, &|k| m.get(k).cloned(), stdin.as_bytes().to_vec())
+        guarded(|| dispatch(&Echo, &|k| m.get(k).cloned(), stdin.as_bytes().to_vec()))
     }
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"n","type":"echo"}"#;
@@ -368,23 +451,78 @@ mod tests {
             ("CNI_CONTAINERID", "-bad"),
             ("CNI_IFNAME", "a/b"),
             ("CNI_IFNAME", "waytoolonginterfacename"),
-            ("CNI_ARGS", "novalue"),
+            ("CNI_NETNS", "/proc/self/ns/uts"),
+            ("CNI_NETNS", "/dev/null"),
         ] {
             assert_eq!(call(&[(k, v)], CONF).unwrap_err().code, 4, "{k}={v}");
         }
+        let gone = call(&[("CNI_NETNS", "/run/netns/cni-rs-none")], CONF).unwrap_err();
+        assert_eq!(gone.code, 3);
+    }
+
+    #[test]
+    fn cni_args_as_the_reference_reads_them() {
+        // only a plugin that reads CNI_ARGS fails on them, with the reference's rules
+        assert_eq!(call(&[("CNI_ARGS", "novalue")], CONF).unwrap_err().code, 4);
+        assert_eq!(
+            call(&[("CNI_ARGS", "K8S_POD_NAME=x")], CONF)
+                .unwrap_err()
+                .code,
+            4
+        );
+        assert!(call(&[("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=x")], CONF).is_ok());
+        assert!(call(&[("CNI_ARGS", "IgnoreUnknown=TRUE;A=b")], CONF).is_ok());
+        for bad in ["A=b=c", "IgnoreUnknown=yes", "ignoreunknown=1;A=b"] {
+            assert_eq!(
+                call(&[("CNI_ARGS", bad)], CONF).unwrap_err().code,
+                4,
+                "{bad}"
+            );
+        }
+        let known = parse_cni_args("IP=10.0.0.5;IgnoreUnknown=1;X=y", &["IP"]).unwrap();
+        assert_eq!(known, vec![("IP".to_string(), "10.0.0.5".to_string())]);
     }
 
     #[test]
     fn del_needs_no_netns() {
         assert!(call(&[("CNI_COMMAND", "DEL"), ("CNI_NETNS", "")], CONF).is_ok());
+        assert!(call(&[("CNI_COMMAND", "DEL"), ("CNI_NETNS", "/dev/null")], CONF).is_ok());
     }
 
     #[test]
     fn decode_and_config_errors() {
         assert_eq!(call(&[], "{not json").unwrap_err().code, 6);
         assert_eq!(call(&[], r#"{"cniVersion":3}"#).unwrap_err().code, 7);
+        let future = r#"{"cniVersion":"0.5.0","name":"n","type":"echo"}"#;
+        assert_eq!(call(&[], future).unwrap_err().code, 1);
         let old = r#"{"cniVersion":"0.2.0","name":"n","type":"echo"}"#;
-        assert_eq!(call(&[], old).unwrap_err().code, 1);
+        assert!(call(&[], old).is_err(), "a 0.2.0 result needs an address");
+    }
+
+    #[test]
+    fn network_names_are_checked_by_every_command() {
+        for bad in ["a/b", "../x", "a\"b", "", "-x"] {
+            let conf = json!({"cniVersion": "1.0.0", "name": bad, "type": "echo"}).to_string();
+            for cmd in ["ADD", "DEL", "CHECK"] {
+                let e = call(&[("CNI_COMMAND", cmd)], &conf).unwrap_err();
+                assert_eq!(e.code, 7, "{cmd} {bad:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn oversized_config_is_refused() {
+        let big = vec![b' '; MAX_CONFIG_BYTES + 1];
+        assert_eq!(read_config(&big[..]).unwrap_err().code, 7);
+        assert!(read_config(&big[..MAX_CONFIG_BYTES]).is_ok());
+    }
+
+    #[test]
+    fn a_panic_is_an_error_object_after_the_undo() {
+        UNDONE.set(false);
+        let e = call(&[("CNI_ARGS", "PANIC=1")], CONF).unwrap_err();
+        assert_eq!((e.code, e.details.as_str()), (100, "asked to"));
+        assert!(UNDONE.get(), "the guard did not run");
     }
 
     #[test]
@@ -407,14 +545,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(out["cniVersion"], "0.4.0");
-        assert_eq!(out["supportedVersions"].as_array().unwrap().len(), 5);
+        assert_eq!(out["supportedVersions"].as_array().unwrap().len(), 7);
         let out = call(&[("CNI_COMMAND", "VERSION")], "").unwrap().unwrap();
         assert_eq!(out["cniVersion"], "1.1.0");
     }
 
     #[test]
     fn plugin_errors_carry_config_version() {
-        let e = call(&[("CNI_ARGS", "PANIC=1")], CONF).unwrap_err();
+        let e = call(&[("CNI_ARGS", "FAIL=1")], CONF).unwrap_err();
         assert_eq!((e.code, e.cni_version.as_str()), (100, "1.0.0"));
     }
 }

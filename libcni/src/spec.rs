@@ -1,5 +1,6 @@
-//! CNI spec types for versions 0.3.0 – 1.1.0: the common network config, results, the
-//! error object, and conversion of a result into the shape each version prints.
+//! CNI spec types for versions 0.1.0 – 1.1.0: the common network config, results, the
+//! error object, and conversion of a result into and out of the shape each version prints
+//! (0.1.0/0.2.0 have `ip4`/`ip6` objects, 0.3.0 on `interfaces`/`ips`/`routes`).
 
 use std::net::IpAddr;
 
@@ -8,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Versions this suite speaks, oldest first.
-pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const SUPPORTED_VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
 pub const LATEST_VERSION: &str = "1.1.0";
 
 /// Error codes from the spec; ours start at 100.
@@ -52,16 +55,18 @@ impl Version {
 
     /// Parses `s` and accepts it only if it is one of [`SUPPORTED_VERSIONS`].
     pub fn supported(s: &str) -> Result<Version, Error> {
+        Version::supported_of(s, SUPPORTED_VERSIONS)
+    }
+
+    /// Parses `s` and accepts it only if it is one of `versions`.
+    pub fn supported_of(s: &str, versions: &[&str]) -> Result<Version, Error> {
         match Version::parse(s) {
-            Some(v) if SUPPORTED_VERSIONS.contains(&s) => Ok(v),
+            Some(v) if versions.contains(&s) => Ok(v),
             _ => Err(Error::new(
                 code::INCOMPATIBLE_VERSION,
                 format!("incompatible CNI version {s:?}"),
             )
-            .details(format!(
-                "supported versions: {}",
-                SUPPORTED_VERSIONS.join(", ")
-            ))),
+            .details(format!("supported versions: {}", versions.join(", ")))),
         }
     }
 
@@ -239,23 +244,83 @@ impl Dns {
     }
 }
 
+/// A 0.1.0/0.2.0 result's `ip4` or `ip6`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct LegacyIp {
+    ip: IpNetwork,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    gateway: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    routes: Vec<Route>,
+}
+
+/// A 0.1.0/0.2.0 result.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct LegacyResult {
+    #[serde(default)]
+    cni_version: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip4: Option<LegacyIp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ip6: Option<LegacyIp>,
+    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    dns: Dns,
+}
+
+fn is_legacy(v: Version) -> bool {
+    v < Version(0, 3, 0)
+}
+
 impl CniResult {
-    /// Reads a result printed in any supported version (a prevResult or a delegate's output).
+    /// Reads a result printed in any supported version (a delegate's output).
     pub fn from_value(v: Value) -> Result<CniResult, Error> {
-        let version = v.get("cniVersion").and_then(Value::as_str).unwrap_or("");
-        Version::supported(version)?;
-        let mut r: CniResult = serde_json::from_value(v)
-            .map_err(|e| Error::new(code::DECODE, "decoding result").details(e.to_string()))?;
+        CniResult::from_value_in(v, "")
+    }
+
+    /// Reads a result printed in any supported version; one that names no version (a
+    /// prevResult written by hand or by a test) is read in `default_version`.
+    pub fn from_value_in(v: Value, default_version: &str) -> Result<CniResult, Error> {
+        let version = match v.get("cniVersion").and_then(Value::as_str) {
+            Some(s) if !s.is_empty() => s.to_string(),
+            _ => default_version.to_string(),
+        };
+        let parsed = Version::supported(&version)?;
+        let decoding = |e: serde_json::Error| {
+            Error::new(code::DECODE, "decoding result").details(e.to_string())
+        };
+        if is_legacy(parsed) {
+            let old: LegacyResult = crate::decode::from_value(&v).map_err(decoding)?;
+            let mut r = CniResult {
+                dns: old.dns,
+                ..Default::default()
+            };
+            for ip in [old.ip4, old.ip6].into_iter().flatten() {
+                r.ips.push(IpConfig {
+                    version: None,
+                    address: ip.ip,
+                    gateway: ip.gateway,
+                    interface: None,
+                });
+                r.routes.extend(ip.routes);
+            }
+            return Ok(r);
+        }
+        let mut r: CniResult = crate::decode::from_value(&v).map_err(decoding)?;
         for ip in &mut r.ips {
             ip.version = None;
         }
         Ok(r)
     }
 
-    /// The result as `version` prints it: 0.x carries an IP `version`, 1.0.0 lacks the
-    /// 1.1.0 route and interface fields.
-    pub fn to_json(&self, version: &str) -> Value {
+    /// The result as `version` prints it: 0.1.0/0.2.0 as `ip4`/`ip6` (which needs an
+    /// address), 0.3.x/0.4.0 with an IP `version`, 1.0.0 without the 1.1.0 route and
+    /// interface fields.
+    pub fn to_json(&self, version: &str) -> Result<Value, Error> {
         let v = Version::parse(version).unwrap_or(Version(1, 1, 0));
+        if is_legacy(v) {
+            return self.to_legacy_json(version);
+        }
         let mut r = self.clone();
         r.cni_version = version.to_string();
         for ip in &mut r.ips {
@@ -273,7 +338,39 @@ impl CniResult {
                     (None, None, None, None, None);
             }
         }
-        serde_json::to_value(r).expect("a result always serializes")
+        serde_json::to_value(r).map_err(|e| Error::new(code::INTERNAL, e.to_string()))
+    }
+
+    /// The first address of each family with its gateway and the routes of its family.
+    fn to_legacy_json(&self, version: &str) -> Result<Value, Error> {
+        let of = |v4: bool| {
+            self.ips
+                .iter()
+                .find(|ip| ip.address.is_ipv4() == v4)
+                .map(|ip| LegacyIp {
+                    ip: ip.address,
+                    gateway: ip.gateway,
+                    routes: self
+                        .routes
+                        .iter()
+                        .filter(|r| r.dst.is_ipv4() == v4)
+                        .map(|r| Route::new(r.dst, r.gw))
+                        .collect(),
+                })
+        };
+        let old = LegacyResult {
+            cni_version: version.to_string(),
+            ip4: of(true),
+            ip6: of(false),
+            dns: self.dns.clone(),
+        };
+        if old.ip4.is_none() && old.ip6.is_none() {
+            return Err(Error::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("cannot convert the result to version {version}: it has no IP address"),
+            ));
+        }
+        serde_json::to_value(old).map_err(|e| Error::new(code::INTERNAL, e.to_string()))
     }
 }
 
@@ -291,9 +388,10 @@ mod tests {
         assert_eq!(Version::parse("1.0"), None);
         assert_eq!(Version::parse("1.0.0.0"), None);
         assert_eq!(
-            Version::supported("0.2.0").unwrap_err().code,
+            Version::supported("0.5.0").unwrap_err().code,
             code::INCOMPATIBLE_VERSION
         );
+        assert!(Version::supported("0.1.0").is_ok() && Version::supported("0.2.0").is_ok());
     }
 
     fn sample() -> CniResult {
@@ -314,13 +412,13 @@ mod tests {
     fn old_results_print_ip_version_new_ones_do_not() {
         let r = sample();
         for v in ["0.3.0", "0.3.1", "0.4.0"] {
-            let j = r.to_json(v);
+            let j = r.to_json(v).unwrap();
             assert_eq!(j["cniVersion"], v);
             assert_eq!(j["ips"][0]["version"], "4");
             assert_eq!(j["ips"][1]["version"], "6");
         }
         for v in ["1.0.0", "1.1.0"] {
-            let j = r.to_json(v);
+            let j = r.to_json(v).unwrap();
             assert!(j["ips"][0].get("version").is_none());
             assert_eq!(j["ips"][0]["address"], "10.1.0.5/24");
             assert_eq!(j["routes"][0]["gw"], "10.1.0.1");
@@ -331,23 +429,54 @@ mod tests {
     fn newer_route_fields_only_in_1_1() {
         let mut r = sample();
         r.routes[0].mtu = Some(1400);
-        assert_eq!(r.to_json("1.1.0")["routes"][0]["mtu"], 1400);
-        assert!(r.to_json("1.0.0")["routes"][0].get("mtu").is_none());
+        assert_eq!(r.to_json("1.1.0").unwrap()["routes"][0]["mtu"], 1400);
+        assert!(r.to_json("1.0.0").unwrap()["routes"][0]
+            .get("mtu")
+            .is_none());
     }
 
     #[test]
     fn result_round_trips_through_every_version() {
         let r = sample();
-        for v in SUPPORTED_VERSIONS {
-            let back = CniResult::from_value(r.to_json(v)).unwrap();
+        for v in &SUPPORTED_VERSIONS[2..] {
+            let back = CniResult::from_value(r.to_json(v).unwrap()).unwrap();
             assert_eq!(back.ips, r.ips);
             assert_eq!(back.interfaces, r.interfaces);
         }
     }
 
     #[test]
-    fn result_in_unknown_version_is_refused() {
-        let e = CniResult::from_value(json!({"cniVersion": "0.2.0"})).unwrap_err();
+    fn legacy_results_have_ip4_and_ip6() {
+        let r = sample();
+        for v in ["0.1.0", "0.2.0"] {
+            let j = r.to_json(v).unwrap();
+            assert_eq!(
+                j,
+                json!({"cniVersion": v,
+                    "ip4": {"ip": "10.1.0.5/24", "gateway": "10.1.0.1",
+                            "routes": [{"dst": "0.0.0.0/0", "gw": "10.1.0.1"}]},
+                    "ip6": {"ip": "fd00::5/64"},
+                    "dns": {"nameservers": ["10.1.0.1"]}})
+            );
+            let back = CniResult::from_value(j).unwrap();
+            assert_eq!(
+                back.ips.iter().map(|i| i.address).collect::<Vec<_>>(),
+                r.ips.iter().map(|i| i.address).collect::<Vec<_>>()
+            );
+            assert_eq!(back.routes, r.routes);
+        }
+        let empty = CniResult::default().to_json("0.2.0").unwrap_err();
+        assert_eq!(empty.code, code::INCOMPATIBLE_VERSION);
+    }
+
+    #[test]
+    fn result_without_version_is_read_in_the_given_one() {
+        let v = json!({"ips": [{"address": "10.1.0.5/24"}]});
+        assert_eq!(CniResult::from_value(v.clone()).unwrap_err().code, 1);
+        assert_eq!(CniResult::from_value_in(v, "1.0.0").unwrap().ips.len(), 1);
+        let old = json!({"ip4": {"ip": "10.1.0.5/24"}, "routes": null});
+        assert_eq!(CniResult::from_value_in(old, "0.2.0").unwrap().ips.len(), 1);
+        let e = CniResult::from_value(json!({"cniVersion": "0.9.0"})).unwrap_err();
         assert_eq!(e.code, code::INCOMPATIBLE_VERSION);
     }
 

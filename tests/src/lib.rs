@@ -46,7 +46,12 @@ pub fn reference_dir() -> PathBuf {
     dir
 }
 
-pub const VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+pub const VERSIONS: &[&str] = &[
+    "0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0",
+];
+
+/// The versions whose results have `interfaces` and `ips` (0.3.0 on).
+pub const MODERN_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
 
 /// A name unique across the parallel tests of this run and across concurrent runs.
 pub fn unique(prefix: &str) -> String {
@@ -407,26 +412,30 @@ pub fn with_prev(conf: &Value, prev: &Value) -> Value {
     c
 }
 
-/// Number of addresses host-local holds for `network` under `data_dir`.
+/// Number of addresses host-local holds for `network` under `data_dir`: its reservation
+/// files (the reference's format, which is the truth; sled only indexes them).
 pub fn store_allocations(data_dir: &Path, network: &str) -> usize {
+    reservations(data_dir, network).len()
+}
+
+/// host-local's reservations for `network`: (address, containerID, ifname), read under
+/// the plugin's own lock so no plugin is halfway through a change.
+pub fn reservations(data_dir: &Path, network: &str) -> Vec<(String, String, String)> {
     let dir = data_dir.join(network);
-    if !dir.join("sled").exists() {
-        return 0;
-    }
-    // The plugin's own lock, so the store is never opened while a plugin has it.
-    let lock = std::fs::File::open(dir.join("lock")).expect("lock file");
+    let Ok(lock) = std::fs::File::open(dir.join("lock")) else {
+        return Vec::new();
+    };
     let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
         .expect("locking the store");
-    // sled refuses a segment size other than the one the store was made with.
-    let conf = std::fs::read(dir.join("sled/conf")).expect("sled conf");
-    let seg = String::from_utf8_lossy(&conf)
-        .lines()
-        .find_map(|l| l.strip_prefix("segment_size:")?.trim().parse().ok())
-        .expect("segment_size in sled conf");
-    let db = sled::Config::new()
-        .path(dir.join("sled"))
-        .segment_size(seg)
-        .open()
-        .expect("opening store");
-    db.scan_prefix(b"ip/").count()
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.parse::<std::net::IpAddr>().is_ok() {
+            let content = std::fs::read_to_string(e.path()).unwrap_or_default();
+            let (cid, ifname) = content.split_once("\r\n").unwrap_or((&content, ""));
+            out.push((name, cid.to_string(), ifname.to_string()));
+        }
+    }
+    out.sort();
+    out
 }

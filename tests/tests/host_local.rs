@@ -69,12 +69,12 @@ fn requested_addresses_from_args_and_runtime_config() {
         .expect_ok();
     assert_eq!(r["ips"][0]["address"], "10.80.0.43/24");
     assert_eq!(r["ips"][1]["address"], "fd80::43/120");
-    // taken, gateway, and outside every range
-    for ip in ["10.80.0.42", "10.80.0.254", "10.81.0.1"] {
+    // taken (106), the gateway and outside every range (invalid values: 7)
+    for (ip, code) in [("10.80.0.42", 106), ("10.80.0.254", 7), ("10.81.0.1", 7)] {
         let e = Call::new("host-local", "ADD", &host, "/x", "r3")
             .env("CNI_ARGS", &format!("IP={ip}"))
             .run(&c);
-        assert_eq!(e.code(), 106, "{ip}: {}", e.stdout);
+        assert_eq!(e.code(), code, "{ip}: {}", e.stdout);
     }
     assert_eq!(store_allocations(data.path(), "hl"), 4);
 }

@@ -1,6 +1,7 @@
-//! Choosing addresses: one per range set, the requested one where asked, otherwise the
-//! next free one after the last reserved (round robin), and the same one again for a
-//! container that already holds an address in the set.
+//! Choosing addresses as the reference plugin does: one per range set, the requested one
+//! where the runtime asked (it must be in a range, free, and not the gateway), otherwise
+//! the next free one after the last reserved (round robin). A second ADD of an attachment
+//! that already holds an address in a set is refused, as the reference refuses it.
 
 use std::net::IpAddr;
 
@@ -22,58 +23,67 @@ pub fn allocate(
         .iter()
         .find(|ip| !sets.iter().any(|s| s.contains(**ip)))
     {
-        return Err(Error::new(
-            code::ADDRESS_IN_USE,
-            format!("requested IP address {ip} is not in any configured range"),
-        ));
+        return Err(Error::config(format!(
+            "failed to allocate all requested IPs: {ip} is in no configured range"
+        )));
     }
     let held = store.ips_of(cid, ifname)?;
     let mut chosen: Vec<(usize, IpAddr)> = Vec::new();
-    let mut out = Vec::new();
     for (i, set) in sets.iter().enumerate() {
-        let ip = match (
-            held.iter().find(|ip| set.contains(**ip)),
-            requested.iter().find(|ip| set.contains(**ip)),
-        ) {
-            (Some(h), Some(r)) if h != r => {
-                return Err(Error::new(
-                    code::ADDRESS_IN_USE,
-                    format!("{cid}/{ifname} already holds {h}, not the requested {r}"),
-                ));
+        let asked: Vec<IpAddr> = requested
+            .iter()
+            .copied()
+            .filter(|ip| set.contains(*ip))
+            .collect();
+        let ip = match asked[..] {
+            [] => {
+                if let Some(h) = held.iter().find(|ip| set.contains(**ip)) {
+                    return Err(Error::new(
+                        code::ADDRESS_IN_USE,
+                        format!(
+                            "failed to allocate for range {i}: {h} has been allocated to {cid}, duplicate allocation is not allowed"
+                        ),
+                    ));
+                }
+                next_free(store, set, i)?
             }
-            (Some(h), _) => *h,
-            (None, Some(r)) => take_requested(store, set, *r)?,
-            (None, None) => next_free(store, set, i)?,
+            [ip] => take_requested(store, set, i, ip)?,
+            _ => {
+                return Err(Error::config(format!(
+                    "failed to allocate all requested IPs: {asked:?} are all in range set {i}, which gives one address"
+                )))
+            }
         };
-        let range = set.range_of(ip).expect("chosen from this set");
         chosen.push((i, ip));
-        out.push(IpConfig {
-            version: None,
-            address: range.with_prefix(ip),
-            gateway: range.gateway,
-            interface: None,
-        });
     }
-    let fresh: Vec<_> = chosen
-        .into_iter()
-        .filter(|(_, ip)| !held.contains(ip))
-        .collect();
-    store.reserve(cid, ifname, &fresh)?;
-    Ok(out)
+    store.reserve(cid, ifname, &chosen)?;
+    Ok(chosen
+        .iter()
+        .map(|(i, ip)| {
+            let range = sets[*i].range_of(*ip).unwrap_or(&sets[*i].0[0]);
+            IpConfig {
+                version: None,
+                address: range.with_prefix(*ip),
+                gateway: range.gateway,
+                interface: None,
+            }
+        })
+        .collect())
 }
 
-fn take_requested(store: &Store, set: &RangeSet, ip: IpAddr) -> Result<IpAddr, Error> {
-    let range = set.range_of(ip).expect("caller checked membership");
-    if range.gateway == Some(ip) {
-        return Err(Error::new(
-            code::ADDRESS_IN_USE,
-            format!("requested IP address {ip} is the gateway of {range}"),
-        ));
+fn take_requested(store: &Store, set: &RangeSet, i: usize, ip: IpAddr) -> Result<IpAddr, Error> {
+    if set.range_of(ip).is_some_and(|r| r.gateway == Some(ip)) {
+        return Err(Error::config(format!(
+            "failed to allocate for range {i}: requested ip {ip} is subnet's gateway"
+        )));
     }
-    if let Some((owner, ifname)) = store.owner(ip)? {
+    if let Some(h) = store.holder(ip)? {
         return Err(Error::new(
             code::ADDRESS_IN_USE,
-            format!("requested IP address {ip} is held by {owner}/{ifname}"),
+            format!(
+                "failed to allocate for range {i}: requested IP address {ip} is not available in range set {set} (held by {})",
+                h.container_id
+            ),
         ));
     }
     Ok(ip)
@@ -82,13 +92,13 @@ fn take_requested(store: &Store, set: &RangeSet, ip: IpAddr) -> Result<IpAddr, E
 pub fn next_free(store: &Store, set: &RangeSet, i: usize) -> Result<IpAddr, Error> {
     let last = store.last_reserved(i)?;
     for (ip, _) in set.walk_after(last) {
-        if store.owner(ip)?.is_none() {
+        if store.is_free(ip)? {
             return Ok(ip);
         }
     }
     Err(Error::new(
         code::NO_ADDRESS,
-        format!("no IP addresses available in range set {set}"),
+        format!("failed to allocate for range {i}: no IP addresses available in range set {set}"),
     ))
 }
 
@@ -108,7 +118,7 @@ mod tests {
     }
 
     #[test]
-    fn round_robin_exhaustion_and_reuse_rules() {
+    fn round_robin_exhaustion_and_duplicates() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let s = sets("10.9.0.0/24", "10.9.0.2", "10.9.0.4");
@@ -117,8 +127,8 @@ mod tests {
         };
         assert_eq!(a("c1").unwrap(), "10.9.0.2");
         assert_eq!(a("c2").unwrap(), "10.9.0.3");
-        // the same attachment gets its address again, nothing new is taken
-        assert_eq!(a("c1").unwrap(), "10.9.0.2");
+        // a second ADD of a live attachment is refused and takes nothing
+        assert_eq!(a("c1").unwrap_err().code, code::ADDRESS_IN_USE);
         store.release("c1", "eth0").unwrap();
         // a freed address is not handed out again at once
         assert_eq!(a("c3").unwrap(), "10.9.0.4");
@@ -137,14 +147,16 @@ mod tests {
         let r = allocate(&store, &s, "c1", "eth0", &[ip("10.9.0.40")]).unwrap();
         assert_eq!(r[0].address.to_string(), "10.9.0.40/24");
         assert_eq!(r[0].gateway, Some(ip("10.9.0.1")));
-        for bad in ["10.9.0.40", "10.9.0.1", "10.8.0.1"] {
-            assert_eq!(
-                allocate(&store, &s, "c2", "eth0", &[ip(bad)])
-                    .unwrap_err()
-                    .code,
-                code::ADDRESS_IN_USE,
-                "{bad}"
-            );
+        for (bad, code) in [
+            (&["10.9.0.40"][..], code::ADDRESS_IN_USE),
+            (&["10.9.0.1"], code::INVALID_CONFIG),
+            (&["10.8.0.1"], code::INVALID_CONFIG),
+            (&["10.9.0.5", "10.9.0.6"], code::INVALID_CONFIG),
+        ] {
+            let asked: Vec<IpAddr> = bad.iter().map(|s| ip(s)).collect();
+            let e = allocate(&store, &s, "c2", "eth0", &asked).unwrap_err();
+            assert_eq!(e.code, code, "{bad:?}: {}", e.msg);
         }
+        assert!(store.ips_of("c2", "eth0").unwrap().is_empty());
     }
 }

@@ -1,23 +1,29 @@
 //! The host-local config, field for field as the reference plugin reads it, and the
 //! addresses a runtime asked for (runtimeConfig `ips`, `args.cni.ips`, CNI_ARGS `IP=`).
 
+use std::io::Read;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 use libcni::skel::CmdArgs;
-use libcni::spec::Dns;
+use libcni::spec::{Dns, Version};
 use libcni::Error;
 use serde::Deserialize;
 
 use crate::range::{build_sets, RangeConf, RangeSet};
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/networks";
+/// More range sets than this is not a network config.
+const MAX_RANGES: usize = 1024;
+/// A resolv.conf larger than this is not one.
+const MAX_RESOLV_CONF: u64 = 64 * 1024;
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct NetConf {
     name: String,
+    #[serde(default)]
     ipam: IpamConf,
     #[serde(default)]
     runtime_config: RuntimeConfig,
@@ -26,9 +32,13 @@ struct NetConf {
 }
 
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RuntimeConfig {
     #[serde(default)]
     ips: Vec<String>,
+    /// The `ipRanges` capability: range sets that come before the config's.
+    #[serde(default)]
+    ip_ranges: Vec<Vec<RangeConf>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -37,7 +47,7 @@ struct ArgsConf {
     cni: Option<RuntimeConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct IpamConf {
     #[serde(default)]
@@ -79,31 +89,41 @@ pub struct Config {
 impl Config {
     pub fn load(args: &CmdArgs) -> Result<Config, Error> {
         let n: NetConf = args.parse_conf()?;
-        if n.name.is_empty() || n.name.contains('/') || n.name.starts_with('.') {
-            return Err(Error::config(format!("invalid network name {:?}", n.name)));
-        }
-        let mut confs = n.ipam.ranges;
+        let mut runtime = n.runtime_config;
+        let mut confs = std::mem::take(&mut runtime.ip_ranges);
         if let Some(subnet) = n.ipam.subnet {
-            confs.insert(
-                0,
-                vec![RangeConf {
-                    subnet,
-                    range_start: n.ipam.range_start,
-                    range_end: n.ipam.range_end,
-                    gateway: n.ipam.gateway,
-                }],
-            );
+            confs.push(vec![RangeConf {
+                subnet,
+                range_start: n.ipam.range_start,
+                range_end: n.ipam.range_end,
+                gateway: n.ipam.gateway,
+            }]);
+        }
+        confs.extend(n.ipam.ranges);
+        if confs.iter().map(Vec::len).sum::<usize>() > MAX_RANGES {
+            return Err(Error::config(format!("more than {MAX_RANGES} ranges")));
         }
         let sets = build_sets(&confs)?;
-        let mut raw: Vec<String> = n.runtime_config.ips;
+        if args.version < Version(0, 3, 0) {
+            let v4 = sets.iter().filter(|s| s.0[0].subnet.is_ipv4()).count();
+            if v4 > 1 || sets.len() - v4 > 1 {
+                return Err(Error::config(format!(
+                    "CNI version {} does not support more than 1 address per family",
+                    args.conf.cni_version
+                )));
+            }
+        }
+        let mut raw: Vec<String> = runtime.ips;
         raw.extend(
             n.args
                 .and_then(|a| a.cni)
                 .map(|c| c.ips)
                 .unwrap_or_default(),
         );
-        if let Some(ips) = args.cni_arg("IP") {
-            raw.extend(ips.split(',').map(str::to_string));
+        for (_, ip) in args.cni_args(&["IP"])? {
+            if !ip.is_empty() {
+                raw.push(ip);
+            }
         }
         let requested = raw
             .iter()
@@ -113,7 +133,7 @@ impl Config {
             .ipam
             .data_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR))
-            .join(&n.name);
+            .join(libcni::names::network_name(&n.name)?);
         Ok(Config {
             sets,
             routes: n.ipam.routes,
@@ -133,21 +153,32 @@ fn parse_requested(s: &str) -> Result<IpAddr, Error> {
 
 /// A resolv.conf-style file as the result's `dns`.
 pub fn read_resolv_conf(path: &PathBuf) -> Result<Dns, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::config(format!("reading resolvConf {}", path.display())).details(e.to_string())
-    })?;
+    let fail =
+        |e: String| Error::config(format!("reading resolvConf {}", path.display())).details(e);
+    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
+    let mut text = String::new();
+    file.take(MAX_RESOLV_CONF + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| fail(e.to_string()))?;
+    if text.len() as u64 > MAX_RESOLV_CONF {
+        return Err(fail(format!("larger than {MAX_RESOLV_CONF} bytes")));
+    }
+    // As the reference reads it: `#` and `;` comments, one nameserver per line, search
+    // and options lines add up.
     let mut dns = Dns::default();
-    for line in text.lines() {
-        let mut words = line.split_whitespace();
-        let rest = || words.clone().skip(1).map(str::to_string);
-        match words.clone().next() {
-            Some("nameserver") => dns.nameservers.extend(rest()),
-            Some("domain") => dns.domain = rest().next().unwrap_or_default(),
-            Some("search") => dns.search.extend(rest()),
-            Some("options") => dns.options.extend(rest()),
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let rest = || words[1..].iter().map(|w| w.to_string());
+        match words[..] {
+            ["nameserver", ns, ..] => dns.nameservers.push(ns.to_string()),
+            ["domain", d, ..] => dns.domain = d.to_string(),
+            ["search", _, ..] => dns.search.extend(rest()),
+            ["options", _, ..] => dns.options.extend(rest()),
             _ => {}
         }
-        words.next();
     }
     Ok(dns)
 }

@@ -1,5 +1,6 @@
 //! `host-local` IPAM: hands out addresses from the configured ranges and remembers them per
-//! (containerID, ifname) in a sled store under `<dataDir>/<network>`.
+//! (containerID, ifname) under `<dataDir>/<network>`: the reference plugin's reservation
+//! files, indexed in sled (see store.rs).
 
 mod alloc;
 mod config;
@@ -16,6 +17,10 @@ use store::Store;
 struct HostLocal;
 
 impl Plugin for HostLocal {
+    fn uses_netns(&self) -> bool {
+        false
+    }
+
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
         let conf = Config::load(args)?;
         let dns = conf
@@ -32,26 +37,33 @@ impl Plugin for HostLocal {
             &args.ifname,
             &conf.requested,
         )?;
-        store.flush()?;
         let routes = conf
             .routes
             .iter()
             .map(|r| Route::new(r.dst, r.gw))
             .collect();
         Ok(CniResult {
-            cni_version: String::new(),
-            interfaces: Vec::new(),
             ips,
             routes,
             dns,
+            ..Default::default()
         })
     }
 
+    /// Frees the attachment's addresses. Never fails because of the store, as the
+    /// reference: a release that cannot be recorded (a read-only or full disk) is said on
+    /// stderr, and the files, which are the truth, go first.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = Config::load(args)?;
-        let store = Store::open(&conf.dir)?;
-        store.release(&args.container_id, &args.ifname)?;
-        store.flush()
+        let released =
+            Store::open(&conf.dir).and_then(|s| s.release(&args.container_id, &args.ifname));
+        if let Err(e) = released {
+            eprintln!(
+                "host-local: DEL of {}/{} could not record its release: {e}",
+                args.container_id, args.ifname
+            );
+        }
+        Ok(())
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -82,14 +94,20 @@ impl Plugin for HostLocal {
         Ok(())
     }
 
+    /// Frees the addresses of every attachment the runtime no longer lists.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = Config::load(args)?;
         let valid = args.valid_attachments()?;
         let store = Store::open(&conf.dir)?;
-        for (cid, ifname) in store.attachments()?.difference(&valid) {
-            store.release(cid, ifname)?;
+        for h in store.attachments()? {
+            let listed = valid.iter().any(|(cid, ifname)| {
+                *cid == h.container_id && (*ifname == h.ifname || h.ifname.is_empty())
+            });
+            if !listed {
+                store.release(&h.container_id, &h.ifname)?;
+            }
         }
-        store.flush()
+        Ok(())
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), Error> {

@@ -46,7 +46,8 @@ fn from_u128(n: u128, v6: bool) -> IpAddr {
 
 impl Range {
     /// Applies the reference plugin's defaults: start after the network address, end
-    /// before the broadcast (last) address, gateway the first address.
+    /// before the broadcast address (IPv4) or at the last address (IPv6), gateway the
+    /// first address.
     pub fn from_conf(c: &RangeConf) -> Result<Range, Error> {
         let subnet = IpNetwork::new(c.subnet.network(), c.subnet.prefix()).map_err(|e| {
             Error::config(format!("invalid subnet {}", c.subnet)).details(e.to_string())
@@ -59,7 +60,11 @@ impl Range {
         }
         let v6 = subnet.is_ipv6();
         let first = from_u128(to_u128(subnet.network()) + 1, v6);
-        let last = from_u128(to_u128(subnet.broadcast_or_last()) - 1, v6);
+        let last = if v6 {
+            subnet.broadcast_or_last()
+        } else {
+            from_u128(to_u128(subnet.broadcast_or_last()) - 1, v6)
+        };
         let start = c.range_start.unwrap_or(first);
         let end = c.range_end.unwrap_or(last);
         for (what, ip) in [("rangeStart", start), ("rangeEnd", end)] {
@@ -269,7 +274,7 @@ mod tests {
     #[test]
     fn ipv6_range_defaults() {
         let r = Range::from_conf(&rc("fd00:1::/120")).unwrap();
-        assert_eq!((r.start, r.end), (ip("fd00:1::1"), ip("fd00:1::fe")));
+        assert_eq!((r.start, r.end), (ip("fd00:1::1"), ip("fd00:1::ff")));
     }
 
     #[test]

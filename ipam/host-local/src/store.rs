@@ -1,27 +1,73 @@
-//! The allocation store: one sled database per network under the data dir, opened under an
-//! exclusive flock on `<dir>/lock` (the lock file the reference plugin also takes), so
-//! concurrent invocations wait for each other instead of failing.
+//! The allocation store of one network, `<dataDir>/<network>`, in two layers:
 //!
-//! Keys: `ip/<addr>` -> `<containerID>\n<ifname>`; `id/<containerID>\n<ifname>\n<addr>`
-//! (find a container's addresses by prefix, no scan); `last/<set>` -> last reserved address.
+//! - The reference plugin's files are the truth: one file per reserved address, named by
+//!   the address and holding `<containerID>\r\n<ifname>`, and `last_reserved_ip.<n>` per
+//!   range set. They are made with O_EXCL (the claim) and removed on release, exactly as
+//!   the reference does, so a node can switch to the reference plugins and back at any
+//!   time, and both lock the same `<dir>/lock`.
+//! - A sled database in `<dir>/sled` is the index: (containerID, ifname) -> addresses, so
+//!   DEL, CHECK and GC find an attachment without reading the directory. With it is the
+//!   directory's stamp (inode, mtime) as of our last change; when the directory changed
+//!   behind our back (the reference plugin ran, a kill landed between a file and the
+//!   index, the index was lost) the stamps differ and the index is rebuilt from the files.
+//!
+//! So a kill at any point leaves files that are right and an index that is right or
+//! rebuilt, a store that sled cannot open any more is rebuilt from the files, and a DEL
+//! that cannot write the index (a full disk) has still freed the address.
 
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::net::IpAddr;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use libcni::files;
 use libcni::{code, Error};
 use nix::fcntl::{Flock, FlockArg};
 
 pub struct Store {
-    db: sled::Db,
     dir: PathBuf,
+    /// None when the index cannot be opened at all (a read-only or full disk): DEL then
+    /// works from the files alone.
+    db: Option<sled::Db>,
     // Dropped after `db`: the lock outlives the database handle.
     _lock: Flock<File>,
 }
 
-const IMPORTED: &[u8] = b"meta/imported";
+/// One reservation as its file says: who holds the address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Holder {
+    pub container_id: String,
+    /// Empty in the reference's oldest format, which held only the container ID.
+    pub ifname: String,
+}
+
+impl Holder {
+    fn parse(content: &str) -> Option<Holder> {
+        let mut lines = content.trim().lines().map(str::trim);
+        let container_id = lines.next().filter(|c| !c.is_empty())?.to_string();
+        let ifname = lines.next().unwrap_or_default().to_string();
+        Some(Holder {
+            container_id,
+            ifname,
+        })
+    }
+
+    fn is(&self, cid: &str, ifname: &str) -> bool {
+        self.container_id == cid && (self.ifname == ifname || self.ifname.is_empty())
+    }
+}
+
+const STAMP: &[u8] = b"meta/dir";
+/// How long an invocation waits for another to release the store.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// How long to wait for sled's own lock once we hold the flock.
+const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Segment size of new indexes. sled zero-fills and fsyncs the tail of the current
+/// segment and reads it whole on every open; at the default 512 KiB that cost 1.2 ms of a
+/// 5 ms call. Our values are a few dozen bytes.
+const SEGMENT_SIZE: usize = 16 * 1024;
 
 fn io_err(what: String, e: impl std::fmt::Display) -> Error {
     Error::new(code::IO, what).details(e.to_string())
@@ -31,13 +77,14 @@ fn id_prefix(cid: &str, ifname: &str) -> Vec<u8> {
     format!("id/{cid}\n{ifname}\n").into_bytes()
 }
 
-/// Segment size of new stores. sled zero-fills and fsyncs the tail of the current segment
-/// and reads it whole on every open; at the default 512 KiB that cost 1.2 ms of a 5 ms
-/// call. Our values are a few dozen bytes.
-const SEGMENT_SIZE: usize = 16 * 1024;
+fn id_key(cid: &str, ifname: &str, ip: IpAddr) -> Vec<u8> {
+    let mut k = id_prefix(cid, ifname);
+    k.extend_from_slice(ip.to_string().as_bytes());
+    k
+}
 
-/// The segment size a store was created with (sled refuses any other), or ours for a new
-/// one. sled records it in `<db>/conf` as `segment_size: N`.
+/// The segment size an index was created with (sled refuses any other), or ours for a
+/// new one. sled records it in `<db>/conf` as `segment_size: N`.
 pub fn segment_size(db: &Path) -> usize {
     // The file ends in a binary CRC, so it is read as bytes.
     let conf = std::fs::read(db.join("conf")).unwrap_or_default();
@@ -47,13 +94,41 @@ pub fn segment_size(db: &Path) -> usize {
         .unwrap_or(SEGMENT_SIZE)
 }
 
-/// How long to wait for sled's own lock once we hold the flock.
-const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
+/// Takes `<dir>/lock`, waiting at most [`LOCK_WAIT`] (then code 11: try again).
+fn lock(dir: &Path) -> Result<Flock<File>, Error> {
+    let path = dir.join("lock");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| io_err(format!("opening {}", path.display()), e))?;
+    let started = Instant::now();
+    let mut file = file;
+    loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(l) => return Ok(l),
+            Err((f, nix::errno::Errno::EWOULDBLOCK)) if started.elapsed() < LOCK_WAIT => {
+                file = f;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                return Err(Error::new(
+                    code::TRY_AGAIN,
+                    format!("{} is held by another invocation", path.display()),
+                ))
+            }
+            Err((_, e)) => return Err(io_err(format!("locking {}", path.display()), e)),
+        }
+    }
+}
 
-/// Opens the database. The previous holder of our flock may still be exiting with sled's
-/// file lock held (sled's threads keep the database open until the process ends), so a
+/// Opens the index. The previous holder of our flock may still be exiting with sled's file
+/// lock held (sled's threads keep the database open until the process ends), so a
 /// WouldBlock is waited out, bounded.
-fn open_db(path: &Path) -> Result<sled::Db, Error> {
+fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
     let started = Instant::now();
     loop {
         let _boost = UnpreemptedByChildren::enter();
@@ -71,10 +146,7 @@ fn open_db(path: &Path) -> Result<sled::Db, Error> {
             {
                 std::thread::sleep(Duration::from_millis(1));
             }
-            res => {
-                return res
-                    .map_err(|e| io_err(format!("opening the sled store {}", path.display()), e))
-            }
+            res => return res,
         }
     }
 }
@@ -109,169 +181,233 @@ impl Drop for UnpreemptedByChildren {
     }
 }
 
+/// The directory's identity and last change, as bytes to compare.
+fn dir_stamp(dir: &Path) -> Result<Vec<u8>, Error> {
+    let m =
+        std::fs::metadata(dir).map_err(|e| io_err(format!("inspecting {}", dir.display()), e))?;
+    Ok(format!("{} {} {}", m.ino(), m.mtime(), m.mtime_nsec()).into_bytes())
+}
+
 impl Store {
-    /// Locks and opens the store of one network, importing the reference plugin's
-    /// reservation files on first use.
+    /// Locks and opens the store of one network, rebuilding the index from the files when
+    /// they changed behind its back or it cannot be opened.
     pub fn open(dir: &Path) -> Result<Store, Error> {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| io_err(format!("creating {}", dir.display()), e))?;
-        let lock_path = dir.join("lock");
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| io_err(format!("opening {}", lock_path.display()), e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err(format!("locking {}", lock_path.display()), e))?;
-        let db = open_db(&dir.join("sled"))?;
+        files::private_dir(dir)?;
+        let lock = lock(dir)?;
+        let db_path = dir.join("sled");
+        let db = match open_db(&db_path) {
+            Ok(db) => Some(db),
+            Err(e) => Store::set_aside(&db_path, &e),
+        };
         let store = Store {
-            db,
             dir: dir.to_path_buf(),
+            db,
             _lock: lock,
         };
-        if !store.has(IMPORTED)? {
-            store.import_reference_files()?;
-        }
+        store.sync_index()?;
         Ok(store)
     }
 
-    fn has(&self, key: &[u8]) -> Result<bool, Error> {
-        self.db
-            .contains_key(key)
-            .map_err(|e| self.err("reading", e))
+    /// An index sled cannot open is moved to `sled.broken` (replacing an older one, kept
+    /// for a person to look at) and a new one is made; the files rebuild it.
+    fn set_aside(db_path: &Path, e: &sled::Error) -> Option<sled::Db> {
+        eprintln!(
+            "host-local: the index {} cannot be opened ({e}); rebuilding it from the reservation files",
+            db_path.display()
+        );
+        let broken = db_path.with_file_name("sled.broken");
+        let _ = std::fs::remove_dir_all(&broken).or_else(|_| std::fs::remove_file(&broken));
+        if std::fs::rename(db_path, &broken).is_err() {
+            return None;
+        }
+        open_db(db_path)
+            .inspect_err(|e| eprintln!("host-local: a new index cannot be made either: {e}"))
+            .ok()
     }
 
     fn err(&self, op: &str, e: impl std::fmt::Display) -> Error {
-        io_err(format!("{op} the store in {}", self.dir.display()), e)
+        io_err(format!("{op} the index in {}", self.dir.display()), e)
     }
 
-    /// Who holds `ip`, if anyone.
-    pub fn owner(&self, ip: IpAddr) -> Result<Option<(String, String)>, Error> {
-        let v = self
-            .db
-            .get(format!("ip/{ip}"))
-            .map_err(|e| self.err("reading", e))?;
-        Ok(v.map(|v| {
-            let s = String::from_utf8_lossy(&v);
-            let (cid, ifname) = s.split_once('\n').unwrap_or((&s, ""));
-            (cid.to_string(), ifname.to_string())
-        }))
+    fn db(&self) -> Result<&sled::Db, Error> {
+        self.db.as_ref().ok_or_else(|| {
+            Error::new(
+                code::IO,
+                format!("the index in {} cannot be opened", self.dir.display()),
+            )
+        })
     }
 
-    pub fn last_reserved(&self, set: usize) -> Result<Option<IpAddr>, Error> {
-        let v = self
-            .db
-            .get(format!("last/{set}"))
-            .map_err(|e| self.err("reading", e))?;
-        Ok(v.and_then(|v| String::from_utf8_lossy(&v).parse().ok()))
-    }
-
-    /// Records all of one container's reservations (with the last reserved address of each
-    /// range set) in one atomic batch.
-    pub fn reserve(&self, cid: &str, ifname: &str, ips: &[(usize, IpAddr)]) -> Result<(), Error> {
-        let mut b = sled::Batch::default();
-        for (set, ip) in ips {
-            b.insert(
-                format!("ip/{ip}").into_bytes(),
-                format!("{cid}\n{ifname}").into_bytes(),
-            );
-            let mut k = id_prefix(cid, ifname);
-            k.extend_from_slice(ip.to_string().as_bytes());
-            b.insert(k, Vec::<u8>::new());
-            b.insert(
-                format!("last/{set}").into_bytes(),
-                ip.to_string().into_bytes(),
-            );
+    /// Rebuilds the index from the files unless it was made from this very directory state.
+    fn sync_index(&self) -> Result<(), Error> {
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        let stamp = dir_stamp(&self.dir)?;
+        if db
+            .get(STAMP)
+            .map_err(|e| self.err("reading", e))?
+            .as_deref()
+            == Some(&stamp[..])
+        {
+            return Ok(());
         }
-        self.db.apply_batch(b).map_err(|e| self.err("writing", e))
+        let mut b = sled::Batch::default();
+        for kv in db.scan_prefix(b"id/") {
+            let (k, _) = kv.map_err(|e| self.err("reading", e))?;
+            b.remove(k);
+        }
+        for (ip, h) in self.reservations()? {
+            b.insert(id_key(&h.container_id, &h.ifname, ip), Vec::<u8>::new());
+        }
+        b.insert(STAMP, stamp);
+        db.apply_batch(b).map_err(|e| self.err("rebuilding", e))?;
+        db.flush().map_err(|e| self.err("flushing", e))?;
+        Ok(())
     }
 
-    /// The addresses held by (containerID, ifname).
-    pub fn ips_of(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
-        let prefix = id_prefix(cid, ifname);
+    /// Every reservation file in the directory.
+    fn reservations(&self) -> Result<Vec<(IpAddr, Holder)>, Error> {
+        let entries = std::fs::read_dir(&self.dir)
+            .map_err(|e| io_err(format!("reading {}", self.dir.display()), e))?;
         let mut out = Vec::new();
-        for kv in self.db.scan_prefix(&prefix) {
-            let (k, _) = kv.map_err(|e| self.err("reading", e))?;
-            if let Ok(ip) = String::from_utf8_lossy(&k[prefix.len()..]).parse() {
-                out.push(ip);
+        for entry in entries.flatten() {
+            let Ok(ip) = entry.file_name().to_string_lossy().parse::<IpAddr>() else {
+                continue;
+            };
+            if let Some(h) = self.holder(ip)? {
+                out.push((ip, h));
             }
         }
         Ok(out)
     }
 
-    /// Frees everything (containerID, ifname) holds; returns what was freed.
-    pub fn release(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
-        let ips = self.ips_of(cid, ifname)?;
-        let mut b = sled::Batch::default();
-        for ip in &ips {
-            b.remove(format!("ip/{ip}").into_bytes());
-            let mut k = id_prefix(cid, ifname);
-            k.extend_from_slice(ip.to_string().as_bytes());
-            b.remove(k);
+    fn file(&self, ip: IpAddr) -> PathBuf {
+        self.dir.join(ip.to_string())
+    }
+
+    /// Who holds `ip`, as its file says.
+    pub fn holder(&self, ip: IpAddr) -> Result<Option<Holder>, Error> {
+        let bytes = files::read(&self.file(ip))?;
+        Ok(bytes.and_then(|b| Holder::parse(&String::from_utf8_lossy(&b))))
+    }
+
+    pub fn is_free(&self, ip: IpAddr) -> Result<bool, Error> {
+        match std::fs::symlink_metadata(self.file(ip)) {
+            Ok(_) => Ok(false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+            Err(e) => Err(io_err(format!("inspecting {}", self.file(ip).display()), e)),
         }
-        self.db.apply_batch(b).map_err(|e| self.err("writing", e))?;
+    }
+
+    pub fn last_reserved(&self, set: usize) -> Result<Option<IpAddr>, Error> {
+        let path = self.dir.join(format!("last_reserved_ip.{set}"));
+        Ok(files::read(&path)?.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
+    }
+
+    /// Reserves addresses for (containerID, ifname), all or none: each file is claimed with
+    /// O_EXCL (an address someone holds is never taken over), then the round-robin marks,
+    /// then the index. Returns the first address found taken, if any, having claimed none.
+    pub fn reserve(&self, cid: &str, ifname: &str, ips: &[(usize, IpAddr)]) -> Result<(), Error> {
+        let content = format!("{}\r\n{ifname}", cid.trim());
+        let mut claimed: Vec<IpAddr> = Vec::new();
+        for (_, ip) in ips {
+            let made = files::create_new(&self.file(*ip), content.as_bytes());
+            match made {
+                Ok(true) => claimed.push(*ip),
+                Ok(false) | Err(_) => {
+                    for ip in &claimed {
+                        let _ = files::remove(&self.file(*ip));
+                    }
+                    return match made {
+                        Err(e) => Err(e.into()),
+                        _ => Err(Error::new(
+                            code::ADDRESS_IN_USE,
+                            format!("{ip} was taken while it was being reserved"),
+                        )),
+                    };
+                }
+            }
+        }
+        let marks = ips.iter().try_for_each(|(set, ip)| {
+            files::replace(
+                &self.dir.join(format!("last_reserved_ip.{set}")),
+                ip.to_string().as_bytes(),
+            )
+        });
+        let indexed = marks.map_err(Error::from).and_then(|_| {
+            self.update_index(|b| {
+                for (_, ip) in ips {
+                    b.insert(id_key(cid, ifname, *ip), Vec::<u8>::new());
+                }
+            })
+        });
+        if let Err(e) = indexed {
+            for ip in &claimed {
+                let _ = files::remove(&self.file(*ip));
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Applies `change` to the index with the directory's new stamp, and flushes.
+    fn update_index(&self, change: impl FnOnce(&mut sled::Batch)) -> Result<(), Error> {
+        let db = self.db()?;
+        let mut b = sled::Batch::default();
+        change(&mut b);
+        b.insert(STAMP, dir_stamp(&self.dir)?);
+        db.apply_batch(b).map_err(|e| self.err("writing", e))?;
+        db.flush().map_err(|e| self.err("flushing", e))?;
+        Ok(())
+    }
+
+    /// The addresses held by (containerID, ifname), as the files say.
+    pub fn ips_of(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
+        let mut out = Vec::new();
+        // The reference's oldest files held only the container ID.
+        for prefix in [id_prefix(cid, ifname), id_prefix(cid, "")] {
+            for kv in self.db()?.scan_prefix(&prefix) {
+                let (k, _) = kv.map_err(|e| self.err("reading", e))?;
+                let Ok(ip) = String::from_utf8_lossy(&k[prefix.len()..]).parse::<IpAddr>() else {
+                    continue;
+                };
+                if self.holder(ip)?.is_some_and(|h| h.is(cid, ifname)) && !out.contains(&ip) {
+                    out.push(ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Frees everything (containerID, ifname) holds; returns what was freed. The files go
+    /// first: once they are gone the addresses are free, whatever happens to the index.
+    pub fn release(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
+        let ips = match self.db {
+            Some(_) => self.ips_of(cid, ifname)?,
+            // No index: find them as the reference does, by reading every file.
+            None => self
+                .reservations()?
+                .into_iter()
+                .filter(|(_, h)| h.is(cid, ifname))
+                .map(|(ip, _)| ip)
+                .collect(),
+        };
+        for ip in &ips {
+            files::remove(&self.file(*ip))?;
+        }
+        self.update_index(|b| {
+            for ip in &ips {
+                b.remove(id_key(cid, ifname, *ip));
+                b.remove(id_key(cid, "", *ip));
+            }
+        })?;
         Ok(ips)
     }
 
     /// Every (containerID, ifname) holding an address.
-    pub fn attachments(&self) -> Result<HashSet<(String, String)>, Error> {
-        let mut out = HashSet::new();
-        for kv in self.db.scan_prefix(b"ip/") {
-            let (_, v) = kv.map_err(|e| self.err("reading", e))?;
-            let s = String::from_utf8_lossy(&v);
-            let (cid, ifname) = s.split_once('\n').unwrap_or((&s, ""));
-            out.insert((cid.to_string(), ifname.to_string()));
-        }
-        Ok(out)
-    }
-
-    /// Makes every change durable; called before the result is printed.
-    pub fn flush(&self) -> Result<(), Error> {
-        self.db
-            .flush()
-            .map(|_| ())
-            .map_err(|e| self.err("flushing", e))
-    }
-
-    /// Reads the reference host-local's files in the same directory: `<ip>` files holding
-    /// `<containerID>\r\n<ifname>` and `last_reserved_ip.<set>`. They are left in place.
-    fn import_reference_files(&self) -> Result<(), Error> {
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| io_err(format!("reading {}", self.dir.display()), e))?;
-        let mut b = sled::Batch::default();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            let read = || std::fs::read_to_string(entry.path()).unwrap_or_default();
-            if let Ok(ip) = name.parse::<IpAddr>() {
-                let content = read();
-                let mut lines = content.lines().map(str::trim);
-                let cid = lines.next().unwrap_or_default();
-                if cid.is_empty() {
-                    continue;
-                }
-                let ifname = lines.next().filter(|l| !l.is_empty()).unwrap_or("eth0");
-                b.insert(
-                    format!("ip/{ip}").into_bytes(),
-                    format!("{cid}\n{ifname}").into_bytes(),
-                );
-                b.insert(
-                    format!("id/{cid}\n{ifname}\n{ip}").into_bytes(),
-                    Vec::<u8>::new(),
-                );
-            } else if let Some(set) = name.strip_prefix("last_reserved_ip.") {
-                if let (Ok(set), Ok(ip)) = (set.parse::<usize>(), read().trim().parse::<IpAddr>()) {
-                    b.insert(
-                        format!("last/{set}").into_bytes(),
-                        ip.to_string().into_bytes(),
-                    );
-                }
-            }
-        }
-        b.insert(IMPORTED, Vec::<u8>::new());
-        self.db
-            .apply_batch(b)
-            .map_err(|e| self.err("importing into", e))
+    pub fn attachments(&self) -> Result<HashSet<Holder>, Error> {
+        Ok(self.reservations()?.into_iter().map(|(_, h)| h).collect())
     }
 }
 
@@ -289,22 +425,82 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         s.reserve("c1", "eth0", &[(0, ip("10.0.0.2")), (1, ip("fd00::2"))])
             .unwrap();
+        let h = s.holder(ip("10.0.0.2")).unwrap().unwrap();
+        assert_eq!((h.container_id.as_str(), h.ifname.as_str()), ("c1", "eth0"));
         assert_eq!(
-            s.owner(ip("10.0.0.2")).unwrap(),
-            Some(("c1".into(), "eth0".into()))
+            std::fs::read(dir.path().join("fd00::2")).unwrap(),
+            b"c1\r\neth0",
+            "the reference's format"
         );
         assert_eq!(s.ips_of("c1", "eth0").unwrap().len(), 2);
         assert!(s.ips_of("c1", "eth1").unwrap().is_empty());
         assert_eq!(s.last_reserved(1).unwrap(), Some(ip("fd00::2")));
         assert_eq!(s.release("c1", "eth0").unwrap().len(), 2);
-        assert_eq!(s.owner(ip("10.0.0.2")).unwrap(), None);
+        assert!(s.is_free(ip("10.0.0.2")).unwrap());
         assert!(s.attachments().unwrap().is_empty());
         // the last reserved address survives release: round robin goes on after it
         assert_eq!(s.last_reserved(0).unwrap(), Some(ip("10.0.0.2")));
     }
 
     #[test]
-    fn keeps_the_segment_size_a_store_was_made_with() {
+    fn a_taken_address_is_never_claimed_and_nothing_half_done_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        std::fs::write(dir.path().join("10.0.0.3"), "other\r\neth0").unwrap();
+        let e = s
+            .reserve("c1", "eth0", &[(0, ip("10.0.0.2")), (1, ip("10.0.0.3"))])
+            .unwrap_err();
+        assert_eq!(e.code, code::ADDRESS_IN_USE);
+        assert!(s.is_free(ip("10.0.0.2")).unwrap());
+        assert_eq!(
+            s.holder(ip("10.0.0.3")).unwrap().unwrap().container_id,
+            "other"
+        );
+    }
+
+    #[test]
+    fn files_written_behind_our_back_are_indexed() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        // the reference plugin ran: a new reservation, and one in its oldest format
+        std::fs::write(dir.path().join("10.0.0.7"), "abc\r\neth1").unwrap();
+        std::fs::write(dir.path().join("10.0.0.8"), "old").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.ips_of("abc", "eth1").unwrap(), vec![ip("10.0.0.7")]);
+        assert_eq!(s.ips_of("old", "eth0").unwrap(), vec![ip("10.0.0.8")]);
+        assert_eq!(s.release("old", "eth0").unwrap(), vec![ip("10.0.0.8")]);
+        assert!(!dir.path().join("10.0.0.8").exists());
+    }
+
+    #[test]
+    fn an_index_sled_cannot_open_is_rebuilt_from_the_files() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
+        }
+        // damage every file of the index: whatever sled makes of it, the index is right
+        for e in std::fs::read_dir(dir.path().join("sled"))
+            .unwrap()
+            .flatten()
+        {
+            if e.path().is_file() {
+                std::fs::write(e.path(), b"garbage").unwrap();
+            }
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
+        drop(s);
+        // an index sled refuses outright is set aside and made anew
+        std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
+        std::fs::write(dir.path().join("sled"), b"garbage").unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
+        assert!(dir.path().join("sled.broken").is_file());
+    }
+
+    #[test]
+    fn keeps_the_segment_size_an_index_was_made_with() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("sled");
         assert_eq!(segment_size(&db), SEGMENT_SIZE);
@@ -318,27 +514,5 @@ mod tests {
         assert_eq!(segment_size(&db), 64 * 1024);
         let s = Store::open(dir.path()).unwrap();
         s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
-    }
-
-    #[test]
-    fn imports_reference_files_once() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("10.0.0.7"), "abc\r\neth1").unwrap();
-        std::fs::write(dir.path().join("10.0.0.8"), "old").unwrap();
-        std::fs::write(dir.path().join("last_reserved_ip.0"), "10.0.0.8").unwrap();
-        {
-            let s = Store::open(dir.path()).unwrap();
-            assert_eq!(
-                s.owner(ip("10.0.0.7")).unwrap(),
-                Some(("abc".into(), "eth1".into()))
-            );
-            assert_eq!(s.ips_of("old", "eth0").unwrap(), vec![ip("10.0.0.8")]);
-            assert_eq!(s.last_reserved(0).unwrap(), Some(ip("10.0.0.8")));
-            s.release("abc", "eth1").unwrap();
-            s.flush().unwrap();
-        }
-        // a freed imported address is not brought back by a second open
-        let s = Store::open(dir.path()).unwrap();
-        assert_eq!(s.owner(ip("10.0.0.7")).unwrap(), None);
     }
 }

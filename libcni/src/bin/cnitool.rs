@@ -107,9 +107,13 @@ fn run(args: Args) -> Result<Option<Value>, String> {
         None => e.to_string(),
     };
     match args.command {
-        Action::Add => cni
-            .add(&list, &rt)
-            .map(|r| Some(r.to_json(&list.cni_version))),
+        Action::Add => {
+            let r = cni.add(&list, &rt).map_err(describe)?;
+            return r
+                .to_json(&list.cni_version)
+                .map(Some)
+                .map_err(|e| e.to_string());
+        }
         Action::Check => cni.check(&list, &rt).map(|_| None),
         Action::Del => cni.del(&list, &rt).map(|_| None),
         Action::Status => cni.status(&list).map(|_| None),

@@ -1,6 +1,9 @@
 //! `macspoofchk`: one shared bridge chain and sets of (port, MAC) pairs.
 
-use super::{comment, BRIDGE_TABLE};
+use super::{delete_elements, labelled_elements, BRIDGE_TABLE};
+use crate::attachment::Attachment;
+use crate::net::format_mac;
+use crate::spec::Error;
 
 /// Script: the shared MAC spoof check, made once: a chain on the bridge prerouting hook
 /// drops frames from a port in the set `ports` whose (port, source MAC) pair is not in
@@ -16,20 +19,21 @@ pub fn mac_spoof_setup() -> String {
     )
 }
 
-/// Script: only `mac` may send from `host_veth`. Adds set elements only, so it fails
-/// while the shared check is missing: apply it with [`apply_with_setup`] and
-/// [`mac_spoof_setup`].
-pub fn mac_spoof_check(network: &str, container_id: &str, host_veth: &str, mac: &str) -> String {
-    let note = comment(network, container_id);
+/// Script: only `mac` (the container's) may send from the attachment's host veth. Adds set
+/// elements only, so it fails while the shared check is missing: apply it with
+/// [`super::apply_with_setup`] and [`mac_spoof_setup`].
+pub fn mac_spoof_check(a: &Attachment, mac: [u8; 6]) -> String {
+    let (host_veth, mac, note) = (a.host_veth(), format_mac(&mac), a.label());
     format!(
         "add element bridge {BRIDGE_TABLE} ports {{ \"{host_veth}\" comment \"{note}\" }}\n\
          add element bridge {BRIDGE_TABLE} pairs {{ \"{host_veth}\" . {mac} comment \"{note}\" }}\n"
     )
 }
 
-/// Script: lift the check of `host_veth`; fails only when the shared sets are missing
-/// (apply it with [`apply_if_present`]).
-pub fn remove_mac_spoof_check(host_veth: &str, mac: &str) -> String {
+/// Script: lift the check of the attachment's host veth; fails only when the shared sets
+/// are missing (apply it with [`super::apply_if_present`]).
+pub fn remove_mac_spoof_check(a: &Attachment, mac: [u8; 6]) -> String {
+    let (host_veth, mac) = (a.host_veth(), format_mac(&mac));
     let mut s = String::new();
     for (set, key) in [
         ("ports", format!("\"{host_veth}\"")),
@@ -41,4 +45,13 @@ pub fn remove_mac_spoof_check(host_veth: &str, mac: &str) -> String {
         );
     }
     s
+}
+
+/// Script: lift the checks whose labels `gone` accepts (for GC, when the veth is gone).
+pub fn remove_labelled_mac_spoof_checks(gone: impl Fn(&str) -> bool) -> Result<String, Error> {
+    let mine: Vec<_> = labelled_elements("bridge", |set| set == "ports" || set == "pairs")?
+        .into_iter()
+        .filter(|e| gone(&e.note))
+        .collect();
+    Ok(delete_elements("bridge", &mine))
 }

@@ -1,10 +1,8 @@
 //! `ipMasq`: one shared nat chain and sets of container addresses, labelled per container.
 
-use std::collections::HashSet;
-
 use ipnetwork::IpNetwork;
 
-use super::{comment, delete_elements, labelled_elements, Element, INET_TABLE};
+use super::{delete_elements, labelled_elements, Element, Label, INET_TABLE};
 use crate::spec::Error;
 
 /// The masquerade sets per family: (set of container addresses, their key type, nft
@@ -55,8 +53,7 @@ fn masq_keys(a: &IpNetwork) -> [(String, String); 2] {
 /// Script: masquerade what the container's addresses send outside their subnets. Adds
 /// set elements only, so it fails while the shared chain is missing: apply it with
 /// [`apply_with_setup`] and [`masquerade_setup`].
-pub fn masquerade(network: &str, container_id: &str, addrs: &[IpNetwork]) -> String {
-    let note = comment(network, container_id);
+pub fn masquerade(note: &Label, addrs: &[IpNetwork]) -> String {
     addrs
         .iter()
         .flat_map(masq_keys)
@@ -81,13 +78,12 @@ pub fn remove_masquerade(addrs: &[IpNetwork]) -> String {
         .collect()
 }
 
-/// Script: stop masquerading the addresses labelled with these containers of `network`
-/// (for when their addresses are unknown); empty when there are none.
-pub fn remove_labelled_masquerade(network: &str, container_ids: &[&str]) -> Result<String, Error> {
-    let notes: HashSet<String> = container_ids.iter().map(|c| comment(network, c)).collect();
+/// Script: stop masquerading the addresses whose labels `gone` accepts (for when their
+/// addresses are unknown); empty when there are none.
+pub fn remove_labelled_masquerade(gone: impl Fn(&str) -> bool) -> Result<String, Error> {
     let mine: Vec<Element> = labelled_elements("inet", |set| set.starts_with("masq"))?
         .into_iter()
-        .filter(|e| notes.contains(&e.note))
+        .filter(|e| gone(&e.note))
         .collect();
     Ok(delete_elements("inet", &mine))
 }
@@ -102,7 +98,7 @@ mod tests {
             "10.1.0.5/24".parse().unwrap(),
             "fd00::5/64".parse().unwrap(),
         ];
-        let s = masquerade("n", "c", &addrs);
+        let s = masquerade(&Label::new("n", "c"), &addrs);
         for want in [
             "masq4 { 10.1.0.5 comment \"n/c\" }",
             "masq4_local { 10.1.0.5 . 10.1.0.0/24 comment \"n/c\" }",

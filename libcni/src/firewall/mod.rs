@@ -1,8 +1,12 @@
 //! Our nftables state in the host namespace, and what every user of it shares: the table
-//! names, the labels ("network/containerID") on rules and set elements, listing them, and
-//! applying scripts as one `nft -f -` transaction each ([`apply`] starts one; the caller
-//! waits when it needs to, since nft and the kernel take milliseconds the caller can spend
-//! elsewhere). The rules themselves are in one module per concern.
+//! names, the labels (an attachment's [`Label`]) on rules and set elements, listing them,
+//! and applying scripts as one `nft -f -` transaction each ([`apply`] starts one; the
+//! caller waits when it needs to, since nft and the kernel take milliseconds the caller
+//! can spend elsewhere). The rules themselves are in one module per concern.
+//!
+//! Scripts are text, so nothing from input is pasted into them: every string in a script
+//! is a [`Word`] (letters, digits and `_.-~/` only, checked when made), a [`Label`], or a
+//! typed address, port or MAC. None of them can close a quote or start a statement.
 
 mod mac;
 mod masq;
@@ -15,6 +19,7 @@ pub use ports::*;
 use std::io::Write;
 use std::process::{Child, Command, Stdio};
 
+pub use crate::attachment::Label;
 use crate::spec::{code, Error};
 
 /// Our table for NAT of IP traffic (both families).
@@ -22,12 +27,54 @@ pub const INET_TABLE: &str = "cni_rs";
 /// Our table for layer-2 checks on bridge ports.
 const BRIDGE_TABLE: &str = "cni_rs_br";
 
-/// A rule comment that tells a person whose rule this is (nft allows 128 bytes).
-pub fn comment(network: &str, container_id: &str) -> String {
-    let mut c = format!("{network}/{container_id}");
-    c.retain(|ch| ch != '"' && ch != '\\');
-    c.truncate(120);
-    c
+/// A string that may stand in a script, bare or in quotes: 1-128 letters, digits or
+/// `_.-~/`. The only way to put a name from input into a script.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Word(String);
+
+impl Word {
+    pub fn new(s: &str) -> Option<Word> {
+        let ok = !s.is_empty()
+            && s.len() <= 128
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | '~' | '/'));
+        ok.then(|| Word(s.to_string()))
+    }
+
+    /// An interface name that may appear in a script; other (legal) names are refused.
+    pub fn ifname(s: &str) -> Result<Word, Error> {
+        Word::new(s)
+            .filter(|_| crate::names::is_ifname(s) && !s.contains('~'))
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "interface name {s:?} cannot be used in a firewall rule"
+                ))
+                .details("allowed: letters, digits, '_', '.', '-'")
+            })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Word {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&Label> for Word {
+    fn from(l: &Label) -> Word {
+        // A label is made of checked names, '/' and '~' only.
+        Word(l.as_str().to_string())
+    }
+}
+
+impl std::fmt::Display for Label {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Our table as nft's JSON items; empty when the table does not exist.
@@ -51,9 +98,10 @@ pub fn listed_sets(family: &str) -> Result<Vec<serde_json::Value>, Error> {
     Ok(sets)
 }
 
-/// A labelled element of one of our sets: its key as nft writes it, and its label.
+/// A labelled element of one of our sets: its key in nft's syntax (made of checked
+/// parts only), and its label.
 pub struct Element {
-    pub set: String,
+    pub set: Word,
     pub key: String,
     pub note: String,
 }
@@ -67,7 +115,11 @@ pub fn labelled_elements(
     let mut out = Vec::new();
     for item in listed_sets(family)? {
         let set = &item["set"];
-        let Some(name) = set["name"].as_str().filter(|n| wanted(n)) else {
+        let Some(name) = set["name"]
+            .as_str()
+            .filter(|n| wanted(n))
+            .and_then(Word::new)
+        else {
             continue;
         };
         for e in set["elem"]
@@ -78,7 +130,7 @@ pub fn labelled_elements(
             let e = &e["elem"];
             if let (Some(key), Some(note)) = (element_key(&e["val"]), e["comment"].as_str()) {
                 out.push(Element {
-                    set: name.to_string(),
+                    set: name.clone(),
                     key,
                     note: note.to_string(),
                 });
@@ -88,16 +140,18 @@ pub fn labelled_elements(
     Ok(out)
 }
 
-/// An element's key in nft's syntax, from its JSON form.
+/// An element's key in nft's syntax, from its JSON form; None for a key with a part we
+/// would not write ourselves.
 fn element_key(v: &serde_json::Value) -> Option<String> {
     if let Some(s) = v.as_str() {
-        return Some(quote_if_name(s));
+        return key_part(s);
     }
     if let Some(parts) = v["concat"].as_array() {
         let keys: Option<Vec<String>> = parts.iter().map(element_key).collect();
         return keys.map(|k| k.join(" . "));
     }
     if let (Some(addr), Some(len)) = (v["prefix"]["addr"].as_str(), v["prefix"]["len"].as_u64()) {
+        let addr: std::net::IpAddr = addr.parse().ok()?;
         return Some(format!("{addr}/{len}"));
     }
     if let Some([a, b]) = v["range"].as_array().map(Vec::as_slice) {
@@ -106,13 +160,15 @@ fn element_key(v: &serde_json::Value) -> Option<String> {
     None
 }
 
-/// Interface names are strings in nft's syntax; IP and MAC addresses are not.
-fn quote_if_name(s: &str) -> String {
-    if s.parse::<std::net::IpAddr>().is_ok() || s.contains(':') {
-        s.to_string()
-    } else {
-        format!("\"{s}\"")
+/// An address or a MAC as it is; a name quoted, if it is a [`Word`].
+fn key_part(s: &str) -> Option<String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Some(ip.to_string());
     }
+    if let Some(mac) = crate::net::parse_mac(s) {
+        return Some(crate::net::format_mac(&mac));
+    }
+    Word::new(s).map(|w| format!("\"{w}\""))
 }
 
 /// Script deleting these elements from our table in `family`.
@@ -147,13 +203,17 @@ fn nft_json(args: &[&str]) -> Result<Vec<serde_json::Value>, Error> {
     })
 }
 
-/// An nft transaction under way.
+/// An nft transaction under way. Dropped unwaited (the caller failed), it is still waited
+/// for, so an undo that follows never races it.
 pub struct Pending {
-    child: Child,
+    child: Option<Child>,
     what: String,
     script: String,
     recovery: Recovery,
 }
+
+/// No nft run takes this long.
+const NFT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What [`Pending::wait`] does when the transaction fails.
 enum Recovery {
@@ -201,7 +261,7 @@ fn start(script: &str, what: String, recovery: Recovery) -> Result<Pending, Erro
             .map_err(|e| fail(format!("writing to nft: {e}")))?;
     }
     Ok(Pending {
-        child,
+        child: Some(child),
         what,
         script: script.to_string(),
         recovery,
@@ -217,21 +277,27 @@ pub fn run(script: &str, what: impl Into<String>) -> Result<(), Error> {
 }
 
 impl Pending {
-    pub fn wait(self) -> Result<(), Error> {
+    pub fn wait(mut self) -> Result<(), Error> {
+        let child = self.child.take().expect("waited for once");
+        let out = crate::exec::wait_bounded(child, NFT_WAIT, "nft")?;
         let fail = |d: String| Error::new(code::FIREWALL, self.what.clone()).details(d);
-        let out = self
-            .child
-            .wait_with_output()
-            .map_err(|e| fail(format!("waiting for nft: {e}")))?;
         if out.status.success() {
             return Ok(());
         }
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        match self.recovery {
+        match std::mem::replace(&mut self.recovery, Recovery::Fail) {
             Recovery::Fail => Err(fail(stderr)),
-            Recovery::Setup(setup) => run(&(setup + &self.script), self.what),
+            Recovery::Setup(setup) => run(&(setup + &self.script), self.what.clone()),
             Recovery::MissingIsFine if stderr.contains("No such file or directory") => Ok(()),
             Recovery::MissingIsFine => Err(fail(stderr)),
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take() {
+            let _ = crate::exec::wait_bounded(child, NFT_WAIT, "nft");
         }
     }
 }
@@ -241,9 +307,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn comment_is_bounded_and_unquoted() {
-        let c = comment("n\"et", &"x".repeat(300));
-        assert!(c.len() <= 120 && !c.contains('"'));
+    fn words_cannot_break_out_of_a_script() {
+        for bad in [
+            "a\"b",
+            "a b",
+            "a;b",
+            "a\nb",
+            "",
+            "{x}",
+            "a\\b",
+            &"x".repeat(129),
+        ] {
+            assert!(Word::new(bad).is_none(), "{bad:?}");
+        }
+        assert!(Word::ifname("br-0.1").is_ok());
+        assert!(Word::ifname("br\"0").is_err() && Word::ifname("a/b").is_err());
+        let hostile = serde_json::json!({"concat": ["veth\" ; flush ruleset", "10.0.0.1"]});
+        assert_eq!(element_key(&hostile), None);
     }
 
     #[test]

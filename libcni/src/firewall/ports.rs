@@ -3,8 +3,8 @@
 use std::collections::{BTreeSet, HashSet};
 use std::process::Command;
 
-use super::{comment, listed_table, INET_TABLE};
-use crate::net::stable_hash;
+use super::{listed_table, Label, INET_TABLE};
+use crate::names::stable_hash;
 use crate::spec::Error;
 
 fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
@@ -65,7 +65,7 @@ pub fn port_mappings(
     container_ips: &[std::net::IpAddr],
     masq: PortMasq,
 ) -> Result<String, Error> {
-    let note = comment(network, container_id);
+    let note = Label::new(network, container_id);
     let [(pre, pre_hook), (out, out_hook), (post, post_hook)] = port_chains(network, container_id);
     let mut s = format!("add table inet {INET_TABLE}\n");
     for (chain, hook) in [(&pre, pre_hook), (&out, out_hook), (&post, post_hook)] {
@@ -155,14 +155,20 @@ pub fn remove_stale_port_mappings(network: &str, valid: &HashSet<String>) -> Res
 /// Script deleting the `kinds` chains whose rules' comments name a container of
 /// `network` that is not in `valid` (container IDs); empty when there are none.
 fn remove_stale(network: &str, kinds: &[&str], valid: &HashSet<String>) -> Result<String, Error> {
-    let ours = comment(network, "");
-    let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
+    let ours = Label::network_prefix(network);
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|c| Label::new(network, c).as_str().to_string())
+        .collect();
     let mut stale = BTreeSet::new();
     for rule in listed_table()?.iter().filter_map(|i| i.get("rule")) {
         let (Some(chain), Some(note)) = (rule["chain"].as_str(), rule["comment"].as_str()) else {
             continue;
         };
-        let Some((kind, hash)) = chain.rsplit_once('-') else {
+        let Some((kind, hash)) = chain
+            .rsplit_once('-')
+            .filter(|(_, h)| h.len() == 16 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        else {
             continue;
         };
         if kinds.contains(&kind) && note.starts_with(&ours) && !keep.contains(note) {

@@ -10,14 +10,17 @@ use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlInfo,
     LinkMessage,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
 };
 
-use super::libc_errno::{EADDRNOTAVAIL, EEXIST};
+use super::libc_errno::{EADDRNOTAVAIL, EEXIST, ESRCH};
 use super::{Error, Netns};
+use crate::attachment::Attachment;
 
 /// What we read back about a link.
 #[derive(Debug, Clone, PartialEq)]
@@ -53,6 +56,79 @@ pub struct RouteInfo {
     pub dst: IpNetwork,
     pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
+}
+
+/// A route to add, replace or delete, with the 1.1.0 result's extras.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RouteSpec {
+    pub dst: Option<IpNetwork>,
+    pub gw: Option<IpAddr>,
+    pub oif: u32,
+    /// Via a gateway the kernel cannot see on the link (a peer's VTEP address).
+    pub onlink: bool,
+    pub metric: Option<u32>,
+    pub mtu: Option<u32>,
+    pub advmss: Option<u32>,
+    pub table: Option<u32>,
+    pub scope: Option<u8>,
+}
+
+impl RouteSpec {
+    /// A route to `dst` via `gw` (None: directly) out of link `oif`.
+    pub fn new(dst: IpNetwork, gw: Option<IpAddr>, oif: u32) -> RouteSpec {
+        RouteSpec {
+            dst: Some(dst),
+            gw,
+            oif,
+            ..Default::default()
+        }
+    }
+
+    fn dst(&self) -> IpNetwork {
+        self.dst
+            .unwrap_or_else(|| "0.0.0.0/0".parse().expect("literal"))
+    }
+
+    fn describe(&self, op: &str) -> String {
+        let via = self.gw.map_or(String::new(), |g| format!(" via {g}"));
+        format!("{op} route {}{via} dev #{}", self.dst(), self.oif)
+    }
+
+    fn message(&self) -> Result<RouteMessage, Error> {
+        let bad = |e: String| Error::io(self.describe("building"), std::io::Error::other(e));
+        let dst = self.dst();
+        let mut b = RouteMessageBuilder::<IpAddr>::new()
+            .destination_prefix(dst.network(), dst.prefix())
+            .map_err(|e| bad(e.to_string()))?
+            .output_interface(self.oif);
+        if let Some(gw) = self.gw {
+            b = b.gateway(gw).map_err(|e| bad(e.to_string()))?;
+        }
+        if self.onlink {
+            b = b.onlink();
+        }
+        if let Some(m) = self.metric {
+            b = b.priority(m);
+        }
+        if let Some(t) = self.table {
+            b = b.table_id(t);
+        }
+        if let Some(s) = self.scope {
+            b = b.scope(RouteScope::from(s));
+        }
+        let mut msg = b.build();
+        let metrics: Vec<RouteMetric> = [
+            self.mtu.map(RouteMetric::Mtu),
+            self.advmss.map(RouteMetric::Advmss),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if !metrics.is_empty() {
+            msg.attributes.push(RouteAttribute::Metrics(metrics));
+        }
+        Ok(msg)
+    }
 }
 
 /// A route netlink connection bound to the namespace it was opened in.
@@ -136,9 +212,13 @@ impl Netlink {
     }
 
     /// Creates the bridge if missing (a concurrent creator is fine) and brings it up. A new
-    /// bridge gets a fixed MAC so it does not change as ports come and go.
+    /// bridge gets a fixed MAC so it does not change as ports come and go. A link of that
+    /// name that is not a bridge is returned untouched: the caller refuses it.
     pub async fn ensure_bridge(&self, name: &str, mtu: Option<u32>) -> Result<LinkInfo, Error> {
         if let Some(l) = self.link(name).await? {
+            if l.kind.as_deref() != Some("bridge") {
+                return Ok(l);
+            }
             return self.ensure_up(l).await;
         }
         let mut b = LinkBridge::new(name).address(random_mac()?);
@@ -156,6 +236,9 @@ impl Netlink {
                 std::io::ErrorKind::NotFound.into(),
             )
         })?;
+        if l.kind.as_deref() != Some("bridge") {
+            return Ok(l);
+        }
         self.ensure_up(l).await
     }
 
@@ -201,51 +284,50 @@ impl Netlink {
         })
     }
 
-    /// Puts a port under `controller`, labels it with `alias` and brings it up, in one
-    /// request (the kernel ignores an alias given at creation).
-    pub async fn attach_port(
+    /// Labels a host-side link with `alias`, puts it under `controller` if given, and
+    /// brings it up, in one request (the kernel ignores an alias given at creation).
+    pub async fn label_and_up(
         &self,
         index: u32,
         name: &str,
-        controller: u32,
         alias: &str,
+        controller: Option<u32>,
     ) -> Result<(), Error> {
-        let msg = LinkUnspec::new_with_index(index)
-            .controller(controller)
-            .alias(alias)
-            .up()
-            .build();
-        self.set_link(msg, || format!("attaching {name} to #{controller}"))
-            .await
+        let mut msg = LinkUnspec::new_with_index(index).alias(alias).up();
+        if let Some(c) = controller {
+            msg = msg.controller(c);
+        }
+        self.set_link(msg.build(), || match controller {
+            Some(c) => format!("attaching {name} to #{c}"),
+            None => format!("labelling {name} and setting it up"),
+        })
+        .await
     }
 
-    /// Deletes the links of `kind` labelled by [`super::attachment_alias`] for `network`
-    /// whose (containerID, ifname) is not in `valid`; returns those attachments.
+    /// Deletes the links of `kind` whose alias names an attachment of `network` that is
+    /// not among `valid` (containerID, ifname); returns how many it deleted.
     pub async fn delete_stale_attachments(
         &self,
         kind: &str,
         network: &str,
         valid: &std::collections::HashSet<(String, String)>,
-    ) -> Result<Vec<(String, String)>, Error> {
-        let mut stale = Vec::new();
+    ) -> Result<usize, Error> {
+        let keep: std::collections::HashSet<String> = valid
+            .iter()
+            .map(|(cid, ifname)| Attachment::new(network, cid, ifname).alias())
+            .collect();
+        let mut deleted = 0;
         for link in self.links().await? {
-            if link.kind.as_deref() != Some(kind) {
-                continue;
-            }
-            let Some((net, cid, ifname)) = link
-                .alias
-                .as_deref()
-                .and_then(super::parse_attachment_alias)
-            else {
-                continue;
-            };
-            let attachment = (cid.to_string(), ifname.to_string());
-            if net == network && !valid.contains(&attachment) {
-                self.delete_link(&link.name).await?;
-                stale.push(attachment);
+            let stale = link.kind.as_deref() == Some(kind)
+                && link
+                    .alias
+                    .as_deref()
+                    .is_some_and(|a| Attachment::alias_in_network(a, network) && !keep.contains(a));
+            if stale && self.delete_link(&link.name).await? {
+                deleted += 1;
             }
         }
-        Ok(stale)
+        Ok(deleted)
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), Error> {
@@ -397,31 +479,27 @@ impl Netlink {
             .collect())
     }
 
-    /// Adds a route through link `index`; an identical route already present is fine.
-    pub async fn add_route(
-        &self,
-        index: u32,
-        name: &str,
-        dst: IpNetwork,
-        gw: Option<IpAddr>,
-    ) -> Result<(), Error> {
-        let what = || {
-            format!(
-                "adding route {dst} via {} dev {name}",
-                gw.map_or("-".to_string(), |g| g.to_string())
-            )
-        };
-        let mut b = RouteMessageBuilder::<IpAddr>::new()
-            .destination_prefix(dst.network(), dst.prefix())
-            .map_err(|e| Error::io(what(), std::io::Error::other(e.to_string())))?
-            .output_interface(index);
-        if let Some(gw) = gw {
-            b = b
-                .gateway(gw)
-                .map_err(|e| Error::io(what(), std::io::Error::other(e.to_string())))?;
-        }
-        let res = self.handle.route().add(b.build()).execute().await;
-        tolerate(res.map_err(|e| nl_err(what(), e)), EEXIST).map(|_| ())
+    /// Adds a route; an identical route already present is fine.
+    pub async fn add_route(&self, r: &RouteSpec) -> Result<(), Error> {
+        let res = self.handle.route().add(r.message()?).execute().await;
+        tolerate(res.map_err(|e| nl_err(r.describe("adding"), e)), EEXIST).map(|_| ())
+    }
+
+    /// Adds a route or replaces the one to the same destination (and metric, table).
+    pub async fn replace_route(&self, r: &RouteSpec) -> Result<(), Error> {
+        self.handle
+            .route()
+            .add(r.message()?)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| nl_err(r.describe("replacing"), e))
+    }
+
+    /// Deletes a route; one already gone is fine.
+    pub async fn delete_route(&self, r: &RouteSpec) -> Result<(), Error> {
+        let res = self.handle.route().del(r.message()?).execute().await;
+        tolerate(res.map_err(|e| nl_err(r.describe("deleting"), e)), ESRCH).map(|_| ())
     }
 
     /// Routes of the main table for one address family.

@@ -263,7 +263,7 @@ impl Cni {
         let raw = cache::result(&self.cache_dir, &list.name, rt)?;
         CniResult::from_value(raw)
             .ok()
-            .map(|r| r.to_json(&list.cni_version))
+            .and_then(|r| r.to_json(&list.cni_version).ok())
     }
 
     /// Attachments in the cache, all or one container's.

@@ -5,7 +5,8 @@
 //! bits per second and bursts in bits, from the config or the `bandwidth` capability.
 //! The ifb carries the attachment in its alias, so GC finds those of gone containers.
 
-use libcni::net::{attachment_alias, block_on, LinkInfo, Netlink, Netns, Qdisc, Tbf};
+use libcni::attachment::{Attachment, Undo};
+use libcni::net::{Kernel, LinkInfo, Netlink, Qdisc, Tbf};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::Interface;
 use libcni::{code, CniResult, Error};
@@ -32,8 +33,14 @@ struct Limits {
 #[serde(rename_all = "camelCase")]
 struct Conf {
     name: String,
-    #[serde(flatten)]
-    limits: Limits,
+    #[serde(default)]
+    ingress_rate: Option<u64>,
+    #[serde(default)]
+    ingress_burst: Option<u64>,
+    #[serde(default)]
+    egress_rate: Option<u64>,
+    #[serde(default)]
+    egress_burst: Option<u64>,
     #[serde(default)]
     runtime_config: RuntimeConfig,
     #[serde(default)]
@@ -49,7 +56,8 @@ struct RuntimeConfig {
 }
 
 impl Conf {
-    /// The limits to apply: the config's own when it sets any, else the capability's.
+    /// The limits to apply: the config's own when it names any, else the capability's
+    /// (as the reference, which ignores the capability then).
     fn load(args: &CmdArgs) -> Result<(Conf, Limits), Error> {
         let c: Conf = args.parse_conf()?;
         if !c.unshaped_subnets.is_empty() || !c.shaped_subnets.is_empty() {
@@ -58,9 +66,20 @@ impl Conf {
                 "unshapedSubnets/shapedSubnets are not supported",
             ));
         }
-        let limits = match (c.limits, c.runtime_config.bandwidth) {
-            (own, Some(cap)) if own == Limits::default() => cap,
-            (own, _) => own,
+        let own = [
+            c.ingress_rate,
+            c.ingress_burst,
+            c.egress_rate,
+            c.egress_burst,
+        ];
+        let limits = match c.runtime_config.bandwidth {
+            Some(cap) if own.iter().all(Option::is_none) => cap,
+            _ => Limits {
+                ingress_rate: c.ingress_rate.unwrap_or(0),
+                ingress_burst: c.ingress_burst.unwrap_or(0),
+                egress_rate: c.egress_rate.unwrap_or(0),
+                egress_burst: c.egress_burst.unwrap_or(0),
+            },
         };
         for (what, rate, burst) in [
             ("ingress", limits.ingress_rate, limits.ingress_burst),
@@ -73,6 +92,12 @@ impl Conf {
             }
             if burst / 8 >= u64::from(u32::MAX) {
                 return Err(Error::config(format!("{what}Burst cannot be 4 GB or more")));
+            }
+            // A token bucket of 0 bytes per second, or of 0 bytes, passes nothing.
+            if rate > 0 && (rate / 8 == 0 || burst / 8 == 0) {
+                return Err(Error::config(format!(
+                    "{what}Rate and {what}Burst must be at least 8 bits (one byte)"
+                )));
             }
         }
         Ok((c, limits))
@@ -101,9 +126,12 @@ fn ifb_name(network: &str, container_id: &str) -> String {
 
 /// The host end of the container's veth: the link whose index the container interface
 /// names as its peer, which must be a host interface of prevResult.
-async fn host_veth(args: &CmdArgs, prev: &CniResult, host: &Netlink) -> Result<LinkInfo, Error> {
-    let netns = Netns::open_container(&args.netns)?;
-    let inside = Netlink::connect_in(&netns)?;
+async fn host_veth(
+    args: &CmdArgs,
+    prev: &CniResult,
+    host: &Netlink,
+    inside: &Netlink,
+) -> Result<LinkInfo, Error> {
     let peer = inside
         .link(&args.ifname)
         .await?
@@ -134,70 +162,68 @@ async fn host_veth(args: &CmdArgs, prev: &CniResult, host: &Netlink) -> Result<L
 struct Bandwidth;
 
 impl Plugin for Bandwidth {
+    /// prevResult must name the host veth: from 0.3.0 on, as the reference's.
+    fn versions(&self) -> &'static [&'static str] {
+        &libcni::spec::SUPPORTED_VERSIONS[2..]
+    }
+
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
         let (conf, limits) = Conf::load(args)?;
         let mut result = args.required_prev_result()?;
         if limits == Limits::default() {
             return Ok(result);
         }
-        let ifb = ifb_name(&conf.name, &args.container_id);
-        block_on(async {
-            let nl = Netlink::connect()?;
-            let veth = host_veth(args, &result, &nl).await?;
-            if let Some(tbf) = bucket(limits.ingress_rate, limits.ingress_burst) {
-                nl.set_root_tbf(veth.index, &veth.name, tbf).await?;
-            }
-            if let Some(tbf) = bucket(limits.egress_rate, limits.egress_burst) {
-                let shaped = async {
-                    let alias = attachment_alias(&conf.name, &args.container_id, &args.ifname);
-                    let index = nl.create_ifb(&ifb, veth.mtu, &alias).await?;
-                    nl.redirect_ingress(veth.index, &veth.name, index).await?;
-                    nl.set_root_tbf(index, &ifb, tbf).await?;
-                    Ok::<_, Error>(index)
-                }
-                .await;
-                let index = match shaped {
-                    Ok(i) => i,
-                    Err(e) => {
-                        let _ = nl.delete_link(&ifb).await;
-                        return Err(e);
-                    }
-                };
-                let mac = nl
-                    .link_by_index(index)
-                    .await?
-                    .map(|l| l.mac)
-                    .unwrap_or_default();
-                result.interfaces.push(Interface {
-                    name: ifb.clone(),
-                    mac: libcni::net::format_mac(&mac),
-                    ..Default::default()
-                });
-            }
-            Ok(result)
-        })?
+        let a = Attachment::of(args);
+        let ifb = ifb_name(&conf.name, a.container_id());
+        let k = Kernel::new()?;
+        let inside = k.connect_in(args.required_netns()?)?;
+        let nl = k.host();
+        let veth = k.run(host_veth(args, &result, nl, &inside))?;
+        if let Some(tbf) = bucket(limits.ingress_rate, limits.ingress_burst) {
+            k.run(nl.set_root_tbf(veth.index, &veth.name, tbf))?;
+        }
+        if let Some(tbf) = bucket(limits.egress_rate, limits.egress_burst) {
+            // Created by this call, so undone by it when a later step fails; an ifb of that
+            // name that exists already is another attachment's (the reference's name
+            // leaves the interface out) and is never touched.
+            let index = k.run(nl.create_ifb(&ifb, veth.mtu, &a.alias()))?;
+            let mut undo = Undo::new();
+            undo.push(format!("deleting {ifb}"), || {
+                k.run(nl.delete_link(&ifb)).map(|_| ())
+            });
+            k.run(nl.redirect_ingress(veth.index, &veth.name, index))?;
+            k.run(nl.set_root_tbf(index, &ifb, tbf))?;
+            let mac = k
+                .run(nl.link_by_index(index))?
+                .map(|l| l.mac)
+                .unwrap_or_default();
+            undo.commit();
+            result.interfaces.push(Interface {
+                name: ifb.clone(),
+                mac: libcni::net::format_mac(&mac),
+                ..Default::default()
+            });
+        }
+        Ok(result)
     }
 
     /// Deletes the ifb; the veth's own qdisc goes with the veth. Only the network name is
     /// read, so DEL cleans up even after a config that ADD refused.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let ifb = ifb_name(&args.conf.name, &args.container_id);
-        block_on(async {
-            let nl = Netlink::connect()?;
-            nl.delete_link(&ifb).await?;
-            Ok(())
-        })?
+        let k = Kernel::new()?;
+        k.run(k.host().delete_link(&ifb)).map(|_| ())
     }
 
     /// Deletes this network's ifb devices whose attachment is not valid any more.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let valid = args.valid_attachments()?;
-        block_on(async {
-            Netlink::connect()?
-                .delete_stale_attachments("ifb", &args.conf.name, &valid)
-                .await
-        })??;
-        Ok(())
+        let k = Kernel::new()?;
+        k.run(
+            k.host()
+                .delete_stale_attachments("ifb", &args.conf.name, &valid),
+        )
+        .map(|_| ())
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -206,9 +232,11 @@ impl Plugin for Bandwidth {
         if limits == Limits::default() {
             return Ok(());
         }
-        block_on(async {
-            let nl = Netlink::connect()?;
-            let veth = host_veth(args, &prev, &nl).await?;
+        let k = Kernel::new()?;
+        let inside = k.connect_in(args.required_netns()?)?;
+        k.run(async {
+            let nl = k.host();
+            let veth = host_veth(args, &prev, nl, &inside).await?;
             let mut missing = Vec::new();
             let has = |qdiscs: &[Qdisc], want: Tbf| {
                 qdiscs.iter().any(|q| {
@@ -233,7 +261,7 @@ impl Plugin for Bandwidth {
                 }
             }
             Error::check("bandwidth limits missing", missing)
-        })?
+        })
     }
 }
 

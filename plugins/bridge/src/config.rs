@@ -1,5 +1,6 @@
 //! The bridge config, with the reference plugin's field names and defaults.
 
+use libcni::net::parse_mac;
 use libcni::skel::CmdArgs;
 use libcni::spec::Dns;
 use libcni::{code, Error};
@@ -8,7 +9,6 @@ use serde::Deserialize;
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct BridgeConf {
-    pub name: String,
     #[serde(default = "default_bridge")]
     pub bridge: String,
     #[serde(default)]
@@ -29,21 +29,32 @@ pub struct BridgeConf {
     #[serde(default)]
     pub macspoofchk: bool,
     #[serde(default)]
-    pub ipam: Option<Ipam>,
-    #[serde(default)]
     pub dns: Option<Dns>,
+    #[serde(default)]
+    runtime_config: MacArg,
+    #[serde(default)]
+    args: Option<Args>,
     /// Reference fields we do not implement; refused rather than silently ignored, since
     /// ignoring them would drop the isolation they ask for.
     #[serde(default)]
     vlan: u16,
     #[serde(default, rename = "vlanTrunk")]
     vlan_trunk: Vec<serde_json::Value>,
+    /// The container MAC the runtime asked for, if any (resolved by `load`).
+    #[serde(skip)]
+    pub mac: Option<[u8; 6]>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MacArg {
+    #[serde(default)]
+    mac: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Ipam {
-    #[serde(rename = "type", default)]
-    pub plugin: String,
+struct Args {
+    #[serde(default)]
+    cni: MacArg,
 }
 
 fn default_bridge() -> String {
@@ -53,28 +64,40 @@ fn default_bridge() -> String {
 impl BridgeConf {
     pub fn load(args: &CmdArgs) -> Result<BridgeConf, Error> {
         let mut c: BridgeConf = args.parse_conf()?;
-        libcni::skel::validate_ifname(&c.bridge)
-            .map_err(|_| Error::config(format!("invalid bridge name {:?}", c.bridge)))?;
+        if !libcni::names::is_ifname(&c.bridge) {
+            return Err(Error::config(format!("invalid bridge name {:?}", c.bridge)));
+        }
         if c.vlan != 0 || !c.vlan_trunk.is_empty() {
             return Err(Error::new(
                 code::UNSUPPORTED_FIELD,
                 "bridge VLANs (\"vlan\", \"vlanTrunk\") are not supported",
             ));
         }
+        if c.hairpin_mode && c.promisc_mode {
+            return Err(Error::config(
+                "cannot set hairpin mode and promiscuous mode at the same time",
+            ));
+        }
         if c.is_default_gateway {
             c.is_gateway = true;
         }
-        if c.ipam.as_ref().is_some_and(|i| i.plugin.is_empty()) {
-            return Err(Error::config("ipam has no \"type\""));
-        }
+        // As the reference: CNI_ARGS MAC, then args.cni.mac, then runtimeConfig.mac.
+        let from_env = args.cni_args(&["MAC"])?.pop().map(|(_, v)| v);
+        let asked = [
+            c.runtime_config.mac.take(),
+            c.args.take().and_then(|a| a.cni.mac),
+            from_env,
+        ]
+        .into_iter()
+        .flatten()
+        .next();
+        c.mac = asked
+            .map(|m| parse_mac(&m).ok_or_else(|| Error::config(format!("invalid mac {m:?}"))))
+            .transpose()?;
         Ok(c)
     }
 
     pub fn mtu(&self) -> Option<u32> {
         (self.mtu != 0).then_some(self.mtu)
-    }
-
-    pub fn ipam_plugin(&self) -> Option<&str> {
-        self.ipam.as_ref().map(|i| i.plugin.as_str())
     }
 }

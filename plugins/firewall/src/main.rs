@@ -6,6 +6,9 @@
 
 use std::net::IpAddr;
 
+use libcni::attachment::Attachment;
+use libcni::firewall::Word;
+use libcni::net::Kernel;
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde::Deserialize;
@@ -17,7 +20,6 @@ const DEFAULT_ADMIN_CHAIN: &str = "CNI-ADMIN";
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Conf {
-    name: String,
     #[serde(default)]
     backend: String,
     #[serde(default)]
@@ -34,7 +36,8 @@ enum IngressPolicy {
 }
 
 impl Conf {
-    fn load(args: &CmdArgs) -> Result<(Conf, IngressPolicy), Error> {
+    /// The config's ingress policy and admin chain name.
+    fn load(args: &CmdArgs) -> Result<(IngressPolicy, Word), Error> {
         let c: Conf = args.parse_conf()?;
         match c.backend.as_str() {
             "" | "iptables" | "nftables" => {}
@@ -46,31 +49,25 @@ impl Conf {
             }
             other => return Err(Error::config(format!("unknown backend {other:?}"))),
         }
-        if let Some(name) = &c.iptables_admin_chain_name {
-            let valid = name.len() <= 54
-                && name.starts_with(|ch: char| ch.is_ascii_alphabetic())
-                && name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
-            if !valid {
-                return Err(Error::config(format!(
+        let name = c
+            .iptables_admin_chain_name
+            .as_deref()
+            .unwrap_or(DEFAULT_ADMIN_CHAIN);
+        let admin = Word::new(name)
+            .filter(|_| name.len() <= 54 && name.starts_with(|ch: char| ch.is_ascii_alphabetic()))
+            .filter(|_| name.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_'))
+            .ok_or_else(|| {
+                Error::config(format!(
                     "iptablesAdminChainName {name:?}: a letter, then up to 53 letters, digits, '-' or '_'"
-                )));
-            }
-        }
+                ))
+            })?;
         let policy = match c.ingress_policy.as_str() {
             "" | "open" => IngressPolicy::Open,
             "same-bridge" => IngressPolicy::SameBridge,
             "isolated" => IngressPolicy::Isolated,
             other => return Err(Error::config(format!("unknown ingress policy {other:?}"))),
         };
-        Ok((c, policy))
-    }
-
-    fn admin_chain(&self) -> &str {
-        self.iptables_admin_chain_name
-            .as_deref()
-            .unwrap_or(DEFAULT_ADMIN_CHAIN)
+        Ok((policy, admin))
     }
 }
 
@@ -79,30 +76,46 @@ fn addresses(r: &CniResult) -> Vec<IpAddr> {
 }
 
 /// The bridge an isolation policy applies to: the first interface of prevResult, which
-/// the bridge plugin reports first.
-fn bridge_name(r: &CniResult, policy: IngressPolicy) -> Result<Option<&str>, Error> {
+/// the bridge plugin reports first. That name is a claim: it must name a bridge the
+/// kernel has, and be writable in a rule.
+fn bridge_name(r: &CniResult, policy: IngressPolicy) -> Result<Option<Word>, Error> {
     if policy == IngressPolicy::Open {
         return Ok(None);
     }
-    match r.interfaces.first() {
-        Some(i) if !i.name.is_empty() && i.sandbox.is_empty() => Ok(Some(&i.name)),
-        _ => Err(Error::config(
-            "an ingress policy needs the bridge as the first interface of prevResult; \
-             chain firewall after bridge",
-        )),
+    let claimed = match r.interfaces.first() {
+        Some(i) if !i.name.is_empty() && i.sandbox.is_empty() => Word::ifname(&i.name)?,
+        _ => {
+            return Err(Error::config(
+                "an ingress policy needs the bridge as the first interface of prevResult; \
+                 chain firewall after bridge",
+            ))
+        }
+    };
+    let k = Kernel::new()?;
+    match k.run(k.host().link(claimed.as_str()))? {
+        Some(l) if l.kind.as_deref() == Some("bridge") => Ok(Some(claimed)),
+        _ => Err(Error::config(format!(
+            "prevResult's first interface {claimed} is not a bridge of this host"
+        ))),
     }
 }
 
 struct Firewall;
 
 impl Plugin for Firewall {
+    /// prevResult must carry addresses: from 0.3.0 on (the reference's from 0.4.0).
+    fn versions(&self) -> &'static [&'static str] {
+        &libcni::spec::SUPPORTED_VERSIONS[2..]
+    }
+
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
-        let (conf, policy) = Conf::load(args)?;
+        let (policy, admin) = Conf::load(args)?;
         let prev = args.required_prev_result()?;
         let addrs = addresses(&prev);
-        rules::allow_forward(&conf.name, &args.container_id, &addrs, conf.admin_chain())?;
+        let a = Attachment::of(args);
+        rules::allow_forward(&a.label(), a.container_id(), &addrs, &admin)?;
         if let Some(bridge) = bridge_name(&prev, policy)? {
-            rules::isolate_bridge(bridge, policy == IngressPolicy::Isolated)?;
+            rules::isolate_bridge(&bridge, policy == IngressPolicy::Isolated)?;
         }
         Ok(prev)
     }
@@ -112,7 +125,7 @@ impl Plugin for Firewall {
     /// plugin). Only the network name is read, so a config that ADD refused still lets
     /// the runtime clean up.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
-        rules::remove_forward(&args.conf.name, &args.container_id)
+        rules::remove_forward(&Attachment::of(args).label())
     }
 
     /// Removes the accepted addresses of this network's containers that are not valid.
@@ -122,16 +135,12 @@ impl Plugin for Firewall {
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
-        let (conf, policy) = Conf::load(args)?;
+        let (policy, admin) = Conf::load(args)?;
         let prev = args.required_prev_result()?;
-        let mut missing = rules::missing_forward(
-            &conf.name,
-            &args.container_id,
-            &addresses(&prev),
-            conf.admin_chain(),
-        )?;
+        let label = Attachment::of(args).label();
+        let mut missing = rules::missing_forward(&label, &addresses(&prev), &admin)?;
         if let Some(bridge) = bridge_name(&prev, policy)? {
-            if !rules::is_isolated(bridge)? {
+            if !rules::is_isolated(&bridge)? {
                 missing.push(format!("isolation of {bridge}"));
             }
         }

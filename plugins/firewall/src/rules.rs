@@ -17,24 +17,23 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use libcni::firewall::{
-    apply_with_setup, comment, delete_elements, labelled_elements, listed_sets, listed_table, run,
-    Element, INET_TABLE,
+    apply_with_setup, delete_elements, labelled_elements, listed_sets, listed_table, run, Element,
+    Label, Word, INET_TABLE,
 };
 use libcni::Error;
 
-fn set_name(admin: &str, ip: &IpAddr) -> String {
+fn set_name(admin: &Word, ip: &IpAddr) -> String {
     format!("{admin}-{}", if ip.is_ipv4() { "v4" } else { "v6" })
 }
 
 /// Accepts the container's traffic on the forward path, creating the shared chains and
 /// sets behind `admin` when they are missing.
 pub fn allow_forward(
-    network: &str,
+    note: &Label,
     container_id: &str,
     addrs: &[IpAddr],
-    admin: &str,
+    admin: &Word,
 ) -> Result<(), Error> {
-    let note = comment(network, container_id);
     let elements: String = addrs
         .iter()
         .map(|ip| {
@@ -52,7 +51,7 @@ pub fn allow_forward(
 }
 
 /// Script: the shared chain and sets behind `admin`, and `admin` itself when missing.
-fn forward_setup(admin: &str) -> String {
+fn forward_setup(admin: &Word) -> String {
     let chain = format!("{admin}-forward");
     let mut setup = format!(
         "add table inet {INET_TABLE}\n\
@@ -85,18 +84,23 @@ fn delete(elements: Vec<Element>, what: &str) -> Result<(), Error> {
 }
 
 /// Removes the container's addresses from our sets, whichever admin chain they are under.
-pub fn remove_forward(network: &str, container_id: &str) -> Result<(), Error> {
-    let note = comment(network, container_id);
+pub fn remove_forward(note: &Label) -> Result<(), Error> {
     delete(
-        elements()?.into_iter().filter(|e| e.note == note).collect(),
-        &format!("removing the forward rules of {container_id}"),
+        elements()?
+            .into_iter()
+            .filter(|e| e.note == note.as_str())
+            .collect(),
+        &format!("removing the forward rules of {note}"),
     )
 }
 
 /// Removes the addresses of `network`'s containers whose IDs are not in `valid`.
 pub fn remove_stale_forward(network: &str, valid: &HashSet<String>) -> Result<(), Error> {
-    let ours = comment(network, "");
-    let keep: HashSet<String> = valid.iter().map(|c| comment(network, c)).collect();
+    let ours = Label::network_prefix(network);
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|c| Label::new(network, c).as_str().to_string())
+        .collect();
     delete(
         elements()?
             .into_iter()
@@ -107,13 +111,7 @@ pub fn remove_stale_forward(network: &str, valid: &HashSet<String>) -> Result<()
 }
 
 /// What CHECK misses of the container's forward rules under `admin`.
-pub fn missing_forward(
-    network: &str,
-    container_id: &str,
-    addrs: &[IpAddr],
-    admin: &str,
-) -> Result<Vec<String>, Error> {
-    let note = comment(network, container_id);
+pub fn missing_forward(note: &Label, addrs: &[IpAddr], admin: &Word) -> Result<Vec<String>, Error> {
     let listed = elements()?;
     let chain_exists = listed_table()?
         .iter()
@@ -121,9 +119,11 @@ pub fn missing_forward(
     let mut missing: Vec<String> = addrs
         .iter()
         .filter(|ip| {
-            !listed
-                .iter()
-                .any(|e| e.key == ip.to_string() && e.note == note && e.set == set_name(admin, ip))
+            !listed.iter().any(|e| {
+                e.key == ip.to_string()
+                    && e.note == note.as_str()
+                    && e.set.as_str() == set_name(admin, ip)
+            })
         })
         .map(|ip| format!("accept for {ip}"))
         .collect();
@@ -137,7 +137,7 @@ pub fn missing_forward(
 /// set is dropped, and with `strict` also traffic between ports of `bridge` itself
 /// (routed or, with br_netfilter, bridged). Shared by all containers of the bridge and
 /// kept on DEL, since other containers may still use it.
-pub fn isolate_bridge(bridge: &str, strict: bool) -> Result<(), Error> {
+pub fn isolate_bridge(bridge: &Word, strict: bool) -> Result<(), Error> {
     let same = format!("{{ \"{bridge}\" . \"{bridge}\" }}");
     let mut s = format!(
         "add table inet {INET_TABLE}\n\
@@ -159,11 +159,11 @@ pub fn isolate_bridge(bridge: &str, strict: bool) -> Result<(), Error> {
 }
 
 /// Whether `bridge` is in the set of isolated bridges (for CHECK).
-pub fn is_isolated(bridge: &str) -> Result<bool, Error> {
+pub fn is_isolated(bridge: &Word) -> Result<bool, Error> {
     Ok(listed_sets("inet")?.iter().any(|i| {
         i["set"]["name"] == "isolated"
             && i["set"]["elem"]
                 .as_array()
-                .is_some_and(|e| e.iter().any(|v| v == bridge))
+                .is_some_and(|e| e.iter().any(|v| v == bridge.as_str()))
     }))
 }

@@ -1,42 +1,29 @@
 //! `loopback`: sets `lo` up in the container namespace on ADD and down on DEL.
 
-use libcni::net::{block_on, Netlink, Netns};
+use libcni::net::{Kernel, Netns};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Interface, IpConfig};
 use libcni::{code, CniResult, Error};
 
 struct Loopback;
 
-/// Sets lo up or down; `Ok(false)` when the namespace is gone.
-fn set_lo(netns: &str, up: bool) -> Result<bool, Error> {
-    let ns = match Netns::open(netns) {
-        Ok(ns) => ns,
-        Err(e) if e.is_not_found() => return Ok(false),
-        Err(e) => return Err(e.into()),
-    };
-    block_on(async {
-        let nl = Netlink::connect_in(&ns)?;
-        let lo = nl.link("lo").await?.ok_or_else(|| {
-            libcni::net::Error::io("finding lo", std::io::ErrorKind::NotFound.into())
-        })?;
-        if up {
-            nl.set_up(lo.index, "lo").await
-        } else {
-            nl.set_down(lo.index, "lo").await
-        }
-    })?
-    .map(|_| true)
-    .map_err(Error::from)
+/// Sets lo up or down in `ns`.
+fn set_lo(ns: &Netns, up: bool) -> Result<(), Error> {
+    let k = Kernel::new()?;
+    let nl = k.connect_in(ns)?;
+    let lo = k
+        .run(nl.link("lo"))?
+        .ok_or_else(|| Error::new(code::NETLINK, "lo is missing in the container"))?;
+    if up {
+        k.run(nl.set_up(lo.index, "lo"))
+    } else {
+        k.run(nl.set_down(lo.index, "lo"))
+    }
 }
 
 impl Plugin for Loopback {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
-        if !set_lo(&args.netns, true)? {
-            return Err(Error::new(
-                code::UNKNOWN_CONTAINER,
-                format!("netns {} does not exist", args.netns),
-            ));
-        }
+        set_lo(args.required_netns()?, true)?;
         let ip = |s: &str| IpConfig {
             version: None,
             address: s.parse().expect("valid literal"),
@@ -55,20 +42,18 @@ impl Plugin for Loopback {
         })
     }
 
+    /// The namespace may be gone already: nothing to do then.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
-        if !args.netns.is_empty() {
-            set_lo(&args.netns, false)?;
+        match args.netns() {
+            Some(ns) => set_lo(ns, false),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
-        let ns = Netns::open_container(&args.netns)?;
-        let up = block_on(async {
-            let nl = Netlink::connect_in(&ns)?;
-            Ok::<_, libcni::net::Error>(nl.link("lo").await?.is_some_and(|l| l.up))
-        })??;
-        if up {
+        let k = Kernel::new()?;
+        let nl = k.connect_in(args.required_netns()?)?;
+        if k.run(nl.link("lo"))?.is_some_and(|l| l.up) {
             Ok(())
         } else {
             Err(Error::new(code::CHECK_FAILED, "lo is down"))

@@ -6,7 +6,7 @@
 use std::net::IpAddr;
 
 use libcni::firewall::{self, PortMapping, PortMasq};
-use libcni::net;
+use libcni::net::{self, Kernel};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde::Deserialize;
@@ -87,12 +87,17 @@ fn container_ips(r: &CniResult, ifname: &str) -> Vec<IpAddr> {
     [pick(true), pick(false)].into_iter().flatten().collect()
 }
 
-/// Lets localhost traffic DNATed to the container leave through the host interfaces.
+/// Lets localhost traffic DNATed to the container leave through the host interfaces of
+/// prevResult. Their names are claims: only links the kernel knows by that name are
+/// touched, under the name the kernel reports.
 fn enable_localnet_routing(r: &CniResult) -> Result<(), Error> {
+    let k = Kernel::new()?;
     for iface in r.interfaces.iter().filter(|i| i.sandbox.is_empty()) {
-        let key = format!("net/ipv4/conf/{}/route_localnet", iface.name);
-        if std::path::Path::new("/proc/sys").join(&key).exists() {
-            net::sysctl_set(&key, "1")?;
+        if !libcni::names::is_ifname(&iface.name) {
+            continue;
+        }
+        if let Some(link) = k.run(k.host().link(&iface.name))? {
+            net::sysctl_set(&format!("net/ipv4/conf/{}/route_localnet", link.name), "1")?;
         }
     }
     Ok(())

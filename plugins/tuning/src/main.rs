@@ -1,14 +1,18 @@
 //! `tuning`: a chained plugin that sets net.* sysctls inside the container and the
 //! container interface's MAC, MTU, promiscuous and all-multicast modes and queue length.
-//! The link's previous settings are saved on ADD and put back on DEL.
+//! The link's previous settings are saved on ADD and put back on DEL, in the reference
+//! plugin's backup file (`<dataDir>/<containerID>_<ifname>.json`, same fields), so a node
+//! can switch between it and us without losing them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use libcni::net::{self, block_on, format_mac, parse_mac, LinkTuning, Netlink, Netns};
+use libcni::attachment::Attachment;
+use libcni::files;
+use libcni::net::{self, format_mac, parse_mac, Kernel, LinkInfo, LinkTuning};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 const DEFAULT_DATA_DIR: &str = "/run/cni/tuning";
 
@@ -25,15 +29,26 @@ struct Settings {
     allmulti: Option<bool>,
     #[serde(default, rename = "txQLen")]
     txqlen: Option<u32>,
+    #[serde(default)]
+    sysctl: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Conf {
+    name: String,
     #[serde(default)]
     sysctl: BTreeMap<String, String>,
-    #[serde(flatten)]
-    settings: Settings,
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    promisc: Option<bool>,
+    #[serde(default)]
+    allmulti: Option<bool>,
+    #[serde(default, rename = "txQLen")]
+    txqlen: Option<u32>,
     #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -48,65 +63,129 @@ struct Args {
     cni: Settings,
 }
 
+/// The reference's backup: the settings before ADD changed them. `txQLen` and the network
+/// (for GC) are ours; the reference ignores fields it does not know.
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+struct Backup {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    promisc: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mtu: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    allmulti: Option<bool>,
+    #[serde(default, rename = "txQLen", skip_serializing_if = "Option::is_none")]
+    txqlen: Option<u32>,
+    #[serde(
+        default,
+        rename = "cniRsNetwork",
+        skip_serializing_if = "String::is_empty"
+    )]
+    network: String,
+}
+
+impl Backup {
+    fn tuning(&self) -> Result<LinkTuning, String> {
+        let mac = self
+            .mac
+            .as_deref()
+            .map(|m| {
+                parse_mac(m)
+                    .map(|m| m.to_vec())
+                    .ok_or(format!("invalid mac {m:?}"))
+            })
+            .transpose()?;
+        Ok(LinkTuning {
+            mac,
+            mtu: self.mtu,
+            promisc: self.promisc,
+            allmulti: self.allmulti,
+            txqlen: self.txqlen,
+        })
+    }
+}
+
 impl Conf {
-    /// The config, then `args.cni`, then CNI_ARGS `MAC=`, then runtimeConfig: later wins.
+    /// As the reference: the config, then CNI_ARGS `MAC=`, then runtimeConfig, then
+    /// `args.cni`; later wins. Sysctls of `args.cni` join the config's.
     fn load(args: &CmdArgs) -> Result<(Conf, LinkTuning), Error> {
         let mut c: Conf = args.parse_conf()?;
-        let mut s = std::mem::take(&mut c.settings);
+        let mut mac = c.mac.take();
+        if let Some((_, m)) = args.cni_args(&["MAC"])?.pop() {
+            mac = Some(m);
+        }
+        let (mut mtu, mut promisc, mut allmulti, mut txqlen) =
+            (c.mtu, c.promisc, c.allmulti, c.txqlen);
+        let rc = std::mem::take(&mut c.runtime_config);
+        mac = rc.mac.or(mac);
         if let Some(a) = c.args.take() {
-            merge(&mut s, a.cni);
+            let s = a.cni;
+            mac = s.mac.or(mac);
+            mtu = s.mtu.or(mtu);
+            promisc = s.promisc.or(promisc);
+            allmulti = s.allmulti.or(allmulti);
+            txqlen = s.txqlen.or(txqlen);
+            c.sysctl.extend(s.sysctl);
         }
-        if let Some(mac) = args.cni_arg("MAC") {
-            s.mac = Some(mac.to_string());
-        }
-        merge(&mut s, std::mem::take(&mut c.runtime_config));
-        let mac = s
-            .mac
+        let mac = mac
             .map(|m| parse_mac(&m).ok_or_else(|| Error::config(format!("invalid mac {m:?}"))))
             .transpose()?;
-        if s.mtu == Some(0) {
+        if mtu == Some(0) {
             return Err(Error::config("mtu must be positive"));
         }
         let tuning = LinkTuning {
-            mac,
-            mtu: s.mtu,
-            promisc: s.promisc,
-            allmulti: s.allmulti,
-            txqlen: s.txqlen,
+            mac: mac.map(|m| m.to_vec()),
+            mtu,
+            // As the reference: promisc false asks for nothing.
+            promisc: promisc.filter(|p| *p),
+            allmulti,
+            txqlen,
         };
         Ok((c, tuning))
     }
 
-    fn backup_file(&self, args: &CmdArgs) -> PathBuf {
-        let dir = self
-            .data_dir
+    fn data_dir(&self) -> PathBuf {
+        self.data_dir
             .clone()
-            .unwrap_or_else(|| DEFAULT_DATA_DIR.into());
-        dir.join(format!("{}-{}.json", args.container_id, args.ifname))
+            .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
     }
 }
 
-fn merge(into: &mut Settings, from: Settings) {
-    into.mac = from.mac.or(into.mac.take());
-    into.mtu = from.mtu.or(into.mtu);
-    into.promisc = from.promisc.or(into.promisc);
-    into.allmulti = from.allmulti.or(into.allmulti);
-    into.txqlen = from.txqlen.or(into.txqlen);
+/// The reference's backup file name; container IDs and interface names cannot hold '/'.
+fn backup_file(dir: &std::path::Path, a: &Attachment) -> PathBuf {
+    dir.join(format!("{}_{}.json", a.container_id(), a.ifname()))
 }
 
-/// /proc/sys path of a sysctl key, only under net/ (`IFNAME` stands for the interface).
+/// /proc/sys path of a sysctl key, only under net/ (`IFNAME` stands for the interface,
+/// whose name may hold dots).
 fn sysctl_path(key: &str, ifname: &str) -> Result<String, Error> {
-    let path = key.replace('.', "/").replacen("IFNAME", ifname, 1);
-    if !path.starts_with("net/") || path.split('/').any(|p| p.is_empty() || p == "..") {
+    let parts: Vec<String> = key
+        .split(['.', '/'])
+        .map(|p| {
+            if p == "IFNAME" {
+                ifname.to_string()
+            } else {
+                p.to_string()
+            }
+        })
+        .collect();
+    let ok = parts.len() >= 2
+        && parts[0] == "net"
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p != "." && p != ".." && !p.contains('\0'));
+    if !ok {
         return Err(Error::config(format!(
             "invalid net sysctl key {key:?}: only net.* can be set"
         )));
     }
-    Ok(path)
+    Ok(parts.join("/"))
 }
 
 /// The settings `t` names, as the link has them now (for the backup and for CHECK).
-fn current(link: &net::LinkInfo, t: &LinkTuning) -> LinkTuning {
+fn current(link: &LinkInfo, t: &LinkTuning) -> LinkTuning {
     LinkTuning {
         mac: t.mac.as_ref().map(|_| link.mac.clone()),
         mtu: t.mtu.map(|_| link.mtu),
@@ -116,32 +195,53 @@ fn current(link: &net::LinkInfo, t: &LinkTuning) -> LinkTuning {
     }
 }
 
+fn backup_of(link: &LinkInfo, t: &LinkTuning, network: &str) -> Backup {
+    let now = current(link, t);
+    Backup {
+        mac: now.mac.map(|m| format_mac(&m)),
+        promisc: now.promisc,
+        mtu: now.mtu,
+        allmulti: now.allmulti,
+        txqlen: now.txqlen,
+        network: network.to_string(),
+    }
+}
+
+fn gone(name: &str) -> Error {
+    Error::new(
+        code::UNKNOWN_CONTAINER,
+        format!("{name} is missing in the container"),
+    )
+}
+
 struct Tuning;
 
 impl Plugin for Tuning {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
         let (conf, tuning) = Conf::load(args)?;
         let mut result = args.required_prev_result()?;
+        let a = Attachment::of(args);
         let sysctls = conf
             .sysctl
             .iter()
-            .map(|(k, v)| Ok((sysctl_path(k, &args.ifname)?, v.clone())))
+            .map(|(k, v)| Ok((sysctl_path(k, a.ifname())?, v.clone())))
             .collect::<Result<Vec<_>, Error>>()?;
-        let netns = Netns::open_container(&args.netns)?;
+        let netns = args.required_netns()?;
         for (key, value) in &sysctls {
             netns.run(|| net::sysctl_set(key, value))??;
         }
         if tuning != LinkTuning::default() {
-            let backup = conf.backup_file(args);
-            block_on(async {
-                let nl = Netlink::connect_in(&netns)?;
-                let link = nl
-                    .link(&args.ifname)
-                    .await?
-                    .ok_or_else(|| gone(&args.ifname))?;
-                save_backup(&backup, &current(&link, &tuning))?;
-                nl.tune_link(link.index, &args.ifname, &tuning).await
-            })??;
+            let k = Kernel::new()?;
+            let nl = k.connect_in(netns)?;
+            let link = k
+                .run(nl.link(a.ifname()))?
+                .ok_or_else(|| gone(a.ifname()))?;
+            let dir = conf.data_dir();
+            files::private_dir(&dir)?;
+            let backup = serde_json::to_vec_pretty(&backup_of(&link, &tuning, &conf.name))
+                .map_err(|e| Error::new(code::INTERNAL, e.to_string()))?;
+            files::replace(&backup_file(&dir, &a), &backup)?;
+            k.run(nl.tune_link(link.index, a.ifname(), &tuning))?;
         }
         if let Some(mac) = &tuning.mac {
             for i in result
@@ -155,32 +255,42 @@ impl Plugin for Tuning {
         Ok(result)
     }
 
+    /// Puts the saved settings back and removes the backup. A backup that cannot be read
+    /// or applied (a namespace already gone, say) is only logged: DEL succeeds and removes
+    /// this attachment's backup, never anything else.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, _) = Conf::load(args)?;
-        let backup = conf.backup_file(args);
-        let Ok(text) = std::fs::read(&backup) else {
-            return Ok(());
+        let a = Attachment::of(args);
+        let file = backup_file(&conf.data_dir(), &a);
+        let saved = match files::read(&file) {
+            Ok(Some(bytes)) => serde_json::from_slice::<Backup>(&bytes)
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.tuning()),
+            Ok(None) => return Ok(()),
+            Err(e) => Err(e.to_string()),
         };
-        if let Ok(netns) = Netns::open(&args.netns) {
-            let saved: LinkTuning = serde_json::from_slice(&text).map_err(|e| {
-                Error::new(code::IO, format!("reading {}", backup.display())).details(e.to_string())
-            })?;
-            block_on(async {
-                let nl = Netlink::connect_in(&netns)?;
-                match nl.link(&args.ifname).await? {
-                    Some(link) => nl.tune_link(link.index, &args.ifname, &saved).await,
-                    None => Ok(()),
-                }
-            })??;
+        let restored = saved.map_err(Error::config).and_then(|saved| {
+            let Some(netns) = args.netns() else {
+                return Ok(());
+            };
+            let k = Kernel::new()?;
+            let nl = k.connect_in(netns)?;
+            match k.run(nl.link(a.ifname()))? {
+                Some(link) => k.run(nl.tune_link(link.index, a.ifname(), &saved)),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = restored {
+            eprintln!("tuning DEL: not restoring {}: {e}", file.display());
         }
-        let _ = std::fs::remove_file(&backup);
+        files::remove(&file)?;
         Ok(())
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, tuning) = Conf::load(args)?;
         args.required_prev_result()?;
-        let netns = Netns::open_container(&args.netns)?;
+        let netns = args.required_netns()?;
         let mut problems = Vec::new();
         for (key, want) in &conf.sysctl {
             let path = format!("/proc/sys/{}", sysctl_path(key, &args.ifname)?);
@@ -191,7 +301,10 @@ impl Plugin for Tuning {
                 problems.push(format!("sysctl {key} is {:?}, want {want:?}", have.trim()));
             }
         }
-        let link = block_on(async { Netlink::connect_in(&netns)?.link(&args.ifname).await })??
+        let k = Kernel::new()?;
+        let nl = k.connect_in(netns)?;
+        let link = k
+            .run(nl.link(&args.ifname))?
             .ok_or_else(|| Error::new(code::CHECK_FAILED, format!("{} is missing", args.ifname)))?;
         if current(&link, &tuning) != tuning {
             problems.push(format!(
@@ -202,21 +315,33 @@ impl Plugin for Tuning {
         }
         Error::check("tuning differs", problems)
     }
-}
 
-fn gone(name: &str) -> net::Error {
-    net::Error::io(
-        format!("finding {name}"),
-        std::io::ErrorKind::NotFound.into(),
-    )
-}
-
-fn save_backup(file: &Path, saved: &LinkTuning) -> Result<(), net::Error> {
-    let io = |e| net::Error::io(format!("saving {}", file.display()), e);
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+    /// Removes the backups this network wrote for attachments the runtime no longer
+    /// lists (their namespaces are gone: nothing to restore). Backups of other networks,
+    /// and the reference's (which name no network), are left alone.
+    fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
+        let (conf, _) = Conf::load(args)?;
+        let valid = args.valid_attachments()?;
+        let dir = conf.data_dir();
+        let keep: std::collections::HashSet<PathBuf> = valid
+            .iter()
+            .map(|(cid, ifname)| backup_file(&dir, &Attachment::new(&conf.name, cid, ifname)))
+            .collect();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(());
+        };
+        for path in entries.flatten().map(|e| e.path()) {
+            let ours = files::read(&path)
+                .ok()
+                .flatten()
+                .and_then(|b| serde_json::from_slice::<Backup>(&b).ok())
+                .is_some_and(|b| b.network == conf.name);
+            if ours && !keep.contains(&path) {
+                files::remove(&path)?;
+            }
+        }
+        Ok(())
     }
-    std::fs::write(file, serde_json::to_vec(saved).expect("settings serialize")).map_err(io)
 }
 
 fn main() {
@@ -234,7 +359,11 @@ mod tests {
             "net/ipv4/conf/eth0/arp_filter"
         );
         assert_eq!(
-            sysctl_path("net.core.somaxconn", "eth0").unwrap(),
+            sysctl_path("net.ipv4.conf.IFNAME.arp_filter", "eth0.100").unwrap(),
+            "net/ipv4/conf/eth0.100/arp_filter"
+        );
+        assert_eq!(
+            sysctl_path("net/core/somaxconn", "eth0").unwrap(),
             "net/core/somaxconn"
         );
         for bad in [
@@ -242,9 +371,28 @@ mod tests {
             "vm.swappiness",
             "net..core",
             "netfilter.x",
+            "net",
+            "net/../kernel/hostname",
+            "net.IFNAME.x",
         ] {
-            assert_eq!(sysctl_path(bad, "eth0").unwrap_err().code, 7, "{bad}");
+            let ifname = if bad.contains("IFNAME") { ".." } else { "eth0" };
+            assert_eq!(sysctl_path(bad, ifname).unwrap_err().code, 7, "{bad}");
         }
-        assert!(sysctl_path("net.ipv4.conf.IFNAME.x", "..").is_err());
+    }
+
+    #[test]
+    fn backup_reads_the_references() {
+        let theirs = "{\n \"mac\": \"82:b9:3d:0c:37:26\",\n \"promisc\": false,\n \"mtu\": 1500,\n \"allmulti\": false\n}";
+        let b: Backup = serde_json::from_str(theirs).unwrap();
+        let t = b.tuning().unwrap();
+        assert_eq!(t.mtu, Some(1500));
+        assert_eq!(t.mac, Some(vec![0x82, 0xb9, 0x3d, 0x0c, 0x37, 0x26]));
+        let ours = serde_json::to_value(Backup {
+            mtu: Some(9000),
+            network: "n".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ours, serde_json::json!({"mtu": 9000, "cniRsNetwork": "n"}));
     }
 }

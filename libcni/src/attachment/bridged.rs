@@ -1,0 +1,404 @@
+//! A container on a Linux bridge of the host: the `bridge` plugin's whole job, and the
+//! container half of the overlay (whose node bridge is the same kind of bridge). ADD,
+//! DEL, CHECK and GC here read as the steps a person would take; each step is a small
+//! function over the netlink layer, the IPAM delegate, or our nftables sets.
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::{container, veth, Attachment, PendingLease, Undo};
+use crate::delegate::Delegate;
+use crate::firewall;
+use crate::net::{self, format_mac, Kernel, LinkInfo, Netlink};
+use crate::skel::CmdArgs;
+use crate::spec::{code, CniResult, Dns, Error, Interface, IpConfig, Route};
+
+/// How the container is put on the bridge: the reference bridge plugin's settings.
+#[derive(Debug, Clone, Default)]
+pub struct BridgeSpec {
+    pub bridge: String,
+    pub mtu: Option<u32>,
+    pub is_gateway: bool,
+    pub is_default_gateway: bool,
+    pub force_address: bool,
+    pub ip_masq: bool,
+    pub hairpin: bool,
+    pub promisc: bool,
+    pub macspoofchk: bool,
+    /// The container MAC the runtime asked for; otherwise the attachment's own.
+    pub mac: Option<[u8; 6]>,
+    /// The result's `dns` (the config's, as the reference reports it).
+    pub dns: Option<Dns>,
+}
+
+impl BridgeSpec {
+    fn container_mac(&self, a: &Attachment) -> [u8; 6] {
+        self.mac.unwrap_or_else(|| a.container_mac())
+    }
+}
+
+/// ADD: the bridge, a veth with its container end born in the container, an address from
+/// `ipam` (running meanwhile), masquerade and MAC checks, the container configured, the
+/// gateway on the bridge. Whatever this call created is undone if a later step fails.
+pub fn add(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<CniResult, Error> {
+    let netns = args.required_netns()?;
+    let a = Attachment::of(args);
+    let k = Kernel::new()?;
+    let pending = ipam.map(|i| PendingLease::start(i, args)).transpose()?;
+    let mut undo = Undo::new();
+    let bridge = k.run(ensure_bridge(k.host(), spec))?;
+    let mac = spec.container_mac(&a);
+    let host = k.run(veth::create(k.host(), &a, netns, mac, spec.mtu))?;
+    let (kernel, created) = (&k, host.name.clone());
+    undo.push(format!("deleting {created}"), move || {
+        kernel.run(kernel.host().delete_link(&created)).map(|_| ())
+    });
+    k.run(attach(k.host(), spec, &a, &host, &bridge))?;
+    let lease = pending.map(|p| p.wait()).transpose()?;
+    let mut r = lease
+        .as_ref()
+        .map(|l| l.result().clone())
+        .unwrap_or_default();
+    set_gateway_routes(spec, &mut r);
+    let rules = start_rules(spec, &a, &r.ips)?;
+    if rules.is_some() {
+        let (a, added) = (a.clone(), addrs(&r));
+        undo.push("removing the rules", move || {
+            wait_all(start_rule_removal(spec, &[a], Some(&added))?)
+        });
+    }
+    let inside = k.connect_in(netns)?;
+    k.run(container::configure(&inside, netns, a.ifname(), &r))?;
+    if spec.is_gateway {
+        k.run(set_gateways(k.host(), spec, &bridge, &r.ips))?;
+        enable_forwarding(&r.ips)?;
+    }
+    rules.map_or(Ok(()), firewall::Pending::wait)?;
+    // The bridge's MAC as it is now that the port is on it (a bridge without a MAC of
+    // its own takes its lowest port's).
+    let bridge = k
+        .run(k.host().link_by_index(bridge.index))?
+        .unwrap_or(bridge);
+    r.interfaces = vec![
+        Interface {
+            name: bridge.name.clone(),
+            mac: format_mac(&bridge.mac),
+            ..Default::default()
+        },
+        Interface {
+            name: host.name.clone(),
+            mac: format_mac(&host.mac),
+            ..Default::default()
+        },
+        Interface {
+            name: a.ifname().to_string(),
+            mac: format_mac(&mac),
+            sandbox: args.netns.clone(),
+            ..Default::default()
+        },
+    ];
+    for ip in &mut r.ips {
+        ip.interface = Some(2);
+    }
+    r.dns = spec.dns.clone().unwrap_or_default();
+    undo.commit();
+    lease.map(|l| l.commit());
+    Ok(r)
+}
+
+/// DEL: the veth pair, the rules and the addresses; each step runs even when another
+/// fails, so the IPAM delegate is always waited for; what is already gone is fine.
+pub fn del(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<(), Error> {
+    let a = Attachment::of(args);
+    let ipam = ipam.map(|i| i.start("DEL", args)).transpose()?;
+    let prev_addrs = args.prev_result().ok().flatten().map(|r| addrs(&r));
+    let rules = start_rule_removal(spec, std::slice::from_ref(&a), prev_addrs.as_deref());
+    let links = Kernel::new().and_then(|k| {
+        let inside = args.netns().map(|ns| k.connect_in(ns)).transpose()?;
+        k.run(veth::delete(
+            k.host(),
+            inside.as_ref(),
+            &a,
+            spec.container_mac(&a),
+        ))
+    });
+    let ipam = ipam.map(|r| r.wait()).transpose();
+    let rules = rules.and_then(wait_all);
+    links.and(rules).and(ipam.map(|_| ()))
+}
+
+/// CHECK: the bridge and the host veth on it, the container's interface as prevResult
+/// says, and the IPAM plugin's own CHECK.
+pub fn check(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<(), Error> {
+    let prev = args.required_prev_result()?;
+    if let Some(i) = ipam {
+        i.run("CHECK", args)?;
+    }
+    let netns = args.required_netns()?;
+    let a = Attachment::of(args);
+    let k = Kernel::new()?;
+    let mut problems = k.run(host_differences(k.host(), spec, &a))?;
+    let inside = k.connect_in(netns)?;
+    problems.extend(k.run(container::differences(
+        &inside,
+        &args.netns,
+        a.ifname(),
+        &prev,
+    ))?);
+    Error::check(&format!("{} differs from prevResult", a.ifname()), problems)
+}
+
+/// GC: the host veths and rules of this network's attachments that the runtime no longer
+/// lists (their namespaces may be long gone: the rules are found by label), then the
+/// IPAM plugin's GC.
+pub fn gc(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<(), Error> {
+    let valid = args.valid_attachments()?;
+    let k = Kernel::new()?;
+    k.run(
+        k.host()
+            .delete_stale_attachments("veth", &args.conf.name, &valid),
+    )?;
+    let keep: std::collections::HashSet<String> = valid
+        .iter()
+        .map(|(cid, _)| {
+            firewall::Label::new(&args.conf.name, cid)
+                .as_str()
+                .to_string()
+        })
+        .collect();
+    let prefix = firewall::Label::network_prefix(&args.conf.name);
+    let stale = |note: &str| note.starts_with(&prefix) && !keep.contains(note);
+    let mut pending = Vec::new();
+    if spec.ip_masq {
+        let s = firewall::remove_labelled_masquerade(stale)?;
+        if !s.is_empty() {
+            pending.push(firewall::apply_if_present(&s, "removing stale masquerade")?);
+        }
+    }
+    if spec.macspoofchk {
+        let s = firewall::remove_labelled_mac_spoof_checks(stale)?;
+        if !s.is_empty() {
+            pending.push(firewall::apply_if_present(&s, "removing stale MAC checks")?);
+        }
+    }
+    wait_all(pending)?;
+    match ipam {
+        Some(i) => i.run("GC", args).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+fn addrs(r: &CniResult) -> Vec<IpNetwork> {
+    r.ips.iter().map(|i| i.address).collect()
+}
+
+/// The bridge, made if missing; a link of that name that is not a bridge is refused.
+async fn ensure_bridge(nl: &Netlink, spec: &BridgeSpec) -> Result<LinkInfo, Error> {
+    let bridge = nl.ensure_bridge(&spec.bridge, spec.mtu).await?;
+    if bridge.kind.as_deref() != Some("bridge") {
+        return Err(Error::config(format!(
+            "{:?} already exists but is not a bridge",
+            spec.bridge
+        )));
+    }
+    if spec.promisc && !bridge.promisc {
+        nl.set_promisc(bridge.index, &bridge.name).await?;
+    }
+    Ok(bridge)
+}
+
+/// The host veth labelled with the attachment, on the bridge, up (and hairpin).
+async fn attach(
+    nl: &Netlink,
+    spec: &BridgeSpec,
+    a: &Attachment,
+    host: &LinkInfo,
+    bridge: &LinkInfo,
+) -> Result<(), net::Error> {
+    nl.label_and_up(host.index, &host.name, &a.alias(), Some(bridge.index))
+        .await?;
+    if spec.hairpin {
+        nl.set_hairpin(host.index, &host.name).await?;
+    }
+    Ok(())
+}
+
+/// The reference's gateway rules: with isGateway an address without a gateway gets its
+/// subnet's first address; with isDefaultGateway each family gets a default route via
+/// its first gateway unless the result already has one with a gateway.
+fn set_gateway_routes(spec: &BridgeSpec, r: &mut CniResult) {
+    if spec.is_gateway {
+        for ip in r.ips.iter_mut().filter(|i| i.gateway.is_none()) {
+            ip.gateway = first_address(ip.address);
+        }
+    }
+    if !spec.is_default_gateway {
+        return;
+    }
+    for v4 in [true, false] {
+        let Some(gw) = r
+            .ips
+            .iter()
+            .filter(|i| i.address.is_ipv4() == v4)
+            .find_map(|i| i.gateway)
+        else {
+            continue;
+        };
+        let any: IpNetwork = if v4 { "0.0.0.0/0" } else { "::/0" }
+            .parse()
+            .expect("literal");
+        if !r.routes.iter().any(|rt| rt.dst == any && rt.gw.is_some()) {
+            r.routes.push(Route::new(any, Some(gw)));
+        }
+    }
+}
+
+fn first_address(a: IpNetwork) -> Option<IpAddr> {
+    match a {
+        IpNetwork::V4(n) => n.nth(1).map(IpAddr::V4),
+        IpNetwork::V6(n) => {
+            let first = u128::from(n.network()).checked_add(1)?;
+            Some(IpAddr::V6(first.into()))
+        }
+    }
+}
+
+/// Starts installing the container's masquerade and MAC spoof entries, where the spec has
+/// them, as one transaction (with the shared chains made first if they are missing).
+fn start_rules(
+    spec: &BridgeSpec,
+    a: &Attachment,
+    ips: &[IpConfig],
+) -> Result<Option<firewall::Pending>, Error> {
+    let mut script = String::new();
+    let mut setup = String::new();
+    if spec.ip_masq {
+        let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
+        script += &firewall::masquerade(&a.label(), &addrs);
+        setup += &firewall::masquerade_setup();
+    }
+    if spec.macspoofchk {
+        script += &firewall::mac_spoof_check(a, spec.container_mac(a));
+        setup += &firewall::mac_spoof_setup();
+    }
+    if script.is_empty() {
+        return Ok(None);
+    }
+    let what = format!("installing the rules of {}", a.container_id());
+    firewall::apply_with_setup(&script, setup, what).map(Some)
+}
+
+/// Starts removing the masquerade and MAC spoof entries of these attachments, where the
+/// spec has them. `addrs` are their addresses when known (prevResult); otherwise the
+/// masquerade entries are found by their labels.
+fn start_rule_removal(
+    spec: &BridgeSpec,
+    attachments: &[Attachment],
+    addrs: Option<&[IpNetwork]>,
+) -> Result<Vec<firewall::Pending>, Error> {
+    let mut masq = String::new();
+    if spec.ip_masq {
+        masq = match addrs {
+            Some(addrs) => firewall::remove_masquerade(addrs),
+            None => {
+                let labels: Vec<String> = attachments
+                    .iter()
+                    .map(|a| a.label().as_str().to_string())
+                    .collect();
+                firewall::remove_labelled_masquerade(|n| labels.iter().any(|l| l == n))?
+            }
+        };
+    }
+    let mut mac = String::new();
+    if spec.macspoofchk {
+        for a in attachments {
+            mac += &firewall::remove_mac_spoof_check(a, spec.container_mac(a));
+        }
+    }
+    // Separate transactions: either table may be missing, which fails only its own.
+    let ids: Vec<&str> = attachments.iter().map(Attachment::container_id).collect();
+    let what = format!("removing the rules of {}", ids.join(", "));
+    let mut pending = Vec::new();
+    for s in [masq, mac] {
+        if !s.is_empty() {
+            pending.push(firewall::apply_if_present(&s, what.clone())?);
+        }
+    }
+    Ok(pending)
+}
+
+/// Waits for every transaction (none is left running); the first failure is the result.
+fn wait_all(pending: Vec<firewall::Pending>) -> Result<(), Error> {
+    let mut outcome = Ok(());
+    for p in pending {
+        let r = p.wait();
+        if outcome.is_ok() {
+            outcome = r;
+        }
+    }
+    outcome
+}
+
+/// Puts each gateway on the bridge; an IPv4 address of another subnet there is replaced
+/// with `forceAddress` and refused without it.
+async fn set_gateways(
+    nl: &Netlink,
+    spec: &BridgeSpec,
+    bridge: &LinkInfo,
+    ips: &[IpConfig],
+) -> Result<(), Error> {
+    let existing = nl.addresses(bridge.index, &bridge.name).await?;
+    for ip in ips {
+        let Some(gw) = ip.gateway else { continue };
+        let gw_net = IpNetwork::new(gw, ip.address.prefix()).map_err(|e| {
+            Error::config(format!("gateway {gw} does not fit address {}", ip.address))
+                .details(e.to_string())
+        })?;
+        if gw.is_ipv4() {
+            for old in existing.iter().filter(|a| a.is_ipv4() && **a != gw_net) {
+                if !spec.force_address {
+                    return Err(Error::new(
+                        code::INVALID_CONFIG,
+                        format!(
+                            "bridge {} already has address {old}, not {gw_net} (set forceAddress to replace it)",
+                            bridge.name
+                        ),
+                    ));
+                }
+                nl.delete_address(bridge.index, &bridge.name, *old).await?;
+            }
+        }
+        nl.add_address(bridge.index, &bridge.name, gw_net).await?;
+    }
+    Ok(())
+}
+
+fn enable_forwarding(ips: &[IpConfig]) -> Result<(), Error> {
+    if ips.iter().any(|i| i.address.is_ipv4()) {
+        net::sysctl_set("net/ipv4/ip_forward", "1")?;
+    }
+    if ips.iter().any(|i| i.address.is_ipv6()) {
+        net::sysctl_set("net/ipv6/conf/all/forwarding", "1")?;
+    }
+    Ok(())
+}
+
+/// What CHECK finds wrong on the host side: the bridge, and the host veth on it.
+async fn host_differences(
+    nl: &Netlink,
+    spec: &BridgeSpec,
+    a: &Attachment,
+) -> Result<Vec<String>, net::Error> {
+    let veth = a.host_veth();
+    let mut problems = Vec::new();
+    match (nl.link(&spec.bridge).await?, nl.link(&veth).await?) {
+        (None, _) => problems.push(format!("bridge {} is missing", spec.bridge)),
+        (_, None) => problems.push(format!("host veth {veth} is missing")),
+        (Some(b), Some(h)) if h.controller != Some(b.index) => {
+            problems.push(format!("{veth} is not attached to {}", b.name))
+        }
+        _ => {}
+    }
+    Ok(problems)
+}

@@ -1,0 +1,110 @@
+//! The container side of an attachment, the same for every plugin that puts an interface
+//! into a container (what the reference plugins share as pkg/ipam ConfigureIface): the
+//! result's addresses, the link up, its routes (a route without a gateway goes via the
+//! first gateway of its family), arp_notify; and CHECK's comparison of that interface
+//! with prevResult.
+
+use std::net::IpAddr;
+
+use crate::net::{self, format_mac, sysctl_set, Netlink, Netns, RouteSpec};
+use crate::spec::{CniResult, IpConfig, Route};
+
+fn gone(name: &str) -> net::Error {
+    net::Error::io(
+        format!("finding {name} in the container"),
+        std::io::ErrorKind::NotFound.into(),
+    )
+}
+
+/// The gateway a route without one goes through: the first of its family.
+fn default_gateway(ips: &[IpConfig], v4: bool) -> Option<IpAddr> {
+    ips.iter()
+        .filter(|i| i.address.is_ipv4() == v4)
+        .find_map(|i| i.gateway)
+}
+
+/// The kernel route for a result route out of link `oif`.
+pub fn route_spec(rt: &Route, ips: &[IpConfig], oif: u32) -> RouteSpec {
+    RouteSpec {
+        gw: rt.gw.or_else(|| default_gateway(ips, rt.dst.is_ipv4())),
+        metric: rt.priority,
+        mtu: rt.mtu,
+        advmss: rt.advmss,
+        table: rt.table,
+        scope: rt.scope.and_then(|s| u8::try_from(s).ok()),
+        ..RouteSpec::new(rt.dst, None, oif)
+    }
+}
+
+/// Configures `ifname` inside the container from the result `r`.
+pub async fn configure(
+    nl: &Netlink,
+    netns: &Netns,
+    ifname: &str,
+    r: &CniResult,
+) -> Result<(), net::Error> {
+    let link = nl.link(ifname).await?.ok_or_else(|| gone(ifname))?;
+    if r.ips.iter().any(|i| i.address.is_ipv4()) {
+        // Neighbours learn a moved address at once (the reference's arp_notify).
+        let key = format!("net/ipv4/conf/{}/arp_notify", link.name);
+        netns.run(|| sysctl_set(&key, "1"))??;
+    }
+    for ip in &r.ips {
+        nl.add_address(link.index, ifname, ip.address).await?;
+    }
+    nl.set_up(link.index, ifname).await?;
+    for rt in &r.routes {
+        nl.add_route(&route_spec(rt, &r.ips, link.index)).await?;
+    }
+    Ok(())
+}
+
+/// What differs between `ifname` in the container and prevResult (empty: nothing).
+pub async fn differences(
+    nl: &Netlink,
+    netns_path: &str,
+    ifname: &str,
+    prev: &CniResult,
+) -> Result<Vec<String>, net::Error> {
+    let mut problems = Vec::new();
+    let Some(link) = nl.link(ifname).await? else {
+        problems.push(format!("{ifname} is missing in {netns_path}"));
+        return Ok(problems);
+    };
+    let want = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == ifname && i.sandbox == netns_path);
+    if let Some(i) = want.map(|i| &prev.interfaces[i]) {
+        if !i.mac.is_empty() && !i.mac.eq_ignore_ascii_case(&format_mac(&link.mac)) {
+            problems.push(format!(
+                "{ifname} has MAC {}, prevResult says {}",
+                format_mac(&link.mac),
+                i.mac
+            ));
+        }
+    }
+    if !link.up {
+        problems.push(format!("{ifname} is down"));
+    }
+    let addrs = nl.addresses(link.index, ifname).await?;
+    for ip in prev
+        .ips
+        .iter()
+        .filter(|ip| want.is_none() || ip.interface.is_none() || ip.interface == want)
+    {
+        if !addrs.contains(&ip.address) {
+            problems.push(format!("address {} is missing", ip.address));
+        }
+    }
+    for v6 in [false, true] {
+        let routes = nl.routes(v6).await?;
+        for rt in prev.routes.iter().filter(|r| r.dst.is_ipv6() == v6) {
+            let gw_ok = |g: Option<IpAddr>| rt.gw.is_none() || g == rt.gw;
+            if !routes.iter().any(|k| k.dst == rt.dst && gw_ok(k.gw)) {
+                problems.push(format!("route {} is missing", rt.dst));
+            }
+        }
+    }
+    Ok(problems)
+}

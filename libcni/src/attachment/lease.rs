@@ -1,0 +1,89 @@
+//! The IPAM lease guard: the addresses a delegated ADD handed out in this call are given
+//! back on every path that does not commit the ADD (an error, an early return, a panic
+//! unwinding). Only what this call's ADD got is released: an ADD that the IPAM plugin
+//! refused (a duplicate of a live attachment, say) leaves nothing to release, so a retried
+//! ADD never frees the address of the attachment it collided with.
+
+use crate::delegate::{self, Delegate};
+use crate::exec::Running;
+use crate::skel::CmdArgs;
+use crate::spec::{CniResult, Error};
+
+/// An IPAM ADD under way, started so the plugin can build links meanwhile.
+pub struct PendingLease<'a> {
+    ipam: &'a Delegate,
+    args: &'a CmdArgs,
+    running: Option<Running>,
+}
+
+/// Addresses held for this ADD until [`Lease::commit`].
+pub struct Lease<'a> {
+    ipam: &'a Delegate,
+    args: &'a CmdArgs,
+    result: CniResult,
+    committed: bool,
+}
+
+impl<'a> PendingLease<'a> {
+    pub fn start(ipam: &'a Delegate, args: &'a CmdArgs) -> Result<PendingLease<'a>, Error> {
+        Ok(PendingLease {
+            ipam,
+            args,
+            running: Some(ipam.start("ADD", args)?),
+        })
+    }
+
+    /// The lease, once the IPAM plugin answered.
+    pub fn wait(mut self) -> Result<Lease<'a>, Error> {
+        let running = self.running.take().expect("waited for once");
+        let printed = running.wait()?;
+        let mut lease = Lease {
+            ipam: self.ipam,
+            args: self.args,
+            result: Default::default(),
+            committed: false,
+        };
+        // From here on, dropping the lease releases what the IPAM plugin handed out.
+        lease.result = delegate::result(printed, self.ipam.plugin(), self.args)?;
+        Ok(lease)
+    }
+}
+
+impl Drop for PendingLease<'_> {
+    /// The caller failed before waiting: the delegate may still have allocated.
+    fn drop(&mut self) {
+        if self.running.is_some() {
+            let pending = PendingLease {
+                ipam: self.ipam,
+                args: self.args,
+                running: self.running.take(),
+            };
+            drop(pending.wait());
+        }
+    }
+}
+
+impl Lease<'_> {
+    pub fn result(&self) -> &CniResult {
+        &self.result
+    }
+
+    /// The ADD succeeded: the addresses stay with the attachment.
+    pub fn commit(mut self) -> CniResult {
+        self.committed = true;
+        std::mem::take(&mut self.result)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            if let Err(e) = self.ipam.run("DEL", self.args) {
+                eprintln!(
+                    "releasing the addresses of a failed ADD through {}: {e}",
+                    self.ipam.plugin()
+                );
+            }
+        }
+    }
+}

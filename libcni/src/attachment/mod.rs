@@ -1,0 +1,160 @@
+//! The attachment layer: what every plugin that puts an interface into a container
+//! shares. Here: one attachment's identity (network, containerID, ifname) and every name
+//! derived from it (host veth, container MAC, link alias, rule labels), in this one place,
+//! so DEL and GC find it again from those three strings alone and two attachments never
+//! share a derived name. `lease` guards an ADD's IPAM allocation, `undo` what an ADD
+//! created, `container` configures and checks the container's interface.
+
+pub mod bridged;
+pub mod container;
+mod lease;
+mod undo;
+pub mod veth;
+
+pub use lease::{Lease, PendingLease};
+pub use undo::Undo;
+
+use crate::names::{short_part, stable_hash};
+use crate::skel::CmdArgs;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Attachment {
+    network: String,
+    container_id: String,
+    ifname: String,
+}
+
+/// Our prefix in link aliases.
+const ALIAS_PREFIX: &str = "cni-rs/";
+
+impl Attachment {
+    /// The attachment of an invocation; the skeleton has validated all three names.
+    pub fn of(args: &CmdArgs) -> Attachment {
+        Attachment::new(&args.conf.name, &args.container_id, &args.ifname)
+    }
+
+    /// An attachment named by a runtime (GC's valid list, or a DEL's arguments).
+    pub fn new(network: &str, container_id: &str, ifname: &str) -> Attachment {
+        Attachment {
+            network: network.to_string(),
+            container_id: container_id.to_string(),
+            ifname: ifname.to_string(),
+        }
+    }
+
+    pub fn network(&self) -> &str {
+        &self.network
+    }
+
+    pub fn container_id(&self) -> &str {
+        &self.container_id
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    /// The host-side veth name: `veth` and 11 hex digits, 15 characters.
+    pub fn host_veth(&self) -> String {
+        let h = stable_hash(&[&self.network, &self.container_id, &self.ifname]);
+        format!("veth{:011x}", h & 0xfff_ffff_ffff)
+    }
+
+    /// The container interface's MAC: locally administered unicast, so DEL knows it
+    /// without the container (the MAC spoof check is keyed by it).
+    pub fn container_mac(&self) -> [u8; 6] {
+        let h = stable_hash(&["mac", &self.network, &self.container_id, &self.ifname]);
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&h.to_be_bytes()[..6]);
+        mac[0] = (mac[0] & 0xfe) | 0x02;
+        mac
+    }
+
+    /// The alias our host-side links carry, for GC: `cni-rs/<cid>/<ifname>/<network>`,
+    /// long names shortened (an alias holds at most 255 bytes).
+    pub fn alias(&self) -> String {
+        format!(
+            "{ALIAS_PREFIX}{}/{}/{}",
+            short_part(&self.container_id),
+            self.ifname,
+            short_part(&self.network)
+        )
+    }
+
+    /// Whether `alias` names an attachment of `network`.
+    pub fn alias_in_network(alias: &str, network: &str) -> bool {
+        alias.starts_with(ALIAS_PREFIX) && alias.ends_with(&format!("/{}", short_part(network)))
+    }
+
+    /// The label of the container's rules and set elements.
+    pub fn label(&self) -> Label {
+        Label::new(&self.network, &self.container_id)
+    }
+}
+
+/// "network/containerID" on rules and set elements, each part shortened when long: at
+/// most 121 bytes of letters, digits and `_.-~/`, so it fits an nft comment as it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Label(String);
+
+impl Label {
+    /// From a validated network name and container ID.
+    pub fn new(network: &str, container_id: &str) -> Label {
+        Label(format!(
+            "{}/{}",
+            short_part(network),
+            short_part(container_id)
+        ))
+    }
+
+    /// What every label of `network` starts with.
+    pub fn network_prefix(network: &str) -> String {
+        format!("{}/", short_part(network))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_names_are_stable_and_distinct() {
+        let a = Attachment::new("net", "c1", "eth0");
+        assert_eq!(
+            a.host_veth(),
+            Attachment::new("net", "c1", "eth0").host_veth()
+        );
+        assert_eq!(a.host_veth().len(), 15);
+        assert_ne!(
+            a.host_veth(),
+            Attachment::new("net", "c1", "eth1").host_veth()
+        );
+        assert_ne!(
+            Attachment::new("ne", "tc1", "eth0").host_veth(),
+            a.host_veth()
+        );
+        let mac = a.container_mac();
+        assert_eq!(mac[0] & 0x03, 0x02);
+        assert_ne!(mac, Attachment::new("net", "c2", "eth0").container_mac());
+    }
+
+    #[test]
+    fn long_names_fit_and_stay_distinct() {
+        let net = "n".repeat(200);
+        let (a, b) = (
+            Attachment::new(&net, &"c".repeat(300), "eth0"),
+            Attachment::new(&net, &format!("{}d", "c".repeat(300)), "eth0"),
+        );
+        assert!(a.alias().len() <= 255, "{}", a.alias());
+        assert!(a.label().as_str().len() <= 127);
+        assert_ne!(a.label(), b.label());
+        assert_ne!(a.alias(), b.alias());
+        assert!(Attachment::alias_in_network(&a.alias(), &net));
+        assert!(!Attachment::alias_in_network(&a.alias(), "n"));
+        assert!(a.label().as_str().starts_with(&Label::network_prefix(&net)));
+    }
+}

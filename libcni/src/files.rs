@@ -1,0 +1,180 @@
+//! Files we keep (the IPAM store, tuning's backups, the result cache): directories 0700
+//! and files 0600 whatever the caller's umask, a directory we use is a real directory of
+//! ours (a symlink planted in its place is refused), a file is never opened through a
+//! symlink, and a file is replaced whole (written under a name no one else uses, then
+//! renamed), so a reader never sees half of one.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// A failed file operation: which path, what we were doing, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{what} {}: {source}", path.display())]
+pub struct Error {
+    pub what: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl Error {
+    fn new(what: &'static str, path: &Path, source: io::Error) -> Error {
+        Error {
+            what,
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<Error> for crate::spec::Error {
+    fn from(e: Error) -> crate::spec::Error {
+        crate::spec::Error::new(
+            crate::spec::code::IO,
+            format!("{} {}", e.what, e.path.display()),
+        )
+        .details(e.source.to_string())
+    }
+}
+
+/// Makes `dir` (missing parents too, 0700) and checks that it is a directory owned by us,
+/// not a symlink.
+pub fn private_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::new("creating", dir, e))?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| Error::new("inspecting", dir, e))?;
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if !meta.file_type().is_dir() || meta.uid() != me {
+        return Err(Error::new(
+            "using",
+            dir,
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "not a directory owned by this user (a symlink or someone else's)",
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn nofollow() -> OpenOptions {
+    let mut o = OpenOptions::new();
+    o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
+    o
+}
+
+/// Reads a file without following a symlink; None when it does not exist.
+pub fn read(path: &Path) -> Result<Option<Vec<u8>>, Error> {
+    let mut f = match nofollow().read(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::new("opening", path, e)),
+    };
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)
+        .map_err(|e| Error::new("reading", path, e))?;
+    Ok(Some(bytes))
+}
+
+/// Creates `path` with `bytes` only if nothing is there (0600, never through a symlink);
+/// `Ok(false)` when something already is.
+pub fn create_new(path: &Path, bytes: &[u8]) -> Result<bool, Error> {
+    let mut f = match nofollow()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(Error::new("creating", path, e)),
+    };
+    if let Err(e) = f.write_all(bytes) {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(Error::new("writing", path, e));
+    }
+    Ok(true)
+}
+
+/// Replaces `path` with a file holding `bytes`: written to a temporary name unique to this
+/// process and `path` (created exclusively, 0600), then renamed over `path` (which
+/// replaces a symlink there, never follows it).
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let written = (|| -> io::Result<()> {
+        let mut f: File = nofollow()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        std::fs::rename(&tmp, path)
+    })();
+    written.map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::new("writing", path, e)
+    })
+}
+
+/// Removes `path` (a symlink itself, never its target); gone already is fine.
+pub fn remove(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(Error::new("removing", path, e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn private_whatever_the_umask_and_never_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        // SAFETY: umask only changes this test process's creation mask.
+        let old = unsafe { libc::umask(0) };
+        let d = dir.path().join("a/b");
+        private_dir(&d).unwrap();
+        let f = d.join("x");
+        replace(&f, b"1").unwrap();
+        assert!(create_new(&d.join("y"), b"2").unwrap());
+        assert!(!create_new(&d.join("y"), b"3").unwrap());
+        unsafe { libc::umask(old) };
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            (mode(&d), mode(&f), mode(&d.join("y"))),
+            (0o700, 0o600, 0o600)
+        );
+        assert_eq!(read(&f).unwrap().unwrap(), b"1");
+        assert_eq!(read(&d.join("none")).unwrap(), None);
+
+        // a planted symlink: read refuses it, replace swaps the link itself out
+        let target = dir.path().join("target");
+        std::fs::write(&target, "precious").unwrap();
+        let planted = d.join("planted");
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        assert!(read(&planted).is_err());
+        assert!(!create_new(&planted, b"x").unwrap());
+        replace(&planted, b"mine").unwrap();
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        assert_eq!(read(&planted).unwrap().unwrap(), b"mine");
+
+        // a symlink where a directory should be
+        let link_dir = dir.path().join("linkdir");
+        std::os::unix::fs::symlink(dir.path(), &link_dir).unwrap();
+        assert!(private_dir(&link_dir).is_err());
+    }
+}
