@@ -83,30 +83,22 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, Error> {
 }
 
 /// Creates `path` with `bytes` only if nothing is there (0600, never through a symlink);
-/// `Ok(false)` when something already is.
+/// `Ok(false)` when something already is. The file appears whole or not at all (written
+/// under a temporary name, then linked into place), so a kill never leaves an empty claim.
 pub fn create_new(path: &Path, bytes: &[u8]) -> Result<bool, Error> {
-    let mut f = match nofollow()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
-        Err(e) => return Err(Error::new("creating", path, e)),
-    };
-    if let Err(e) = f.write_all(bytes) {
-        drop(f);
-        let _ = std::fs::remove_file(path);
-        return Err(Error::new("writing", path, e));
+    let tmp = write_temporary(path, bytes)?;
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(Error::new("creating", path, e)),
     }
-    Ok(true)
 }
 
-/// Replaces `path` with a file holding `bytes`: written to a temporary name unique to this
-/// process and `path` (created exclusively, 0600), then renamed over `path` (which
-/// replaces a symlink there, never follows it).
-pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+/// `bytes` in a new file next to `path`, under a name unique to this process and `path`
+/// (a leftover of a killed process is replaced).
+fn write_temporary(path: &Path, bytes: &[u8]) -> Result<PathBuf, Error> {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy())
@@ -119,10 +111,23 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
-        f.write_all(bytes)?;
-        std::fs::rename(&tmp, path)
+        f.write_all(bytes)
     })();
-    written.map_err(|e| {
+    match written {
+        Ok(()) => Ok(tmp),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(Error::new("writing", path, e))
+        }
+    }
+}
+
+/// Replaces `path` with a file holding `bytes`: written to a temporary name unique to this
+/// process and `path` (created exclusively, 0600), then renamed over `path` (which
+/// replaces a symlink there, never follows it).
+pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let tmp = write_temporary(path, bytes)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         Error::new("writing", path, e)
     })

@@ -239,6 +239,8 @@ pub struct Call<'a> {
     pub container_id: String,
     pub ifname: &'a str,
     pub env: Vec<(String, String)>,
+    /// The file creation mask the plugin starts with (the runtime's, say 000).
+    pub umask: Option<u32>,
 }
 
 impl<'a> Call<'a> {
@@ -258,7 +260,18 @@ impl<'a> Call<'a> {
             container_id: container_id.to_string(),
             ifname: "eth0",
             env: Vec::new(),
+            umask: None,
         }
+    }
+
+    pub fn ifname(mut self, ifname: &'a str) -> Self {
+        self.ifname = ifname;
+        self
+    }
+
+    pub fn umask(mut self, mask: u32) -> Self {
+        self.umask = Some(mask);
+        self
     }
 
     pub fn reference(mut self) -> Self {
@@ -307,6 +320,17 @@ impl<'a> Call<'a> {
                 cmd.env_remove(k);
             } else {
                 cmd.env(k, v);
+            }
+        }
+        if let Some(mask) = self.umask {
+            use std::os::unix::process::CommandExt;
+            let mask = nix::sys::stat::Mode::from_bits_truncate(mask);
+            // SAFETY: umask is async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::stat::umask(mask);
+                    Ok(())
+                });
             }
         }
         let mut child = cmd.spawn().expect("spawning plugin");

@@ -1,6 +1,13 @@
 //! The result cache, in upstream libcni's format, so its runtimes and ours read each
 //! other's files: `<cacheDir>/results/<network>-<containerID>-<ifname>`, JSON of kind
 //! `cniCacheV1` with the network list base64-encoded and the last plugin's result.
+//!
+//! Upstream's name is ambiguous ("a-b", "c" and "a", "b-c" share one) and can exceed a
+//! file name's 255 bytes. An entry names its attachment, so a file is only ever read as
+//! the attachment it names; when upstream's name is too long or held by another
+//! attachment, the entry goes under a second name that cannot collide (shortened parts
+//! and a hash, with '~', which no valid name holds). Files are private and written whole
+//! (libcni::files).
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +16,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{RuntimeConf, RuntimeError};
+use crate::files;
+use crate::names::{short_part, stable_hash};
 
 const KIND: &str = "cniCacheV1";
 
@@ -50,12 +59,37 @@ fn results_dir(cache_dir: &Path) -> PathBuf {
     cache_dir.join("results")
 }
 
-pub fn path(cache_dir: &Path, network: &str, rt: &RuntimeConf) -> PathBuf {
-    results_dir(cache_dir).join(format!("{network}-{}-{}", rt.container_id, rt.ifname))
+/// Where an attachment's entry may be: upstream's name (when it fits), then ours.
+fn candidates(cache_dir: &Path, network: &str, rt: &RuntimeConf) -> Vec<PathBuf> {
+    let dir = results_dir(cache_dir);
+    let upstream = format!("{network}-{}-{}", rt.container_id, rt.ifname);
+    let ours = format!(
+        "{}-{}-{}~{:016x}",
+        short_part(network),
+        short_part(&rt.container_id),
+        rt.ifname,
+        stable_hash(&[network, &rt.container_id, &rt.ifname])
+    );
+    let mut out = Vec::new();
+    if upstream.len() <= 255 {
+        out.push(dir.join(upstream));
+    }
+    out.push(dir.join(ours));
+    out
 }
 
-/// Records an attachment and its result; written to a temporary file and renamed, so a
-/// reader never sees half a file.
+fn names(e: &Entry, network: &str, rt: &RuntimeConf) -> bool {
+    e.network == network && e.container_id == rt.container_id && e.ifname == rt.ifname
+}
+
+/// The file holding this attachment's entry, if there is one.
+fn find(cache_dir: &Path, network: &str, rt: &RuntimeConf) -> Option<(PathBuf, Entry)> {
+    candidates(cache_dir, network, rt)
+        .into_iter()
+        .find_map(|p| read(&p).filter(|e| names(e, network, rt)).map(|e| (p, e)))
+}
+
+/// Records an attachment and its result, replacing its previous entry.
 pub fn write(
     cache_dir: &Path,
     network: &str,
@@ -78,30 +112,39 @@ pub fn write(
         capability_args: rt.capability_args.clone(),
         result: Some(result.clone()),
     };
-    let file = path(cache_dir, network, rt);
-    let io = |what: &str, e| RuntimeError::Io {
-        what: format!("{what} {}", file.display()),
-        source: e,
+    // Our own entry's file, else the first name no other attachment's entry holds.
+    let file = find(cache_dir, network, rt).map(|(p, _)| p).or_else(|| {
+        candidates(cache_dir, network, rt)
+            .into_iter()
+            .find(|p| read(p).is_none())
+    });
+    let file = file.unwrap_or_else(|| {
+        candidates(cache_dir, network, rt)
+            .pop()
+            .expect("always one candidate")
+    });
+    let io = |e: files::Error| RuntimeError::Io {
+        what: format!("{} {}", e.what, e.path.display()),
+        source: e.source,
     };
-    std::fs::create_dir_all(results_dir(cache_dir))
-        .map_err(|e| io("creating the directory of", e))?;
-    let tmp = file.with_extension("tmp");
+    files::private_dir(&results_dir(cache_dir)).map_err(io)?;
     let bytes = serde_json::to_vec(&entry).expect("a cache entry always serializes");
-    std::fs::write(&tmp, bytes).map_err(|e| io("writing", e))?;
-    std::fs::rename(&tmp, &file).map_err(|e| io("writing", e))
+    files::replace(&file, &bytes).map_err(io)
 }
 
 /// The cached result of an attachment, if there is a readable entry.
 pub fn result(cache_dir: &Path, network: &str, rt: &RuntimeConf) -> Option<Value> {
-    read(&path(cache_dir, network, rt)).and_then(|e| e.result)
+    find(cache_dir, network, rt).and_then(|(_, e)| e.result)
 }
 
 pub fn remove(cache_dir: &Path, network: &str, rt: &RuntimeConf) {
-    let _ = std::fs::remove_file(path(cache_dir, network, rt));
+    if let Some((p, _)) = find(cache_dir, network, rt) {
+        let _ = files::remove(&p);
+    }
 }
 
 fn read(file: &Path) -> Option<Entry> {
-    let entry: Entry = serde_json::from_slice(&std::fs::read(file).ok()?).ok()?;
+    let entry: Entry = serde_json::from_slice(&files::read(file).ok()??).ok()?;
     (entry.kind == KIND).then_some(entry)
 }
 
@@ -168,6 +211,37 @@ mod tests {
 
     fn result_of(dir: &Path) -> Option<Value> {
         result(dir, "net", &rt())
+    }
+
+    #[test]
+    fn attachments_whose_upstream_names_collide_keep_their_own_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let one = |network: &str, cid: &str| {
+            RuntimeConf {
+                container_id: cid.into(),
+                ifname: "eth0".into(),
+                ..Default::default()
+            }
+            .with_network(network)
+        };
+        let (a, b) = (one("a-b", "c"), one("a", "b-c"));
+        let long = one(&"n".repeat(200), &"c".repeat(100));
+        for (net, rt) in [&a, &b, &long] {
+            let result = serde_json::json!({"cniVersion": "1.0.0", "dns": {"domain": net}});
+            write(dir.path(), net, b"{}", rt, &result).unwrap();
+        }
+        for (net, rt) in [&a, &b, &long] {
+            assert_eq!(result(dir.path(), net, rt).unwrap()["dns"]["domain"], *net);
+        }
+        remove(dir.path(), &a.0, &a.1);
+        assert!(result(dir.path(), &a.0, &a.1).is_none());
+        assert!(result(dir.path(), &b.0, &b.1).is_some());
+    }
+
+    impl RuntimeConf {
+        fn with_network(self, network: &str) -> (String, RuntimeConf) {
+            (network.to_string(), self)
+        }
     }
 
     #[test]

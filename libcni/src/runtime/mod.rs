@@ -61,6 +61,9 @@ pub enum RuntimeError {
     },
     #[error("{0}")]
     Unsupported(String),
+    /// A network name, container ID or interface name that breaks the spec's rules.
+    #[error("{0}")]
+    Invalid(String),
     /// Several attachments or plugins failed during GC.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
     Many(Vec<RuntimeError>),
@@ -108,6 +111,7 @@ impl Cni {
 
     /// Adds the attachment through every plugin in order and caches the final result.
     pub fn add(&self, list: &NetworkList, rt: &RuntimeConf) -> Result<CniResult, RuntimeError> {
+        validate(list, rt)?;
         let mut prev: Option<Value> = None;
         for plugin in &list.plugins {
             let conf = plugin_conf(list, plugin, prev.as_ref(), Some(rt));
@@ -136,6 +140,7 @@ impl Cni {
     /// without capability arguments gets those the attachment was added with, so that
     /// portmap, say, still finds its mappings.
     pub fn del(&self, list: &NetworkList, rt: &RuntimeConf) -> Result<(), RuntimeError> {
+        validate(list, rt)?;
         let cached_caps;
         let rt = if rt.capability_args.is_empty() {
             let cached = cache::attachments(&self.cache_dir, Some(&rt.container_id))
@@ -166,6 +171,7 @@ impl Cni {
 
     /// Checks the attachment against its cached result in every plugin.
     pub fn check(&self, list: &NetworkList, rt: &RuntimeConf) -> Result<(), RuntimeError> {
+        validate(list, rt)?;
         if version(list) < Version(0, 4, 0) {
             return Err(RuntimeError::Unsupported(format!(
                 "configuration version {} does not support the CHECK command",
@@ -300,6 +306,15 @@ impl Cni {
             .and_then(|r| r.wait_timeout(self.timeout))
             .map_err(fail)
     }
+}
+
+/// The spec's rules for the names that reach plugins and the cache's file names.
+fn validate(list: &NetworkList, rt: &RuntimeConf) -> Result<(), RuntimeError> {
+    let bad = |e: spec::Error| RuntimeError::Invalid(e.to_string());
+    crate::names::network_name(&list.name).map_err(bad)?;
+    crate::names::container_id(&rt.container_id).map_err(bad)?;
+    crate::names::ifname(&rt.ifname).map_err(bad)?;
+    Ok(())
 }
 
 fn plugin_type(plugin: &Map<String, Value>) -> &str {
