@@ -4,6 +4,8 @@
 //! plugin, `net` the Linux plumbing and `firewall` our nftables rules, `runtime` the caller
 //! side (chains, cache) for runtimes.
 
+#[cfg(any(test, feature = "arbitrary"))]
+pub mod arbitrary;
 pub mod attachment;
 pub mod decode;
 pub mod delegate;

@@ -555,4 +555,72 @@ mod tests {
         let e = call(&[("CNI_ARGS", "FAIL=1")], CONF).unwrap_err();
         assert_eq!((e.code, e.cni_version.as_str()), (100, "1.0.0"));
     }
+
+    mod properties {
+        use super::*;
+        use crate::arbitrary::{
+            check_dispatch, cni_args, config, hostile_string, json_value, RESULT_KEYS,
+        };
+        use proptest::prelude::*;
+
+        /// Reads everything a plugin reads: prevResult, CNI_ARGS, its own fields.
+        struct Probe;
+        impl Plugin for Probe {
+            fn add(&self, a: &CmdArgs) -> Result<CniResult, Error> {
+                let _ = a.cni_args(&["IP", "MAC", "GATEWAY"])?;
+                let _ = a.valid_attachments();
+                Ok(a.prev_result()?.unwrap_or_default())
+            }
+            fn del(&self, a: &CmdArgs) -> Result<(), Error> {
+                self.add(a).map(|_| ())
+            }
+            fn check(&self, a: &CmdArgs) -> Result<(), Error> {
+                a.required_prev_result().map(|_| ())
+            }
+        }
+
+        const FIELDS: &[&str] = &[
+            "prevResult",
+            "ipam",
+            "dns",
+            "runtimeConfig",
+            "args",
+            "cni.dev/valid-attachments",
+            "capabilities",
+        ];
+
+        proptest! {
+            #![proptest_config(crate::arbitrary::bounded(512))]
+
+            /// Never a panic; every rejection an error object with a code of the spec or ours.
+            #[test]
+            fn dispatch_never_panics(
+                mut conf in config(FIELDS),
+                prev in json_value(RESULT_KEYS),
+                args in cni_args(),
+                cmd in prop::sample::select(&["ADD", "DEL", "CHECK", "STATUS", "GC", "VERSION", "X"][..]),
+            ) {
+                conf["prevResult"] = prev;
+                check_dispatch(&Probe, cmd, &conf, &args)?;
+            }
+
+            /// Hostile container IDs and interface names are refused, never used.
+            #[test]
+            fn names_from_the_environment(cid in hostile_string(), ifname in hostile_string()) {
+                let out = call(&[("CNI_CONTAINERID", &cid), ("CNI_IFNAME", &ifname)], CONF);
+                let valid = names::is_container_id(&cid) && names::is_ifname(&ifname);
+                prop_assert_eq!(out.is_ok(), valid);
+            }
+
+            /// Any prevResult either fails to decode or prints in every version.
+            #[test]
+            fn results_convert_or_refuse(v in json_value(RESULT_KEYS), version in prop::sample::select(SUPPORTED_VERSIONS)) {
+                if let Ok(r) = CniResult::from_value_in(v, version) {
+                    for to in SUPPORTED_VERSIONS {
+                        let _ = r.to_json(to);
+                    }
+                }
+            }
+        }
+    }
 }

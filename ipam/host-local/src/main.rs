@@ -126,3 +126,79 @@ impl Plugin for HostLocal {
 fn main() {
     skel::run(&HostLocal, "CNI host-local IPAM plugin (cni-rs)")
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use libcni::arbitrary::{address, cni_args, hostile_string, json_value};
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    const IPAM_KEYS: &[&str] = &[
+        "subnet",
+        "rangeStart",
+        "rangeEnd",
+        "gateway",
+        "ranges",
+        "routes",
+        "dst",
+        "gw",
+        "resolvConf",
+        "ips",
+    ];
+
+    /// A range as written by hand: any subnet (IPv4 or IPv6, any prefix), sometimes with
+    /// start, end and gateway anywhere.
+    fn range() -> impl Strategy<Value = Value> {
+        let v6 = (any::<u16>(), 0u8..=128).prop_map(|(x, p)| format!("{x:x}::/{p}"));
+        let subnet = prop_oneof![address(), v6];
+        (
+            subnet,
+            proptest::option::of(address()),
+            proptest::option::of(address()),
+            proptest::option::of(address()),
+        )
+            .prop_map(|(s, a, b, g)| {
+                let mut r = json!({"subnet": s});
+                let bare =
+                    |x: String| Value::from(x.split('/').next().unwrap_or_default().to_string());
+                if let Some(a) = a {
+                    r["rangeStart"] = bare(a);
+                }
+                if let Some(b) = b {
+                    r["rangeEnd"] = bare(b);
+                }
+                if let Some(g) = g {
+                    r["gateway"] = bare(g);
+                }
+                r
+            })
+    }
+
+    proptest! {
+        #![proptest_config(libcni::arbitrary::bounded(256))]
+
+        /// Any config, requested addresses and CNI_ARGS: never a panic, every rejection an
+        /// error object; the store is a temporary directory.
+        #[test]
+        fn host_local_never_panics(
+            sets in prop::collection::vec(prop::collection::vec(range(), 0..3), 0..4),
+            extra in json_value(IPAM_KEYS),
+            ips in prop::collection::vec(prop_oneof![address(), hostile_string()], 0..3),
+            args in cni_args(),
+            cmd in prop::sample::select(&["ADD", "DEL", "CHECK", "GC", "STATUS"][..]),
+        ) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut ipam = json!({"type": "host-local", "ranges": sets});
+            if let Value::Object(m) = extra {
+                for (k, v) in m {
+                    ipam[k] = v;
+                }
+            }
+            ipam["dataDir"] = json!(dir.path());
+            let conf = json!({"cniVersion": "1.1.0", "name": "prop", "type": "host-local",
+                "ipam": ipam, "runtimeConfig": {"ips": ips}});
+            libcni::arbitrary::check_dispatch(&HostLocal, cmd, &conf, &args)?;
+        }
+    }
+}

@@ -97,12 +97,11 @@ pub fn segment_size(db: &Path) -> usize {
 /// Takes `<dir>/lock`, waiting at most [`LOCK_WAIT`] (then code 11: try again).
 fn lock(dir: &Path) -> Result<Flock<File>, Error> {
     let path = dir.join("lock");
+    // Read-only, as the reference opens it: a lock on a read-only disk still works.
     let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+        .read(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .custom_flags(libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(&path)
         .map_err(|e| io_err(format!("opening {}", path.display()), e))?;
     let started = Instant::now();
@@ -125,19 +124,90 @@ fn lock(dir: &Path) -> Result<Flock<File>, Error> {
     }
 }
 
-/// Opens the index. The previous holder of our flock may still be exiting with sled's file
-/// lock held (sled's threads keep the database open until the process ends), so a
-/// WouldBlock is waited out, bounded.
+/// Removes what a kill inside sled 0.34's own open leaves torn, which every later open
+/// would reject with `Corruption { at: None }` for good (spacejam/sled#1527, #1533):
+///
+/// * `snap.<lsn>.generating`: every open that finds the log grown writes a snapshot under
+///   this name (payload, length and CRC in three writes), fsyncs it and renames it
+///   (pagecache/snapshot.rs write_snapshot). sled's lookup does not skip `.generating`
+///   names and takes the greatest, so one cut short before the rename is read as the
+///   newest snapshot and fails its check. That open had logged nothing yet: without the
+///   file sled recovers the same state from the previous snapshot and the log. A whole
+///   one (CRC matches) is valid and left alone.
+/// * `conf`: written on a store's first open, before the data file, as text then CRC in
+///   two writes (config.rs write_config). Removed only while the data file is still empty;
+///   sled writes it again.
+///
+/// Runs under our flock (no other invocation is inside sled's open), before
+/// [`segment_size`] reads `conf`. Costs one readdir (~4 us).
+fn remove_torn_sled_files(db: &Path) -> std::io::Result<()> {
+    use std::io::ErrorKind::NotFound;
+    // sled's crc32, stored little-endian
+    let crc_ok = |checked: &[u8], stored: &[u8]| crc32fast::hash(checked).to_le_bytes() == stored;
+    let entries = match std::fs::read_dir(db) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with("snap.") && name.ends_with(".generating")) {
+            continue;
+        }
+        // payload, u64 LE payload length, u32 LE crc32(payload)
+        let bytes = std::fs::read(entry.path())?;
+        let n = bytes.len();
+        if !(n > 12 && crc_ok(&bytes[..n - 12], &bytes[n - 4..])) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    match std::fs::read(db.join("conf")) {
+        // sled itself treats 8 bytes or fewer as no conf and writes it again
+        Ok(bytes) if bytes.len() > 8 => {
+            let (text, crc) = bytes.split_at(bytes.len() - 4);
+            let data_len = std::fs::metadata(db.join("db")).map_or(0, |m| m.len());
+            if !crc_ok(text, crc) && data_len == 0 {
+                std::fs::remove_file(db.join("conf"))?;
+            }
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == NotFound => {}
+        Err(e) => return Err(e),
+    }
+    Ok(())
+}
+
+/// Whether an open failed on damaged files (rebuild the index) rather than on the
+/// machine (a full or read-only disk, permissions: report it, keep the index).
+fn is_damage(e: &sled::Error) -> bool {
+    use libc::{EACCES, EDQUOT, EIO, EMFILE, ENFILE, ENOMEM, ENOSPC, EPERM, EROFS};
+    let machine = [
+        ENOSPC, EDQUOT, EROFS, EACCES, EPERM, EIO, EMFILE, ENFILE, ENOMEM,
+    ];
+    !matches!(e, sled::Error::Io(io) if io.raw_os_error().is_some_and(|n| machine.contains(&n)))
+}
+
+/// Opens the index, first discarding what a kill inside sled's own open left torn. The
+/// previous holder of our flock may still be exiting with sled's file lock held (sled's
+/// threads keep the database open until the process ends), so a WouldBlock is waited
+/// out, bounded. A panic inside sled on damaged files is an error like any other.
 fn open_db(path: &Path) -> Result<sled::Db, sled::Error> {
+    remove_torn_sled_files(path)?;
+    let segment_size = segment_size(path);
     let started = Instant::now();
     loop {
         let _boost = UnpreemptedByChildren::enter();
-        let res = sled::Config::new()
-            .path(path)
-            .cache_capacity(1 << 20)
-            .flush_every_ms(None)
-            .segment_size(segment_size(path))
-            .open();
+        let res = std::panic::catch_unwind(|| {
+            sled::Config::new()
+                .path(path)
+                .cache_capacity(1 << 20)
+                .flush_every_ms(None)
+                .segment_size(segment_size)
+                .open()
+        })
+        .unwrap_or_else(|_| Err(sled::Error::ReportableBug("sled panicked opening".into())));
         match res {
             // sled 0.34 reports its failed try-lock as ErrorKind::Other with this text.
             Err(sled::Error::Io(e))
@@ -197,7 +267,14 @@ impl Store {
         let db_path = dir.join("sled");
         let db = match open_db(&db_path) {
             Ok(db) => Some(db),
-            Err(e) => Store::set_aside(&db_path, &e),
+            Err(e) if is_damage(&e) => Store::set_aside(&db_path, &e),
+            Err(e) => {
+                eprintln!(
+                    "host-local: the index {} cannot be opened: {e}",
+                    db_path.display()
+                );
+                None
+            }
         };
         let store = Store {
             dir: dir.to_path_buf(),
@@ -497,6 +574,42 @@ mod tests {
         let s = Store::open(dir.path()).unwrap();
         assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
         assert!(dir.path().join("sled.broken").is_file());
+    }
+
+    #[test]
+    fn opens_after_a_kill_inside_sleds_snapshot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
+        }
+        // what a kill between creating and filling sled's snapshot leaves
+        let torn = dir.path().join("sled/snap.FFFFFFFFFFFFFFFF.generating");
+        std::fs::write(&torn, b"").unwrap();
+        assert!(
+            open_db(&dir.path().join("sled")).is_ok(),
+            "the torn snapshot was read"
+        );
+        assert!(!torn.exists());
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
+        assert!(
+            !dir.path().join("sled.broken").exists(),
+            "repaired, not rebuilt"
+        );
+    }
+
+    #[test]
+    fn opens_after_a_kill_inside_sleds_first_open() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("sled")).unwrap();
+        // conf text without its CRC: a kill between sled's two writes of it
+        std::fs::write(
+            dir.path().join("sled/conf"),
+            "segment_size: 16384\nuse_compression: false\nversion: 0.34\n",
+        )
+        .unwrap();
+        assert!(open_db(&dir.path().join("sled")).is_ok());
     }
 
     #[test]

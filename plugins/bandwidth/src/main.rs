@@ -274,6 +274,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &[
+            "ingressRate",
+            "ingressBurst",
+            "egressRate",
+            "egressBurst",
+            "runtimeConfig",
+            "bandwidth",
+            "shapedSubnets",
+            "unshapedSubnets",
+        ];
+        libcni::arbitrary::probe_reading(FIELDS, |a| {
+            let (_, l) = Conf::load(a)?;
+            bucket(l.ingress_rate, l.ingress_burst);
+            bucket(l.egress_rate, l.egress_burst);
+            Ok(())
+        });
+    }
+
+    #[test]
     fn ifb_name_fits_a_link_name() {
         let n = ifb_name("net", "c1");
         assert_eq!(n.len(), 15);

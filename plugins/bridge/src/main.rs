@@ -59,3 +59,31 @@ impl Plugin for Bridge {
 fn main() {
     skel::run(&Bridge, "CNI bridge plugin (cni-rs)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &[
+            "bridge",
+            "isGateway",
+            "isDefaultGateway",
+            "forceAddress",
+            "ipMasq",
+            "mtu",
+            "hairpinMode",
+            "promiscMode",
+            "macspoofchk",
+            "ipam",
+            "dns",
+            "vlan",
+            "vlanTrunk",
+            "runtimeConfig",
+            "args",
+            "mac",
+        ];
+        libcni::arbitrary::probe_reading(FIELDS, |a| spec(a).map(|_| ()));
+    }
+}

@@ -151,3 +151,18 @@ impl Plugin for Firewall {
 fn main() {
     skel::run(&Firewall, "CNI firewall plugin (cni-rs)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &["backend", "iptablesAdminChainName", "ingressPolicy"];
+        libcni::arbitrary::probe_reading(FIELDS, |a| {
+            Conf::load(a)?;
+            addresses(&a.prev_result()?.unwrap_or_default());
+            Ok(())
+        });
+    }
+}

@@ -184,3 +184,34 @@ impl Plugin for Portmap {
 fn main() {
     skel::run(&Portmap, "CNI portmap plugin (cni-rs)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &[
+            "runtimeConfig",
+            "portMappings",
+            "hostPort",
+            "containerPort",
+            "protocol",
+            "hostIP",
+            "snat",
+            "masqAll",
+            "markMasqBit",
+            "externalSetMarkChain",
+            "conditionsV4",
+            "conditionsV6",
+        ];
+        libcni::arbitrary::probe_reading(FIELDS, |a| {
+            let conf = Conf::load(a)?;
+            let prev = a.prev_result()?.unwrap_or_default();
+            let ips = container_ips(&prev, &a.ifname);
+            let mappings = &conf.runtime_config.port_mappings;
+            firewall::port_mappings(&conf.name, &a.container_id, mappings, &ips, conf.masq())?;
+            Ok(())
+        });
+    }
+}

@@ -353,6 +353,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &[
+            "sysctl",
+            "mac",
+            "mtu",
+            "promisc",
+            "allmulti",
+            "txQLen",
+            "dataDir",
+            "runtimeConfig",
+            "args",
+            "cni",
+        ];
+        libcni::arbitrary::probe_reading(FIELDS, |a| {
+            let (conf, _) = Conf::load(a)?;
+            for key in conf.sysctl.keys() {
+                sysctl_path(key, &a.ifname)?;
+            }
+            Ok(())
+        });
+    }
+
+    #[test]
     fn only_net_sysctls() {
         assert_eq!(
             sysctl_path("net.ipv4.conf.IFNAME.arp_filter", "eth0").unwrap(),
