@@ -5,8 +5,9 @@
 # the same config, per-invocation median/p90/p99 wall time, peak RSS of one invocation
 # (the plugin and its IPAM delegate), and the ratios; calls alternate between ours and
 # the reference so both see the same load. --chain runs podman's default list instead
-# (bridge with ipMasq, portmap, firewall, tuning) through our cnitool for both sides.
-# Usage: scripts/bench.sh [N] [--masq|--chain]
+# (bridge with ipMasq, portmap, firewall, tuning) through our cnitool for both sides;
+# --host-local host-local alone, with the cost of its reservation files measured apart.
+# Usage: scripts/bench.sh [N] [--masq|--chain|--host-local]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; fi
@@ -15,8 +16,9 @@ masq=false mode=bridge
 case "${2:-}" in
   --masq) masq=true ;;
   --chain) masq=true mode=chain ;;
+  --host-local) mode=host-local ;;
   "") ;;
-  *) echo "usage: scripts/bench.sh [N] [--masq|--chain]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [N] [--masq|--chain|--host-local]" >&2; exit 2 ;;
 esac
 scripts/deps.sh iproute2 nftables containernetworking-plugins python3 time
 cargo build --release --bins --quiet
@@ -24,6 +26,7 @@ tag=cnirs-bench-$$
 made=()
 cleanup() { for ns in "${made[@]}"; do ip netns delete "$ns" 2>/dev/null || true; done; }
 trap cleanup EXIT
+trap "exit 130" INT TERM
 for side in ours ref; do
   ip netns add "$tag-$side"; made+=("$tag-$side")
   for i in $(seq "$n"); do ip netns add "$tag-$side-$i"; made+=("$tag-$side-$i"); done

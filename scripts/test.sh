@@ -8,7 +8,7 @@ if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh needs root (network namespace
 # containernetworking-plugins: the reference plugins the comparison tests run;
 # python3: the TCP servers and clients of the port mapping tests; containerd, runc,
 # podman, busybox-static: the real runtimes and the container image of tests/clients/.
-scripts/deps.sh iproute2 nftables iputils-ping containernetworking-plugins python3 \
+scripts/deps.sh iproute2 nftables iptables iputils-ping containernetworking-plugins python3 \
   containerd runc podman busybox-static || exit 1
 cargo build --release --bins || exit 1
 log=$(mktemp)

@@ -133,6 +133,28 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     })
 }
 
+/// Temporary files a killed writer left in `dir` (for `name` only, if given): written by
+/// [`create_new`] or [`replace`], never renamed or linked into place.
+pub fn leftovers(dir: &Path, name: Option<&str>) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| {
+            let n = e.file_name().to_string_lossy().to_string();
+            let Some(base) = n.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+                return false;
+            };
+            let Some((target, pid)) = base.rsplit_once('.') else {
+                return false;
+            };
+            pid.bytes().all(|b| b.is_ascii_digit()) && name.is_none_or(|want| want == target)
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
 /// Removes `path` (a symlink itself, never its target); gone already is fine.
 pub fn remove(path: &Path) -> Result<(), Error> {
     match std::fs::remove_file(path) {
@@ -165,6 +187,10 @@ mod tests {
         );
         assert_eq!(read(&f).unwrap().unwrap(), b"1");
         assert_eq!(read(&d.join("none")).unwrap(), None);
+        assert!(leftovers(&d, None).is_empty());
+        std::fs::write(d.join(".x.123.tmp"), "killed writer").unwrap();
+        assert_eq!(leftovers(&d, Some("x")), [d.join(".x.123.tmp")]);
+        assert!(leftovers(&d, Some("y")).is_empty());
 
         // a planted symlink: read refuses it, replace swaps the link itself out
         let target = dir.path().join("target");

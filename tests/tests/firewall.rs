@@ -45,10 +45,12 @@ fn forward_rules_follow_the_container_and_the_admin_chain_overrides_them() {
 
     let rules = t.host.nft_ruleset();
     for rule in [
-        "ip saddr @CNI-ADMIN-v4 accept",
-        "ip daddr @CNI-ADMIN-v4 ct state established,related accept",
-        "ip6 saddr @CNI-ADMIN-v6 accept",
+        "ip saddr @CNI-ADMIN-v4 meta mark set meta mark | 0x00200000 accept",
+        "ip daddr @CNI-ADMIN-v4 ct state established,related meta mark set meta mark | 0x00200000 accept",
+        "ip6 saddr @CNI-ADMIN-v6 meta mark set meta mark | 0x00200000 accept",
         "chain CNI-ADMIN",
+        // iptables' FORWARD accepts what we accepted
+        "meta mark & 0x00200000 == 0x00200000  counter packets",
     ] {
         assert!(rules.contains(rule), "{rule}: {rules}");
     }

@@ -8,6 +8,7 @@
 //! is a [`Word`] (letters, digits and `_.-~/` only, checked when made), a [`Label`], or a
 //! typed address, port or MAC. None of them can close a quote or start a statement.
 
+pub mod iptables;
 mod mac;
 mod masq;
 mod ports;
@@ -185,13 +186,21 @@ pub fn delete_elements(family: &str, elements: &[Element]) -> String {
         .collect()
 }
 
+/// What `nft args` prints, waited for at most [`NFT_WAIT`].
+pub(crate) fn nft_output(args: &[&str]) -> Result<std::process::Output, Error> {
+    let child = Command::new("nft")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::new(code::FIREWALL, "running nft").details(e.to_string()))?;
+    crate::exec::wait_bounded(child, NFT_WAIT, "nft")
+}
+
 /// The items of nft's JSON output for `args`; empty when what they name is missing.
 fn nft_json(args: &[&str]) -> Result<Vec<serde_json::Value>, Error> {
-    let out = Command::new("nft")
-        .arg("-j")
-        .args(args)
-        .output()
-        .map_err(|e| Error::new(code::FIREWALL, "running nft").details(e.to_string()))?;
+    let out = nft_output(&[&["-j"], args].concat())?;
     if !out.status.success() {
         return Ok(Vec::new());
     }
@@ -277,18 +286,23 @@ pub fn run(script: &str, what: impl Into<String>) -> Result<(), Error> {
 }
 
 impl Pending {
-    pub fn wait(mut self) -> Result<(), Error> {
+    pub fn wait(self) -> Result<(), Error> {
+        self.wait_setup().map(|_| ())
+    }
+
+    /// Like [`Pending::wait`]; true when the shared objects had to be made first.
+    pub fn wait_setup(mut self) -> Result<bool, Error> {
         let child = self.child.take().expect("waited for once");
         let out = crate::exec::wait_bounded(child, NFT_WAIT, "nft")?;
         let fail = |d: String| Error::new(code::FIREWALL, self.what.clone()).details(d);
         if out.status.success() {
-            return Ok(());
+            return Ok(false);
         }
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         match std::mem::replace(&mut self.recovery, Recovery::Fail) {
             Recovery::Fail => Err(fail(stderr)),
-            Recovery::Setup(setup) => run(&(setup + &self.script), self.what.clone()),
-            Recovery::MissingIsFine if stderr.contains("No such file or directory") => Ok(()),
+            Recovery::Setup(setup) => run(&(setup + &self.script), self.what.clone()).map(|_| true),
+            Recovery::MissingIsFine if stderr.contains("No such file or directory") => Ok(false),
             Recovery::MissingIsFine => Err(fail(stderr)),
         }
     }

@@ -1,7 +1,6 @@
 //! Port mappings (`portmap`): per-container nat chains DNATing host ports to the container.
 
 use std::collections::{BTreeSet, HashSet};
-use std::process::Command;
 
 use super::{listed_table, Label, INET_TABLE};
 use crate::names::stable_hash;
@@ -140,9 +139,7 @@ pub fn remove_port_mappings(network: &str, container_id: &str) -> String {
 /// The container's DNAT rules as nft lists them (for CHECK); empty when there are none.
 pub fn listed_port_mappings(network: &str, container_id: &str) -> String {
     let [(pre, _), _, _] = port_chains(network, container_id);
-    Command::new("nft")
-        .args(["list", "chain", "inet", INET_TABLE, &pre])
-        .output()
+    super::nft_output(&["list", "chain", "inet", INET_TABLE, &pre])
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default()
 }

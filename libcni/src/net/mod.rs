@@ -1,5 +1,6 @@
 //! Linux plumbing every plugin needs: namespaces, a thin netlink layer, sysctls, names.
 
+pub mod conntrack;
 mod link;
 mod netns;
 mod tc;

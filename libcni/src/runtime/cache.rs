@@ -137,9 +137,16 @@ pub fn result(cache_dir: &Path, network: &str, rt: &RuntimeConf) -> Option<Value
     find(cache_dir, network, rt).and_then(|(_, e)| e.result)
 }
 
+/// Forgets an attachment: its entry, and what a writer killed mid-write left for it.
 pub fn remove(cache_dir: &Path, network: &str, rt: &RuntimeConf) {
     if let Some((p, _)) = find(cache_dir, network, rt) {
         let _ = files::remove(&p);
+    }
+    for p in candidates(cache_dir, network, rt) {
+        let name = p.file_name().map(|n| n.to_string_lossy().to_string());
+        for left in files::leftovers(&results_dir(cache_dir), name.as_deref()) {
+            let _ = files::remove(&left);
+        }
     }
 }
 

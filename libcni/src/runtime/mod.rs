@@ -364,6 +364,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn bad_names_never_reach_a_plugin_or_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cni = Cni::new(vec![dir.path().to_path_buf()]);
+        cni.cache_dir = dir.path().join("cache");
+        let list = |name: &str| {
+            NetworkList::from_bytes(
+                json!({"cniVersion": "1.0.0", "name": name, "plugins": [{"type": "x"}]})
+                    .to_string()
+                    .as_bytes(),
+                "t",
+            )
+            .unwrap()
+        };
+        let rt = |cid: &str, ifname: &str| RuntimeConf {
+            container_id: cid.into(),
+            ifname: ifname.into(),
+            ..Default::default()
+        };
+        for (net, r) in [
+            ("../x", rt("c1", "eth0")),
+            ("n", rt("../../etc", "eth0")),
+            ("n", rt("c1", "eth/0")),
+        ] {
+            assert!(matches!(
+                cni.add(&list(net), &r),
+                Err(RuntimeError::Invalid(_))
+            ));
+            assert!(matches!(
+                cni.del(&list(net), &r),
+                Err(RuntimeError::Invalid(_))
+            ));
+        }
+        assert!(!dir.path().join("cache").exists());
+    }
+
+    #[test]
     fn plugins_get_only_the_capabilities_they_declare() {
         let list = NetworkList::from_bytes(
             br#"{"cniVersion":"1.0.0","name":"n","plugins":[{"type":"bridge"},{"type":"portmap","capabilities":{"portMappings":true,"bandwidth":false}}]}"#,

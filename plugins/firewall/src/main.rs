@@ -139,6 +139,9 @@ impl Plugin for Firewall {
         let prev = args.required_prev_result()?;
         let label = Attachment::of(args).label();
         let mut missing = rules::missing_forward(&label, &addresses(&prev), &admin)?;
+        if !libcni::firewall::iptables::accepts_marked()? {
+            missing.push("the iptables FORWARD rule accepting our marked packets".into());
+        }
         if let Some(bridge) = bridge_name(&prev, policy)? {
             if !rules::is_isolated(&bridge)? {
                 missing.push(format!("isolation of {bridge}"));

@@ -16,6 +16,7 @@
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+use libcni::firewall::iptables::{self, ACCEPTED_MARK};
 use libcni::firewall::{
     apply_with_setup, delete_elements, labelled_elements, listed_sets, listed_table, run, Element,
     Label, Word, INET_TABLE,
@@ -47,16 +48,21 @@ pub fn allow_forward(
         return Ok(());
     }
     let what = format!("accepting the forwarded traffic of {container_id}");
-    apply_with_setup(&elements, forward_setup(admin), what)?.wait()
+    if apply_with_setup(&elements, forward_setup(admin), what)?.wait_setup()? {
+        iptables::accept_marked()?;
+    }
+    Ok(())
 }
 
 /// Script: the shared chain and sets behind `admin`, and `admin` itself when missing.
 fn forward_setup(admin: &Word) -> String {
     let chain = format!("{admin}-forward");
+    // marked, so iptables' FORWARD accepts it too (see libcni::firewall::iptables)
+    let accept = format!("meta mark set meta mark or {ACCEPTED_MARK:#x} accept");
     let mut setup = format!(
         "add table inet {INET_TABLE}\n\
          add chain inet {INET_TABLE} {admin}\n\
-         add chain inet {INET_TABLE} {chain} {{ type filter hook forward priority filter; }}\n\
+         add chain inet {INET_TABLE} {chain} {{ type filter hook forward priority filter - 5; }}\n\
          flush chain inet {INET_TABLE} {chain}\n\
          add rule inet {INET_TABLE} {chain} jump {admin}\n"
     );
@@ -67,8 +73,8 @@ fn forward_setup(admin: &Word) -> String {
         let set = set_name(admin, &probe);
         setup += &format!(
             "add set inet {INET_TABLE} {set} {{ type {kind}; }}\n\
-             add rule inet {INET_TABLE} {chain} {fam} daddr @{set} ct state established,related accept\n\
-             add rule inet {INET_TABLE} {chain} {fam} saddr @{set} accept\n"
+             add rule inet {INET_TABLE} {chain} {fam} daddr @{set} ct state established,related {accept}\n\
+             add rule inet {INET_TABLE} {chain} {fam} saddr @{set} {accept}\n"
         );
     }
     setup

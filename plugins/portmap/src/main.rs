@@ -103,6 +103,23 @@ fn enable_localnet_routing(r: &CniResult) -> Result<(), Error> {
     Ok(())
 }
 
+/// A container that replaces another on a UDP host port would never receive while the
+/// old flows live: deletes them, as the reference does (a failure is only logged).
+fn forget_stale_udp_flows(mappings: &[PortMapping], ips: &[IpAddr]) {
+    for m in mappings
+        .iter()
+        .filter(|m| m.protocol.eq_ignore_ascii_case("udp"))
+    {
+        for v6 in [false, true] {
+            if ips.iter().any(|ip| ip.is_ipv6() == v6) {
+                if let Err(e) = net::conntrack::delete_udp_flows_to(v6, m.host_port) {
+                    eprintln!("portmap: flows to UDP port {} kept: {e}", m.host_port);
+                }
+            }
+        }
+    }
+}
+
 struct Portmap;
 
 impl Plugin for Portmap {
@@ -129,6 +146,7 @@ impl Plugin for Portmap {
         if conf.masq() == PortMasq::Hairpin && ips.iter().any(IpAddr::is_ipv4) {
             enable_localnet_routing(&prev)?;
         }
+        forget_stale_udp_flows(mappings, &ips);
         Ok(prev)
     }
 
