@@ -264,7 +264,8 @@ struct LegacyResult {
     ip4: Option<LegacyIp>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ip6: Option<LegacyIp>,
-    #[serde(default, skip_serializing_if = "Dns::is_empty")]
+    /// Always printed, as the reference does.
+    #[serde(default)]
     dns: Dns,
 }
 

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde_json::Value;
@@ -462,4 +462,48 @@ pub fn reservations(data_dir: &Path, network: &str) -> Vec<(String, String, Stri
     }
     out.sort();
     out
+}
+
+/// A server in a namespace (by default a TCP server that greets each client); killed on
+/// drop.
+pub struct Server(Child);
+
+impl Server {
+    pub fn start(ns: &Ns, port: u16) -> Server {
+        let script = format!(
+            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('0.0.0.0', {port})); s.listen(8); s.settimeout(30)\n\
+             while True:\n    c, a = s.accept(); c.sendall(b'hello from ' + a[0].encode()); c.close()\n"
+        );
+        Server::spawn(ns, &script)
+    }
+
+    /// Runs a Python `script` in `ns` until dropped.
+    pub fn spawn(ns: &Ns, script: &str) -> Server {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        Server(child)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the server said to a client in `ns` connecting to addr:port, retried for 3 s.
+pub fn fetch(ns: &Ns, addr: &str, port: u16) -> Option<String> {
+    let script = format!(
+        "import socket, time\nfor _ in range(30):\n    try:\n        \
+         s = socket.create_connection(('{addr}', {port}), timeout=1); print(s.recv(100).decode()); break\n    \
+         except OSError:\n        time.sleep(0.1)\n"
+    );
+    let out = ns.exec(&format!("python3 -c \"{script}\""));
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (!text.is_empty()).then_some(text)
 }

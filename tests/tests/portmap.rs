@@ -3,47 +3,7 @@
 //! container itself (hairpin, which with br_netfilter needs the bridge's hairpinMode, as
 //! for the reference plugins); CHECK; DEL removes the forwarding.
 
-use std::process::{Child, Command, Stdio};
-
 use cni_tests::*;
-
-/// A TCP server in a namespace that greets each client; killed on drop.
-struct Server(Child);
-
-impl Server {
-    fn start(ns: &Ns, port: u16) -> Server {
-        let script = format!(
-            "import socket\ns=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('0.0.0.0', {port})); s.listen(8); s.settimeout(30)\n\
-             while True:\n    c, a = s.accept(); c.sendall(b'hello from ' + a[0].encode()); c.close()\n"
-        );
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// What the server said to a client in `ns` connecting to addr:port, retried for 3 s.
-fn fetch(ns: &Ns, addr: &str, port: u16) -> Option<String> {
-    let script = format!(
-        "import socket, time\nfor _ in range(30):\n    try:\n        \
-         s = socket.create_connection(('{addr}', {port}), timeout=1); print(s.recv(100).decode()); break\n    \
-         except OSError:\n        time.sleep(0.1)\n"
-    );
-    let out = ns.exec(&format!("python3 -c \"{script}\""));
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (!text.is_empty()).then_some(text)
-}
 
 #[test]
 fn host_port_reaches_the_container_from_outside_localhost_and_itself() {

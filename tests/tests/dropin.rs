@@ -1,0 +1,382 @@
+//! Drop-in for the reference plugins (issue 13): the inputs the reference accepts, run
+//! against Debian's plugins and ours side by side with the same configs: containerd's
+//! capability shapes (kubelet's path), spec versions 0.1.0 and 0.2.0, prevResults without
+//! a version, what Go writes (field names in any case, null, `"ipam": {}`), host-local's
+//! duplicate and impossible requests, the bridge's MAC, portmap over UDP, and firewall on
+//! a host whose iptables FORWARD policy is DROP.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cni_tests::*;
+use serde_json::Value;
+
+/// The two sides: our plugins and Debian's (1.1.1), which speaks up to 1.0.0.
+fn sides() -> [(&'static str, PathBuf); 2] {
+    [("ours", bin_dir()), ("reference", reference_dir())]
+}
+
+fn versions_of(side: &str) -> &'static [&'static str] {
+    if side == "ours" {
+        VERSIONS
+    } else {
+        &VERSIONS[..6]
+    }
+}
+
+/// What a chain through cnitool in `t` says for `args`, run with `side`'s plugins.
+fn tool(
+    t: &Cnitool,
+    side: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (bool, String, String) {
+    let path = side.display().to_string();
+    let mut all = vec![("CNI_PATH", path.as_str())];
+    all.extend_from_slice(env);
+    t.run(args, &all)
+}
+
+/// containerd's CRI passes the capabilities with Go's field names, and kubelet's pod
+/// labels in CNI_ARGS behind IgnoreUnknown.
+#[test]
+fn kubelet_path_with_containerd_field_names() {
+    let caps = r#"{"portMappings":[{"HostPort":8080,"ContainerPort":80,"Protocol":"tcp","HostIP":""}],
+        "bandwidth":{"IngressRate":8000000,"IngressBurst":80000,"EgressRate":8000000,"EgressBurst":80000}}"#;
+    let args =
+        "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc";
+    for (side, dir) in sides() {
+        let t = Cnitool::new(json!({
+            "cniVersion": "0.4.0", "name": "k8s-pod-network",
+            "plugins": [
+                {"type": "bridge", "bridge": "cnik8s0", "isGateway": true, "ipMasq": true, "hairpinMode": true,
+                 "ipam": {"type": "host-local", "dataDir": "@DATA@", "ranges": [[{"subnet": "10.74.0.0/24"}]],
+                          "routes": [{"dst": "0.0.0.0/0"}]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}},
+                {"type": "bandwidth", "capabilities": {"bandwidth": true}}
+            ]
+        }));
+        let outside = Ns::new("o");
+        t.host.veth_to(&outside, "10.74.9");
+        let c = Ns::new("c");
+        let env = [("CAP_ARGS", caps), ("CNI_ARGS", args)];
+        let (ok, out, err) = tool(&t, &dir, &["add", "k8s-pod-network", &c.path()], &env);
+        assert!(ok, "{side}: {err}");
+        let r: Value = serde_json::from_str(&out).unwrap();
+        let _server = Server::start(&c, 80);
+        assert_eq!(
+            fetch(&outside, "10.74.9.1", 8080).as_deref(),
+            Some("hello from 10.74.9.2"),
+            "{side}: hostPort 8080"
+        );
+        let veth = r["interfaces"][1]["name"].as_str().unwrap();
+        let qdisc = t.host.sh(&format!("tc qdisc show dev {veth}"));
+        assert!(
+            qdisc.contains("tbf") && qdisc.contains("rate 8Mbit"),
+            "{side}: {qdisc}"
+        );
+        let (ok, _, err) = tool(&t, &dir, &["del", "k8s-pod-network", &c.path()], &env);
+        assert!(ok, "{side} DEL: {err}");
+        let rules = t
+            .host
+            .sh("nft list ruleset; iptables-save -t nat 2>/dev/null || true");
+        assert!(
+            !rules.contains("dport 8080"),
+            "{side}: the mapping stayed: {rules}"
+        );
+        assert!(t.host.link_names().iter().all(|l| !l.starts_with("veth")));
+    }
+}
+
+/// The parts of a bridge result that must agree (MACs and veth names are random).
+fn meaning(r: &Value) -> Value {
+    let mut m = r.clone();
+    m.as_object_mut().unwrap().remove("interfaces");
+    m
+}
+
+#[test]
+fn every_version_and_what_go_writes() {
+    for (side, dir) in sides() {
+        for v in versions_of(side) {
+            let host = Ns::new("h");
+            let c = Ns::new("c");
+            let data = tempfile::tempdir().unwrap();
+            // null where Go writes nil, keys in another case, CNI_ARGS as kubelet sets it
+            let conf = json!({"cniVersion": v, "name": "gonet", "type": "bridge",
+                "Bridge": "cnigo0", "isDefaultGateway": true, "mtu": null, "dns": {"nameservers": null},
+                "ipam": {"type": "host-local", "dataDir": data.path(), "routes": null,
+                         "Ranges": [[{"subnet": "10.75.0.0/24", "gateway": null}]]}});
+            let mut call = Call::new("bridge", "ADD", &host, &c.path(), "go1")
+                .env("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=x");
+            call.bin_dir = dir.clone();
+            let r = call.run(&conf).expect_ok();
+            assert_eq!(r["cniVersion"], *v, "{side} {v}: {r}");
+            if *v < "0.3.0" {
+                assert_eq!(r["ip4"]["ip"], "10.75.0.2/24", "{side} {v}: {r}");
+                assert_eq!(r["ip4"]["gateway"], "10.75.0.1", "{side} {v}: {r}");
+            } else {
+                assert_eq!(r["ips"][0]["address"], "10.75.0.2/24", "{side} {v}: {r}");
+                assert_eq!(r["interfaces"][0]["name"], "cnigo0", "{side} {v}: {r}");
+            }
+            assert!(c.ping("10.75.0.1"), "{side} {v}");
+            // a chained plugin fed that result, as a runtime passes it, and without a version
+            let mut prev = r.clone();
+            prev.as_object_mut().unwrap().remove("cniVersion");
+            let tuning = json!({"cniVersion": v, "name": "gonet", "type": "tuning",
+                "sysctl": {"net.ipv4.conf.IFNAME.arp_ignore": "1"}, "prevResult": prev});
+            let mut call = Call::new("tuning", "ADD", &host, &c.path(), "go1");
+            call.bin_dir = dir.clone();
+            let tuned = call.run(&tuning).expect_ok();
+            assert_eq!(
+                meaning(&tuned),
+                meaning(&r),
+                "{side} {v}: tuning passes the result on"
+            );
+            let mut call = Call::new("bridge", "DEL", &host, &c.path(), "go1");
+            call.bin_dir = dir.clone();
+            call.run(&conf).expect_ok();
+            assert_eq!(store_allocations(data.path(), "gonet"), 0, "{side} {v}");
+        }
+    }
+}
+
+#[test]
+fn legacy_results_match_the_references() {
+    for v in ["0.1.0", "0.2.0"] {
+        let results: Vec<Value> = sides()
+            .iter()
+            .map(|(side, dir)| {
+                let host = Ns::new("h");
+                let c = Ns::new("c");
+                let data = tempfile::tempdir().unwrap();
+                let mut conf = bridge_conf(v, data.path(), "10.76.0.0/24", json!({}));
+                conf["ipam"]["ranges"] =
+                    json!([[{"subnet": "10.76.0.0/24"}], [{"subnet": "fd76::/64"}]]);
+                conf["ipam"]["routes"] =
+                    json!([{"dst": "10.200.0.0/16"}, {"dst": "fd99::/64", "gw": "fd76::9"}]);
+                let mut call = Call::new("bridge", "ADD", &host, &c.path(), "old1");
+                call.bin_dir = dir.clone();
+                let r = call.run(&conf).expect_ok();
+                let mut call = Call::new("bridge", "DEL", &host, &c.path(), "old1");
+                call.bin_dir = dir.clone();
+                call.run(&conf).expect_ok();
+                eprintln!("{side} {v}: {r}");
+                r
+            })
+            .collect();
+        assert_eq!(results[0], results[1], "{v}: ours, then the reference's");
+    }
+}
+
+#[test]
+fn podman_ipam_none_and_cni_args_a_plugin_does_not_read() {
+    for (side, dir) in sides() {
+        let host = Ns::new("h");
+        let c = Ns::new("c");
+        // podman network create --ipam-driver none writes exactly this
+        let conf = json!({"cniVersion": "0.4.0", "name": "noipam", "type": "bridge",
+            "bridge": "cninone0", "isGateway": true, "ipMasq": true, "hairpinMode": true, "ipam": {}});
+        let mut call = Call::new("bridge", "ADD", &host, &c.path(), "n1");
+        call.bin_dir = dir.clone();
+        let r = call.run(&conf).expect_ok();
+        assert!(r.get("ips").is_none(), "{side}: {r}");
+        assert!(
+            c.link("eth0").is_some() && host.addrs("cninone0").is_empty(),
+            "{side}"
+        );
+        let mut call = Call::new("bridge", "DEL", &host, &c.path(), "n1");
+        call.bin_dir = dir.clone();
+        call.run(&conf).expect_ok();
+        // loopback reads no CNI_ARGS, so it does not care what they are
+        let lo = json!({"cniVersion": "0.4.0", "name": "lo", "type": "loopback"});
+        let mut call = Call::new("loopback", "ADD", &host, &c.path(), "n1").env("CNI_ARGS", "none");
+        call.bin_dir = dir.clone();
+        call.run(&lo).expect_ok();
+    }
+}
+
+#[test]
+fn host_local_refuses_duplicate_and_impossible_requests_as_the_reference() {
+    for (side, dir) in sides() {
+        let host = Ns::new("h");
+        let data = tempfile::tempdir().unwrap();
+        let conf = json!({"cniVersion": "1.0.0", "name": "dup", "type": "host-local",
+            "ipam": {"type": "host-local", "dataDir": data.path(),
+                     "ranges": [[{"subnet": "10.77.0.0/24", "rangeEnd": "10.77.0.20"}]]}});
+        let call = |cid: &str, args: &str| {
+            let mut c = Call::new("host-local", "ADD", &host, "/x", cid).env("CNI_ARGS", args);
+            c.bin_dir = dir.clone();
+            c.run(&conf)
+        };
+        let first = call("d1", "").expect_ok();
+        assert_eq!(first["ips"][0]["address"], "10.77.0.2/24");
+        assert!(!call("d1", "").ok, "{side}: a second ADD of d1/eth0");
+        for ip in ["10.77.0.2", "10.77.0.1", "10.78.0.5", "10.77.0.21"] {
+            assert!(
+                !call("d2", &format!("IP={ip}")).ok,
+                "{side}: requested {ip}"
+            );
+        }
+        assert_eq!(
+            reservations(data.path(), "dup").len(),
+            1,
+            "{side}: nothing taken"
+        );
+        // another interface of the same container is another attachment
+        let mut c = Call::new("host-local", "ADD", &host, "/x", "d1").ifname("eth1");
+        c.bin_dir = dir.clone();
+        c.run(&conf).expect_ok();
+    }
+}
+
+/// A bridge made by someone else, without a MAC of its own, takes its first port's: the
+/// result names the MAC the bridge has once the port is on it.
+#[test]
+fn the_bridge_mac_in_the_result_is_the_bridges_final_one() {
+    for (side, dir) in sides() {
+        let host = Ns::new("h");
+        host.sh("ip link add cnimac0 type bridge && ip link set cnimac0 up");
+        let c = Ns::new("c");
+        let data = tempfile::tempdir().unwrap();
+        let mut conf = bridge_conf("1.0.0", data.path(), "10.79.0.0/24", json!({}));
+        conf["bridge"] = json!("cnimac0");
+        conf["isGateway"] = json!(false);
+        conf["isDefaultGateway"] = json!(false);
+        let mut call = Call::new("bridge", "ADD", &host, &c.path(), "m1");
+        call.bin_dir = dir.clone();
+        let r = call.run(&conf).expect_ok();
+        let now = host.link("cnimac0").unwrap()["address"].clone();
+        assert_eq!(r["interfaces"][0]["mac"], now, "{side}: {r}");
+    }
+}
+
+/// A UDP client that keeps sending from one source port (so its conntrack flow never
+/// expires) and logs every reply; killed on drop.
+struct UdpClient(Child, tempfile::NamedTempFile);
+
+impl UdpClient {
+    fn start(ns: &Ns, addr: &str, port: u16) -> UdpClient {
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let script = format!(
+            "import socket, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', 40000)); s.settimeout(0.1)\nlog = open('{}', 'a')\n\
+             end = time.time() + 30\nwhile time.time() < end:\n    s.sendto(b'ping', ('{addr}', {port}))\n    \
+             try:\n        log.write(s.recv(100).decode() + '\\n'); log.flush()\n    \
+             except OSError:\n        pass\n    time.sleep(0.05)\n",
+            log.path().display()
+        );
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "python3", "-c", &script])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        UdpClient(child, log)
+    }
+
+    /// Waits up to 6 s for a reply from `who`.
+    fn heard(&self, who: &str) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(6) {
+            if std::fs::read_to_string(self.1.path())
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l == who)
+            {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+impl Drop for UdpClient {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A UDP server in `ns` answering every datagram with `name`; killed on drop.
+fn udp_server(ns: &Ns, port: u16, name: &str) -> Server {
+    let script = format!(
+        "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(('0.0.0.0', {port}))\n\
+         for _ in range(100000):\n    d, a = s.recvfrom(100); s.sendto(b'{name}', a)\n"
+    );
+    Server::spawn(ns, &script)
+}
+
+#[test]
+fn a_container_replacing_another_on_a_udp_host_port_receives() {
+    for (side, dir) in sides() {
+        let t = Cnitool::new(json!({
+            "cniVersion": "1.0.0", "name": "udpnet",
+            "plugins": [
+                {"type": "bridge", "bridge": "cniudp0", "isDefaultGateway": true,
+                 "ipam": {"type": "host-local", "dataDir": "@DATA@", "ranges": [[{"subnet": "10.80.0.0/24"}]]}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}
+            ]
+        }));
+        let outside = Ns::new("o");
+        t.host.veth_to(&outside, "10.80.9");
+        let caps = [(
+            "CAP_ARGS",
+            r#"{"portMappings":[{"hostPort":5300,"containerPort":53,"protocol":"udp"}]}"#,
+        )];
+        let old = Ns::new("c");
+        let (ok, _, err) = tool(&t, &dir, &["add", "udpnet", &old.path()], &caps);
+        assert!(ok, "{side}: {err}");
+        let server = udp_server(&old, 53, "old");
+        let client = UdpClient::start(&outside, "10.80.9.1", 5300);
+        assert!(
+            client.heard("old"),
+            "{side}: the first container never answered"
+        );
+        drop(server);
+        let (ok, _, err) = tool(&t, &dir, &["del", "udpnet", &old.path()], &caps);
+        assert!(ok, "{side}: {err}");
+        let new = Ns::new("c");
+        let (ok, _, err) = tool(&t, &dir, &["add", "udpnet", &new.path()], &caps);
+        assert!(ok, "{side}: {err}");
+        let _server = udp_server(&new, 53, "new");
+        assert!(
+            client.heard("new"),
+            "{side}: the stale flow still leads to the old container"
+        );
+        let (ok, _, err) = tool(&t, &dir, &["del", "udpnet", &new.path()], &caps);
+        assert!(ok, "{side}: {err}");
+    }
+}
+
+/// Docker sets iptables' FORWARD policy to DROP: the container's traffic must pass.
+#[test]
+fn firewall_passes_traffic_on_a_forward_drop_host() {
+    for (side, dir) in sides() {
+        let t = Cnitool::new(json!({
+            "cniVersion": "1.0.0", "name": "dropnet",
+            "plugins": [
+                {"type": "bridge", "bridge": "cnidrop0", "isDefaultGateway": true, "ipMasq": true,
+                 "ipam": {"type": "host-local", "dataDir": "@DATA@", "ranges": [[{"subnet": "10.81.0.0/24"}]]}},
+                {"type": "firewall", "backend": "iptables"}
+            ]
+        }));
+        t.host
+            .sh("iptables -P FORWARD DROP && ip6tables -P FORWARD DROP");
+        let outside = Ns::new("o");
+        t.host.veth_to(&outside, "10.81.9");
+        let c = Ns::new("c");
+        assert!(!c.ping("10.81.9.2"), "no route yet");
+        let (ok, _, err) = tool(&t, &dir, &["add", "dropnet", &c.path()], &[]);
+        assert!(ok, "{side}: {err}");
+        assert!(
+            c.ping("10.81.9.2"),
+            "{side}: FORWARD DROP stopped the container"
+        );
+        let (ok, _, err) = tool(&t, &dir, &["check", "dropnet", &c.path()], &[]);
+        assert!(ok, "{side}: {err}");
+        let (ok, _, err) = tool(&t, &dir, &["del", "dropnet", &c.path()], &[]);
+        assert!(ok, "{side}: {err}");
+    }
+}
