@@ -1,7 +1,7 @@
 //! libcni: everything the plugins share. `spec` holds the CNI types, `decode` reads JSON
 //! as Go does, `skel` the plugin side of the protocol, `names` the rules for names we get
 //! and make, `attachment` one container interface's identity, `delegate` running another
-//! plugin, `net` the Linux plumbing and `firewall` our nftables rules, `runtime` the caller
+//! plugin, `ipam` what IPAM plugins share, `net` the Linux plumbing and `firewall` our nftables rules, `runtime` the caller
 //! side (chains, cache) for runtimes.
 
 #[cfg(any(test, feature = "arbitrary"))]
@@ -12,6 +12,7 @@ pub mod delegate;
 pub mod exec;
 pub mod files;
 pub mod firewall;
+pub mod ipam;
 pub mod names;
 pub mod net;
 pub mod runtime;

@@ -26,7 +26,7 @@ impl Plugin for HostLocal {
         let dns = conf
             .resolv_conf
             .as_ref()
-            .map(config::read_resolv_conf)
+            .map(|p| libcni::ipam::read_resolv_conf(p))
             .transpose()?
             .unwrap_or_default();
         let store = Store::open(&conf.dir)?;

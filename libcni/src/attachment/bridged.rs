@@ -7,7 +7,7 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use super::{container, veth, Attachment, PendingLease, Undo};
+use super::{container, veth, Attachment, PendingLease, Rules, Undo};
 use crate::delegate::Delegate;
 use crate::firewall;
 use crate::net::{self, format_mac, Kernel, LinkInfo, Netlink};
@@ -36,6 +36,13 @@ impl BridgeSpec {
     fn container_mac(&self, a: &Attachment) -> [u8; 6] {
         self.mac.unwrap_or_else(|| a.container_mac())
     }
+
+    fn rules(&self, a: &Attachment) -> Rules {
+        Rules {
+            masquerade: self.ip_masq,
+            mac_check: self.macspoofchk.then(|| self.container_mac(a)),
+        }
+    }
 }
 
 /// ADD: the bridge, a veth with its container end born in the container, an address from
@@ -61,11 +68,11 @@ pub fn add(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result
         .map(|l| l.result().clone())
         .unwrap_or_default();
     set_gateway_routes(spec, &mut r);
-    let rules = start_rules(spec, &a, &r.ips)?;
+    let rules = spec.rules(&a).start(&a, &r.ips)?;
     if rules.is_some() {
         let (a, added) = (a.clone(), addrs(&r));
         undo.push("removing the rules", move || {
-            wait_all(start_rule_removal(spec, &[a], Some(&added))?)
+            spec.rules(&a).remove(&a, Some(&added))
         });
     }
     let inside = k.connect_in(netns)?;
@@ -113,7 +120,7 @@ pub fn del(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result
     let a = Attachment::of(args);
     let ipam = ipam.map(|i| i.start("DEL", args)).transpose()?;
     let prev_addrs = args.prev_result().ok().flatten().map(|r| addrs(&r));
-    let rules = start_rule_removal(spec, std::slice::from_ref(&a), prev_addrs.as_deref());
+    let rules = spec.rules(&a).start_removal(&a, prev_addrs.as_deref());
     let links = Kernel::new().and_then(|k| {
         let inside = args.netns().map(|ns| k.connect_in(ns)).transpose()?;
         k.run(veth::delete(
@@ -124,7 +131,7 @@ pub fn del(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result
         ))
     });
     let ipam = ipam.map(|r| r.wait()).transpose();
-    let rules = rules.and_then(wait_all);
+    let rules = rules.and_then(|r| r.wait());
     links.and(rules).and(ipam.map(|_| ()))
 }
 
@@ -159,30 +166,12 @@ pub fn gc(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<
         k.host()
             .delete_stale_attachments("veth", &args.conf.name, &valid),
     )?;
-    let keep: std::collections::HashSet<String> = valid
-        .iter()
-        .map(|(cid, _)| {
-            firewall::Label::new(&args.conf.name, cid)
-                .as_str()
-                .to_string()
-        })
-        .collect();
-    let prefix = firewall::Label::network_prefix(&args.conf.name);
-    let stale = |note: &str| note.starts_with(&prefix) && !keep.contains(note);
-    let mut pending = Vec::new();
-    if spec.ip_masq {
-        let s = firewall::remove_labelled_masquerade(stale)?;
-        if !s.is_empty() {
-            pending.push(firewall::apply_if_present(&s, "removing stale masquerade")?);
-        }
-    }
-    if spec.macspoofchk {
-        let s = firewall::remove_labelled_mac_spoof_checks(stale)?;
-        if !s.is_empty() {
-            pending.push(firewall::apply_if_present(&s, "removing stale MAC checks")?);
-        }
-    }
-    wait_all(pending)?;
+    // Any attachment's rules carry the MAC check's set entries, whatever its MAC.
+    let rules = Rules {
+        mac_check: spec.macspoofchk.then_some([0; 6]),
+        ..spec.rules(&Attachment::of(args))
+    };
+    rules.remove_stale(&args.conf.name, &args.valid_container_ids()?)?;
     match ipam {
         Some(i) => i.run("GC", args).map(|_| ()),
         None => Ok(()),
@@ -262,82 +251,6 @@ fn first_address(a: IpNetwork) -> Option<IpAddr> {
             Some(IpAddr::V6(first.into()))
         }
     }
-}
-
-/// Starts installing the container's masquerade and MAC spoof entries, where the spec has
-/// them, as one transaction (with the shared chains made first if they are missing).
-fn start_rules(
-    spec: &BridgeSpec,
-    a: &Attachment,
-    ips: &[IpConfig],
-) -> Result<Option<firewall::Pending>, Error> {
-    let mut script = String::new();
-    let mut setup = String::new();
-    if spec.ip_masq {
-        let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
-        script += &firewall::masquerade(&a.label(), &addrs);
-        setup += &firewall::masquerade_setup();
-    }
-    if spec.macspoofchk {
-        script += &firewall::mac_spoof_check(a, spec.container_mac(a));
-        setup += &firewall::mac_spoof_setup();
-    }
-    if script.is_empty() {
-        return Ok(None);
-    }
-    let what = format!("installing the rules of {}", a.container_id());
-    firewall::apply_with_setup(&script, setup, what).map(Some)
-}
-
-/// Starts removing the masquerade and MAC spoof entries of these attachments, where the
-/// spec has them. `addrs` are their addresses when known (prevResult); otherwise the
-/// masquerade entries are found by their labels.
-fn start_rule_removal(
-    spec: &BridgeSpec,
-    attachments: &[Attachment],
-    addrs: Option<&[IpNetwork]>,
-) -> Result<Vec<firewall::Pending>, Error> {
-    let mut masq = String::new();
-    if spec.ip_masq {
-        masq = match addrs {
-            Some(addrs) => firewall::remove_masquerade(addrs),
-            None => {
-                let labels: Vec<String> = attachments
-                    .iter()
-                    .map(|a| a.label().as_str().to_string())
-                    .collect();
-                firewall::remove_labelled_masquerade(|n| labels.iter().any(|l| l == n))?
-            }
-        };
-    }
-    let mut mac = String::new();
-    if spec.macspoofchk {
-        for a in attachments {
-            mac += &firewall::remove_mac_spoof_check(a, spec.container_mac(a));
-        }
-    }
-    // Separate transactions: either table may be missing, which fails only its own.
-    let ids: Vec<&str> = attachments.iter().map(Attachment::container_id).collect();
-    let what = format!("removing the rules of {}", ids.join(", "));
-    let mut pending = Vec::new();
-    for s in [masq, mac] {
-        if !s.is_empty() {
-            pending.push(firewall::apply_if_present(&s, what.clone())?);
-        }
-    }
-    Ok(pending)
-}
-
-/// Waits for every transaction (none is left running); the first failure is the result.
-fn wait_all(pending: Vec<firewall::Pending>) -> Result<(), Error> {
-    let mut outcome = Ok(());
-    for p in pending {
-        let r = p.wait();
-        if outcome.is_ok() {
-            outcome = r;
-        }
-    }
-    outcome
 }
 
 /// Puts each gateway on the bridge; an IPv4 address of another subnet there is replaced

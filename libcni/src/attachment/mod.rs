@@ -3,15 +3,18 @@
 //! derived from it (host veth, container MAC, link alias, rule labels), in this one place,
 //! so DEL and GC find it again from those three strings alone and two attachments never
 //! share a derived name. `lease` guards an ADD's IPAM allocation, `undo` what an ADD
-//! created, `container` configures and checks the container's interface.
+//! created, `container` configures and checks the container's interface, `veth` the host
+//! half of a veth, `rules` its masquerade and MAC check, `bridged` all of it on a bridge.
 
 pub mod bridged;
 pub mod container;
 mod lease;
+mod rules;
 mod undo;
 pub mod veth;
 
 pub use lease::{Lease, PendingLease};
+pub use rules::Rules;
 pub use undo::Undo;
 
 use crate::names::{short_part, stable_hash};

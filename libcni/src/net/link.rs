@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+pub use netlink_packet_route::link::MacVlanMode;
 use netlink_packet_route::link::{
     InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlInfo,
     LinkMessage,
@@ -15,7 +16,8 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, RouteMessageBuilder,
+    Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
+    RouteMessageBuilder,
 };
 
 use super::libc_errno::{EADDRNOTAVAIL, EEXIST, ESRCH};
@@ -282,6 +284,69 @@ impl Netlink {
                 e,
             )
         })
+    }
+
+    /// Creates a macvlan on `master` (a link of this connection's namespace) named `name`
+    /// and born inside `ns` (no move afterwards), with `mac` when given.
+    pub async fn create_macvlan(
+        &self,
+        name: &str,
+        master: &LinkInfo,
+        mode: MacVlanMode,
+        mac: Option<[u8; 6]>,
+        mtu: Option<u32>,
+        ns: &Netns,
+    ) -> Result<(), Error> {
+        let mut b = LinkMacVlan::new(name, master.index, mode).setns_by_fd(ns.fd());
+        if let Some(mac) = mac {
+            b = b.address(mac.to_vec());
+        }
+        if let Some(mtu) = mtu {
+            b = b.mtu(mtu);
+        }
+        self.handle
+            .link()
+            .add(b.build())
+            .execute()
+            .await
+            .map_err(|e| {
+                nl_err(
+                    format!(
+                        "creating macvlan {name} on {} in {}",
+                        master.name,
+                        ns.path().display()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Moves link `index` into `ns` under the name `name`, in one request.
+    pub async fn move_link(&self, index: u32, name: &str, ns: &Netns) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index)
+            .down()
+            .name(name.to_string())
+            .setns_by_fd(ns.fd())
+            .build();
+        self.set_link(msg, || {
+            format!("moving link #{index} to {} as {name}", ns.path().display())
+        })
+        .await
+    }
+
+    /// The interface of this namespace's IPv4 default route (the reference's choice of
+    /// a master or underlay when none is named).
+    pub async fn default_route_link(&self) -> Result<Option<LinkInfo>, Error> {
+        let default = self
+            .routes(false)
+            .await?
+            .into_iter()
+            .find(|r| r.dst.prefix() == 0)
+            .and_then(|r| r.oif);
+        match default {
+            Some(i) => self.link_by_index(i).await,
+            None => Ok(None),
+        }
     }
 
     /// Labels a host-side link with `alias`, puts it under `controller` if given, and

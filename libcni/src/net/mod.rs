@@ -7,7 +7,7 @@ mod tc;
 
 use std::io;
 
-pub use link::{random_mac, LinkInfo, LinkTuning, Netlink, RouteInfo, RouteSpec};
+pub use link::{random_mac, LinkInfo, LinkTuning, MacVlanMode, Netlink, RouteInfo, RouteSpec};
 pub use netns::{Netns, OpenError};
 pub use tc::{Qdisc, Tbf};
 

@@ -1,0 +1,119 @@
+//! An attachment's entries in our shared nftables sets: masquerade of what its addresses
+//! send out of their subnets (`ipMasq`, bridge and ptp) and the MAC spoof check of its
+//! host veth (`macspoofchk`, bridge). Added in one transaction per ADD, removed by address
+//! (prevResult) or by label, and by label for GC, whose attachments may be long gone.
+
+use std::collections::HashSet;
+
+use ipnetwork::IpNetwork;
+
+use super::Attachment;
+use crate::firewall::{self, Label, Pending};
+use crate::spec::{Error, IpConfig};
+
+/// Which entries an attachment has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rules {
+    pub masquerade: bool,
+    /// The container MAC that alone may send from the host veth.
+    pub mac_check: Option<[u8; 6]>,
+}
+
+impl Rules {
+    /// Starts adding the attachment's entries (and the shared chains, should they be
+    /// missing), as one transaction; None when it has none.
+    pub fn start(&self, a: &Attachment, ips: &[IpConfig]) -> Result<Option<Pending>, Error> {
+        let mut script = String::new();
+        let mut setup = String::new();
+        if self.masquerade {
+            let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
+            script += &firewall::masquerade(&a.label(), &addrs);
+            setup += &firewall::masquerade_setup();
+        }
+        if let Some(mac) = self.mac_check {
+            script += &firewall::mac_spoof_check(a, mac);
+            setup += &firewall::mac_spoof_setup();
+        }
+        if script.is_empty() {
+            return Ok(None);
+        }
+        let what = format!("installing the rules of {}", a.container_id());
+        firewall::apply_with_setup(&script, setup, what).map(Some)
+    }
+
+    /// Removes the attachment's entries: the masquerade by `addrs` when known (prevResult),
+    /// else by label.
+    pub fn remove(&self, a: &Attachment, addrs: Option<&[IpNetwork]>) -> Result<(), Error> {
+        self.start_removal(a, addrs)?.wait()
+    }
+
+    /// Starts [`Rules::remove`], so the caller can work while nft and the kernel do.
+    pub fn start_removal(
+        &self,
+        a: &Attachment,
+        addrs: Option<&[IpNetwork]>,
+    ) -> Result<Removal, Error> {
+        let masq = match (self.masquerade, addrs) {
+            (false, _) => String::new(),
+            (true, Some(addrs)) => firewall::remove_masquerade(addrs),
+            (true, None) => {
+                let label = a.label();
+                firewall::remove_labelled_masquerade(|n| n == label.as_str())?
+            }
+        };
+        let mac = self
+            .mac_check
+            .map(|mac| firewall::remove_mac_spoof_check(a, mac))
+            .unwrap_or_default();
+        let what = format!("removing the rules of {}", a.container_id());
+        // Separate transactions: either table may be missing, which fails only its own.
+        let pending: Vec<Pending> = [masq, mac]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .map(|s| firewall::apply_if_present(s, what.clone()))
+            .collect::<Result<_, _>>()?;
+        Ok(Removal(pending))
+    }
+
+    /// Removes the entries of `network`'s attachments whose containers are not in `valid`
+    /// (GC), found by label: their veths may be long gone.
+    pub fn remove_stale(&self, network: &str, valid: &HashSet<String>) -> Result<(), Error> {
+        let keep: HashSet<String> = valid
+            .iter()
+            .map(|cid| Label::new(network, cid).as_str().to_string())
+            .collect();
+        let prefix = Label::network_prefix(network);
+        let stale = |note: &str| note.starts_with(&prefix) && !keep.contains(note);
+        let mut pending = Vec::new();
+        if self.masquerade {
+            let s = firewall::remove_labelled_masquerade(stale)?;
+            if !s.is_empty() {
+                pending.push(firewall::apply_if_present(&s, "removing stale masquerade")?);
+            }
+        }
+        if self.mac_check.is_some() {
+            let s = firewall::remove_labelled_mac_spoof_checks(stale)?;
+            if !s.is_empty() {
+                pending.push(firewall::apply_if_present(&s, "removing stale MAC checks")?);
+            }
+        }
+        Removal(pending).wait()
+    }
+}
+
+/// Removals under way.
+pub struct Removal(Vec<Pending>);
+
+impl Removal {
+    /// Waits for every transaction (none is left running); the first failure is the result.
+    pub fn wait(self) -> Result<(), Error> {
+        let mut outcome = Ok(());
+        for p in self.0 {
+            let r = p.wait();
+            if outcome.is_ok() {
+                outcome = r;
+            }
+        }
+        outcome
+    }
+}

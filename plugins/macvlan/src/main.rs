@@ -1,0 +1,259 @@
+//! `macvlan`: puts the container straight on a NIC (`master`, default the interface of the
+//! default route) through a macvlan link born inside the container, addressed by the IPAM
+//! delegate (or up without an address when there is none). `linkInContainer`: the master
+//! is a link of the container's own namespace. The steps are libcni's attachment layer.
+
+use libcni::attachment::{container, Attachment, PendingLease, Undo};
+use libcni::delegate::Delegate;
+use libcni::net::{format_mac, parse_mac, Kernel, LinkInfo, MacVlanMode, Netlink};
+use libcni::skel::{self, CmdArgs, Plugin};
+use libcni::spec::{Dns, Interface};
+use libcni::{code, CniResult, Error};
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conf {
+    #[serde(default)]
+    master: String,
+    #[serde(default)]
+    mode: String,
+    #[serde(default)]
+    mtu: u32,
+    #[serde(default)]
+    mac: Option<String>,
+    #[serde(default)]
+    link_in_container: bool,
+    #[serde(default)]
+    dns: Option<Dns>,
+    #[serde(default)]
+    runtime_config: MacArg,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct MacArg {
+    #[serde(default)]
+    mac: Option<String>,
+}
+
+/// The config with the mode and the MAC the runtime asked for resolved.
+struct Macvlan {
+    conf: Conf,
+    mode: MacVlanMode,
+    /// As the reference: config `mac`, then CNI_ARGS `MAC=`, then runtimeConfig.
+    mac: Option<[u8; 6]>,
+}
+
+impl Macvlan {
+    fn load(args: &CmdArgs) -> Result<Macvlan, Error> {
+        let mut conf: Conf = args.parse_conf()?;
+        let mode = match conf.mode.as_str() {
+            "" | "bridge" => MacVlanMode::Bridge,
+            "private" => MacVlanMode::Private,
+            "vepa" => MacVlanMode::Vepa,
+            "passthru" => MacVlanMode::Passthrough,
+            other => return Err(Error::config(format!("unknown macvlan mode: {other:?}"))),
+        };
+        let mut mac = conf.mac.take();
+        if let Some((_, m)) = args.cni_args(&["MAC"])?.pop() {
+            mac = Some(m);
+        }
+        mac = conf.runtime_config.mac.take().or(mac);
+        let mac = mac
+            .map(|m| parse_mac(&m).ok_or_else(|| Error::config(format!("invalid mac {m:?}"))))
+            .transpose()?;
+        if !conf.master.is_empty() && !libcni::names::is_ifname(&conf.master) {
+            return Err(Error::config(format!("invalid master {:?}", conf.master)));
+        }
+        Ok(Macvlan { conf, mode, mac })
+    }
+
+    /// The MAC the macvlan gets: the asked one, else the attachment's own (so DEL knows it
+    /// as ours); a passthru macvlan keeps its master's.
+    fn mac_of(&self, a: &Attachment) -> Option<[u8; 6]> {
+        match self.mode {
+            MacVlanMode::Passthrough => self.mac,
+            _ => Some(self.mac.unwrap_or_else(|| a.container_mac())),
+        }
+    }
+
+    /// The master: the named link, or the one of the default route, in the namespace the
+    /// config says; its MTU bounds ours (7 otherwise).
+    async fn master(&self, nl: &Netlink) -> Result<LinkInfo, Error> {
+        let master = if self.conf.master.is_empty() {
+            nl.default_route_link().await?.ok_or_else(|| {
+                Error::config("no master given and no default route interface found")
+            })?
+        } else {
+            nl.link(&self.conf.master).await?.ok_or_else(|| {
+                Error::config(format!("master {:?} does not exist", self.conf.master))
+            })?
+        };
+        if self.conf.mtu > master.mtu {
+            return Err(Error::config(format!(
+                "invalid MTU {}, must be [0, master MTU({})]",
+                self.conf.mtu, master.mtu
+            )));
+        }
+        Ok(master)
+    }
+}
+
+struct MacvlanPlugin;
+
+impl Plugin for MacvlanPlugin {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+        let m = Macvlan::load(args)?;
+        let netns = args.required_netns()?;
+        let a = Attachment::of(args);
+        let k = Kernel::new()?;
+        let inside = k.connect_in(netns)?;
+        let parent = if m.conf.link_in_container {
+            &inside
+        } else {
+            k.host()
+        };
+        let master = k.run(m.master(parent))?;
+        let ipam = Delegate::ipam(args);
+        let pending = ipam
+            .as_ref()
+            .map(|i| PendingLease::start(i, args))
+            .transpose()?;
+        let mut undo = Undo::new();
+        let mtu = (m.conf.mtu != 0).then_some(m.conf.mtu);
+        k.run(parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns))?;
+        undo.push(format!("deleting {}", a.ifname()), || {
+            k.run(inside.delete_link(a.ifname())).map(|_| ())
+        });
+        let lease = pending.map(|p| p.wait()).transpose()?;
+        let mut r = lease
+            .as_ref()
+            .map(|l| l.result().clone())
+            .unwrap_or_default();
+        if ipam.is_some() && r.ips.is_empty() {
+            return Err(Error::new(
+                code::DELEGATE,
+                "IPAM plugin returned missing IP config",
+            ));
+        }
+        for ip in &mut r.ips {
+            ip.interface = Some(0);
+        }
+        k.run(container::configure(&inside, netns, a.ifname(), &r))?;
+        let link = k
+            .run(inside.link(a.ifname()))?
+            .ok_or_else(|| Error::new(code::NETLINK, format!("{} vanished", a.ifname())))?;
+        r.interfaces = vec![Interface {
+            name: a.ifname().to_string(),
+            mac: format_mac(&link.mac),
+            sandbox: args.netns.clone(),
+            ..Default::default()
+        }];
+        r.dns = m.conf.dns.clone().unwrap_or_default();
+        undo.commit();
+        lease.map(|l| l.commit());
+        Ok(r)
+    }
+
+    /// Releases the addresses and deletes the macvlan if it is still there and ours (a
+    /// macvlan with our MAC); the namespace may be gone already.
+    fn del(&self, args: &CmdArgs) -> Result<(), Error> {
+        let m = Macvlan::load(args)?;
+        let a = Attachment::of(args);
+        let ipam = Delegate::ipam(args)
+            .map(|i| i.start("DEL", args))
+            .transpose()?;
+        let link = args.netns().map(|ns| {
+            let k = Kernel::new()?;
+            let inside = k.connect_in(ns)?;
+            match k.run(inside.link(a.ifname()))? {
+                Some(l) if is_ours(&l, m.mac_of(&a)) => {
+                    k.run(inside.delete_link(a.ifname())).map(|_| ())
+                }
+                _ => Ok(()),
+            }
+        });
+        let ipam = ipam.map(|r| r.wait()).transpose();
+        link.unwrap_or(Ok(())).and(ipam.map(|_| ()))
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), Error> {
+        let m = Macvlan::load(args)?;
+        let prev = args.required_prev_result()?;
+        let ipam = Delegate::ipam(args);
+        if let Some(i) = &ipam {
+            i.run("CHECK", args)?;
+        }
+        let netns = args.required_netns()?;
+        let a = Attachment::of(args);
+        let k = Kernel::new()?;
+        let inside = k.connect_in(netns)?;
+        let parent = if m.conf.link_in_container {
+            &inside
+        } else {
+            k.host()
+        };
+        let master = k.run(m.master(parent))?;
+        let mut problems = k.run(container::differences(
+            &inside,
+            &args.netns,
+            a.ifname(),
+            &prev,
+        ))?;
+        if let Some(l) = k.run(inside.link(a.ifname()))? {
+            if l.kind.as_deref() != Some("macvlan") || l.peer != Some(master.index) {
+                problems.push(format!(
+                    "{} is not a macvlan on {}",
+                    a.ifname(),
+                    master.name
+                ));
+            }
+        }
+        Error::check(&format!("{} differs from prevResult", a.ifname()), problems)
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<(), Error> {
+        delegate_plain(args, "STATUS")
+    }
+
+    fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
+        delegate_plain(args, "GC")
+    }
+}
+
+/// A macvlan with the MAC we gave it (any macvlan, for passthru, which keeps its master's).
+fn is_ours(l: &LinkInfo, mac: Option<[u8; 6]>) -> bool {
+    l.kind.as_deref() == Some("macvlan") && mac.is_none_or(|m| l.mac == m)
+}
+
+/// STATUS and GC are the IPAM plugin's (the macvlans live in namespaces we cannot list).
+fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
+    match Delegate::ipam(args) {
+        Some(i) => i.run(command, args).map(|_| ()),
+        None => Ok(()),
+    }
+}
+
+fn main() {
+    skel::run(&MacvlanPlugin, "CNI macvlan plugin (cni-rs)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &[
+            "master",
+            "mode",
+            "mtu",
+            "mac",
+            "linkInContainer",
+            "ipam",
+            "dns",
+            "runtimeConfig",
+        ];
+        libcni::arbitrary::probe_reading(FIELDS, |a| Macvlan::load(a).map(|_| ()));
+    }
+}
