@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-/opt/cni/bin}
-plugins=(bridge host-local loopback tuning portmap firewall bandwidth)
+plugins=(bridge macvlan ptp host-device host-local static loopback tuning portmap firewall bandwidth)
 for p in "${plugins[@]}"; do
   [ -x "target/release/$p" ] || { cargo build --release --bins; break; }
 done

@@ -25,6 +25,10 @@ pub fn bin_dir() -> PathBuf {
         "portmap",
         "firewall",
         "bandwidth",
+        "macvlan",
+        "ptp",
+        "host-device",
+        "static",
         "cnitool",
     ] {
         assert!(

@@ -3,8 +3,6 @@
 //! DEL, CHECK and GC here read as the steps a person would take; each step is a small
 //! function over the netlink layer, the IPAM delegate, or our nftables sets.
 
-use std::net::IpAddr;
-
 use ipnetwork::IpNetwork;
 
 use super::{container, veth, Attachment, PendingLease, Rules, Undo};
@@ -219,7 +217,7 @@ async fn attach(
 fn set_gateway_routes(spec: &BridgeSpec, r: &mut CniResult) {
     if spec.is_gateway {
         for ip in r.ips.iter_mut().filter(|i| i.gateway.is_none()) {
-            ip.gateway = first_address(ip.address);
+            ip.gateway = container::first_address(ip.address);
         }
     }
     if !spec.is_default_gateway {
@@ -239,16 +237,6 @@ fn set_gateway_routes(spec: &BridgeSpec, r: &mut CniResult) {
             .expect("literal");
         if !r.routes.iter().any(|rt| rt.dst == any && rt.gw.is_some()) {
             r.routes.push(Route::new(any, Some(gw)));
-        }
-    }
-}
-
-fn first_address(a: IpNetwork) -> Option<IpAddr> {
-    match a {
-        IpNetwork::V4(n) => n.nth(1).map(IpAddr::V4),
-        IpNetwork::V6(n) => {
-            let first = u128::from(n.network()).checked_add(1)?;
-            Some(IpAddr::V6(first.into()))
         }
     }
 }

@@ -6,6 +6,8 @@
 
 use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
+
 use crate::net::{self, format_mac, sysctl_set, Netlink, Netns, RouteSpec};
 use crate::spec::{CniResult, IpConfig, Route};
 
@@ -14,6 +16,17 @@ fn gone(name: &str) -> net::Error {
         format!("finding {name} in the container"),
         std::io::ErrorKind::NotFound.into(),
     )
+}
+
+/// The first address of the subnet of `a`: the gateway when none is given.
+pub fn first_address(a: IpNetwork) -> Option<IpAddr> {
+    match a {
+        IpNetwork::V4(n) => n.nth(1).map(IpAddr::V4),
+        IpNetwork::V6(n) => {
+            let first = u128::from(n.network()).checked_add(1)?;
+            Some(IpAddr::V6(first.into()))
+        }
+    }
 }
 
 /// The gateway a route without one goes through: the first of its family.

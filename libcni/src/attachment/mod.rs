@@ -6,6 +6,7 @@
 //! created, `container` configures and checks the container's interface, `veth` the host
 //! half of a veth, `rules` its masquerade and MAC check, `bridged` all of it on a bridge.
 
+pub mod backup;
 pub mod bridged;
 pub mod container;
 mod lease;

@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
     LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
@@ -73,6 +73,8 @@ pub struct RouteSpec {
     pub advmss: Option<u32>,
     pub table: Option<u32>,
     pub scope: Option<u8>,
+    /// The source address for traffic the route sends.
+    pub src: Option<IpAddr>,
 }
 
 impl RouteSpec {
@@ -117,6 +119,9 @@ impl RouteSpec {
         }
         if let Some(s) = self.scope {
             b = b.scope(RouteScope::from(s));
+        }
+        if let Some(src) = self.src {
+            b = b.pref_source(src).map_err(|e| bad(e.to_string()))?;
         }
         let mut msg = b.build();
         let metrics: Vec<RouteMetric> = [
@@ -321,13 +326,23 @@ impl Netlink {
             })
     }
 
-    /// Moves link `index` into `ns` under the name `name`, in one request.
-    pub async fn move_link(&self, index: u32, name: &str, ns: &Netns) -> Result<(), Error> {
-        let msg = LinkUnspec::new_with_index(index)
+    /// Moves link `index` into `ns`, down, under the name `name` (and `alias`, if given),
+    /// in one request.
+    pub async fn move_link(
+        &self,
+        index: u32,
+        name: &str,
+        alias: Option<&str>,
+        ns: &Netns,
+    ) -> Result<(), Error> {
+        let mut msg = LinkUnspec::new_with_index(index)
             .down()
             .name(name.to_string())
-            .setns_by_fd(ns.fd())
-            .build();
+            .setns_by_fd(ns.fd());
+        if let Some(alias) = alias {
+            msg = msg.alias(alias);
+        }
+        let msg = msg.build();
         self.set_link(msg, || {
             format!("moving link #{index} to {} as {name}", ns.path().display())
         })
@@ -561,9 +576,12 @@ impl Netlink {
             .map_err(|e| nl_err(r.describe("replacing"), e))
     }
 
-    /// Deletes a route; one already gone is fine.
+    /// Deletes a route, whoever made it (the kernel's prefix routes too); one already gone
+    /// is fine.
     pub async fn delete_route(&self, r: &RouteSpec) -> Result<(), Error> {
-        let res = self.handle.route().del(r.message()?).execute().await;
+        let mut msg = r.message()?;
+        msg.header.protocol = RouteProtocol::Unspec;
+        let res = self.handle.route().del(msg).execute().await;
         tolerate(res.map_err(|e| nl_err(r.describe("deleting"), e)), ESRCH).map(|_| ())
     }
 

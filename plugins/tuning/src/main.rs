@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use libcni::attachment::backup::Backups;
 use libcni::attachment::Attachment;
-use libcni::files;
 use libcni::net::{self, format_mac, parse_mac, Kernel, LinkInfo, LinkTuning};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
@@ -63,8 +63,8 @@ struct Args {
     cni: Settings,
 }
 
-/// The reference's backup: the settings before ADD changed them. `txQLen` and the network
-/// (for GC) are ours; the reference ignores fields it does not know.
+/// The reference's backup: the settings before ADD changed them (`txQLen` is ours; the
+/// reference ignores fields it does not know).
 #[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 struct Backup {
@@ -78,12 +78,6 @@ struct Backup {
     allmulti: Option<bool>,
     #[serde(default, rename = "txQLen", skip_serializing_if = "Option::is_none")]
     txqlen: Option<u32>,
-    #[serde(
-        default,
-        rename = "cniRsNetwork",
-        skip_serializing_if = "String::is_empty"
-    )]
-    network: String,
 }
 
 impl Backup {
@@ -146,16 +140,13 @@ impl Conf {
         Ok((c, tuning))
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.data_dir
-            .clone()
-            .unwrap_or_else(|| DEFAULT_DATA_DIR.into())
+    fn backups(&self) -> Backups {
+        Backups::new(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        )
     }
-}
-
-/// The reference's backup file name; container IDs and interface names cannot hold '/'.
-fn backup_file(dir: &std::path::Path, a: &Attachment) -> PathBuf {
-    dir.join(format!("{}_{}.json", a.container_id(), a.ifname()))
 }
 
 /// /proc/sys path of a sysctl key, only under net/ (`IFNAME` stands for the interface,
@@ -195,7 +186,7 @@ fn current(link: &LinkInfo, t: &LinkTuning) -> LinkTuning {
     }
 }
 
-fn backup_of(link: &LinkInfo, t: &LinkTuning, network: &str) -> Backup {
+fn backup_of(link: &LinkInfo, t: &LinkTuning) -> Backup {
     let now = current(link, t);
     Backup {
         mac: now.mac.map(|m| format_mac(&m)),
@@ -203,7 +194,6 @@ fn backup_of(link: &LinkInfo, t: &LinkTuning, network: &str) -> Backup {
         mtu: now.mtu,
         allmulti: now.allmulti,
         txqlen: now.txqlen,
-        network: network.to_string(),
     }
 }
 
@@ -236,11 +226,7 @@ impl Plugin for Tuning {
             let link = k
                 .run(nl.link(a.ifname()))?
                 .ok_or_else(|| gone(a.ifname()))?;
-            let dir = conf.data_dir();
-            files::private_dir(&dir)?;
-            let backup = serde_json::to_vec_pretty(&backup_of(&link, &tuning, &conf.name))
-                .map_err(|e| Error::new(code::INTERNAL, e.to_string()))?;
-            files::replace(&backup_file(&dir, &a), &backup)?;
+            conf.backups().save(&a, &backup_of(&link, &tuning))?;
             k.run(nl.tune_link(link.index, a.ifname(), &tuning))?;
         }
         if let Some(mac) = &tuning.mac {
@@ -261,13 +247,11 @@ impl Plugin for Tuning {
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, _) = Conf::load(args)?;
         let a = Attachment::of(args);
-        let file = backup_file(&conf.data_dir(), &a);
-        let saved = match files::read(&file) {
-            Ok(Some(bytes)) => serde_json::from_slice::<Backup>(&bytes)
-                .map_err(|e| e.to_string())
-                .and_then(|b| b.tuning()),
+        let backups = conf.backups();
+        let saved = match backups.load::<Backup>(&a) {
+            Ok(Some(b)) => b.tuning(),
             Ok(None) => return Ok(()),
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(e),
         };
         let restored = saved.map_err(Error::config).and_then(|saved| {
             let Some(netns) = args.netns() else {
@@ -281,10 +265,12 @@ impl Plugin for Tuning {
             }
         });
         if let Err(e) = restored {
-            eprintln!("tuning DEL: not restoring {}: {e}", file.display());
+            eprintln!(
+                "tuning DEL: not restoring {}: {e}",
+                backups.file(&a).display()
+            );
         }
-        files::remove(&file)?;
-        Ok(())
+        backups.remove(&a)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -321,26 +307,8 @@ impl Plugin for Tuning {
     /// and the reference's (which name no network), are left alone.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, _) = Conf::load(args)?;
-        let valid = args.valid_attachments()?;
-        let dir = conf.data_dir();
-        let keep: std::collections::HashSet<PathBuf> = valid
-            .iter()
-            .map(|(cid, ifname)| backup_file(&dir, &Attachment::new(&conf.name, cid, ifname)))
-            .collect();
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            return Ok(());
-        };
-        for path in entries.flatten().map(|e| e.path()) {
-            let ours = files::read(&path)
-                .ok()
-                .flatten()
-                .and_then(|b| serde_json::from_slice::<Backup>(&b).ok())
-                .is_some_and(|b| b.network == conf.name);
-            if ours && !keep.contains(&path) {
-                files::remove(&path)?;
-            }
-        }
-        Ok(())
+        conf.backups()
+            .remove_stale(&conf.name, &args.valid_attachments()?)
     }
 }
 
@@ -412,10 +380,9 @@ mod tests {
         assert_eq!(t.mac, Some(vec![0x82, 0xb9, 0x3d, 0x0c, 0x37, 0x26]));
         let ours = serde_json::to_value(Backup {
             mtu: Some(9000),
-            network: "n".into(),
             ..Default::default()
         })
         .unwrap();
-        assert_eq!(ours, serde_json::json!({"mtu": 9000, "cniRsNetwork": "n"}));
+        assert_eq!(ours, serde_json::json!({"mtu": 9000}));
     }
 }

@@ -1,0 +1,398 @@
+//! `host-device`: hands a link of the host (named by `device`, `hwaddr`, `kernelpath` or
+//! `pciBusID`/runtimeConfig `deviceID`) to the container under CNI_IFNAME, addressed by the
+//! IPAM delegate if there is one, and back to the host under its old name on DEL. As the
+//! reference, the old name travels in the link's alias; the host addresses the kernel
+//! drops on the move are saved (libcni's backups) and put back. A device bound to a
+//! userspace (DPDK) driver has no link: only its IPAM result is reported.
+
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use libcni::attachment::backup::Backups;
+use libcni::attachment::{container, Attachment, PendingLease, Undo};
+use libcni::delegate::Delegate;
+use libcni::net::{format_mac, parse_mac, Kernel, LinkInfo, Netlink, Netns};
+use libcni::skel::{self, CmdArgs, Plugin};
+use libcni::spec::{Dns, Interface};
+use libcni::{code, CniResult, Error};
+use serde::{Deserialize, Serialize};
+
+const DEFAULT_DATA_DIR: &str = "/run/cni/host-device";
+const USERSPACE_DRIVERS: &[&str] = &["vfio-pci", "uio_pci_generic", "igb_uio"];
+const SYS_PCI: &str = "/sys/bus/pci/devices";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Conf {
+    #[serde(default)]
+    device: String,
+    #[serde(default)]
+    hwaddr: String,
+    #[serde(default)]
+    kernelpath: String,
+    #[serde(default, rename = "pciBusID")]
+    pci_bus_id: String,
+    #[serde(default)]
+    runtime_config: RuntimeConfig,
+    #[serde(default)]
+    dns: Option<Dns>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RuntimeConfig {
+    #[serde(default, rename = "deviceID")]
+    device_id: String,
+}
+
+/// How to find the device.
+enum Device {
+    Name(String),
+    Mac([u8; 6]),
+    /// A `/sys/devices/...` path whose `net/` holds the link.
+    KernelPath(PathBuf),
+    Pci(String),
+}
+
+/// What DEL puts back on the host link.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Saved {
+    addresses: Vec<IpNetwork>,
+    up: bool,
+}
+
+fn is_pci_address(s: &str) -> bool {
+    let b = s.as_bytes();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && (b'0'..=b'7').contains(&b[11])
+}
+
+impl Conf {
+    fn load(args: &CmdArgs) -> Result<(Conf, Device), Error> {
+        let c: Conf = args.parse_conf()?;
+        let pci = if c.runtime_config.device_id.is_empty() {
+            c.pci_bus_id.clone()
+        } else {
+            c.runtime_config.device_id.clone()
+        };
+        let device = if !c.device.is_empty() {
+            if !libcni::names::is_ifname(&c.device) {
+                return Err(Error::config(format!("invalid device {:?}", c.device)));
+            }
+            Device::Name(c.device.clone())
+        } else if !c.hwaddr.is_empty() {
+            Device::Mac(parse_mac(&c.hwaddr).ok_or_else(|| {
+                Error::config(format!("failed to parse MAC address {:?}", c.hwaddr))
+            })?)
+        } else if !c.kernelpath.is_empty() {
+            let p = Path::new(&c.kernelpath);
+            let plain = p.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::RootDir | std::path::Component::Normal(_)
+                )
+            });
+            if !plain || !c.kernelpath.starts_with("/sys/devices/") {
+                return Err(Error::config(format!(
+                    "kernel device path {:?} must be absolute and begin with /sys/devices/",
+                    c.kernelpath
+                )));
+            }
+            Device::KernelPath(p.to_path_buf())
+        } else if !pci.is_empty() {
+            if !is_pci_address(&pci) {
+                return Err(Error::config(format!("invalid PCI address {pci:?}")));
+            }
+            Device::Pci(pci)
+        } else {
+            return Err(Error::config(
+                "specify either \"device\", \"hwaddr\", \"kernelpath\" or \"pciBusID\"",
+            ));
+        };
+        Ok((c, device))
+    }
+
+    fn backups(&self) -> Backups {
+        Backups::new(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+        )
+    }
+}
+
+impl Device {
+    /// A device bound to a userspace driver: it has no link to move.
+    fn is_dpdk(&self) -> bool {
+        let Device::Pci(pci) = self else { return false };
+        std::fs::read_link(Path::new(SYS_PCI).join(pci).join("driver"))
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().to_string()))
+            .is_some_and(|d| USERSPACE_DRIVERS.contains(&d.as_str()))
+    }
+
+    /// The names under a sysfs `net/` directory of the device.
+    fn sysfs_names(&self) -> Vec<String> {
+        let dirs: Vec<PathBuf> = match self {
+            Device::KernelPath(p) => vec![p.join("net")],
+            Device::Pci(pci) => {
+                let base = Path::new(SYS_PCI).join(pci);
+                let mut d = vec![base.join("net")];
+                // virtio devices keep it one level down
+                if let Ok(entries) = std::fs::read_dir(&base) {
+                    d.extend(
+                        entries
+                            .flatten()
+                            .filter(|e| e.file_name().to_string_lossy().starts_with("virtio"))
+                            .map(|e| e.path().join("net")),
+                    );
+                }
+                d
+            }
+            _ => Vec::new(),
+        };
+        dirs.iter()
+            .filter_map(|d| std::fs::read_dir(d).ok())
+            .flat_map(|e| {
+                e.flatten()
+                    .map(|e| e.file_name().to_string_lossy().to_string())
+            })
+            .collect()
+    }
+
+    async fn find(&self, nl: &Netlink) -> Result<LinkInfo, Error> {
+        let found = match self {
+            Device::Name(n) => nl.link(n).await?,
+            Device::Mac(mac) => nl.links().await?.into_iter().find(|l| l.mac == mac),
+            _ => {
+                let names = self.sysfs_names();
+                nl.links()
+                    .await?
+                    .into_iter()
+                    .find(|l| names.contains(&l.name))
+            }
+        };
+        found.ok_or_else(|| Error::new(code::INVALID_CONFIG, "failed to find the host device"))
+    }
+}
+
+struct HostDevice;
+
+impl Plugin for HostDevice {
+    fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+        let (conf, device) = Conf::load(args)?;
+        let netns = args.required_netns()?;
+        let a = Attachment::of(args);
+        let ipam = Delegate::ipam(args);
+        let mut r = CniResult::default();
+        let k = Kernel::new()?;
+        let inside = k.connect_in(netns)?;
+        let mut undo = Undo::new();
+        if !device.is_dpdk() {
+            let dev = k.run(device.find(k.host()))?;
+            let saved = Saved {
+                addresses: k.run(k.host().addresses(dev.index, &dev.name))?,
+                up: dev.up,
+            };
+            conf.backups().save(&a, &saved)?;
+            undo.push("removing the backup", || conf.backups().remove(&a));
+            // As the reference: the old name rides along in the alias.
+            k.run(
+                k.host()
+                    .move_link(dev.index, a.ifname(), Some(&dev.name), netns),
+            )?;
+            let (kernel, inner, ifname) = (&k, &inside, a.ifname());
+            undo.push(format!("moving {} back", dev.name), move || {
+                restore(kernel, &move_out(kernel, inner, ifname)?, &saved)
+            });
+            let moved = k.run(inside.link(a.ifname()))?.ok_or_else(|| {
+                Error::new(
+                    code::NETLINK,
+                    format!("{} vanished after the move", a.ifname()),
+                )
+            })?;
+            r.interfaces = vec![Interface {
+                name: a.ifname().to_string(),
+                mac: format_mac(&moved.mac),
+                sandbox: args.netns.clone(),
+                ..Default::default()
+            }];
+        }
+        let lease = ipam
+            .as_ref()
+            .map(|i| PendingLease::start(i, args))
+            .transpose()?;
+        let lease = lease.map(|p| p.wait()).transpose()?;
+        if let Some(l) = &lease {
+            let got = l.result();
+            if got.ips.is_empty() {
+                return Err(Error::new(
+                    code::DELEGATE,
+                    "IPAM plugin returned missing IP config",
+                ));
+            }
+            r.ips = got.ips.clone();
+            r.routes = got.routes.clone();
+            for ip in &mut r.ips {
+                ip.interface = (!r.interfaces.is_empty()).then_some(0);
+            }
+        }
+        if !r.interfaces.is_empty() {
+            k.run(container::configure(&inside, netns, a.ifname(), &r))?;
+        }
+        r.dns = conf.dns.clone().unwrap_or_default();
+        undo.commit();
+        lease.map(|l| l.commit());
+        Ok(r)
+    }
+
+    /// Releases the addresses and gives the device back to the host under its old name,
+    /// with its addresses; with the namespace gone the kernel has given it back already.
+    fn del(&self, args: &CmdArgs) -> Result<(), Error> {
+        let (conf, _) = Conf::load(args)?;
+        let a = Attachment::of(args);
+        let ipam = Delegate::ipam(args)
+            .map(|i| i.start("DEL", args))
+            .transpose()?;
+        let moved = args.netns().map(|ns| -> Result<(), Error> {
+            let k = Kernel::new()?;
+            let inside = k.connect_in(ns)?;
+            let Some(name) = move_out(&k, &inside, a.ifname()).map(Some).or_else(|e| {
+                if e.code == code::UNKNOWN_CONTAINER {
+                    Ok(None)
+                } else {
+                    Err(e)
+                }
+            })?
+            else {
+                return Ok(());
+            };
+            if let Ok(Some(saved)) = conf.backups().load::<Saved>(&a) {
+                restore(&k, &name, &saved)?;
+            }
+            Ok(())
+        });
+        let moved = moved.unwrap_or(Ok(()));
+        let ipam = ipam.map(|r| r.wait()).transpose();
+        moved.and(conf.backups().remove(&a)).and(ipam.map(|_| ()))
+    }
+
+    fn check(&self, args: &CmdArgs) -> Result<(), Error> {
+        let prev = args.required_prev_result()?;
+        if let Some(i) = Delegate::ipam(args) {
+            i.run("CHECK", args)?;
+        }
+        let k = Kernel::new()?;
+        let inside = k.connect_in(args.required_netns()?)?;
+        let problems = k.run(container::differences(
+            &inside,
+            &args.netns,
+            &args.ifname,
+            &prev,
+        ))?;
+        Error::check(
+            &format!("{} differs from prevResult", args.ifname),
+            problems,
+        )
+    }
+
+    fn status(&self, args: &CmdArgs) -> Result<(), Error> {
+        match Delegate::ipam(args) {
+            Some(i) => i.run("STATUS", args).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+
+    /// The backups of attachments the runtime no longer lists (their devices went back
+    /// with their namespaces), then the IPAM plugin's GC.
+    fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
+        let (conf, _) = Conf::load(args)?;
+        conf.backups()
+            .remove_stale(&args.conf.name, &args.valid_attachments()?)?;
+        match Delegate::ipam(args) {
+            Some(i) => i.run("GC", args).map(|_| ()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Moves `ifname` of the container back to this (the host's) namespace under the name in
+/// its alias; returns that name. A link without one was not handed in by a host-device
+/// plugin and stays (3 when there is no such link).
+fn move_out(k: &Kernel, inside: &Netlink, ifname: &str) -> Result<String, Error> {
+    let link = k.run(inside.link(ifname))?.ok_or_else(|| {
+        Error::new(
+            code::UNKNOWN_CONTAINER,
+            format!("{ifname} is not in the container"),
+        )
+    })?;
+    let name = link
+        .alias
+        .clone()
+        .filter(|n| libcni::names::is_ifname(n))
+        .ok_or_else(|| {
+            Error::config(format!(
+                "{ifname} carries no host name in its alias: not a host device"
+            ))
+        })?;
+    let host = Netns::open("/proc/thread-self/ns/net")
+        .map_err(|e| Error::new(code::IO, format!("opening this namespace: {e:?}")))?;
+    k.run(inside.move_link(link.index, &name, None, &host))?;
+    Ok(name)
+}
+
+/// The addresses and state the host link had before it was handed in.
+fn restore(k: &Kernel, name: &str, saved: &Saved) -> Result<(), Error> {
+    let Some(link) = k.run(k.host().link(name))? else {
+        return Ok(());
+    };
+    for addr in &saved.addresses {
+        k.run(k.host().add_address(link.index, name, *addr))?;
+    }
+    if saved.up {
+        k.run(k.host().set_up(link.index, name))?;
+    }
+    Ok(())
+}
+
+fn main() {
+    skel::run(&HostDevice, "CNI host-device plugin (cni-rs)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pci_addresses() {
+        assert!(is_pci_address("0000:00:1f.6"));
+        for bad in ["0000:00:1f", "../../../etc", "0000:00:1f.8", "zzzz:00:1f.6"] {
+            assert!(!is_pci_address(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &[
+            "device",
+            "hwaddr",
+            "kernelpath",
+            "pciBusID",
+            "runtimeConfig",
+            "deviceID",
+            "ipam",
+            "dns",
+            "dataDir",
+        ];
+        libcni::arbitrary::probe_reading(FIELDS, |a| Conf::load(a).map(|_| ()));
+    }
+}
