@@ -1,8 +1,6 @@
 //! macvlan, ptp, host-device and static IPAM (issue 8), run as a runtime runs them in
 //! namespaces of their own, and side by side with Debian's reference plugins.
 
-use std::path::PathBuf;
-
 use cni_tests::*;
 use serde_json::Value;
 
@@ -27,10 +25,10 @@ fn call<'a>(
     host: &'a Ns,
     netns: &str,
     cid: &str,
-    dir: &PathBuf,
+    dir: &std::path::Path,
 ) -> Call<'a> {
     let mut c = Call::new(plugin, cmd, host, netns, cid);
-    c.bin_dir = dir.clone();
+    c.bin_dir = dir.to_path_buf();
     c
 }
 
