@@ -69,25 +69,54 @@ fn assert_nothing_left(host: &Ns, varlib: &Path, network: &str) {
     );
 }
 
+/// A host namespace with a NIC for macvlans (one end of a veth pair, the other end there
+/// too) and a macvlan of the host's own on it at `addr`, which the containers can reach.
+fn host_with_macvlan_nic(prefix: &str, nic: &str, addr: &str) -> Ns {
+    let host = Ns::new(prefix);
+    host.sh(&format!(
+        "ip link add {nic} type veth peer name {nic}p && ip link set {nic} up && ip link set {nic}p up && \
+         ip link add {nic}h link {nic} type macvlan mode bridge && ip addr add {addr}/24 dev {nic}h && ip link set {nic}h up"
+    ));
+    host
+}
+
 #[test]
 fn containerd_ctr_run_cni_gets_an_address_and_pings_its_gateway() {
-    let dir = tempfile::tempdir().unwrap();
-    let rootfs = busybox_rootfs(dir.path());
-    let work = dir.path().join("work");
-    let host = Ns::new("ctrh");
-    let out = run_client(
-        &host,
-        "containerd.sh",
-        &[
-            bin_dir().to_str().unwrap(),
-            work.to_str().unwrap(),
-            rootfs.to_str().unwrap(),
-        ],
-    );
-    assert!(out.contains("inet 10.71.0.2/24"), "address from host-local");
-    assert!(out.contains("default via 10.71.0.1"), "default route");
-    assert!(out.contains("PING-OK"), "gateway answered");
-    assert_nothing_left(&host, &work.join("varlib"), "ctrnet");
+    for (conflist, net, host, ping) in [
+        ("ctr.conflist", "ctrnet", Ns::new("ctrh"), "10.71.0.1"),
+        (
+            "ctr-macvlan.conflist",
+            "ctrmv",
+            host_with_macvlan_nic("ctrm", "ctrnic0", "10.74.0.200"),
+            "10.74.0.200",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let rootfs = busybox_rootfs(dir.path());
+        let work = dir.path().join("work");
+        let out = run_client(
+            &host,
+            "containerd.sh",
+            &[
+                bin_dir().to_str().unwrap(),
+                work.to_str().unwrap(),
+                rootfs.to_str().unwrap(),
+                conflist,
+                ping,
+            ],
+        );
+        let subnet = &ping[..ping.rfind('.').unwrap()];
+        assert!(
+            out.contains(&format!("inet {subnet}.2/24")),
+            "{conflist}: address from host-local"
+        );
+        assert!(
+            out.contains(&format!("default via {subnet}.1")),
+            "{conflist}: default route"
+        );
+        assert!(out.contains("PING-OK"), "{conflist}: {ping} answered");
+        assert_nothing_left(&host, &work.join("varlib"), net);
+    }
 }
 
 #[test]
@@ -106,12 +135,38 @@ fn podman_run_publishes_a_port_through_the_default_chain() {
             work.to_str().unwrap(),
             rootfs.to_str().unwrap(),
             &outside.name,
+            "podman.conflist",
             "10.72.9.1",
         ],
     );
     assert!(out.contains("container address: 10.72.0."), "{out}");
     assert!(
-        out.contains("published port answered: hello from cni-rs"),
+        out.contains("the web server answered: hello from cni-rs"),
+        "{out}"
+    );
+    assert_nothing_left(&host, &work.join("varlib"), "podman");
+}
+
+#[test]
+fn podman_run_on_a_macvlan_network() {
+    let dir = tempfile::tempdir().unwrap();
+    let rootfs = busybox_rootfs(dir.path());
+    let work = dir.path().join("work");
+    let host = host_with_macvlan_nic("podm", "podnic0", "10.75.0.200");
+    let out = run_client(
+        &host,
+        "podman.sh",
+        &[
+            bin_dir().to_str().unwrap(),
+            work.to_str().unwrap(),
+            rootfs.to_str().unwrap(),
+            &host.name,
+            "podman-macvlan.conflist",
+        ],
+    );
+    assert!(out.contains("container address: 10.75.0."), "{out}");
+    assert!(
+        out.contains("the web server answered: hello from cni-rs"),
         "{out}"
     );
     assert_nothing_left(&host, &work.join("varlib"), "podman");
