@@ -177,6 +177,25 @@ pub struct Interface {
     pub pci_id: Option<String>,
 }
 
+impl Interface {
+    /// An interface of the host namespace.
+    pub fn host(name: &str, mac: &[u8]) -> Interface {
+        Interface {
+            name: name.to_string(),
+            mac: crate::net::format_mac(mac),
+            ..Default::default()
+        }
+    }
+
+    /// The interface in the container whose namespace is `sandbox` (CNI_NETNS).
+    pub fn container(name: &str, mac: &[u8], sandbox: &str) -> Interface {
+        Interface {
+            sandbox: sandbox.to_string(),
+            ..Interface::host(name, mac)
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct IpConfig {
     /// "4" or "6"; printed only for results older than 1.0.0.

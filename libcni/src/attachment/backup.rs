@@ -22,8 +22,11 @@ pub struct Backups {
 }
 
 impl Backups {
-    pub fn new(dir: impl Into<PathBuf>) -> Backups {
-        Backups { dir: dir.into() }
+    /// The backups in `dir`, or in `default` when the config names none.
+    pub fn new(dir: Option<&Path>, default: &str) -> Backups {
+        Backups {
+            dir: dir.map_or_else(|| PathBuf::from(default), Path::to_path_buf),
+        }
     }
 
     /// Container IDs and interface names cannot hold '/'.

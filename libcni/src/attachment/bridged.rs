@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 use super::{container, veth, Attachment, PendingLease, Rules, Undo};
 use crate::delegate::Delegate;
 use crate::firewall;
-use crate::net::{self, format_mac, Kernel, LinkInfo, Netlink};
+use crate::net::{self, Kernel, LinkInfo, Netlink};
 use crate::skel::CmdArgs;
 use crate::spec::{code, CniResult, Dns, Error, Interface, IpConfig, Route};
 
@@ -55,10 +55,7 @@ pub fn add(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result
     let bridge = k.run(ensure_bridge(k.host(), spec))?;
     let mac = spec.container_mac(&a);
     let host = k.run(veth::create(k.host(), &a, netns, mac, spec.mtu))?;
-    let (kernel, created) = (&k, host.name.clone());
-    undo.push(format!("deleting {created}"), move || {
-        kernel.run(kernel.host().delete_link(&created)).map(|_| ())
-    });
+    undo.delete_link(&k, k.host(), &host.name);
     k.run(attach(k.host(), spec, &a, &host, &bridge))?;
     let lease = pending.map(|p| p.wait()).transpose()?;
     let mut r = lease
@@ -86,22 +83,9 @@ pub fn add(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result
         .run(k.host().link_by_index(bridge.index))?
         .unwrap_or(bridge);
     r.interfaces = vec![
-        Interface {
-            name: bridge.name.clone(),
-            mac: format_mac(&bridge.mac),
-            ..Default::default()
-        },
-        Interface {
-            name: host.name.clone(),
-            mac: format_mac(&host.mac),
-            ..Default::default()
-        },
-        Interface {
-            name: a.ifname().to_string(),
-            mac: format_mac(&mac),
-            sandbox: args.netns.clone(),
-            ..Default::default()
-        },
+        Interface::host(&bridge.name, &bridge.mac),
+        Interface::host(&host.name, &host.mac),
+        Interface::container(a.ifname(), &mac, &args.netns),
     ];
     for ip in &mut r.ips {
         ip.interface = Some(2);

@@ -62,6 +62,11 @@ pub async fn configure(
         let key = format!("net/ipv4/conf/{}/arp_notify", link.name);
         netns.run(|| sysctl_set(&key, "1"))??;
     }
+    if r.ips.iter().any(|i| i.address.is_ipv6()) {
+        // Usable at once, its link-local address too (the reference's accept_dad 0).
+        let key = format!("net/ipv6/conf/{}/accept_dad", link.name);
+        netns.run(|| sysctl_set(&key, "0"))??;
+    }
     for ip in &r.ips {
         nl.add_address(link.index, ifname, ip.address).await?;
     }

@@ -3,6 +3,7 @@
 //! really created by this call, so a failing call never removes what it found existing
 //! (a retried ADD never harms the live attachment it collided with).
 
+use crate::net::{Kernel, Netlink};
 use crate::spec::Error;
 
 type Step<'a> = (String, Box<dyn FnOnce() -> Result<(), Error> + 'a>);
@@ -20,6 +21,14 @@ impl<'a> Undo<'a> {
     /// Records how to remove something this call just created; `what` names it in logs.
     pub fn push(&mut self, what: impl Into<String>, step: impl FnOnce() -> Result<(), Error> + 'a) {
         self.steps.push((what.into(), Box::new(step)));
+    }
+
+    /// Records that this call created link `name` through `nl`.
+    pub fn delete_link(&mut self, k: &'a Kernel, nl: &'a Netlink, name: &str) {
+        let name = name.to_string();
+        self.push(format!("deleting {name}"), move || {
+            k.run(nl.delete_link(&name)).map(|_| ())
+        });
     }
 
     /// The call succeeded: keep everything.

@@ -11,7 +11,7 @@ use ipnetwork::IpNetwork;
 use libcni::attachment::backup::Backups;
 use libcni::attachment::{container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
-use libcni::net::{format_mac, parse_mac, Kernel, LinkInfo, Netlink, Netns};
+use libcni::net::{parse_mac, Kernel, LinkInfo, Netlink, Netns};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface};
 use libcni::{code, CniResult, Error};
@@ -122,11 +122,7 @@ impl Conf {
     }
 
     fn backups(&self) -> Backups {
-        Backups::new(
-            self.data_dir
-                .clone()
-                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-        )
+        Backups::new(self.data_dir.as_deref(), DEFAULT_DATA_DIR)
     }
 }
 
@@ -220,12 +216,7 @@ impl Plugin for HostDevice {
                     format!("{} vanished after the move", a.ifname()),
                 )
             })?;
-            r.interfaces = vec![Interface {
-                name: a.ifname().to_string(),
-                mac: format_mac(&moved.mac),
-                sandbox: args.netns.clone(),
-                ..Default::default()
-            }];
+            r.interfaces = vec![Interface::container(a.ifname(), &moved.mac, &args.netns)];
         }
         let lease = ipam
             .as_ref()

@@ -5,7 +5,7 @@
 
 use libcni::attachment::{container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
-use libcni::net::{format_mac, parse_mac, Kernel, LinkInfo, MacVlanMode, Netlink};
+use libcni::net::{parse_mac, Kernel, LinkInfo, MacVlanMode, Netlink};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface};
 use libcni::{code, CniResult, Error};
@@ -77,6 +77,21 @@ impl Macvlan {
         }
     }
 
+    /// The master and the connection of its namespace (the host's, or the container's
+    /// with `linkInContainer`).
+    fn master_in<'a>(
+        &self,
+        k: &'a Kernel,
+        inside: &'a Netlink,
+    ) -> Result<(LinkInfo, &'a Netlink), Error> {
+        let parent = if self.conf.link_in_container {
+            inside
+        } else {
+            k.host()
+        };
+        Ok((k.run(self.master(parent))?, parent))
+    }
+
     /// The master: the named link, or the one of the default route, in the namespace the
     /// config says; its MTU bounds ours (7 otherwise).
     async fn master(&self, nl: &Netlink) -> Result<LinkInfo, Error> {
@@ -108,12 +123,7 @@ impl Plugin for MacvlanPlugin {
         let a = Attachment::of(args);
         let k = Kernel::new()?;
         let inside = k.connect_in(netns)?;
-        let parent = if m.conf.link_in_container {
-            &inside
-        } else {
-            k.host()
-        };
-        let master = k.run(m.master(parent))?;
+        let (master, parent) = m.master_in(&k, &inside)?;
         let ipam = Delegate::ipam(args);
         let pending = ipam
             .as_ref()
@@ -122,9 +132,7 @@ impl Plugin for MacvlanPlugin {
         let mut undo = Undo::new();
         let mtu = (m.conf.mtu != 0).then_some(m.conf.mtu);
         k.run(parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns))?;
-        undo.push(format!("deleting {}", a.ifname()), || {
-            k.run(inside.delete_link(a.ifname())).map(|_| ())
-        });
+        undo.delete_link(&k, &inside, a.ifname());
         let lease = pending.map(|p| p.wait()).transpose()?;
         let mut r = lease
             .as_ref()
@@ -143,12 +151,7 @@ impl Plugin for MacvlanPlugin {
         let link = k
             .run(inside.link(a.ifname()))?
             .ok_or_else(|| Error::new(code::NETLINK, format!("{} vanished", a.ifname())))?;
-        r.interfaces = vec![Interface {
-            name: a.ifname().to_string(),
-            mac: format_mac(&link.mac),
-            sandbox: args.netns.clone(),
-            ..Default::default()
-        }];
+        r.interfaces = vec![Interface::container(a.ifname(), &link.mac, &args.netns)];
         r.dns = m.conf.dns.clone().unwrap_or_default();
         undo.commit();
         lease.map(|l| l.commit());
@@ -188,12 +191,7 @@ impl Plugin for MacvlanPlugin {
         let a = Attachment::of(args);
         let k = Kernel::new()?;
         let inside = k.connect_in(netns)?;
-        let parent = if m.conf.link_in_container {
-            &inside
-        } else {
-            k.host()
-        };
-        let master = k.run(m.master(parent))?;
+        let (master, _) = m.master_in(&k, &inside)?;
         let mut problems = k.run(container::differences(
             &inside,
             &args.netns,

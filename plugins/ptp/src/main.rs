@@ -6,7 +6,7 @@
 use ipnetwork::IpNetwork;
 use libcni::attachment::{container, veth, Attachment, PendingLease, Rules, Undo};
 use libcni::delegate::Delegate;
-use libcni::net::{self, format_mac, Kernel, LinkInfo, Netlink, RouteSpec};
+use libcni::net::{self, Kernel, LinkInfo, Netlink, RouteSpec};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface, IpConfig};
 use libcni::{code, CniResult, Error};
@@ -126,10 +126,7 @@ impl Plugin for Ptp {
         let mut undo = Undo::new();
         let mtu = (conf.mtu != 0).then_some(conf.mtu);
         let host = k.run(veth::create(k.host(), &a, netns, a.container_mac(), mtu))?;
-        let (kernel, created) = (&k, host.name.clone());
-        undo.push(format!("deleting {created}"), move || {
-            kernel.run(kernel.host().delete_link(&created)).map(|_| ())
-        });
+        undo.delete_link(&k, k.host(), &host.name);
         k.run(
             k.host()
                 .label_and_up(host.index, &host.name, &a.alias(), None),
@@ -147,6 +144,10 @@ impl Plugin for Ptp {
             ip.interface = Some(1);
         }
         enable_forwarding(&r.ips)?;
+        if r.ips.iter().any(|i| i.address.is_ipv6()) {
+            // The host end's link-local address answers neighbour solicitations at once.
+            net::sysctl_set(&format!("net/ipv6/conf/{}/accept_dad", host.name), "0")?;
+        }
         let masq = conf.rules();
         let rules = masq.start(&a, &r.ips)?;
         if rules.is_some() {
@@ -162,17 +163,8 @@ impl Plugin for Ptp {
         k.run(route_to_container(k.host(), &host, &r.ips))?;
         rules.map_or(Ok(()), |p| p.wait())?;
         r.interfaces = vec![
-            Interface {
-                name: host.name.clone(),
-                mac: format_mac(&host.mac),
-                ..Default::default()
-            },
-            Interface {
-                name: a.ifname().to_string(),
-                mac: format_mac(&a.container_mac()),
-                sandbox: args.netns.clone(),
-                ..Default::default()
-            },
+            Interface::host(&host.name, &host.mac),
+            Interface::container(a.ifname(), &a.container_mac(), &args.netns),
         ];
         if let Some(dns) = conf.dns.as_ref().filter(|d| !d.is_empty()) {
             r.dns = dns.clone();

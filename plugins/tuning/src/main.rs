@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 const DEFAULT_DATA_DIR: &str = "/run/cni/tuning";
 
+/// The link settings and sysctls, as the config, `args.cni` and runtimeConfig give them.
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Settings {
@@ -33,22 +34,14 @@ struct Settings {
     sysctl: BTreeMap<String, String>,
 }
 
+/// The rest of the config; its own settings are read as [`Settings`].
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Conf {
     name: String,
-    #[serde(default)]
+    /// The config's sysctls and those of `args.cni` (resolved by `load`).
+    #[serde(skip)]
     sysctl: BTreeMap<String, String>,
-    #[serde(default)]
-    mac: Option<String>,
-    #[serde(default)]
-    mtu: Option<u32>,
-    #[serde(default)]
-    promisc: Option<bool>,
-    #[serde(default)]
-    allmulti: Option<bool>,
-    #[serde(default, rename = "txQLen")]
-    txqlen: Option<u32>,
     #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
@@ -106,12 +99,14 @@ impl Conf {
     /// `args.cni`; later wins. Sysctls of `args.cni` join the config's.
     fn load(args: &CmdArgs) -> Result<(Conf, LinkTuning), Error> {
         let mut c: Conf = args.parse_conf()?;
-        let mut mac = c.mac.take();
+        let own: Settings = args.parse_conf()?;
+        c.sysctl = own.sysctl;
+        let mut mac = own.mac;
         if let Some((_, m)) = args.cni_args(&["MAC"])?.pop() {
             mac = Some(m);
         }
         let (mut mtu, mut promisc, mut allmulti, mut txqlen) =
-            (c.mtu, c.promisc, c.allmulti, c.txqlen);
+            (own.mtu, own.promisc, own.allmulti, own.txqlen);
         let rc = std::mem::take(&mut c.runtime_config);
         mac = rc.mac.or(mac);
         if let Some(a) = c.args.take() {
@@ -141,11 +136,7 @@ impl Conf {
     }
 
     fn backups(&self) -> Backups {
-        Backups::new(
-            self.data_dir
-                .clone()
-                .unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-        )
+        Backups::new(self.data_dir.as_deref(), DEFAULT_DATA_DIR)
     }
 }
 
