@@ -6,8 +6,9 @@
 # (the plugin and its IPAM delegate), and the ratios; calls alternate between ours and
 # the reference so both see the same load. --chain runs podman's default list instead
 # (bridge with ipMasq, portmap, firewall, tuning) through our cnitool for both sides;
-# --host-local host-local alone, with the cost of its reservation files measured apart.
-# Usage: scripts/bench.sh [N] [--masq|--chain|--host-local]
+# --macvlan macvlan+host-local on a NIC of each host namespace; --host-local host-local
+# alone, with the cost of its reservation files measured apart.
+# Usage: scripts/bench.sh [N] [--masq|--chain|--macvlan|--host-local]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; fi
@@ -17,8 +18,9 @@ case "${2:-}" in
   --masq) masq=true ;;
   --chain) masq=true mode=chain ;;
   --host-local) mode=host-local ;;
+  --macvlan) mode=macvlan ;;
   "") ;;
-  *) echo "usage: scripts/bench.sh [N] [--masq|--chain|--host-local]" >&2; exit 2 ;;
+  *) echo "usage: scripts/bench.sh [N] [--masq|--chain|--macvlan|--host-local]" >&2; exit 2 ;;
 esac
 scripts/deps.sh iproute2 nftables containernetworking-plugins python3 time
 cargo build --release --bins --quiet
@@ -29,6 +31,10 @@ trap cleanup EXIT
 trap "exit 130" INT TERM
 for side in ours ref; do
   ip netns add "$tag-$side"; made+=("$tag-$side")
+  # a NIC for macvlans: one end of a veth pair, the other end beside it
+  ip -n "$tag-$side" link add benchnic0 type veth peer name benchnic0p
+  ip -n "$tag-$side" link set benchnic0 up
+  ip -n "$tag-$side" link set benchnic0p up
   for i in $(seq "$n"); do ip netns add "$tag-$side-$i"; made+=("$tag-$side-$i"); done
 done
 python3 scripts/bench_driver.py "$tag" "$n" "$mode" "$masq" "$PWD/target/release" /usr/lib/cni

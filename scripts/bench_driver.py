@@ -14,8 +14,9 @@ def enter(ns_fd):
 
 
 class Side:
-    """One side's plugins. mode "bridge": bridge+host-local called directly; "host-local":
-    host-local alone; "chain": podman's default list (bridge, portmap with one port per
+    """One side's plugins. mode "bridge": bridge+host-local called directly; "macvlan":
+    macvlan+host-local on a NIC of the host namespace; "host-local": host-local alone;
+    "chain": podman's default list (bridge, portmap with one port per
     container, firewall, tuning) run by our cnitool for both sides, so only the plugins
     differ."""
 
@@ -30,7 +31,11 @@ class Side:
             "ipam": {"type": "host-local", "dataDir": self.work,
                      "ranges": [[{"subnet": "10.50.0.0/16"}]]},
         }
-        if mode in ("bridge", "host-local"):
+        if mode == "macvlan":
+            self.conf = {"cniVersion": "1.0.0", "name": "bench", "type": "macvlan",
+                         "master": "benchnic0", "ipam": bridge["ipam"]}
+            self.results = {}
+        elif mode in ("bridge", "host-local"):
             self.conf = dict(bridge, cniVersion="1.0.0", name="bench")
             self.results = {}  # ADD results, passed back as prevResult on DEL like a runtime
         else:
@@ -44,7 +49,7 @@ class Side:
 
     def command(self, op, i):
         netns = f"/var/run/netns/{self.prefix}-{i}"
-        if self.mode in ("bridge", "host-local"):
+        if self.mode != "chain":
             env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}",
                        CNI_NETNS=netns, CNI_IFNAME="eth0", CNI_PATH=self.bindir)
             conf = dict(self.conf, prevResult=self.results[i]) if op == "DEL" else self.conf
@@ -116,8 +121,8 @@ def main(tag, n, mode, masq, ours_dir, ref_dir):
         for op in ("ADD", "DEL"):
             for side in sides:
                 side.invoke(op, i, rss=True)
-    what = {"bridge": "bridge+host-local", "host-local": "host-local alone",
-            "chain": "podman's chain through cnitool"}[mode]
+    what = {"bridge": "bridge+host-local", "macvlan": "macvlan+host-local",
+            "host-local": "host-local alone", "chain": "podman's chain through cnitool"}[mode]
     print(f"{n} ADDs then {n} DELs each of {what}, alternating ours and the reference; "
           f"ipMasq={masq}")
     print(f"{'plugins':8} {'op':4} {'median ms':>10} {'p90 ms':>8} {'p99 ms':>8} {'peak RSS':>10}")
