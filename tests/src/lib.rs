@@ -29,6 +29,7 @@ pub fn bin_dir() -> PathBuf {
         "ptp",
         "host-device",
         "static",
+        "vxlan-overlay",
         "cnitool",
     ] {
         assert!(
@@ -205,6 +206,46 @@ impl Drop for Ns {
         let _ = Command::new("ip")
             .args(["netns", "delete", &self.name])
             .output();
+    }
+}
+
+/// Host namespaces whose underlay links (`ul0`, `<prefix>.<10+i>/24`, a default route on
+/// it) are ports of one bridge in a switch namespace: a cluster on one machine.
+pub struct Cluster {
+    pub hosts: Vec<Ns>,
+    pub switch: Ns,
+    prefix: String,
+}
+
+impl Cluster {
+    pub fn new(n: usize, prefix: &str, mtu: u32) -> Cluster {
+        let switch = Ns::new("sw");
+        switch.sh(&format!(
+            "ip link add sw0 mtu {mtu} type bridge && ip link set sw0 up"
+        ));
+        let hosts: Vec<Ns> = (0..n).map(|_| Ns::new("n")).collect();
+        for (i, h) in hosts.iter().enumerate() {
+            switch.sh(&format!(
+                "ip link add swp{i} mtu {mtu} type veth peer name ul0 netns {} && \
+                 ip link set swp{i} master sw0 up",
+                h.name
+            ));
+            h.sh(&format!(
+                "ip link set ul0 mtu {mtu} up && ip addr add {prefix}.{}/24 dev ul0 && \
+                 ip route add default dev ul0",
+                10 + i
+            ));
+        }
+        Cluster {
+            hosts,
+            switch,
+            prefix: prefix.to_string(),
+        }
+    }
+
+    /// Host `i`'s underlay address.
+    pub fn underlay_ip(&self, i: usize) -> String {
+        format!("{}.{}", self.prefix, 10 + i)
     }
 }
 

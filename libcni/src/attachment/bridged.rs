@@ -21,6 +21,8 @@ pub struct BridgeSpec {
     pub is_default_gateway: bool,
     pub force_address: bool,
     pub ip_masq: bool,
+    /// Traffic to this network is not masqueraded (by default: to the container's subnet).
+    pub masq_exempt: Option<IpNetwork>,
     pub hairpin: bool,
     pub promisc: bool,
     pub macspoofchk: bool,
@@ -38,6 +40,7 @@ impl BridgeSpec {
     fn rules(&self, a: &Attachment) -> Rules {
         Rules {
             masquerade: self.ip_masq,
+            masquerade_exempt: self.masq_exempt,
             mac_check: self.macspoofchk.then(|| self.container_mac(a)),
         }
     }
@@ -46,16 +49,20 @@ impl BridgeSpec {
 /// ADD: the bridge, a veth with its container end born in the container, an address from
 /// `ipam` (running meanwhile), masquerade and MAC checks, the container configured, the
 /// gateway on the bridge. Whatever this call created is undone if a later step fails.
-pub fn add(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<CniResult, Error> {
+pub fn add(
+    k: &Kernel,
+    args: &CmdArgs,
+    spec: &BridgeSpec,
+    ipam: Option<&Delegate>,
+) -> Result<CniResult, Error> {
     let netns = args.required_netns()?;
     let a = Attachment::of(args);
-    let k = Kernel::new()?;
     let pending = ipam.map(|i| PendingLease::start(i, args)).transpose()?;
     let mut undo = Undo::new();
     let bridge = k.run(ensure_bridge(k.host(), spec))?;
     let mac = spec.container_mac(&a);
     let host = k.run(veth::create(k.host(), &a, netns, mac, spec.mtu))?;
-    undo.delete_link(&k, k.host(), &host.name);
+    undo.delete_link(k, k.host(), &host.name);
     k.run(attach(k.host(), spec, &a, &host, &bridge))?;
     let lease = pending.map(|p| p.wait()).transpose()?;
     let mut r = lease
@@ -98,20 +105,29 @@ pub fn add(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result
 
 /// DEL: the veth pair, the rules and the addresses; each step runs even when another
 /// fails, so the IPAM delegate is always waited for; what is already gone is fine.
-pub fn del(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<(), Error> {
+pub fn del(
+    k: &Kernel,
+    args: &CmdArgs,
+    spec: &BridgeSpec,
+    ipam: Option<&Delegate>,
+) -> Result<(), Error> {
     let a = Attachment::of(args);
     let ipam = ipam.map(|i| i.start("DEL", args)).transpose()?;
     let prev_addrs = args.prev_result().ok().flatten().map(|r| addrs(&r));
     let rules = spec.rules(&a).start_removal(&a, prev_addrs.as_deref());
-    let links = Kernel::new().and_then(|k| {
-        let inside = args.netns().map(|ns| k.connect_in(ns)).transpose()?;
-        k.run(veth::delete(
-            k.host(),
-            inside.as_ref(),
-            &a,
-            spec.container_mac(&a),
-        ))
-    });
+    let links = args
+        .netns()
+        .map(|ns| k.connect_in(ns))
+        .transpose()
+        .map_err(Error::from)
+        .and_then(|inside| {
+            k.run(veth::delete(
+                k.host(),
+                inside.as_ref(),
+                &a,
+                spec.container_mac(&a),
+            ))
+        });
     let ipam = ipam.map(|r| r.wait()).transpose();
     let rules = rules.and_then(|r| r.wait());
     links.and(rules).and(ipam.map(|_| ()))
@@ -119,14 +135,18 @@ pub fn del(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result
 
 /// CHECK: the bridge and the host veth on it, the container's interface as prevResult
 /// says, and the IPAM plugin's own CHECK.
-pub fn check(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<(), Error> {
+pub fn check(
+    k: &Kernel,
+    args: &CmdArgs,
+    spec: &BridgeSpec,
+    ipam: Option<&Delegate>,
+) -> Result<(), Error> {
     let prev = args.required_prev_result()?;
     if let Some(i) = ipam {
         i.run("CHECK", args)?;
     }
     let netns = args.required_netns()?;
     let a = Attachment::of(args);
-    let k = Kernel::new()?;
     let mut problems = k.run(host_differences(k.host(), spec, &a))?;
     let inside = k.connect_in(netns)?;
     problems.extend(k.run(container::differences(
@@ -141,9 +161,13 @@ pub fn check(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Resu
 /// GC: the host veths and rules of this network's attachments that the runtime no longer
 /// lists (their namespaces may be long gone: the rules are found by label), then the
 /// IPAM plugin's GC.
-pub fn gc(args: &CmdArgs, spec: &BridgeSpec, ipam: Option<&Delegate>) -> Result<(), Error> {
+pub fn gc(
+    k: &Kernel,
+    args: &CmdArgs,
+    spec: &BridgeSpec,
+    ipam: Option<&Delegate>,
+) -> Result<(), Error> {
     let valid = args.valid_attachments()?;
-    let k = Kernel::new()?;
     k.run(
         k.host()
             .delete_stale_attachments("veth", &args.conf.name, &valid),

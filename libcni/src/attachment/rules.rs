@@ -15,18 +15,32 @@ use crate::spec::{Error, IpConfig};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Rules {
     pub masquerade: bool,
+    /// Traffic to this network passes unmasqueraded (an overlay's cluster network); by
+    /// default, traffic to the address's own subnet.
+    pub masquerade_exempt: Option<IpNetwork>,
     /// The container MAC that alone may send from the host veth.
     pub mac_check: Option<[u8; 6]>,
 }
 
 impl Rules {
+    /// The addresses as the masquerade entries key them: with the prefix of the network
+    /// that is exempt, where one is set and holds them.
+    fn keyed(&self, addrs: impl Iterator<Item = IpNetwork>) -> Vec<IpNetwork> {
+        addrs
+            .map(|a| match self.masquerade_exempt {
+                Some(n) if n.contains(a.ip()) => IpNetwork::new(a.ip(), n.prefix()).unwrap_or(a),
+                _ => a,
+            })
+            .collect()
+    }
+
     /// Starts adding the attachment's entries (and the shared chains, should they be
     /// missing), as one transaction; None when it has none.
     pub fn start(&self, a: &Attachment, ips: &[IpConfig]) -> Result<Option<Pending>, Error> {
         let mut script = String::new();
         let mut setup = String::new();
         if self.masquerade {
-            let addrs: Vec<IpNetwork> = ips.iter().map(|i| i.address).collect();
+            let addrs = self.keyed(ips.iter().map(|i| i.address));
             script += &firewall::masquerade(&a.label(), &addrs);
             setup += &firewall::masquerade_setup();
         }
@@ -55,7 +69,7 @@ impl Rules {
     ) -> Result<Removal, Error> {
         let masq = match (self.masquerade, addrs) {
             (false, _) => String::new(),
-            (true, Some(addrs)) => firewall::remove_masquerade(addrs),
+            (true, Some(addrs)) => firewall::remove_masquerade(&self.keyed(addrs.iter().copied())),
             (true, None) => {
                 let label = a.label();
                 firewall::remove_labelled_masquerade(|n| n == label.as_str())?

@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
     LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
@@ -58,6 +58,8 @@ pub struct RouteInfo {
     pub dst: IpNetwork,
     pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
+    pub protocol: u8,
+    pub onlink: bool,
 }
 
 /// A route to add, replace or delete, with the 1.1.0 result's extras.
@@ -75,6 +77,8 @@ pub struct RouteSpec {
     pub scope: Option<u8>,
     /// The source address for traffic the route sends.
     pub src: Option<IpAddr>,
+    /// Who made the route (rtm_protocol), so its maker can find its routes again.
+    pub protocol: Option<u8>,
 }
 
 impl RouteSpec {
@@ -122,6 +126,9 @@ impl RouteSpec {
         }
         if let Some(src) = self.src {
             b = b.pref_source(src).map_err(|e| bad(e.to_string()))?;
+        }
+        if let Some(p) = self.protocol {
+            b = b.protocol(RouteProtocol::from(p));
         }
         let mut msg = b.build();
         let metrics: Vec<RouteMetric> = [
@@ -663,6 +670,8 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
         return None;
     }
     let v6 = m.header.address_family == AddressFamily::Inet6;
+    let protocol = u8::from(m.header.protocol);
+    let onlink = m.header.flags.contains(RouteFlags::Onlink);
     let mut dst = None;
     let mut gw = None;
     let mut oif = None;
@@ -684,7 +693,13 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
         m.header.destination_prefix_length,
     )
     .ok()?;
-    Some(RouteInfo { dst, gw, oif })
+    Some(RouteInfo {
+        dst,
+        gw,
+        oif,
+        protocol,
+        onlink,
+    })
 }
 
 /// A random locally administered unicast MAC.

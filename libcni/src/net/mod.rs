@@ -4,12 +4,14 @@ pub mod conntrack;
 mod link;
 mod netns;
 mod tc;
+mod vxlan;
 
 use std::io;
 
 pub use link::{random_mac, LinkInfo, LinkTuning, MacVlanMode, Netlink, RouteInfo, RouteSpec};
 pub use netns::{Netns, OpenError};
 pub use tc::{Qdisc, Tbf};
+pub use vxlan::{Entry, Vxlan, VxlanState};
 
 use crate::spec::{code, Error as CniError};
 

@@ -7,6 +7,7 @@ mod config;
 
 use libcni::attachment::bridged::{self, BridgeSpec};
 use libcni::delegate::Delegate;
+use libcni::net::Kernel;
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{CniResult, Error};
 
@@ -23,6 +24,7 @@ fn spec(args: &CmdArgs) -> Result<BridgeSpec, Error> {
         is_default_gateway: c.is_default_gateway,
         force_address: c.force_address,
         ip_masq: c.ip_masq,
+        masq_exempt: None,
         hairpin: c.hairpin_mode,
         promisc: c.promisc_mode,
         macspoofchk: c.macspoofchk,
@@ -33,15 +35,30 @@ fn spec(args: &CmdArgs) -> Result<BridgeSpec, Error> {
 
 impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
-        bridged::add(args, &spec(args)?, Delegate::ipam(args).as_ref())
+        bridged::add(
+            &Kernel::new()?,
+            args,
+            &spec(args)?,
+            Delegate::ipam(args).as_ref(),
+        )
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
-        bridged::del(args, &spec(args)?, Delegate::ipam(args).as_ref())
+        bridged::del(
+            &Kernel::new()?,
+            args,
+            &spec(args)?,
+            Delegate::ipam(args).as_ref(),
+        )
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
-        bridged::check(args, &spec(args)?, Delegate::ipam(args).as_ref())
+        bridged::check(
+            &Kernel::new()?,
+            args,
+            &spec(args)?,
+            Delegate::ipam(args).as_ref(),
+        )
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -52,7 +69,12 @@ impl Plugin for Bridge {
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
-        bridged::gc(args, &spec(args)?, Delegate::ipam(args).as_ref())
+        bridged::gc(
+            &Kernel::new()?,
+            args,
+            &spec(args)?,
+            Delegate::ipam(args).as_ref(),
+        )
     }
 }
 

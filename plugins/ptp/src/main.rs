@@ -38,7 +38,7 @@ impl Conf {
     fn rules(&self) -> Rules {
         Rules {
             masquerade: self.ip_masq,
-            mac_check: None,
+            ..Rules::default()
         }
     }
 }

@@ -1,0 +1,267 @@
+//! What an overlay needs of the kernel beyond links and routes: a VXLAN device (its VNI,
+//! port, local address and MAC fixed at creation), and the permanent neighbour and FDB
+//! entries that tell it, per peer, which MAC stands behind an address and which underlay
+//! address that MAC lives at.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo as NlInfo};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::AddressFamily;
+use rtnetlink::LinkVxlan;
+
+use super::link::nl_err;
+use super::{format_mac, Error, Netlink};
+
+/// A VXLAN device as we make it: no multicast group, no learning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vxlan {
+    pub name: String,
+    pub vni: u32,
+    pub port: u16,
+    pub local: Ipv4Addr,
+    /// The underlay link.
+    pub dev: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+/// What a VXLAN device has, read back.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct VxlanState {
+    pub vni: Option<u32>,
+    pub port: Option<u16>,
+    pub local: Option<Ipv4Addr>,
+    pub learning: Option<bool>,
+}
+
+/// A permanent entry of a device's neighbour table or FDB.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub mac: Vec<u8>,
+    /// The address behind the MAC (neighbour), or where the MAC lives (FDB).
+    pub ip: Option<IpAddr>,
+}
+
+/// An entry's address; in a bridge-family (FDB) dump it comes as plain bytes.
+fn ip_of(a: &NeighbourAddress) -> Option<IpAddr> {
+    match a {
+        NeighbourAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        NeighbourAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        NeighbourAddress::Other(b) => match b.len() {
+            4 => <[u8; 4]>::try_from(&b[..]).ok().map(IpAddr::from),
+            16 => <[u8; 16]>::try_from(&b[..]).ok().map(IpAddr::from),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(v4) => NeighbourAddress::Inet(v4),
+        IpAddr::V6(v6) => NeighbourAddress::Inet6(v6),
+    }
+}
+
+impl Netlink {
+    /// Creates the device, up.
+    pub async fn create_vxlan(&self, v: &Vxlan) -> Result<(), Error> {
+        let msg = LinkVxlan::new(&v.name, v.vni)
+            .port(v.port)
+            .local(v.local)
+            .dev(v.dev)
+            .learning(false)
+            .address(v.mac.to_vec())
+            .mtu(v.mtu)
+            .up()
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("creating vxlan {} (VNI {})", v.name, v.vni), e))
+    }
+
+    /// The VXLAN settings of link `name`; None when there is no such link.
+    pub async fn vxlan_state(&self, name: &str) -> Result<Option<VxlanState>, Error> {
+        let mut req = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        let msg = match req.try_next().await {
+            Ok(m) => m,
+            Err(e) => {
+                let e = nl_err(format!("looking up {name}"), e);
+                return if e.is_not_found() { Ok(None) } else { Err(e) };
+            }
+        };
+        let Some(msg) = msg else { return Ok(None) };
+        let mut s = VxlanState::default();
+        for a in msg.attributes {
+            let LinkAttribute::LinkInfo(infos) = a else {
+                continue;
+            };
+            for i in infos {
+                let NlInfo::Data(InfoData::Vxlan(attrs)) = i else {
+                    continue;
+                };
+                for x in attrs {
+                    match x {
+                        InfoVxlan::Id(v) => s.vni = Some(v),
+                        InfoVxlan::Port(p) => s.port = Some(p),
+                        InfoVxlan::Local(l) => s.local = Some(l),
+                        InfoVxlan::Learning(l) => s.learning = Some(l),
+                        _ => {}
+                    }
+                }
+            }
+        }
+        Ok(Some(s))
+    }
+
+    /// Sets the neighbour `ip` -> `mac` on link `index`, permanent, replacing what was.
+    pub async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), Error> {
+        self.handle
+            .neighbours()
+            .add(index, ip)
+            .link_layer_address(mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                nl_err(
+                    format!("setting neighbour {ip} -> {} on #{index}", format_mac(mac)),
+                    e,
+                )
+            })
+    }
+
+    /// Sets the FDB entry `mac` -> `dst` on link `index` (the device's own, permanent),
+    /// replacing what was.
+    pub async fn replace_fdb(&self, index: u32, mac: &[u8], dst: IpAddr) -> Result<(), Error> {
+        self.handle
+            .neighbours()
+            .add_bridge(index, mac)
+            .destination(dst)
+            .flags(NeighbourFlags::Own)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .map_err(|e| {
+                nl_err(
+                    format!("setting FDB {} -> {dst} on #{index}", format_mac(mac)),
+                    e,
+                )
+            })
+    }
+
+    async fn dump(
+        &self,
+        family: AddressFamily,
+        index: u32,
+    ) -> Result<Vec<NeighbourMessage>, Error> {
+        let msgs: Vec<NeighbourMessage> = self
+            .handle
+            .neighbours()
+            .get()
+            .set_address_family(family)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(|e| nl_err(format!("listing the neighbours of #{index}"), e))?;
+        Ok(msgs
+            .into_iter()
+            .filter(|m| m.header.ifindex == index)
+            .collect())
+    }
+
+    fn entries(msgs: &[NeighbourMessage]) -> Vec<Entry> {
+        msgs.iter()
+            .filter(|m| m.header.state == NeighbourState::Permanent)
+            .map(|m| {
+                let mut e = Entry {
+                    mac: Vec::new(),
+                    ip: None,
+                };
+                for a in &m.attributes {
+                    match a {
+                        NeighbourAttribute::LinkLayerAddress(mac) => e.mac = mac.clone(),
+                        NeighbourAttribute::Destination(d) => e.ip = ip_of(d),
+                        _ => {}
+                    }
+                }
+                e
+            })
+            .collect()
+    }
+
+    /// The permanent neighbours of link `index` (both families).
+    pub async fn neighbours(&self, index: u32) -> Result<Vec<Entry>, Error> {
+        let mut msgs = self.dump(AddressFamily::Inet, index).await?;
+        msgs.extend(self.dump(AddressFamily::Inet6, index).await?);
+        Ok(Self::entries(&msgs))
+    }
+
+    /// The permanent FDB entries of link `index`.
+    pub async fn fdb(&self, index: u32) -> Result<Vec<Entry>, Error> {
+        Ok(Self::entries(
+            &self.dump(AddressFamily::Bridge, index).await?,
+        ))
+    }
+
+    pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), Error> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = if ip.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        };
+        m.header.ifindex = index;
+        m.attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+        self.delete_entry(m, format!("deleting neighbour {ip} of #{index}"))
+            .await
+    }
+
+    pub async fn delete_fdb(&self, index: u32, e: &Entry) -> Result<(), Error> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = index;
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(e.mac.clone()));
+        if let Some(ip) = e.ip {
+            m.attributes
+                .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+        }
+        self.delete_entry(
+            m,
+            format!("deleting FDB {} of #{index}", format_mac(&e.mac)),
+        )
+        .await
+    }
+
+    /// Deletes an entry; one already gone is fine.
+    async fn delete_entry(&self, m: NeighbourMessage, what: String) -> Result<(), Error> {
+        match self.handle.neighbours().del(m).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl_err(what, e);
+                if e.is_not_found() {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! The vxlan-overlay config, with flannel's defaults (VNI 1, UDP port 8472: the kernel's
+//! and flannel's; 4789 would silently break interop with flannel nodes), checked before
+//! anything is made: every mistake is a code 7 that names its field.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use libcni::names::stable_hash;
+use libcni::skel::CmdArgs;
+use libcni::Error;
+use serde::Deserialize;
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/vxlan-overlay";
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    name: String,
+    #[serde(default)]
+    network: Option<String>,
+    #[serde(default)]
+    subnet_len: Option<u64>,
+    #[serde(default)]
+    vni: Option<u64>,
+    #[serde(default)]
+    port: Option<u64>,
+    #[serde(default)]
+    underlay_interface: Option<String>,
+    #[serde(default)]
+    direct_routing: bool,
+    #[serde(default)]
+    mtu: Option<u32>,
+    #[serde(default)]
+    bridge: Option<String>,
+    #[serde(default)]
+    ip_masq: Option<bool>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    store: Option<StoreConf>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StoreConf {
+    #[serde(rename = "type", default)]
+    kind: String,
+    #[serde(default)]
+    nodes: Vec<NodeConf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NodeConf {
+    #[serde(rename = "underlayIP")]
+    underlay_ip: String,
+    subnet: String,
+}
+
+/// A node of the cluster: where it is, and its subnet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub underlay_ip: Ipv4Addr,
+    pub subnet: Ipv4Network,
+}
+
+/// The network, checked.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    /// The network name (the one VTEP MACs are derived from).
+    pub name: String,
+    pub network: Ipv4Network,
+    pub subnet_len: u8,
+    pub vni: u32,
+    pub port: u16,
+    pub underlay_interface: Option<String>,
+    pub direct_routing: bool,
+    pub mtu: Option<u32>,
+    pub bridge: String,
+    pub ip_masq: bool,
+    pub data_dir: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+fn field(name: &str, msg: impl std::fmt::Display) -> Error {
+    Error::config(format!("{name}: {msg}"))
+}
+
+impl Overlay {
+    pub fn load(args: &CmdArgs) -> Result<Overlay, Error> {
+        Overlay::from_raw(args.parse_conf()?)
+    }
+
+    /// The same config read from a file or stdin outside a CNI call (teardown).
+    pub fn from_json(v: &serde_json::Value) -> Result<Overlay, Error> {
+        let raw: Raw = libcni::decode::from_value(v)
+            .map_err(|e| Error::config("invalid network config").details(e.to_string()))?;
+        libcni::names::network_name(&raw.name)?;
+        Overlay::from_raw(raw)
+    }
+
+    fn from_raw(r: Raw) -> Result<Overlay, Error> {
+        let network: Ipv4Network = r
+            .network
+            .as_deref()
+            .ok_or_else(|| {
+                field(
+                    "network",
+                    "missing (the cluster network, e.g. 10.244.0.0/16)",
+                )
+            })?
+            .parse()
+            .map_err(|e| field("network", e))?;
+        if network.network() != network.ip() {
+            return Err(field("network", format!("{network} has host bits set")));
+        }
+        let subnet_len = r.subnet_len.unwrap_or(24);
+        if subnet_len <= u64::from(network.prefix()) || subnet_len > 30 {
+            return Err(field(
+                "subnetLen",
+                format!(
+                    "{subnet_len} must be longer than the network's /{} and at most 30",
+                    network.prefix()
+                ),
+            ));
+        }
+        let vni = r.vni.unwrap_or(1);
+        if vni > 0xff_ffff {
+            return Err(field(
+                "vni",
+                format!("{vni} is not a 24-bit VXLAN network identifier"),
+            ));
+        }
+        let port = r.port.unwrap_or(8472);
+        if port == 0 || port > 65535 {
+            return Err(field("port", format!("{port} is not a UDP port")));
+        }
+        if let Some(i) = &r.underlay_interface {
+            if !libcni::names::is_ifname(i) {
+                return Err(field(
+                    "underlayInterface",
+                    format!("{i:?} is not an interface name"),
+                ));
+            }
+        }
+        let bridge = r.bridge.unwrap_or_else(|| "cni0".into());
+        if !libcni::names::is_ifname(&bridge) {
+            return Err(field(
+                "bridge",
+                format!("{bridge:?} is not an interface name"),
+            ));
+        }
+        if r.mtu.is_some_and(|m| m < 576) {
+            return Err(field("mtu", "must be at least 576"));
+        }
+        let store = r.store.ok_or_else(|| field("store", "missing"))?;
+        if store.kind != "static" {
+            return Err(field(
+                "store.type",
+                format!("{:?} is not a known store (static)", store.kind),
+            ));
+        }
+        let nodes = nodes(&store.nodes, network, subnet_len as u8)?;
+        Ok(Overlay {
+            name: r.name,
+            network,
+            subnet_len: subnet_len as u8,
+            vni: vni as u32,
+            port: port as u16,
+            underlay_interface: r.underlay_interface,
+            direct_routing: r.direct_routing,
+            mtu: r.mtu,
+            bridge,
+            ip_masq: r.ip_masq.unwrap_or(true),
+            data_dir: r.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            nodes,
+        })
+    }
+
+    /// The node whose underlay address is `ip`.
+    pub fn node_at(&self, ip: Ipv4Addr) -> Result<&Node, Error> {
+        self.nodes
+            .iter()
+            .find(|n| n.underlay_ip == ip)
+            .ok_or_else(|| {
+                field(
+                    "store.nodes",
+                    format!("no node has this host's underlay address {ip}"),
+                )
+            })
+    }
+
+    /// A node's VTEP MAC: derived from (network, underlay address), so every node knows
+    /// its peers' with no exchange, and a node gets its own back after a reboot.
+    pub fn vtep_mac(&self, underlay_ip: Ipv4Addr) -> [u8; 6] {
+        let h = stable_hash(&["vtep", &self.name, &underlay_ip.to_string()]).to_be_bytes();
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&h[..6]);
+        mac[0] = (mac[0] & 0xfe) | 0x02;
+        mac
+    }
+
+    /// The VXLAN device's name.
+    pub fn vtep_name(&self) -> String {
+        format!("vxlan.{}", self.vni)
+    }
+}
+
+fn nodes(confs: &[NodeConf], network: Ipv4Network, len: u8) -> Result<Vec<Node>, Error> {
+    if confs.is_empty() {
+        return Err(field(
+            "store.nodes",
+            "empty: the table must name this node at least",
+        ));
+    }
+    let mut nodes: Vec<Node> = Vec::new();
+    for (i, n) in confs.iter().enumerate() {
+        let at = |what: &str| format!("store.nodes[{i}].{what}");
+        let underlay_ip: Ipv4Addr = n.underlay_ip.parse().map_err(|_| {
+            field(
+                &at("underlayIP"),
+                format!("{:?} is not an IPv4 address", n.underlay_ip),
+            )
+        })?;
+        let subnet: Ipv4Network = n.subnet.parse().map_err(|e| field(&at("subnet"), e))?;
+        if subnet.prefix() != len || subnet.network() != subnet.ip() {
+            return Err(field(
+                &at("subnet"),
+                format!("{subnet} is not a /{len} network"),
+            ));
+        }
+        if !network.contains(subnet.network()) {
+            return Err(field(
+                &at("subnet"),
+                format!("{subnet} is outside the network {network}"),
+            ));
+        }
+        if let Some(j) = nodes.iter().position(|o| o.subnet == subnet) {
+            return Err(field(&at("subnet"), format!("{subnet} is node {j}'s too")));
+        }
+        if let Some(j) = nodes.iter().position(|o| o.underlay_ip == underlay_ip) {
+            return Err(field(
+                &at("underlayIP"),
+                format!("{underlay_ip} is node {j}'s too"),
+            ));
+        }
+        nodes.push(Node {
+            underlay_ip,
+            subnet,
+        });
+    }
+    Ok(nodes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn conf(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = json!({"cniVersion": "1.1.0", "name": "cluster", "type": "vxlan-overlay",
+            "network": "10.244.0.0/16",
+            "store": {"type": "static", "nodes": [
+                {"underlayIP": "192.168.1.10", "subnet": "10.244.1.0/24"},
+                {"underlayIP": "192.168.1.11", "subnet": "10.244.2.0/24"}]}});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    #[test]
+    fn flannels_defaults() {
+        let o = Overlay::from_json(&conf(json!({}))).unwrap();
+        assert_eq!(
+            (o.vni, o.port, o.subnet_len, o.bridge.as_str(), o.ip_masq),
+            (1, 8472, 24, "cni0", true)
+        );
+        assert_eq!(o.vtep_name(), "vxlan.1");
+        let mac = o.vtep_mac("192.168.1.10".parse().unwrap());
+        assert_eq!(mac[0] & 3, 2);
+        assert_ne!(mac, o.vtep_mac("192.168.1.11".parse().unwrap()));
+    }
+
+    #[test]
+    fn mistakes_name_their_field() {
+        let node = |ip: &str, subnet: &str| json!({"underlayIP": ip, "subnet": subnet});
+        for (extra, field) in [
+            (json!({"vni": 16777216}), "vni"),
+            (json!({"port": 0}), "port"),
+            (json!({"port": 70000}), "port"),
+            (json!({"subnetLen": 16}), "subnetLen"),
+            (json!({"network": "10.244.0.1/16"}), "network"),
+            (
+                json!({"store": {"type": "static", "nodes": [node("192.168.1.10", "10.99.1.0/24")]}}),
+                "store.nodes[0].subnet",
+            ),
+            (
+                json!({"store": {"type": "static", "nodes": [node("192.168.1.10", "10.244.1.0/24"), node("192.168.1.11", "10.244.1.0/24")]}}),
+                "store.nodes[1].subnet",
+            ),
+            (
+                json!({"store": {"type": "static", "nodes": [node("192.168.1.10", "10.244.1.0/24"), node("192.168.1.10", "10.244.2.0/24")]}}),
+                "store.nodes[1].underlayIP",
+            ),
+            (
+                json!({"store": {"type": "static", "nodes": [node("192.168.1.10", "10.244.1.0/25")]}}),
+                "store.nodes[0].subnet",
+            ),
+            (json!({"store": {"type": "other"}}), "store.type"),
+        ] {
+            let e = Overlay::from_json(&conf(extra.clone())).unwrap_err();
+            assert_eq!(e.code, 7, "{extra}");
+            assert!(e.msg.starts_with(field), "{extra}: {}", e.msg);
+        }
+        let o = Overlay::from_json(&conf(json!({}))).unwrap();
+        assert!(o
+            .node_at("192.168.1.99".parse().unwrap())
+            .unwrap_err()
+            .msg
+            .starts_with("store.nodes"));
+    }
+}

@@ -1,0 +1,251 @@
+//! One node's share of the overlay in the kernel: the underlay (its link and IPv4
+//! address), the VXLAN device, and the state of every peer, programmed with replace
+//! semantics so a second run changes nothing and whatever is no longer in the table goes.
+//! Our routes carry [`ROUTE_PROTO`], so we find them again (and only them).
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use libcni::net::{self, LinkInfo, Netlink, RouteSpec, Vxlan};
+
+use crate::config::Overlay;
+
+/// rtm_protocol of the overlay's routes.
+pub const ROUTE_PROTO: u8 = 73;
+/// What VXLAN over IPv4 adds to a frame: outer IP, UDP, VXLAN and inner Ethernet.
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// This node's underlay.
+#[derive(Debug, Clone)]
+pub struct Underlay {
+    pub link: LinkInfo,
+    pub ip: Ipv4Addr,
+    /// The underlay's on-link network (for directRouting).
+    pub net: Ipv4Network,
+}
+
+/// A peer node, as the kernel is told of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub subnet: Ipv4Network,
+    pub underlay_ip: Ipv4Addr,
+    pub mac: [u8; 6],
+}
+
+fn not_found(what: String) -> net::Error {
+    net::Error::io(what, std::io::ErrorKind::NotFound.into())
+}
+
+/// The underlay: `name`, or the interface of the default route; its first IPv4 address.
+pub async fn underlay(nl: &Netlink, name: Option<&str>) -> Result<Underlay, net::Error> {
+    let link = match name {
+        Some(n) => nl
+            .link(n)
+            .await?
+            .ok_or_else(|| not_found(format!("underlay interface {n}")))?,
+        None => nl
+            .default_route_link()
+            .await?
+            .ok_or_else(|| not_found("no underlayInterface and no default route".into()))?,
+    };
+    let addr = nl
+        .addresses(link.index, &link.name)
+        .await?
+        .into_iter()
+        .find_map(|a| match a {
+            IpNetwork::V4(v4) => Some(v4),
+            IpNetwork::V6(_) => None,
+        })
+        .ok_or_else(|| not_found(format!("an IPv4 address on {}", link.name)))?;
+    let net = Ipv4Network::new(addr.network(), addr.prefix()).expect("from a valid address");
+    Ok(Underlay {
+        link,
+        ip: addr.ip(),
+        net,
+    })
+}
+
+/// The device this node's config asks for.
+pub fn vtep(o: &Overlay, u: &Underlay, mtu: u32) -> Vxlan {
+    Vxlan {
+        name: o.vtep_name(),
+        vni: o.vni,
+        port: o.port,
+        local: u.ip,
+        dev: u.link.index,
+        mac: o.vtep_mac(u.ip),
+        mtu,
+    }
+}
+
+/// Makes the device, or keeps the one there if it is as asked (VNI, port, local address,
+/// MAC, learning off); one that is not is made anew. Its MAC is set at creation, never
+/// after.
+pub async fn ensure_vtep(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
+    if let Some(l) = nl.link(&want.name).await? {
+        let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
+        let same = l.kind.as_deref() == Some("vxlan")
+            && s.vni == Some(want.vni)
+            && s.port == Some(want.port)
+            && s.local == Some(want.local)
+            && s.learning == Some(false)
+            && l.mac == want.mac;
+        if same {
+            if !l.up {
+                nl.set_up(l.index, &l.name).await?;
+            }
+            return Ok(l);
+        }
+        nl.delete_link(&want.name).await?;
+    }
+    nl.create_vxlan(want).await?;
+    nl.link(&want.name)
+        .await?
+        .ok_or_else(|| not_found(format!("{} after its creation", want.name)))
+}
+
+/// Whether `p` is reached directly over the underlay (directRouting, on-link peer).
+fn direct(o: &Overlay, u: &Underlay, p: &Peer) -> bool {
+    o.direct_routing && u.net.contains(p.underlay_ip)
+}
+
+/// The route to `p`'s subnet: via its underlay address, or through the device on-link
+/// via the subnet's network address (which the neighbour entry resolves).
+fn route_to(o: &Overlay, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
+    let (gw, oif, onlink) = if direct(o, u, p) {
+        (IpAddr::V4(p.underlay_ip), u.link.index, false)
+    } else {
+        (IpAddr::V4(p.subnet.network()), vtep.index, true)
+    };
+    RouteSpec {
+        onlink,
+        protocol: Some(ROUTE_PROTO),
+        ..RouteSpec::new(IpNetwork::V4(p.subnet), Some(gw), oif)
+    }
+}
+
+/// Programs every peer (neighbour, FDB entry, route; or a direct route) and removes the
+/// overlay state of anything not among `peers`.
+pub async fn program(
+    nl: &Netlink,
+    o: &Overlay,
+    u: &Underlay,
+    vtep: &LinkInfo,
+    peers: &[Peer],
+) -> Result<(), net::Error> {
+    let tunnelled: Vec<&Peer> = peers.iter().filter(|p| !direct(o, u, p)).collect();
+    for p in &tunnelled {
+        nl.replace_neighbour(vtep.index, IpAddr::V4(p.subnet.network()), &p.mac)
+            .await?;
+        nl.replace_fdb(vtep.index, &p.mac, IpAddr::V4(p.underlay_ip))
+            .await?;
+    }
+    for p in peers {
+        nl.replace_route(&route_to(o, u, vtep, p)).await?;
+    }
+    // What is ours and no longer wanted.
+    for r in nl.routes(false).await? {
+        let IpNetwork::V4(dst) = r.dst else { continue };
+        let ours =
+            r.protocol == ROUTE_PROTO && o.network.contains(dst.network()) && dst != o.network;
+        let wanted = peers.iter().any(|p| {
+            let want = route_to(o, u, vtep, p);
+            p.subnet == dst && r.gw == want.gw && r.oif == Some(want.oif)
+        });
+        if ours && !wanted {
+            let spec = RouteSpec {
+                protocol: Some(ROUTE_PROTO),
+                ..RouteSpec::new(r.dst, r.gw, r.oif.unwrap_or_default())
+            };
+            nl.delete_route(&spec).await?;
+        }
+    }
+    for n in nl.neighbours(vtep.index).await? {
+        let wanted = tunnelled
+            .iter()
+            .any(|p| n.ip == Some(IpAddr::V4(p.subnet.network())) && n.mac == p.mac);
+        if let (false, Some(ip)) = (wanted, n.ip) {
+            nl.delete_neighbour(vtep.index, ip).await?;
+        }
+    }
+    for f in nl.fdb(vtep.index).await? {
+        let wanted = tunnelled
+            .iter()
+            .any(|p| f.mac == p.mac && f.ip == Some(IpAddr::V4(p.underlay_ip)));
+        if !wanted {
+            nl.delete_fdb(vtep.index, &f).await?;
+        }
+    }
+    Ok(())
+}
+
+/// What CHECK finds missing of the device and the peers' state.
+pub async fn differences(
+    nl: &Netlink,
+    o: &Overlay,
+    u: &Underlay,
+    want: &Vxlan,
+    peers: &[Peer],
+) -> Result<Vec<String>, net::Error> {
+    let mut problems = Vec::new();
+    let Some(vtep) = nl.link(&want.name).await? else {
+        return Ok(vec![format!("VXLAN device {} is missing", want.name)]);
+    };
+    let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
+    if s.vni != Some(want.vni)
+        || s.port != Some(want.port)
+        || s.local != Some(want.local)
+        || vtep.mac != want.mac
+    {
+        problems.push(format!(
+            "{} is not VNI {} port {} from {}",
+            want.name, want.vni, want.port, want.local
+        ));
+    }
+    let routes = nl.routes(false).await?;
+    let neighbours = nl.neighbours(vtep.index).await?;
+    let fdb = nl.fdb(vtep.index).await?;
+    for p in peers {
+        let r = route_to(o, u, &vtep, p);
+        if !routes
+            .iter()
+            .any(|k| k.dst == IpNetwork::V4(p.subnet) && k.gw == r.gw && k.oif == Some(r.oif))
+        {
+            problems.push(format!("route to {} is missing", p.subnet));
+        }
+        if direct(o, u, p) {
+            continue;
+        }
+        let gw = IpAddr::V4(p.subnet.network());
+        if !neighbours
+            .iter()
+            .any(|n| n.ip == Some(gw) && n.mac == p.mac)
+        {
+            problems.push(format!("neighbour {gw} of {} is missing", want.name));
+        }
+        if !fdb
+            .iter()
+            .any(|f| f.mac == p.mac && f.ip == Some(IpAddr::V4(p.underlay_ip)))
+        {
+            problems.push(format!("FDB entry for {} is missing", p.underlay_ip));
+        }
+    }
+    Ok(problems)
+}
+
+/// Removes the device (its neighbours, FDB entries and routes go with it) and our direct
+/// routes to the network's subnets.
+pub async fn remove(nl: &Netlink, o: &Overlay) -> Result<(), net::Error> {
+    nl.delete_link(&o.vtep_name()).await?;
+    for r in nl.routes(false).await? {
+        let IpNetwork::V4(dst) = r.dst else { continue };
+        if r.protocol == ROUTE_PROTO && o.network.contains(dst.network()) {
+            let spec = RouteSpec {
+                protocol: Some(ROUTE_PROTO),
+                ..RouteSpec::new(r.dst, r.gw, r.oif.unwrap_or_default())
+            };
+            nl.delete_route(&spec).await?;
+        }
+    }
+    Ok(())
+}
