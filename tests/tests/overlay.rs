@@ -40,8 +40,8 @@ fn attach(c: &Cluster, h: usize, conf: &Value, cid: &str) -> (Ns, String) {
 /// The overlay state of a host, as `ip` and `bridge` show it.
 fn state(h: &Ns) -> (String, String, String) {
     (
-        h.sh("ip neigh show dev vxlan.1 nud permanent"),
-        h.sh("bridge fdb show dev vxlan.1"),
+        h.sh("ip neigh show dev flannel.1 nud permanent"),
+        h.sh("bridge fdb show dev flannel.1"),
         h.sh("ip route show proto 73"),
     )
 }
@@ -116,7 +116,7 @@ fn containers_on_three_hosts_reach_each_other() {
 
     // per host: one device, learning off, one neighbour, FDB entry and route per peer
     for h in &c.hosts {
-        let dev = h.link("vxlan.1").unwrap();
+        let dev = h.link("flannel.1").unwrap();
         assert_eq!(dev["linkinfo"]["info_data"]["learning"], false, "{dev}");
         assert_eq!(dev["linkinfo"]["info_data"]["port"], 8472, "{dev}");
         assert_eq!(dev["mtu"], 1450);
@@ -135,7 +135,7 @@ fn containers_on_three_hosts_reach_each_other() {
         assert!(
             routes
                 .lines()
-                .all(|l| l.contains("onlink") && l.contains("dev vxlan.1")),
+                .all(|l| l.contains("onlink") && l.contains("dev flannel.1")),
             "{routes}"
         );
     }
@@ -165,12 +165,12 @@ fn a_lost_device_comes_back_with_its_mac() {
     let (a, a_ip) = attach(&c, 0, &overlay(&c, data[0].path(), json!({})), "l0");
     let (b, _) = attach(&c, 1, &overlay(&c, data[1].path(), json!({})), "l1");
     assert!(b.ping(&a_ip));
-    let mac = c.hosts[0].link("vxlan.1").unwrap()["address"].clone();
+    let mac = c.hosts[0].link("flannel.1").unwrap()["address"].clone();
     // a reboot, say: the device is gone
-    c.hosts[0].sh("ip link del vxlan.1");
+    c.hosts[0].sh("ip link del flannel.1");
     assert!(!b.ping(&a_ip));
     let (_again, _) = attach(&c, 0, &overlay(&c, data[0].path(), json!({})), "l2");
-    assert_eq!(c.hosts[0].link("vxlan.1").unwrap()["address"], mac);
+    assert_eq!(c.hosts[0].link("flannel.1").unwrap()["address"], mac);
     assert!(b.ping(&a_ip), "the peer reaches the node again, untouched");
     assert!(a.ping("10.244.2.2"));
 }
@@ -209,7 +209,7 @@ fn del_twice_and_teardown_leave_nothing() {
     assert!(!r.ok, "a second ADD of a live attachment");
     let prev = json!({"cniVersion": "1.1.0", "interfaces": [], "ips": []});
     check.run(&with_prev(&conf, &prev)).expect_ok();
-    h.sh("ip neigh del 10.244.2.0 dev vxlan.1");
+    h.sh("ip neigh del 10.244.2.0 dev flannel.1");
     assert_eq!(
         check.run(&with_prev(&conf, &prev)).code(),
         104,
@@ -222,7 +222,7 @@ fn del_twice_and_teardown_leave_nothing() {
     }
     assert!(a.link("eth0").is_none());
     assert!(
-        h.link("vxlan.1").is_some(),
+        h.link("flannel.1").is_some(),
         "shared: the other container still uses it"
     );
     let teardown = |force: bool| {
@@ -258,7 +258,7 @@ fn del_twice_and_teardown_leave_nothing() {
         .run(&conf)
         .expect_ok();
     assert!(teardown(false).status.success());
-    assert!(h.link("vxlan.1").is_none() && h.link("cni0").is_none());
+    assert!(h.link("flannel.1").is_none() && h.link("cni0").is_none());
     assert!(h.sh("ip route show proto 73").trim().is_empty());
     assert!(!h.nft_ruleset().contains("\"cluster/"));
     assert!(!data.path().join("cluster").exists());
@@ -266,5 +266,5 @@ fn del_twice_and_teardown_leave_nothing() {
     // a forced teardown with containers attached
     let (_c, _) = attach(&c, 0, &conf, "t2");
     assert!(teardown(true).status.success());
-    assert!(h.link("vxlan.1").is_none());
+    assert!(h.link("flannel.1").is_none());
 }

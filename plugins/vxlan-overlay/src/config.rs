@@ -12,6 +12,8 @@ use libcni::Error;
 use serde::Deserialize;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/vxlan-overlay";
+pub const DEFAULT_SUBNET_FILE: &str = "/run/flannel/subnet.env";
+pub const DEFAULT_PREFIX: &str = "/coreos.com/network";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -38,15 +40,51 @@ struct Raw {
     #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
+    subnet_file: Option<PathBuf>,
+    #[serde(default)]
     store: Option<StoreConf>,
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct StoreConf {
     #[serde(rename = "type", default)]
     kind: String,
     #[serde(default)]
     nodes: Vec<NodeConf>,
+    #[serde(default)]
+    endpoints: Vec<String>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default, rename = "leaseTTL")]
+    lease_ttl: Option<u64>,
+    #[serde(default)]
+    cert_file: Option<PathBuf>,
+    #[serde(default)]
+    key_file: Option<PathBuf>,
+    #[serde(default)]
+    trusted_ca_file: Option<PathBuf>,
+}
+
+/// Where the node table lives.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// In the config: every node's underlay address and subnet.
+    Static(Vec<Node>),
+    /// In etcd, in flannel's layout, kept by the agent; the plugin reads the subnet file.
+    Etcd(Etcd),
+}
+
+/// The etcd store, with flannel's names and defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Etcd {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    /// Seconds.
+    pub lease_ttl: u64,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub trusted_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -64,13 +102,14 @@ pub struct Node {
     pub subnet: Ipv4Network,
 }
 
-/// The network, checked.
+/// The network, checked. In the etcd store, `network` and `subnet_len` are the config's
+/// when it names them (etcd's `<prefix>/config` rules, and must agree).
 #[derive(Debug, Clone)]
 pub struct Overlay {
     /// The network name (the one VTEP MACs are derived from).
     pub name: String,
-    pub network: Ipv4Network,
-    pub subnet_len: u8,
+    pub network: Option<Ipv4Network>,
+    pub subnet_len: Option<u8>,
     pub vni: u32,
     pub port: u16,
     pub underlay_interface: Option<String>,
@@ -79,7 +118,8 @@ pub struct Overlay {
     pub bridge: String,
     pub ip_masq: bool,
     pub data_dir: PathBuf,
-    pub nodes: Vec<Node>,
+    pub subnet_file: PathBuf,
+    pub store: Store,
 }
 
 fn field(name: &str, msg: impl std::fmt::Display) -> Error {
@@ -100,30 +140,29 @@ impl Overlay {
     }
 
     fn from_raw(r: Raw) -> Result<Overlay, Error> {
-        let network: Ipv4Network = r
+        let network = r
             .network
             .as_deref()
-            .ok_or_else(|| {
-                field(
-                    "network",
-                    "missing (the cluster network, e.g. 10.244.0.0/16)",
-                )
-            })?
-            .parse()
-            .map_err(|e| field("network", e))?;
-        if network.network() != network.ip() {
-            return Err(field("network", format!("{network} has host bits set")));
+            .map(|n| n.parse::<Ipv4Network>().map_err(|e| field("network", e)))
+            .transpose()?;
+        if let Some(n) = network.filter(|n| n.network() != n.ip()) {
+            return Err(field("network", format!("{n} has host bits set")));
         }
-        let subnet_len = r.subnet_len.unwrap_or(24);
-        if subnet_len <= u64::from(network.prefix()) || subnet_len > 30 {
-            return Err(field(
-                "subnetLen",
-                format!(
-                    "{subnet_len} must be longer than the network's /{} and at most 30",
-                    network.prefix()
-                ),
-            ));
-        }
+        let subnet_len = match (r.subnet_len, network) {
+            (Some(len), Some(n)) if len <= u64::from(n.prefix()) || len > 30 => {
+                return Err(field(
+                    "subnetLen",
+                    format!(
+                        "{len} must be longer than the network's /{} and at most 30",
+                        n.prefix()
+                    ),
+                ))
+            }
+            (Some(len), _) if len > 30 => {
+                return Err(field("subnetLen", format!("{len} is longer than 30")))
+            }
+            (len, _) => len.map(|l| l as u8),
+        };
         let vni = r.vni.unwrap_or(1);
         if vni > 0xff_ffff {
             return Err(field(
@@ -153,18 +192,39 @@ impl Overlay {
         if r.mtu.is_some_and(|m| m < 576) {
             return Err(field("mtu", "must be at least 576"));
         }
-        let store = r.store.ok_or_else(|| field("store", "missing"))?;
-        if store.kind != "static" {
-            return Err(field(
-                "store.type",
-                format!("{:?} is not a known store (static)", store.kind),
-            ));
-        }
-        let nodes = nodes(&store.nodes, network, subnet_len as u8)?;
+        let s = r.store.ok_or_else(|| field("store", "missing"))?;
+        let store = match s.kind.as_str() {
+            "static" => {
+                let network = network.ok_or_else(|| {
+                    field(
+                        "network",
+                        "missing (the cluster network, e.g. 10.244.0.0/16)",
+                    )
+                })?;
+                let len = subnet_len.unwrap_or(24);
+                if len <= network.prefix() {
+                    return Err(field(
+                        "subnetLen",
+                        format!(
+                            "{len} must be longer than the network's /{}",
+                            network.prefix()
+                        ),
+                    ));
+                }
+                Store::Static(nodes(&s.nodes, network, len)?)
+            }
+            "etcd" => Store::Etcd(etcd(s)?),
+            other => {
+                return Err(field(
+                    "store.type",
+                    format!("{other:?} is not a known store (static, etcd)"),
+                ))
+            }
+        };
         Ok(Overlay {
             name: r.name,
+            subnet_len: subnet_len.or(matches!(store, Store::Static(_)).then_some(24)),
             network,
-            subnet_len: subnet_len as u8,
             vni: vni as u32,
             port: port as u16,
             underlay_interface: r.underlay_interface,
@@ -173,13 +233,22 @@ impl Overlay {
             bridge,
             ip_masq: r.ip_masq.unwrap_or(true),
             data_dir: r.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
-            nodes,
+            subnet_file: r.subnet_file.unwrap_or_else(|| DEFAULT_SUBNET_FILE.into()),
+            store,
         })
+    }
+
+    /// The static node table (empty in the etcd store).
+    pub fn nodes(&self) -> &[Node] {
+        match &self.store {
+            Store::Static(nodes) => nodes,
+            Store::Etcd(_) => &[],
+        }
     }
 
     /// The node whose underlay address is `ip`.
     pub fn node_at(&self, ip: Ipv4Addr) -> Result<&Node, Error> {
-        self.nodes
+        self.nodes()
             .iter()
             .find(|n| n.underlay_ip == ip)
             .ok_or_else(|| {
@@ -200,10 +269,47 @@ impl Overlay {
         mac
     }
 
-    /// The VXLAN device's name.
+    /// The VXLAN device's name: flannel's, so a node moving between flanneld and us keeps
+    /// its device and its tools.
     pub fn vtep_name(&self) -> String {
-        format!("vxlan.{}", self.vni)
+        format!("flannel.{}", self.vni)
     }
+}
+
+fn etcd(s: StoreConf) -> Result<Etcd, Error> {
+    if s.endpoints.is_empty() {
+        return Err(field(
+            "store.endpoints",
+            "missing (e.g. [\"http://10.0.0.5:2379\"])",
+        ));
+    }
+    for e in &s.endpoints {
+        if !(e.starts_with("http://") || e.starts_with("https://")) {
+            return Err(field(
+                "store.endpoints",
+                format!("{e:?} is not an http(s) URL"),
+            ));
+        }
+    }
+    let prefix = s.prefix.unwrap_or_else(|| DEFAULT_PREFIX.into());
+    if !prefix.starts_with('/') || prefix.ends_with('/') {
+        return Err(field(
+            "store.prefix",
+            format!("{prefix:?} must start with '/' and not end with one"),
+        ));
+    }
+    let lease_ttl = s.lease_ttl.unwrap_or(60);
+    if lease_ttl < 2 {
+        return Err(field("store.leaseTTL", "at least 2 seconds"));
+    }
+    Ok(Etcd {
+        endpoints: s.endpoints,
+        prefix,
+        lease_ttl,
+        cert_file: s.cert_file,
+        key_file: s.key_file,
+        trusted_ca_file: s.trusted_ca_file,
+    })
 }
 
 fn nodes(confs: &[NodeConf], network: Ipv4Network, len: u8) -> Result<Vec<Node>, Error> {
@@ -274,9 +380,9 @@ mod tests {
         let o = Overlay::from_json(&conf(json!({}))).unwrap();
         assert_eq!(
             (o.vni, o.port, o.subnet_len, o.bridge.as_str(), o.ip_masq),
-            (1, 8472, 24, "cni0", true)
+            (1, 8472, Some(24), "cni0", true)
         );
-        assert_eq!(o.vtep_name(), "vxlan.1");
+        assert_eq!(o.vtep_name(), "flannel.1");
         let mac = o.vtep_mac("192.168.1.10".parse().unwrap());
         assert_eq!(mac[0] & 3, 2);
         assert_ne!(mac, o.vtep_mac("192.168.1.11".parse().unwrap()));
@@ -308,6 +414,15 @@ mod tests {
                 "store.nodes[0].subnet",
             ),
             (json!({"store": {"type": "other"}}), "store.type"),
+            (json!({"store": {"type": "etcd"}}), "store.endpoints"),
+            (
+                json!({"store": {"type": "etcd", "endpoints": ["10.0.0.5:2379"]}}),
+                "store.endpoints",
+            ),
+            (
+                json!({"store": {"type": "etcd", "endpoints": ["http://e:2379"], "prefix": "x"}}),
+                "store.prefix",
+            ),
         ] {
             let e = Overlay::from_json(&conf(extra.clone())).unwrap_err();
             assert_eq!(e.code, 7, "{extra}");

@@ -8,6 +8,7 @@
 use std::io::Read;
 
 use ipnetwork::IpNetwork;
+use ipnetwork::Ipv4Network;
 use libcni::attachment::bridged::{self, BridgeSpec};
 use libcni::delegate::Delegate;
 use libcni::firewall::{self, Label};
@@ -15,19 +16,38 @@ use libcni::net::{Kernel, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
-use vxlan_overlay::config::{Node, Overlay};
-use vxlan_overlay::node::{self, Peer, Underlay, VXLAN_OVERHEAD};
+use vxlan_overlay::config::{Overlay, Store};
+use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
+use vxlan_overlay::subnet_env::SubnetEnv;
 
-/// This node as the kernel and the table see it.
+/// This node's share of the static store: its underlay and the peers to program.
+struct Meshed {
+    underlay: Underlay,
+    peers: Vec<Peer>,
+}
+
+/// Where this node's containers go: its subnet in the cluster network, with what the
+/// store says of MTU and masquerade.
 struct Here {
     overlay: Overlay,
-    underlay: Underlay,
-    me: Node,
+    network: Ipv4Network,
+    subnet: Ipv4Network,
     mtu: u32,
+    ip_masq: bool,
+    /// The static store's kernel work (the etcd store's is the agent's).
+    meshed: Option<Meshed>,
 }
 
 impl Here {
     fn find(k: &Kernel, overlay: Overlay) -> Result<Here, Error> {
+        match &overlay.store {
+            Store::Static(_) => Here::in_table(k, overlay),
+            Store::Etcd(_) => Here::from_subnet_file(overlay),
+        }
+    }
+
+    /// Static store: this node is the table's entry with its underlay address.
+    fn in_table(k: &Kernel, overlay: Overlay) -> Result<Here, Error> {
         let underlay = k
             .run(node::underlay(
                 k.host(),
@@ -45,46 +65,72 @@ impl Here {
                 underlay.link.name, underlay.link.mtu
             )));
         }
-        Ok(Here {
-            overlay,
-            underlay,
-            me,
-            mtu,
-        })
-    }
-
-    /// For DEL on a node that is not in the table as it is now.
-    fn lost(k: &Kernel, overlay: Overlay) -> Option<Here> {
-        let underlay = k
-            .run(node::underlay(
-                k.host(),
-                overlay.underlay_interface.as_deref(),
-            ))
-            .ok()?;
-        let me = overlay.nodes.first()?.clone();
-        Some(Here {
-            mtu: underlay.link.mtu,
-            overlay,
-            underlay,
-            me,
-        })
-    }
-
-    fn vtep(&self) -> Vxlan {
-        node::vtep(&self.overlay, &self.underlay, self.mtu)
-    }
-
-    fn peers(&self) -> Vec<Peer> {
-        let o = &self.overlay;
-        o.nodes
+        let peers = overlay
+            .nodes()
             .iter()
-            .filter(|n| **n != self.me)
+            .filter(|n| **n != me)
             .map(|n| Peer {
                 subnet: n.subnet,
                 underlay_ip: n.underlay_ip,
-                mac: o.vtep_mac(n.underlay_ip),
+                mac: overlay.vtep_mac(n.underlay_ip),
             })
-            .collect()
+            .collect();
+        Ok(Here {
+            network: overlay.network.expect("the static store has a network"),
+            subnet: me.subnet,
+            mtu,
+            ip_masq: overlay.ip_masq,
+            meshed: Some(Meshed { underlay, peers }),
+            overlay,
+        })
+    }
+
+    /// etcd store: what the node's agent (or flanneld) wrote; the config's network, if it
+    /// names one, must agree.
+    fn from_subnet_file(overlay: Overlay) -> Result<Here, Error> {
+        let env = SubnetEnv::read(&overlay.subnet_file)?;
+        if overlay.network.is_some_and(|n| n != env.network) {
+            return Err(Error::config(format!(
+                "network: {} differs from the cluster's {} ({})",
+                overlay.network.unwrap_or(env.network),
+                env.network,
+                overlay.subnet_file.display()
+            )));
+        }
+        Ok(Here {
+            network: env.network,
+            subnet: env.node_subnet(),
+            mtu: overlay.mtu.unwrap_or(env.mtu),
+            // As flannel's plugin: flanneld with --ip-masq masquerades itself.
+            ip_masq: overlay.ip_masq && !env.ip_masq,
+            meshed: None,
+            overlay,
+        })
+    }
+
+    /// The static store's device and peers, programmed.
+    fn program(&self, k: &Kernel) -> Result<(), Error> {
+        let Some(m) = &self.meshed else { return Ok(()) };
+        let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), self.subnet))?;
+        k.run(node::program(
+            k.host(),
+            &self.mesh(),
+            &m.underlay,
+            &vtep,
+            &m.peers,
+        ))
+    }
+
+    fn mesh(&self) -> Mesh {
+        Mesh {
+            network: self.network,
+            direct_routing: self.overlay.direct_routing,
+        }
+    }
+
+    fn vtep(&self, m: &Meshed) -> Vxlan {
+        let mac = self.overlay.vtep_mac(m.underlay.ip);
+        node::vtep(&self.overlay, &m.underlay, mac, self.mtu)
     }
 
     /// The node bridge with the subnet's first address as every container's gateway; what
@@ -95,8 +141,8 @@ impl Here {
             mtu: Some(self.mtu),
             is_gateway: true,
             is_default_gateway: true,
-            ip_masq: self.overlay.ip_masq,
-            masq_exempt: Some(IpNetwork::V4(self.overlay.network)),
+            ip_masq: self.ip_masq,
+            masq_exempt: Some(IpNetwork::V4(self.network)),
             ..BridgeSpec::default()
         }
     }
@@ -106,7 +152,7 @@ impl Here {
         let mut conf = json!({
             "cniVersion": args.conf.cni_version, "name": self.overlay.name, "type": "vxlan-overlay",
             "ipam": {"type": "host-local", "dataDir": self.overlay.data_dir,
-                     "ranges": [[{"subnet": self.me.subnet.to_string()}]]}
+                     "ranges": [[{"subnet": self.subnet.to_string()}]]}
         });
         for key in ["runtimeConfig", "args"] {
             if let Some(v) = args.raw.get(key) {
@@ -125,24 +171,15 @@ impl Plugin for VxlanOverlay {
         args.required_netns()?;
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
-        let vtep = k.run(node::ensure_vtep(k.host(), &here.vtep()))?;
-        k.run(node::program(
-            k.host(),
-            &here.overlay,
-            &here.underlay,
-            &vtep,
-            &here.peers(),
-        ))?;
+        here.program(&k)?;
         bridged::add(&k, args, &here.bridge(), Some(&here.ipam(args)))
     }
 
     /// Detaches the container and frees its address; the node's device and peers stay.
-    /// A node that cannot find itself any more (its underlay gone or renumbered) still
-    /// detaches: host-local releases by container, whatever subnet it is told.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
-        let here = Here::find(&k, o.clone()).or_else(|e| Here::lost(&k, o).ok_or(e))?;
+        let here = Here::find(&k, o.clone()).unwrap_or_else(|_| lost(o));
         bridged::del(&k, args, &here.bridge(), Some(&here.ipam(args)))
     }
 
@@ -150,22 +187,43 @@ impl Plugin for VxlanOverlay {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
-        let problems = k.run(node::differences(
-            k.host(),
-            &here.overlay,
-            &here.underlay,
-            &here.vtep(),
-            &here.peers(),
-        ))?;
-        Error::check("the node's overlay state differs from the config", problems)?;
+        if let Some(m) = &here.meshed {
+            let problems = k.run(node::differences(
+                k.host(),
+                &here.mesh(),
+                &m.underlay,
+                &here.vtep(m),
+                &m.peers,
+            ))?;
+            Error::check("the node's overlay state differs from the config", problems)?;
+        }
         bridged::check(&k, args, &here.bridge(), Some(&here.ipam(args)))
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
-        let here = Here::find(&k, o)?;
+        let here = Here::find(&k, o.clone()).unwrap_or_else(|_| lost(o));
         bridged::gc(&k, args, &here.bridge(), Some(&here.ipam(args)))
+    }
+}
+
+/// DEL and GC on a node that cannot find itself any more (its underlay gone or
+/// renumbered, the subnet file gone): they still detach, since host-local releases by
+/// container whatever subnet it is told and the bridge and masquerade are found by name
+/// and label.
+fn lost(overlay: Overlay) -> Here {
+    let network = overlay.network.unwrap_or_else(|| {
+        Ipv4Network::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).expect("literal")
+    });
+    let subnet = overlay.nodes().first().map_or(network, |n| n.subnet);
+    Here {
+        network,
+        subnet,
+        mtu: 1500,
+        ip_masq: overlay.ip_masq,
+        meshed: None,
+        overlay,
     }
 }
 
@@ -217,7 +275,7 @@ fn teardown(force: bool) -> Result<(), Error> {
         ));
     }
     let k = Kernel::new()?;
-    k.run(node::remove(k.host(), &o))?;
+    k.run(node::remove(k.host(), &o.vtep_name(), o.network))?;
     k.run(k.host().delete_link(&o.bridge))?;
     let prefix = Label::network_prefix(&o.name);
     let masq = firewall::remove_labelled_masquerade(|n| n.starts_with(&prefix))?;

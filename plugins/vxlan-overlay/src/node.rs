@@ -10,6 +10,13 @@ use libcni::net::{self, LinkInfo, Netlink, RouteSpec, Vxlan};
 
 use crate::config::Overlay;
 
+/// The cluster as this node programs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Mesh {
+    pub network: Ipv4Network,
+    pub direct_routing: bool,
+}
+
 /// rtm_protocol of the overlay's routes.
 pub const ROUTE_PROTO: u8 = 73;
 /// What VXLAN over IPv4 adds to a frame: outer IP, UDP, VXLAN and inner Ethernet.
@@ -65,23 +72,35 @@ pub async fn underlay(nl: &Netlink, name: Option<&str>) -> Result<Underlay, net:
     })
 }
 
-/// The device this node's config asks for.
-pub fn vtep(o: &Overlay, u: &Underlay, mtu: u32) -> Vxlan {
+/// The device this node's config asks for, with the MAC it keeps.
+pub fn vtep(o: &Overlay, u: &Underlay, mac: [u8; 6], mtu: u32) -> Vxlan {
     Vxlan {
         name: o.vtep_name(),
         vni: o.vni,
         port: o.port,
         local: u.ip,
         dev: u.link.index,
-        mac: o.vtep_mac(u.ip),
+        mac,
         mtu,
     }
 }
 
 /// Makes the device, or keeps the one there if it is as asked (VNI, port, local address,
 /// MAC, learning off); one that is not is made anew. Its MAC is set at creation, never
-/// after.
-pub async fn ensure_vtep(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
+/// after. As flannel's, it carries the node subnet's network address as a /32, the source
+/// of what the host itself sends into the overlay.
+pub async fn ensure_vtep(
+    nl: &Netlink,
+    want: &Vxlan,
+    subnet: Ipv4Network,
+) -> Result<LinkInfo, net::Error> {
+    let l = ensure_device(nl, want).await?;
+    let own = IpNetwork::V4(Ipv4Network::new(subnet.network(), 32).expect("/32 is valid"));
+    nl.add_address(l.index, &l.name, own).await?;
+    Ok(l)
+}
+
+async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
     if let Some(l) = nl.link(&want.name).await? {
         let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
         let same = l.kind.as_deref() == Some("vxlan")
@@ -105,14 +124,14 @@ pub async fn ensure_vtep(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Er
 }
 
 /// Whether `p` is reached directly over the underlay (directRouting, on-link peer).
-fn direct(o: &Overlay, u: &Underlay, p: &Peer) -> bool {
-    o.direct_routing && u.net.contains(p.underlay_ip)
+fn direct(m: &Mesh, u: &Underlay, p: &Peer) -> bool {
+    m.direct_routing && u.net.contains(p.underlay_ip)
 }
 
 /// The route to `p`'s subnet: via its underlay address, or through the device on-link
 /// via the subnet's network address (which the neighbour entry resolves).
-fn route_to(o: &Overlay, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
-    let (gw, oif, onlink) = if direct(o, u, p) {
+fn route_to(m: &Mesh, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
+    let (gw, oif, onlink) = if direct(m, u, p) {
         (IpAddr::V4(p.underlay_ip), u.link.index, false)
     } else {
         (IpAddr::V4(p.subnet.network()), vtep.index, true)
@@ -128,12 +147,12 @@ fn route_to(o: &Overlay, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
 /// overlay state of anything not among `peers`.
 pub async fn program(
     nl: &Netlink,
-    o: &Overlay,
+    m: &Mesh,
     u: &Underlay,
     vtep: &LinkInfo,
     peers: &[Peer],
 ) -> Result<(), net::Error> {
-    let tunnelled: Vec<&Peer> = peers.iter().filter(|p| !direct(o, u, p)).collect();
+    let tunnelled: Vec<&Peer> = peers.iter().filter(|p| !direct(m, u, p)).collect();
     for p in &tunnelled {
         nl.replace_neighbour(vtep.index, IpAddr::V4(p.subnet.network()), &p.mac)
             .await?;
@@ -141,15 +160,15 @@ pub async fn program(
             .await?;
     }
     for p in peers {
-        nl.replace_route(&route_to(o, u, vtep, p)).await?;
+        nl.replace_route(&route_to(m, u, vtep, p)).await?;
     }
     // What is ours and no longer wanted.
     for r in nl.routes(false).await? {
         let IpNetwork::V4(dst) = r.dst else { continue };
         let ours =
-            r.protocol == ROUTE_PROTO && o.network.contains(dst.network()) && dst != o.network;
+            r.protocol == ROUTE_PROTO && m.network.contains(dst.network()) && dst != m.network;
         let wanted = peers.iter().any(|p| {
-            let want = route_to(o, u, vtep, p);
+            let want = route_to(m, u, vtep, p);
             p.subnet == dst && r.gw == want.gw && r.oif == Some(want.oif)
         });
         if ours && !wanted {
@@ -182,7 +201,7 @@ pub async fn program(
 /// What CHECK finds missing of the device and the peers' state.
 pub async fn differences(
     nl: &Netlink,
-    o: &Overlay,
+    m: &Mesh,
     u: &Underlay,
     want: &Vxlan,
     peers: &[Peer],
@@ -206,14 +225,14 @@ pub async fn differences(
     let neighbours = nl.neighbours(vtep.index).await?;
     let fdb = nl.fdb(vtep.index).await?;
     for p in peers {
-        let r = route_to(o, u, &vtep, p);
+        let r = route_to(m, u, &vtep, p);
         if !routes
             .iter()
             .any(|k| k.dst == IpNetwork::V4(p.subnet) && k.gw == r.gw && k.oif == Some(r.oif))
         {
             problems.push(format!("route to {} is missing", p.subnet));
         }
-        if direct(o, u, p) {
+        if direct(m, u, p) {
             continue;
         }
         let gw = IpAddr::V4(p.subnet.network());
@@ -234,12 +253,16 @@ pub async fn differences(
 }
 
 /// Removes the device (its neighbours, FDB entries and routes go with it) and our direct
-/// routes to the network's subnets.
-pub async fn remove(nl: &Netlink, o: &Overlay) -> Result<(), net::Error> {
-    nl.delete_link(&o.vtep_name()).await?;
+/// routes to subnets of `network` (any network, when it is not known any more).
+pub async fn remove(
+    nl: &Netlink,
+    vtep: &str,
+    network: Option<Ipv4Network>,
+) -> Result<(), net::Error> {
+    nl.delete_link(vtep).await?;
     for r in nl.routes(false).await? {
         let IpNetwork::V4(dst) = r.dst else { continue };
-        if r.protocol == ROUTE_PROTO && o.network.contains(dst.network()) {
+        if r.protocol == ROUTE_PROTO && network.is_none_or(|n| n.contains(dst.network())) {
             let spec = RouteSpec {
                 protocol: Some(ROUTE_PROTO),
                 ..RouteSpec::new(r.dst, r.gw, r.oif.unwrap_or_default())

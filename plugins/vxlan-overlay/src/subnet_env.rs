@@ -1,0 +1,98 @@
+//! flannel's subnet file (`/run/flannel/subnet.env`): what a node's agent tells the plugin.
+//! Written by our agent or by a real flanneld; the plugin in the etcd store reads only this,
+//! so it keeps attaching containers while etcd is down.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+
+use ipnetwork::Ipv4Network;
+use libcni::{code, files, Error};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SubnetEnv {
+    /// FLANNEL_NETWORK: the cluster network.
+    pub network: Ipv4Network,
+    /// FLANNEL_SUBNET: the node's subnet, written as its gateway (first address) with the
+    /// subnet's prefix, e.g. 10.244.1.1/24.
+    pub subnet: Ipv4Network,
+    pub mtu: u32,
+    pub ip_masq: bool,
+}
+
+impl SubnetEnv {
+    /// The node subnet's network.
+    pub fn node_subnet(&self) -> Ipv4Network {
+        Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).expect("from a valid network")
+    }
+
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.subnet.ip()
+    }
+
+    pub fn read(path: &Path) -> Result<SubnetEnv, Error> {
+        let text = files::read(path)?.ok_or_else(|| {
+            Error::new(
+                code::TRY_AGAIN,
+                format!("{} does not exist yet", path.display()),
+            )
+            .details("is the node's agent (vxlan-overlay-agent or flanneld) running?")
+        })?;
+        SubnetEnv::parse(&String::from_utf8_lossy(&text))
+            .map_err(|e| Error::config(format!("{}: {e}", path.display())))
+    }
+
+    pub fn parse(text: &str) -> Result<SubnetEnv, String> {
+        let get = |key: &str| {
+            text.lines()
+                .filter_map(|l| l.trim().split_once('='))
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.trim().to_string())
+                .ok_or_else(|| format!("no {key}"))
+        };
+        let net = |key: &str| {
+            get(key)?
+                .parse::<Ipv4Network>()
+                .map_err(|e| format!("{key}: {e}"))
+        };
+        Ok(SubnetEnv {
+            network: net("FLANNEL_NETWORK")?,
+            subnet: net("FLANNEL_SUBNET")?,
+            mtu: get("FLANNEL_MTU")?
+                .parse()
+                .map_err(|e| format!("FLANNEL_MTU: {e}"))?,
+            ip_masq: get("FLANNEL_IPMASQ")? == "true",
+        })
+    }
+
+    pub fn render(&self) -> String {
+        format!(
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.network, self.subnet, self.mtu, self.ip_masq
+        )
+    }
+
+    /// Writes the file whole (a reader never sees half of it).
+    pub fn write(&self, path: &Path) -> Result<(), Error> {
+        if let Some(dir) = path.parent() {
+            files::private_dir(dir)?;
+        }
+        files::replace(path, self.render().as_bytes())?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_what_flanneld_writes() {
+        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
+        let s = SubnetEnv::parse(text).unwrap();
+        assert_eq!(s.node_subnet().to_string(), "10.244.1.0/24");
+        assert_eq!(s.gateway().to_string(), "10.244.1.1");
+        assert_eq!((s.mtu, s.ip_masq), (1450, true));
+        assert_eq!(s.render(), text);
+        assert!(SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n").is_err());
+    }
+}
