@@ -7,9 +7,11 @@ if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh needs root (network namespace
 # iproute2: namespaces and links; nftables: ipMasq and macspoofchk; iputils-ping: traffic;
 # containernetworking-plugins: the reference plugins the comparison tests run;
 # python3: the TCP servers and clients of the port mapping tests; containerd, runc,
-# podman, busybox-static: the real runtimes and the container image of tests/clients/.
+# podman, busybox-static: the real runtimes and the container image of tests/clients/;
+# etcd-server, etcd-client: the etcd the agent tests start in a namespace of their own, and
+# etcdctl; protobuf-compiler: protoc, which the etcd-client crate's build needs.
 scripts/deps.sh iproute2 nftables iptables iputils-ping containernetworking-plugins python3 \
-  containerd runc podman busybox-static || exit 1
+  containerd runc podman busybox-static etcd-server etcd-client protobuf-compiler || exit 1
 cargo build --release --bins || exit 1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -223,29 +223,171 @@ impl Cluster {
         switch.sh(&format!(
             "ip link add sw0 mtu {mtu} type bridge && ip link set sw0 up"
         ));
-        let hosts: Vec<Ns> = (0..n).map(|_| Ns::new("n")).collect();
-        for (i, h) in hosts.iter().enumerate() {
-            switch.sh(&format!(
-                "ip link add swp{i} mtu {mtu} type veth peer name ul0 netns {} && \
-                 ip link set swp{i} master sw0 up",
-                h.name
-            ));
-            h.sh(&format!(
-                "ip link set ul0 mtu {mtu} up && ip addr add {prefix}.{}/24 dev ul0 && \
-                 ip route add default dev ul0",
-                10 + i
-            ));
-        }
-        Cluster {
-            hosts,
+        let mut c = Cluster {
+            hosts: Vec::new(),
             switch,
             prefix: prefix.to_string(),
+        };
+        for _ in 0..n {
+            c.add_host();
         }
+        c
+    }
+
+    /// One more host (a node joining); returns its index.
+    pub fn add_host(&mut self) -> usize {
+        let i = self.hosts.len();
+        let h = Ns::new("n");
+        self.plug(&h, &format!("swp{i}"), &self.underlay_ip(i));
+        h.sh("ip route add default dev ul0");
+        self.hosts.push(h);
+        i
+    }
+
+    /// Gives `ns` an underlay link `ul0` with `ip`/24 on the switch (port `port`).
+    pub fn plug(&self, ns: &Ns, port: &str, ip: &str) {
+        let mtu = self.switch.link("sw0").expect("the switch")["mtu"].clone();
+        self.switch.sh(&format!(
+            "ip link add {port} mtu {mtu} type veth peer name ul0 netns {} && \
+             ip link set {port} master sw0 up",
+            ns.name
+        ));
+        ns.sh(&format!(
+            "ip link set ul0 mtu {mtu} up && ip addr add {ip}/24 dev ul0"
+        ));
     }
 
     /// Host `i`'s underlay address.
     pub fn underlay_ip(&self, i: usize) -> String {
         format!("{}.{}", self.prefix, 10 + i)
+    }
+
+    /// An underlay address no host has (`.2` to `.9`).
+    pub fn spare_ip(&self, n: u8) -> String {
+        assert!((2..10).contains(&n));
+        format!("{}.{n}", self.prefix)
+    }
+}
+
+/// Sends SIGTERM to `child` and waits up to `grace` for it, then SIGKILL; returns how
+/// long it took to exit on its own, if it did.
+pub fn stop_child(child: &mut Child, grace: std::time::Duration) -> Option<std::time::Duration> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let t = std::time::Instant::now();
+    if let Ok(Some(_)) = child.try_wait() {
+        return Some(t.elapsed());
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+    while t.elapsed() < grace {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(t.elapsed());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// An etcd of the test's own (Debian's etcd-server), in a namespace on a cluster's
+/// underlay at `<prefix>.2`; stopped by PID when dropped.
+pub struct Etcd {
+    pub ns: Ns,
+    pub url: String,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    pub fn start(c: &Cluster) -> Etcd {
+        let ns = Ns::new("etcd");
+        let ip = c.spare_ip(2);
+        c.plug(&ns, &unique("swe"), &ip);
+        let mut e = Etcd {
+            ns,
+            url: format!("http://{ip}:2379"),
+            dir: tempfile::tempdir().unwrap(),
+            child: None,
+        };
+        e.restart();
+        e
+    }
+
+    /// Starts etcd on its data dir (again, after [`Etcd::stop`]) and waits until it
+    /// answers (at most 20 s).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none());
+        let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
+        // `ip netns exec` execs etcd: the child's pid is etcd's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns.name, "etcd", "--name", "t"])
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .args([
+                "--listen-client-urls",
+                &self.url,
+                "--advertise-client-urls",
+                &self.url,
+            ])
+            .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
+            .args(["--initial-cluster", "t=http://127.0.0.1:2380"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd (apt-get install etcd-server)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if self.try_ctl("endpoint health").is_some() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        panic!("etcd did not answer within 20 s: {}", self.log());
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, std::time::Duration::from_secs(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    fn try_ctl(&self, args: &str) -> Option<String> {
+        let out = self.ns.exec(&format!(
+            "ETCDCTL_API=3 etcdctl --dial-timeout 2s --command-timeout 5s --endpoints {} {args}",
+            self.url
+        ));
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).to_string())
+    }
+
+    /// `etcdctl <args>` against this etcd; must succeed.
+    pub fn ctl(&self, args: &str) -> String {
+        self.try_ctl(args)
+            .unwrap_or_else(|| panic!("etcdctl {args} failed"))
+    }
+
+    /// Every key under `prefix` with its value.
+    pub fn get_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        let out = self.ctl(&format!("get --prefix '{prefix}'"));
+        let lines: Vec<&str> = out.lines().collect();
+        lines
+            .chunks(2)
+            .map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string()))
+            .collect()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

@@ -131,7 +131,22 @@ impl Overlay {
         Overlay::from_raw(args.parse_conf()?)
     }
 
-    /// The same config read from a file or stdin outside a CNI call (teardown).
+    /// The config read outside a CNI call (teardown, the agent): a network config, or a
+    /// list's vxlan-overlay entry with the list's name.
+    pub fn from_conf_or_list(v: &serde_json::Value) -> Result<Overlay, Error> {
+        let Some(plugins) = v.get("plugins").and_then(serde_json::Value::as_array) else {
+            return Overlay::from_json(v);
+        };
+        let mut entry = plugins
+            .iter()
+            .find(|p| p["type"] == "vxlan-overlay")
+            .cloned()
+            .ok_or_else(|| Error::config("no vxlan-overlay entry in the list"))?;
+        entry["name"] = v["name"].clone();
+        Overlay::from_json(&entry)
+    }
+
+    /// One network config read outside a CNI call.
     pub fn from_json(v: &serde_json::Value) -> Result<Overlay, Error> {
         let raw: Raw = libcni::decode::from_value(v)
             .map_err(|e| Error::config("invalid network config").details(e.to_string()))?;

@@ -238,20 +238,7 @@ fn teardown(force: bool) -> Result<(), Error> {
         .map_err(|e| Error::new(code::IO, "reading the config on stdin").details(e.to_string()))?;
     let v: Value = serde_json::from_slice(&input)
         .map_err(|e| Error::new(code::DECODE, "decoding the config").details(e.to_string()))?;
-    // A conflist: its vxlan-overlay entry, with the list's name.
-    let v = match v.get("plugins").and_then(Value::as_array) {
-        Some(plugins) => {
-            let mut p = plugins
-                .iter()
-                .find(|p| p["type"] == "vxlan-overlay")
-                .cloned()
-                .ok_or_else(|| Error::config("no vxlan-overlay entry in the list"))?;
-            p["name"] = v["name"].clone();
-            p
-        }
-        None => v,
-    };
-    let o = Overlay::from_json(&v)?;
+    let o = Overlay::from_conf_or_list(&v)?;
     let store = o.data_dir.join(&o.name);
     let held = std::fs::read_dir(&store)
         .map(|d| {

@@ -1,0 +1,506 @@
+//! One node's agent. A session with etcd reads the network, claims this node's subnet
+//! lease (its own again after a restart), makes the VXLAN device and the subnet file,
+//! lists the leases and programs every peer, then follows the watch from the listed
+//! revision while it renews the etcd lease and reconciles the kernel. When a session
+//! fails (etcd down, a compacted watch, our lease gone) the kernel stays as it is and the
+//! next one starts over after a bounded backoff.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions, EventType, WatchResponse};
+use ipnetwork::Ipv4Network;
+use libcni::net::{format_mac, Netlink, Vxlan};
+use vxlan_overlay::config::{Etcd, Overlay, Store};
+use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
+use vxlan_overlay::subnet_env::SubnetEnv;
+
+use crate::etcd;
+use crate::flannel::{lease_key, subnet_of_key, LeaseAttrs, Network};
+use crate::local::Local;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// flanneld's bound on claim attempts.
+const CLAIM_TRIES: usize = 10;
+
+/// Why a session ended.
+pub enum Stop {
+    /// Try again after the backoff (etcd unreachable, watch compacted, lease lost).
+    Retry(String),
+    /// Nothing a retry can fix (the config disagrees with etcd's): the agent exits.
+    Fatal(String),
+}
+
+impl From<libcni::net::Error> for Stop {
+    fn from(e: libcni::net::Error) -> Stop {
+        Stop::Retry(format!("kernel: {e}"))
+    }
+}
+
+fn retry(e: String) -> Stop {
+    Stop::Retry(e)
+}
+
+pub fn log(msg: &str) {
+    eprintln!("vxlan-overlay-agent: {msg}");
+}
+
+/// What this node holds once a session has claimed its lease.
+struct Held {
+    net: Network,
+    subnet: Ipv4Network,
+    underlay: Underlay,
+    vtep: Vxlan,
+}
+
+impl Held {
+    fn mesh(&self) -> Mesh {
+        Mesh {
+            network: self.net.network,
+            direct_routing: self.net.direct_routing,
+        }
+    }
+}
+
+pub struct Agent {
+    overlay: Overlay,
+    etcd: Etcd,
+    options: ConnectOptions,
+    nl: Netlink,
+    local: Local,
+    reconcile_every: Duration,
+    held: Option<Held>,
+    /// The peers as programmed, by subnet.
+    peers: BTreeMap<Ipv4Network, Peer>,
+    /// The etcd lease our key is bound to.
+    lease: Option<i64>,
+}
+
+impl Agent {
+    /// The agent of `overlay`'s etcd store: its connection options, saved state and
+    /// netlink connection, made before anything is claimed.
+    pub fn new(overlay: Overlay, reconcile_every: Duration) -> Result<Agent, String> {
+        let Store::Etcd(etcd) = overlay.store.clone() else {
+            return Err(
+                "store: the agent serves the etcd store (a static one needs no agent)".into(),
+            );
+        };
+        Ok(Agent {
+            options: etcd::options(&etcd)?,
+            local: Local::load_or_create(&Local::path(&overlay)).map_err(|e| e.to_string())?,
+            nl: Netlink::connect().map_err(|e| e.to_string())?,
+            overlay,
+            etcd,
+            reconcile_every,
+            held: None,
+            peers: BTreeMap::new(),
+            lease: None,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "network {} in etcd {} at {}",
+            self.overlay.name,
+            self.etcd.endpoints.join(","),
+            self.etcd.prefix
+        )
+    }
+
+    /// Runs sessions until one is fatal.
+    pub async fn run(&mut self) -> String {
+        let mut backoff = MIN_BACKOFF;
+        let mut last = String::new();
+        loop {
+            let started = Instant::now();
+            let why = match self.session().await {
+                Err(Stop::Fatal(why)) => return why,
+                Err(Stop::Retry(why)) => why,
+                Ok(never) => match never {},
+            };
+            // A session that lasted is not part of a run of failures.
+            if started.elapsed() > MAX_BACKOFF * 2 {
+                backoff = MIN_BACKOFF;
+            }
+            if why != last {
+                log(&format!("{why}; retrying (backoff up to {MAX_BACKOFF:?})"));
+                last = why;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            // etcd may be gone for long: the kernel still gets its reconcile.
+            if let Err(Stop::Retry(e) | Stop::Fatal(e)) = self.reconcile().await {
+                log(&e);
+            }
+        }
+    }
+
+    async fn session(&mut self) -> Result<Infallible, Stop> {
+        let prefix = self.etcd.prefix.clone();
+        let mut c = etcd::connect(&self.etcd, &self.options)
+            .await
+            .map_err(retry)?;
+        let net = self.network(&mut c).await?;
+        let underlay = node::underlay(&self.nl, self.overlay.underlay_interface.as_deref()).await?;
+        let lease = self.etcd_lease(&mut c).await?;
+        let listing = etcd::leases(&mut c, &prefix).await.map_err(retry)?;
+        let (subnet, listing) = self.claim(&mut c, &net, &underlay, lease, listing).await?;
+        self.settle(net, underlay, subnet).await?;
+        self.set_peers(listing.leases.iter().cloned());
+        self.program().await?;
+        let mut watch = etcd::watch(&mut c, &prefix, listing.revision + 1)
+            .await
+            .map_err(retry)?;
+        let (mut keeper, mut kept) = etcd::keep_alive(&mut c, lease).await.map_err(retry)?;
+        log(&format!(
+            "holding {subnet}, {} peers, watching from revision {}",
+            self.peers.len(),
+            listing.revision + 1
+        ));
+        let renew_every = Duration::from_secs((self.etcd.lease_ttl / 3).max(1));
+        let mut renew = tokio::time::interval(renew_every);
+        let mut reconcile = tokio::time::interval(self.reconcile_every);
+        reconcile.tick().await;
+        loop {
+            tokio::select! {
+                m = watch.message() => {
+                    let resp = m
+                        .map_err(|e| retry(format!("etcd watch: {e}")))?
+                        .ok_or_else(|| retry("etcd ended the watch".into()))?;
+                    self.apply(&resp)?;
+                    self.program().await?;
+                }
+                _ = renew.tick() => {
+                    tokio::time::timeout(etcd::CALL_WAIT, keeper.keep_alive())
+                        .await
+                        .map_err(|_| retry("etcd lease keep-alive: no answer".into()))?
+                        .map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?;
+                }
+                k = kept.message() => {
+                    let r = k
+                        .map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?
+                        .ok_or_else(|| retry("etcd ended the lease keep-alive".into()))?;
+                    if r.ttl() <= 0 {
+                        self.lease = None;
+                        return Err(retry(format!("our etcd lease {lease:x} expired; claiming {subnet} again")));
+                    }
+                }
+                _ = reconcile.tick() => {
+                    self.reconcile().await?;
+                    self.own_key_present(&mut c, subnet).await?;
+                }
+            }
+        }
+    }
+
+    /// `<prefix>/config`, with flannel's defaults, checked against the plugin config.
+    async fn network(&self, c: &mut Client) -> Result<Network, Stop> {
+        let key = format!("{}/config", self.etcd.prefix);
+        let raw = etcd::network_config(c, &self.etcd.prefix)
+            .await
+            .map_err(retry)?
+            .ok_or_else(|| {
+                retry(format!(
+                    "{key} is not written yet (etcdctl put {key} '{{\"Network\":…}}')"
+                ))
+            })?;
+        let net = Network::parse(&raw).map_err(|e| retry(format!("{key}: {e}")))?;
+        if let Some(n) = self.overlay.network.filter(|n| *n != net.network) {
+            return Err(Stop::Fatal(format!(
+                "network: the config's {n} differs from etcd's {} ({key})",
+                net.network
+            )));
+        }
+        if let Some(l) = self.overlay.subnet_len.filter(|l| *l != net.subnet_len) {
+            return Err(Stop::Fatal(format!(
+                "subnetLen: the config's {l} differs from etcd's {} ({key})",
+                net.subnet_len
+            )));
+        }
+        if let Some(h) = self.held.as_ref().filter(|h| !net.fits(h.subnet)) {
+            return Err(Stop::Fatal(format!(
+                "{key} changed: this node's {} is no longer one of its subnets",
+                h.subnet
+            )));
+        }
+        Ok(net)
+    }
+
+    /// The etcd lease our key lives under: the one we had while etcd still has it.
+    async fn etcd_lease(&mut self, c: &mut Client) -> Result<i64, Stop> {
+        if let Some(id) = self.lease {
+            if etcd::alive(c, id).await.map_err(retry)? {
+                return Ok(id);
+            }
+        }
+        let ttl = i64::try_from(self.etcd.lease_ttl).unwrap_or(i64::MAX);
+        let id = etcd::grant(c, ttl).await.map_err(retry)?;
+        self.lease = Some(id);
+        Ok(id)
+    }
+
+    /// The subnet this node had before: the one it saved, or the one in the subnet file
+    /// (a node moving from flanneld keeps its subnet).
+    fn previous_subnet(&self) -> Option<Ipv4Network> {
+        self.local.subnet.or_else(|| {
+            SubnetEnv::read(&self.overlay.subnet_file)
+                .ok()
+                .map(|e| e.node_subnet())
+        })
+    }
+
+    /// flanneld's order: the lease holding our underlay address; else our previous subnet
+    /// if free; else one at random among the first hundred free. Created only if absent.
+    async fn claim(
+        &mut self,
+        c: &mut Client,
+        net: &Network,
+        underlay: &Underlay,
+        lease: i64,
+        mut listing: etcd::Listing,
+    ) -> Result<(Ipv4Network, etcd::Listing), Stop> {
+        let prefix = self.etcd.prefix.clone();
+        let attrs = LeaseAttrs::vxlan(underlay.ip, net.vni, self.local.mac()).to_json();
+        for _ in 0..CLAIM_TRIES {
+            let ours: Vec<Ipv4Network> = listing
+                .leases
+                .iter()
+                .filter(|(_, a)| a.public_ip == underlay.ip)
+                .map(|(s, _)| *s)
+                .collect();
+            if let Some(s) = ours.iter().copied().find(|s| net.fits(*s)) {
+                etcd::put(c, &lease_key(&prefix, s), &attrs, lease)
+                    .await
+                    .map_err(retry)?;
+                log(&format!("took back {s}: its lease names {}", underlay.ip));
+                return Ok((s, listing));
+            }
+            for s in ours {
+                log(&format!(
+                    "removing our lease {s}: not a subnet of the network any more"
+                ));
+                etcd::delete(c, &lease_key(&prefix, s))
+                    .await
+                    .map_err(retry)?;
+            }
+            let taken: Vec<Ipv4Network> = listing.leases.iter().map(|(s, _)| *s).collect();
+            let previous = self
+                .previous_subnet()
+                .filter(|s| net.fits(*s) && !taken.iter().any(|t| t.contains(s.network())));
+            let pick = previous.or_else(|| pick_one(&net.free(&taken, 100)));
+            let Some(s) = pick else {
+                return Err(retry(format!(
+                    "no free /{} left in {}",
+                    net.subnet_len, net.network
+                )));
+            };
+            if etcd::create(c, &lease_key(&prefix, s), &attrs, lease)
+                .await
+                .map_err(retry)?
+            {
+                let how = if previous == Some(s) {
+                    ", as before"
+                } else {
+                    ""
+                };
+                log(&format!("claimed {s} for {}{how}", underlay.ip));
+                return Ok((s, listing));
+            }
+            log(&format!(
+                "{s} was claimed by another node meanwhile; listing again"
+            ));
+            listing = etcd::leases(c, &prefix).await.map_err(retry)?;
+        }
+        Err(retry(format!("no subnet claimed in {CLAIM_TRIES} tries")))
+    }
+
+    /// Makes the device and the subnet file match what this node holds, and saves it.
+    async fn settle(
+        &mut self,
+        net: Network,
+        underlay: Underlay,
+        subnet: Ipv4Network,
+    ) -> Result<(), Stop> {
+        if let Some(h) = self.held.as_ref().filter(|h| h.subnet != subnet) {
+            log(&format!(
+                "this node's subnet changed from {} to {subnet}: containers on the old one lose the overlay",
+                h.subnet
+            ));
+        }
+        let mtu = net
+            .mtu
+            .or(self.overlay.mtu)
+            .unwrap_or(underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD));
+        let vtep = Vxlan {
+            name: format!("flannel.{}", net.vni),
+            vni: net.vni,
+            port: net.port,
+            local: underlay.ip,
+            dev: underlay.link.index,
+            mac: self.local.mac(),
+            mtu,
+        };
+        if self.local.subnet != Some(subnet) {
+            self.local.subnet = Some(subnet);
+            self.local
+                .save(&Local::path(&self.overlay))
+                .map_err(|e| Stop::Fatal(e.to_string()))?;
+        }
+        // FLANNEL_SUBNET is the gateway (the first address) with the subnet's prefix.
+        let gateway = Ipv4Network::new(subnet.nth(1).unwrap_or(subnet.network()), subnet.prefix())
+            .expect("a prefix from a subnet");
+        let env = SubnetEnv {
+            network: net.network,
+            subnet: gateway,
+            mtu,
+            // Masquerade is the plugin's (ipMasq), as with flanneld without --ip-masq.
+            ip_masq: false,
+        };
+        if SubnetEnv::read(&self.overlay.subnet_file).ok().as_ref() != Some(&env) {
+            env.write(&self.overlay.subnet_file)
+                .map_err(|e| retry(e.to_string()))?;
+            log(&format!("wrote {}", self.overlay.subnet_file.display()));
+        }
+        self.held = Some(Held {
+            net,
+            subnet,
+            underlay,
+            vtep,
+        });
+        Ok(())
+    }
+
+    /// The peer a lease names: another node's vxlan lease inside the network.
+    fn peer(&self, s: Ipv4Network, a: &LeaseAttrs) -> Option<Peer> {
+        let h = self.held.as_ref()?;
+        if s == h.subnet || a.public_ip == h.underlay.ip || !h.net.network.contains(s.network()) {
+            return None;
+        }
+        Some(Peer {
+            subnet: s,
+            underlay_ip: a.public_ip,
+            mac: a.vtep_mac()?,
+        })
+    }
+
+    /// Replaces the peer table, logging each change.
+    fn set_peers(&mut self, leases: impl Iterator<Item = (Ipv4Network, LeaseAttrs)>) {
+        let new: BTreeMap<Ipv4Network, Peer> = leases
+            .filter_map(|(s, a)| Some((s, self.peer(s, &a)?)))
+            .collect();
+        for (s, p) in &new {
+            if self.peers.get(s) != Some(p) {
+                log(&added(p));
+            }
+        }
+        for s in self.peers.keys().filter(|s| !new.contains_key(s)) {
+            log(&format!("peer {s} removed"));
+        }
+        self.peers = new;
+    }
+
+    /// One watch response: leases put or gone. Our own key gone or taken ends the session
+    /// (the next one claims it again).
+    fn apply(&mut self, resp: &WatchResponse) -> Result<(), Stop> {
+        if resp.canceled() || resp.compact_revision() > 0 {
+            return Err(retry(format!(
+                "etcd canceled the watch (compacted at {}: {}); listing again",
+                resp.compact_revision(),
+                resp.cancel_reason()
+            )));
+        }
+        let own = self.held.as_ref().map(|h| (h.subnet, h.underlay.ip));
+        for ev in resp.events() {
+            let Some(kv) = ev.kv() else { continue };
+            let Some(s) = std::str::from_utf8(kv.key())
+                .ok()
+                .and_then(|k| subnet_of_key(&self.etcd.prefix, k))
+            else {
+                continue;
+            };
+            let attrs = match ev.event_type() {
+                EventType::Put => LeaseAttrs::parse(kv.value()),
+                EventType::Delete => None,
+            };
+            if let Some((_, ip)) = own.filter(|(subnet, _)| *subnet == s) {
+                if attrs.as_ref().is_none_or(|a| a.public_ip != ip) {
+                    return Err(retry(format!(
+                        "our lease {s} was deleted or taken; claiming again"
+                    )));
+                }
+                continue;
+            }
+            match attrs.and_then(|a| self.peer(s, &a)) {
+                Some(p) => {
+                    if self.peers.get(&s) != Some(&p) {
+                        log(&added(&p));
+                        self.peers.insert(s, p);
+                    }
+                }
+                None => {
+                    if self.peers.remove(&s).is_some() {
+                        log(&format!("peer {s} removed"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The device and every peer's state, as the table says.
+    async fn program(&self) -> Result<(), Stop> {
+        let Some(h) = &self.held else { return Ok(()) };
+        let link = node::ensure_vtep(&self.nl, &h.vtep, h.subnet).await?;
+        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        node::program(&self.nl, &h.mesh(), &h.underlay, &link, &peers).await?;
+        Ok(())
+    }
+
+    /// Puts back what is missing from the kernel (a hand-deleted entry, a removed device).
+    async fn reconcile(&self) -> Result<(), Stop> {
+        let Some(h) = &self.held else { return Ok(()) };
+        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        let missing = node::differences(&self.nl, &h.mesh(), &h.underlay, &h.vtep, &peers).await?;
+        if !missing.is_empty() {
+            log(&format!("reconcile: {}; restoring", missing.join("; ")));
+            self.program().await?;
+        }
+        Ok(())
+    }
+
+    /// Our key is still there and still ours (one read per reconcile).
+    async fn own_key_present(&self, c: &mut Client, subnet: Ipv4Network) -> Result<(), Stop> {
+        let key = lease_key(&self.etcd.prefix, subnet);
+        let value = etcd::get(c, &key).await.map_err(retry)?;
+        let ip = self.held.as_ref().map(|h| h.underlay.ip);
+        match value.as_deref().and_then(LeaseAttrs::parse) {
+            Some(a) if Some(a.public_ip) == ip => Ok(()),
+            _ => Err(retry(format!("our lease {subnet} is gone; claiming again"))),
+        }
+    }
+}
+
+fn added(p: &Peer) -> String {
+    format!(
+        "peer {} at {} (VTEP {}) added",
+        p.subnet,
+        p.underlay_ip,
+        format_mac(&p.mac)
+    )
+}
+
+/// One of `free` at random (flanneld spreads claims so nodes starting together rarely
+/// race for the same subnet).
+fn pick_one(free: &[Ipv4Network]) -> Option<Ipv4Network> {
+    use std::hash::{BuildHasher, Hasher};
+    if free.is_empty() {
+        return None;
+    }
+    // std's per-process random hasher keys are the randomness; no crate needed for this.
+    let r = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    free.get((r % free.len() as u64) as usize).copied()
+}

@@ -1,0 +1,158 @@
+//! The agent's etcd calls, each bounded in time and each failing with a line that says
+//! which call failed: connect (TLS from flannel's file fields), read the network config,
+//! list the leases with the revision they were read at, claim a subnet (create if
+//! absent), renew or remove a lease key, keep an etcd lease alive, and watch.
+
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
+    WatchStream,
+};
+use ipnetwork::Ipv4Network;
+use vxlan_overlay::config::Etcd;
+
+use crate::flannel::{subnet_of_key, LeaseAttrs};
+
+/// No single call waits longer; an etcd that does not answer is an outage.
+pub const CALL_WAIT: Duration = Duration::from_secs(5);
+
+pub type Result<T> = std::result::Result<T, String>;
+
+async fn bounded<T>(
+    what: &str,
+    f: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+) -> Result<T> {
+    match tokio::time::timeout(CALL_WAIT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("etcd {what}: {e}")),
+        Err(_) => Err(format!("etcd {what}: no answer within {CALL_WAIT:?}")),
+    }
+}
+
+/// The connection options: HTTP/2 keepalives so a silent etcd ends the watch, and TLS
+/// when the store names certificates. Read once, at start.
+pub fn options(e: &Etcd) -> Result<ConnectOptions> {
+    let opts = ConnectOptions::new()
+        .with_connect_timeout(CALL_WAIT)
+        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive_while_idle(true);
+    if e.cert_file.is_none() && e.key_file.is_none() && e.trusted_ca_file.is_none() {
+        return Ok(opts);
+    }
+    if let Some(plain) = e.endpoints.iter().find(|u| u.starts_with("http://")) {
+        return Err(format!(
+            "store.endpoints: {plain} is plain http but the store names certificates"
+        ));
+    }
+    let read = |p: &Path| std::fs::read(p).map_err(|err| format!("reading {}: {err}", p.display()));
+    let mut tls = TlsOptions::new();
+    if let Some(ca) = &e.trusted_ca_file {
+        tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+    }
+    match (&e.cert_file, &e.key_file) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?)),
+        (None, None) => {}
+        _ => return Err("store: certFile and keyFile go together".into()),
+    }
+    Ok(opts.with_tls(tls))
+}
+
+pub async fn connect(e: &Etcd, opts: &ConnectOptions) -> Result<Client> {
+    bounded("connect", Client::connect(&e.endpoints, Some(opts.clone()))).await
+}
+
+/// `<prefix>/config`, if the administrator has written it.
+pub async fn network_config(c: &mut Client, prefix: &str) -> Result<Option<Vec<u8>>> {
+    let key = format!("{prefix}/config");
+    let r = bounded(&format!("get {key}"), c.get(key.as_str(), None)).await?;
+    Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+}
+
+/// Every lease, and the revision they were read at (the watch starts after it).
+pub struct Listing {
+    pub leases: Vec<(Ipv4Network, LeaseAttrs)>,
+    pub revision: i64,
+}
+
+/// The leases under `<prefix>/subnets/`; keys or values that are not flannel's are
+/// passed over, as flanneld does.
+pub async fn leases(c: &mut Client, prefix: &str) -> Result<Listing> {
+    let dir = format!("{prefix}/subnets/");
+    let r = bounded(
+        &format!("list {dir}"),
+        c.get(dir.as_str(), Some(GetOptions::new().with_prefix())),
+    )
+    .await?;
+    let leases = r
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let s = subnet_of_key(prefix, std::str::from_utf8(kv.key()).ok()?)?;
+            Some((s, LeaseAttrs::parse(kv.value())?))
+        })
+        .collect();
+    let revision = r.header().map_or(0, |h| h.revision());
+    Ok(Listing { leases, revision })
+}
+
+pub async fn grant(c: &mut Client, ttl: i64) -> Result<i64> {
+    Ok(bounded("lease grant", c.lease_grant(ttl, None)).await?.id())
+}
+
+/// Whether etcd still holds lease `id`.
+pub async fn alive(c: &mut Client, id: i64) -> Result<bool> {
+    Ok(
+        bounded("lease time-to-live", c.lease_time_to_live(id, None))
+            .await?
+            .ttl()
+            > 0,
+    )
+}
+
+pub async fn keep_alive(c: &mut Client, id: i64) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
+    bounded("lease keep-alive", c.lease_keep_alive(id)).await
+}
+
+/// Writes `key` only if no one holds it: two nodes never get one subnet.
+pub async fn create(c: &mut Client, key: &str, value: &str, lease: i64) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::version(key, CompareOp::Equal, 0)])
+        .and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    Ok(bounded(&format!("create {key}"), c.txn(txn))
+        .await?
+        .succeeded())
+}
+
+/// Writes `key` whoever holds it (our own lease, found by our underlay address).
+pub async fn put(c: &mut Client, key: &str, value: &str, lease: i64) -> Result<()> {
+    let opts = PutOptions::new().with_lease(lease);
+    bounded(&format!("put {key}"), c.put(key, value, Some(opts))).await?;
+    Ok(())
+}
+
+pub async fn delete(c: &mut Client, key: &str) -> Result<()> {
+    bounded(&format!("delete {key}"), c.delete(key, None)).await?;
+    Ok(())
+}
+
+pub async fn get(c: &mut Client, key: &str) -> Result<Option<Vec<u8>>> {
+    let r = bounded(&format!("get {key}"), c.get(key, None)).await?;
+    Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
+}
+
+/// Every change under `<prefix>/subnets/` from `revision` on.
+pub async fn watch(c: &mut Client, prefix: &str, revision: i64) -> Result<WatchStream> {
+    let dir = format!("{prefix}/subnets/");
+    let opts = WatchOptions::new()
+        .with_prefix()
+        .with_start_revision(revision);
+    bounded(&format!("watch {dir}"), c.watch(dir.as_str(), Some(opts))).await
+}

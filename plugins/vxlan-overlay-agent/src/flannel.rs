@@ -1,0 +1,286 @@
+//! flannel's etcd layout, so our nodes and flanneld nodes share one cluster:
+//! `<prefix>/config` (the network, written by the administrator) with flannel's defaults,
+//! and one lease per node at `<prefix>/subnets/<a.b.c.d>-<len>` holding
+//! `{"PublicIP":…,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":…,"VtepMAC":…}}`.
+
+use std::net::Ipv4Addr;
+
+use ipnetwork::Ipv4Network;
+use libcni::net::{format_mac, parse_mac};
+use serde::{Deserialize, Serialize};
+
+/// `<prefix>/config`, as flannel reads it (names in any case, unknown ones ignored).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawConfig {
+    network: String,
+    #[serde(default)]
+    subnet_len: u32,
+    #[serde(default)]
+    subnet_min: Option<String>,
+    #[serde(default)]
+    subnet_max: Option<String>,
+    #[serde(default)]
+    backend: Option<RawBackend>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct RawBackend {
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "VNI", default)]
+    vni: Option<u32>,
+    #[serde(default)]
+    port: Option<u16>,
+    #[serde(default)]
+    direct_routing: bool,
+    #[serde(rename = "MTU", default)]
+    mtu: Option<u32>,
+}
+
+/// The cluster network, with flannel's defaults applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    pub network: Ipv4Network,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv4Addr,
+    pub subnet_max: Ipv4Addr,
+    pub vni: u32,
+    /// The UDP port; flannel's 0 means the kernel's, 8472.
+    pub port: u16,
+    pub direct_routing: bool,
+    pub mtu: Option<u32>,
+}
+
+fn u32_of(ip: Ipv4Addr) -> u32 {
+    u32::from(ip)
+}
+
+impl Network {
+    /// Reads `<prefix>/config` with flannel's rules: SubnetLen 24 for networks of /22 or
+    /// wider, else two longer; the first subnet is not handed out (SubnetMin), the last is
+    /// (SubnetMax); VNI 1; the vxlan backend only.
+    pub fn parse(json: &[u8]) -> Result<Network, String> {
+        let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        let raw: RawConfig = libcni::decode::from_value(&v).map_err(|e| e.to_string())?;
+        let network: Ipv4Network = raw.network.parse().map_err(|e| format!("Network: {e}"))?;
+        let network =
+            Ipv4Network::new(network.network(), network.prefix()).map_err(|e| e.to_string())?;
+        let prefix = u32::from(network.prefix());
+        let subnet_len = match raw.subnet_len {
+            0 if prefix > 28 => return Err("Network: too small, at least a /28".into()),
+            0 if prefix <= 22 => 24,
+            0 => prefix + 2,
+            n if n > 30 => return Err("SubnetLen must be less than /31".into()),
+            n if n < prefix + 2 => {
+                return Err("SubnetLen: the network must hold at least four subnets".into())
+            }
+            n => n,
+        };
+        let size = 1u32 << (32 - subnet_len);
+        let aligned = |key: &str, s: Option<String>, default: u32| -> Result<Ipv4Addr, String> {
+            let ip = match s {
+                Some(s) => s.parse::<Ipv4Addr>().map_err(|e| format!("{key}: {e}"))?,
+                None => Ipv4Addr::from(default),
+            };
+            if !network.contains(ip) {
+                return Err(format!("{key} is not in the range of the Network"));
+            }
+            if !u32_of(ip).is_multiple_of(size) {
+                return Err(format!("{key} is not on a SubnetLen boundary: {ip}"));
+            }
+            Ok(ip)
+        };
+        let first = u32_of(network.network());
+        let last = u32_of(network.broadcast());
+        let subnet_min = aligned("SubnetMin", raw.subnet_min, first + size)?;
+        let subnet_max = aligned("SubnetMax", raw.subnet_max, last - size + 1)?;
+        let backend = raw.backend.unwrap_or_default();
+        if !backend.kind.eq_ignore_ascii_case("vxlan") {
+            return Err(format!(
+                "Backend.Type {:?}: only vxlan is served",
+                backend.kind
+            ));
+        }
+        Ok(Network {
+            network,
+            subnet_len: subnet_len as u8,
+            subnet_min,
+            subnet_max,
+            vni: backend.vni.unwrap_or(1),
+            port: backend.port.filter(|p| *p != 0).unwrap_or(8472),
+            direct_routing: backend.direct_routing,
+            mtu: backend.mtu,
+        })
+    }
+
+    /// Whether `s` is one this network hands out.
+    pub fn fits(&self, s: Ipv4Network) -> bool {
+        s.prefix() == self.subnet_len
+            && u32_of(s.network()) >= u32_of(self.subnet_min)
+            && u32_of(s.network()) <= u32_of(self.subnet_max)
+    }
+
+    /// The first free subnets (at most `n`), in order, given those that are taken.
+    pub fn free(&self, taken: &[Ipv4Network], n: usize) -> Vec<Ipv4Network> {
+        let size = 1u32 << (32 - self.subnet_len);
+        let mut out = Vec::new();
+        let mut at = u32_of(self.subnet_min);
+        while at <= u32_of(self.subnet_max) && out.len() < n {
+            let s = Ipv4Network::new(Ipv4Addr::from(at), self.subnet_len).expect("aligned");
+            if !taken
+                .iter()
+                .any(|t| t.contains(s.network()) || s.contains(t.network()))
+            {
+                out.push(s);
+            }
+            match at.checked_add(size) {
+                Some(next) => at = next,
+                None => break,
+            }
+        }
+        out
+    }
+}
+
+/// A lease's key below the prefix: `subnets/10.244.1.0-24`.
+pub fn lease_key(prefix: &str, s: Ipv4Network) -> String {
+    format!("{prefix}/subnets/{}-{}", s.network(), s.prefix())
+}
+
+/// The subnet a lease key names (a dual-stack key's IPv4 part).
+pub fn subnet_of_key(prefix: &str, key: &str) -> Option<Ipv4Network> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix("/subnets/")?;
+    let v4 = rest.split('&').next()?;
+    let (ip, len) = v4.split_once('-')?;
+    Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()
+}
+
+/// A lease's value, with flannel's field names and order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LeaseAttrs {
+    #[serde(rename = "PublicIP")]
+    pub public_ip: Ipv4Addr,
+    #[serde(rename = "PublicIPv6", default)]
+    pub public_ipv6: Option<String>,
+    #[serde(
+        rename = "BackendType",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
+    pub backend_type: String,
+    #[serde(
+        rename = "BackendData",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_data: Option<VxlanData>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VxlanData {
+    #[serde(rename = "VNI")]
+    pub vni: u32,
+    #[serde(rename = "VtepMAC")]
+    pub vtep_mac: String,
+}
+
+impl LeaseAttrs {
+    pub fn vxlan(public_ip: Ipv4Addr, vni: u32, mac: [u8; 6]) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "vxlan".into(),
+            backend_data: Some(VxlanData {
+                vni,
+                vtep_mac: format_mac(&mac),
+            }),
+        }
+    }
+
+    pub fn parse(value: &[u8]) -> Option<LeaseAttrs> {
+        let v: serde_json::Value = serde_json::from_slice(value).ok()?;
+        libcni::decode::from_value(&v).ok()
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("lease attributes always serialize")
+    }
+
+    /// The peer's VTEP MAC, for a vxlan lease.
+    pub fn vtep_mac(&self) -> Option<[u8; 6]> {
+        if !self.backend_type.eq_ignore_ascii_case("vxlan") {
+            return None;
+        }
+        parse_mac(&self.backend_data.as_ref()?.vtep_mac)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flannels_defaults() {
+        let n =
+            Network::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(n.subnet_len, 24);
+        assert_eq!(
+            n.subnet_min.to_string(),
+            "10.244.1.0",
+            "the first subnet is skipped"
+        );
+        assert_eq!(n.subnet_max.to_string(), "10.244.255.0", "the last is used");
+        assert_eq!((n.vni, n.port, n.direct_routing), (1, 8472, false));
+        let small = Network::parse(
+            br#"{"network":"10.9.0.0/24","backend":{"type":"vxlan","port":4789,"vni":7}}"#,
+        )
+        .unwrap();
+        assert_eq!((small.subnet_len, small.vni, small.port), (26, 7, 4789));
+        for bad in [
+            r#"{"Network":"10.9.0.0/29","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.5","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
+            r#"{"Network":"10.244.0.0/16"}"#,
+        ] {
+            assert!(Network::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn free_subnets_skip_the_taken() {
+        let n = Network::parse(br#"{"Network":"10.9.0.0/24","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let taken: Vec<Ipv4Network> = vec!["10.9.0.64/26".parse().unwrap()];
+        let free: Vec<String> = n.free(&taken, 10).iter().map(|s| s.to_string()).collect();
+        assert_eq!(free, ["10.9.0.128/26", "10.9.0.192/26"]);
+    }
+
+    #[test]
+    fn leases_in_flannels_format() {
+        let a = LeaseAttrs::vxlan(
+            "192.168.1.10".parse().unwrap(),
+            1,
+            [0x6e, 0x1b, 0x5f, 0x6a, 0x2c, 0x9e],
+        );
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"192.168.1.10","PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:1b:5f:6a:2c:9e"}}"#
+        );
+        assert_eq!(LeaseAttrs::parse(a.to_json().as_bytes()), Some(a.clone()));
+        assert_eq!(a.vtep_mac(), Some([0x6e, 0x1b, 0x5f, 0x6a, 0x2c, 0x9e]));
+        // flannel's own test fixture: no backend
+        let bare = LeaseAttrs::parse(br#"{"PublicIP":"1.2.3.4","PublicIPv6":null}"#).unwrap();
+        assert_eq!(bare.vtep_mac(), None);
+        let p = "/coreos.com/network";
+        let s: Ipv4Network = "10.244.1.0/24".parse().unwrap();
+        assert_eq!(lease_key(p, s), "/coreos.com/network/subnets/10.244.1.0-24");
+        assert_eq!(subnet_of_key(p, &lease_key(p, s)), Some(s));
+        assert_eq!(
+            subnet_of_key(p, "/coreos.com/network/subnets/10.244.1.0-24&fc00::-64"),
+            Some(s)
+        );
+        assert_eq!(subnet_of_key(p, "/coreos.com/network/config"), None);
+    }
+}

@@ -1,0 +1,77 @@
+//! What the agent keeps on the node across restarts: the subnet it held (to take it back,
+//! as flanneld does from its subnet file) and its VTEP MAC (random once, so peers keep
+//! their FDB entries when it restarts). `<dataDir>/_agent/<network>.json`, replaced
+//! whole; `_agent` is no network's name, so it never meets host-local's store.
+
+use std::path::{Path, PathBuf};
+
+use ipnetwork::Ipv4Network;
+use libcni::net::{format_mac, parse_mac, random_mac};
+use libcni::{code, files, Error};
+use serde::{Deserialize, Serialize};
+use vxlan_overlay::config::Overlay;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Local {
+    #[serde(default)]
+    pub subnet: Option<Ipv4Network>,
+    #[serde(rename = "vtepMAC")]
+    vtep_mac: String,
+}
+
+impl Local {
+    pub fn path(o: &Overlay) -> PathBuf {
+        o.data_dir.join("_agent").join(format!("{}.json", o.name))
+    }
+
+    /// The saved state, or a new one with a fresh MAC, saved before it is used.
+    pub fn load_or_create(path: &Path) -> Result<Local, Error> {
+        if let Some(bytes) = files::read(path)? {
+            return serde_json::from_slice::<Local>(&bytes)
+                .ok()
+                .filter(|l| parse_mac(&l.vtep_mac).is_some())
+                .ok_or_else(|| {
+                    Error::new(code::IO, format!("{} is damaged", path.display()))
+                        .details("remove it: the node then gets a new VTEP MAC")
+                });
+        }
+        let local = Local {
+            subnet: None,
+            vtep_mac: format_mac(&random_mac()?),
+        };
+        local.save(path)?;
+        Ok(local)
+    }
+
+    pub fn save(&self, path: &Path) -> Result<(), Error> {
+        if let Some(dir) = path.parent() {
+            files::private_dir(dir)?;
+        }
+        let json = serde_json::to_vec(self).expect("plain data always serializes");
+        files::replace(path, &json)?;
+        Ok(())
+    }
+
+    pub fn mac(&self) -> [u8; 6] {
+        parse_mac(&self.vtep_mac).expect("checked when loaded or made")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_once_then_kept() {
+        let dir = std::env::temp_dir().join(format!("agent-local-{}", std::process::id()));
+        let path = dir.join("_agent").join("net.json");
+        let mut first = Local::load_or_create(&path).unwrap();
+        assert_eq!(first.mac()[0] & 0x03, 0x02, "locally administered unicast");
+        first.subnet = Some("10.244.3.0/24".parse().unwrap());
+        first.save(&path).unwrap();
+        assert_eq!(Local::load_or_create(&path).unwrap(), first);
+        std::fs::write(&path, b"{\"vtepMAC\":\"nonsense\"}").unwrap();
+        assert!(Local::load_or_create(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

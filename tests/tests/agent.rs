@@ -1,0 +1,465 @@
+//! vxlan-overlay on etcd (issue 10): an etcd of the test's own in a namespace on the
+//! underlay, one vxlan-overlay-agent per host namespace, the plugin attaching containers
+//! from the subnet file. Distinct subnets under contention, flannel's key and value
+//! format, a joiner programmed from the watch, lease expiry after SIGKILL and the same
+//! subnet and MAC after a restart, an etcd outage, reconcile of hand-deleted entries, a
+//! lease written by hand as a flanneld node writes it. Every etcd and agent is stopped by
+//! PID, also when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cni_tests::*;
+use serde_json::Value;
+
+const PREFIX: &str = "/coreos.com/network";
+
+fn agent_bin() -> PathBuf {
+    let b = bin_dir().join("vxlan-overlay-agent");
+    assert!(b.is_file(), "{} missing: run scripts/test.sh", b.display());
+    b
+}
+
+/// One host's agent and the files it works with; stopped by PID on drop.
+struct Agent {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    host: String,
+}
+
+/// The plugin config of a host: dataDir and subnetFile under `dir`.
+fn conf(dir: &Path, etcd: &Etcd, ttl: u64, extra: Value) -> Value {
+    let mut c = json!({"cniVersion": "1.1.0", "name": "cluster", "type": "vxlan-overlay",
+        "dataDir": dir.join("data"), "subnetFile": dir.join("subnet.env"),
+        "store": {"type": "etcd", "endpoints": [etcd.url], "prefix": PREFIX, "leaseTTL": ttl}});
+    merge(&mut c, extra);
+    c
+}
+
+impl Agent {
+    fn start(host: &Ns, etcd: &Etcd, ttl: u64, reconcile: u64) -> Agent {
+        Agent::start_with(host, etcd, ttl, reconcile, json!({}))
+    }
+
+    /// Started on a config with `extra` merged into the vxlan-overlay entry.
+    fn start_with(host: &Ns, etcd: &Etcd, ttl: u64, reconcile: u64, extra: Value) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Agent {
+            child: None,
+            dir,
+            host: host.name.clone(),
+        };
+        let list = json!({"cniVersion": "1.1.0", "name": "cluster",
+            "plugins": [conf(a.dir.path(), etcd, ttl, extra)]});
+        std::fs::write(a.dir.path().join("cluster.conflist"), list.to_string()).unwrap();
+        a.restart(reconcile);
+        a
+    }
+
+    fn restart(&mut self, reconcile: u64) {
+        assert!(self.child.is_none());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.host])
+            .arg(agent_bin())
+            .arg("--config")
+            .arg(self.dir.path().join("cluster.conflist"))
+            .args(["--reconcile-seconds", &reconcile.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn conf(&self, etcd: &Etcd) -> Value {
+        conf(self.dir.path(), etcd, 60, json!({}))
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn subnet_env(&self) -> Option<String> {
+        std::fs::read_to_string(self.dir.path().join("subnet.env")).ok()
+    }
+
+    /// The subnet it holds, from the subnet file, waited for (at most `secs`).
+    fn subnet(&self, secs: u64) -> String {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(secs) {
+            if let Some(env) = self.subnet_env() {
+                let gw = env
+                    .lines()
+                    .find_map(|l| l.strip_prefix("FLANNEL_SUBNET="))
+                    .unwrap();
+                let (ip, len) = gw.split_once('/').unwrap();
+                let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+                return format!("{}/{len}", std::net::Ipv4Addr::from(u32::from(ip) - 1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no subnet file in {secs} s; agent log:\n{}", self.log());
+    }
+
+    /// Restarted with the subnet file gone, and waited for until it holds a subnet again.
+    fn restart_and_wait(&mut self, reconcile: u64) -> String {
+        let sessions = self.log().matches("holding ").count();
+        std::fs::remove_file(self.dir.path().join("subnet.env")).unwrap();
+        self.restart(reconcile);
+        let s = self.subnet(20);
+        let held = within(Duration::from_secs(10), || {
+            self.log().matches("holding ").count() > sessions
+        });
+        assert!(held.is_some(), "{}", self.log());
+        s
+    }
+
+    fn sigkill(&mut self) {
+        let mut c = self.child.take().unwrap();
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+
+    /// SIGTERM; how long it took to exit.
+    fn terminate(&mut self) -> Option<Duration> {
+        let mut c = self.child.take()?;
+        stop_child(&mut c, Duration::from_secs(10))
+    }
+
+    /// Whether it has exited, and how.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().unwrap()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+/// `10.245.3.0/24` → the lease key.
+fn key(subnet: &str) -> String {
+    format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
+}
+
+/// Whether host `h` holds route, neighbour and FDB entry for a peer (subnet, underlay).
+fn programmed(h: &Ns, subnet: &str, underlay: &str) -> bool {
+    let net = subnet.split('/').next().unwrap();
+    h.sh("ip route show proto 73").contains(subnet)
+        && h.sh("ip neigh show dev flannel.1 nud permanent")
+            .contains(net)
+        && h.sh("bridge fdb show dev flannel.1")
+            .contains(&format!("dst {underlay} "))
+}
+
+/// Whether host `h` holds none of a peer's state.
+fn forgotten(h: &Ns, subnet: &str, underlay: &str) -> bool {
+    let net = subnet.split('/').next().unwrap();
+    !h.sh("ip route show proto 73").contains(subnet)
+        && !h
+            .sh("ip neigh show dev flannel.1")
+            .contains(&format!("{net} "))
+        && !h
+            .sh("bridge fdb show dev flannel.1")
+            .contains(&format!("dst {underlay} "))
+}
+
+/// Polls `f` every 20 ms for at most `limit`; returns how long it took.
+fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return Some(t.elapsed());
+        }
+        if t.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A cluster of `n` hosts, its etcd holding `network`, an agent on every host; returns
+/// them with the subnets the agents hold.
+fn start_cluster(
+    n: usize,
+    prefix: &str,
+    network: &str,
+    ttl: u64,
+    reconcile: u64,
+) -> (Cluster, Etcd, Vec<Agent>, Vec<String>) {
+    let c = Cluster::new(n, prefix, 1500);
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!("put {PREFIX}/config '{network}'"));
+    let agents: Vec<Agent> = c
+        .hosts
+        .iter()
+        .map(|h| Agent::start(h, &etcd, ttl, reconcile))
+        .collect();
+    let subnets = agents.iter().map(|a| a.subnet(30)).collect();
+    (c, etcd, agents, subnets)
+}
+
+/// Adds a container on `host` with the agent's config; returns it with its address.
+fn attach(host: &Ns, conf: &Value, cid: &str) -> (Ns, String) {
+    let ns = Ns::new("c");
+    let r = Call::new("vxlan-overlay", "ADD", host, &ns.path(), cid)
+        .run(conf)
+        .expect_ok();
+    let ip = r["ips"][0]["address"].as_str().unwrap();
+    let ip = ip.split('/').next().unwrap().to_string();
+    (ns, ip)
+}
+
+#[test]
+fn agents_claim_distinct_subnets_in_flannels_format_and_peers_follow_the_leases() {
+    let net = r#"{"Network":"10.245.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let (mut c, etcd, mut agents, subnets) = start_cluster(3, "192.168.80", net, 60, 1);
+    let mut distinct = subnets.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{subnets:?}");
+
+    // flannel's keys and values, byte for byte as flanneld writes them
+    let leases = etcd.get_prefix(&format!("{PREFIX}/subnets/"));
+    assert_eq!(leases.len(), 3, "{leases:?}");
+    for (i, s) in subnets.iter().enumerate() {
+        let mac = c.hosts[i].link("flannel.1").unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let want = format!(
+            r#"{{"PublicIP":"{}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#,
+            c.underlay_ip(i)
+        );
+        assert!(
+            leases.contains(&(key(s), want.clone())),
+            "{want} in {leases:?}"
+        );
+        let gw = s.replace(".0/24", ".1/24");
+        assert_eq!(
+            agents[i].subnet_env().unwrap(),
+            format!("FLANNEL_NETWORK=10.245.0.0/16\nFLANNEL_SUBNET={gw}\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n")
+        );
+    }
+
+    // containers on every host reach each other; the plugin reads the subnet file
+    let ctrs: Vec<(Ns, String)> = (0..3)
+        .map(|h| attach(&c.hosts[h], &agents[h].conf(&etcd), &format!("a{h}")))
+        .collect();
+    for (h, (ns, _)) in ctrs.iter().enumerate() {
+        assert!(subnets[h].starts_with(&ctrs[h].1[..ctrs[h].1.len() - 2]));
+        for (_, ip) in &ctrs {
+            assert!(ns.ping(ip), "host {h}'s container -> {ip}");
+        }
+    }
+
+    // a fourth host joins: the others program it from the watch (their reconcile is
+    // slower than the second allowed here), and reach its container with no ADD
+    let j = c.add_host();
+    agents.push(Agent::start(&c.hosts[j], &etcd, 60, 30));
+    let js = agents[j].subnet(20);
+    let took = within(Duration::from_secs(1), || {
+        (0..3).all(|h| programmed(&c.hosts[h], &js, &c.underlay_ip(j)))
+    });
+    assert!(
+        took.is_some(),
+        "joiner not programmed within 1 s:\n{}",
+        agents[0].log()
+    );
+    let (_jc, jip) = attach(&c.hosts[j], &agents[j].conf(&etcd), "a3");
+    for (ns, _) in &ctrs {
+        assert!(ns.ping(&jip));
+    }
+
+    // entries deleted by hand on host 0 are put back by its reconcile (every second)
+    let (s1, u1) = (&subnets[1], c.underlay_ip(1));
+    let net1 = s1.split('/').next().unwrap();
+    let h0 = &c.hosts[0];
+    h0.sh(&format!("ip route del {s1}"));
+    h0.sh(&format!("ip neigh del {net1} dev flannel.1"));
+    let mac1 = c.hosts[1].link("flannel.1").unwrap()["address"].clone();
+    h0.sh(&format!(
+        "bridge fdb del {} dev flannel.1 dst {u1}",
+        mac1.as_str().unwrap()
+    ));
+    assert!(forgotten(h0, s1, &u1));
+    assert!(
+        within(Duration::from_secs(5), || programmed(h0, s1, &u1)).is_some(),
+        "not restored:\n{}",
+        agents[0].log()
+    );
+    assert!(
+        agents[0].log().contains("reconcile:"),
+        "{}",
+        agents[0].log()
+    );
+    assert!(ctrs[0].0.ping(&ctrs[1].1));
+
+    // a flanneld node: its device made by hand as flanneld makes it, its lease written by
+    // hand in flannel's format; every agent programs it and containers reach it
+    let f = c.add_host();
+    let fu = c.underlay_ip(f);
+    let fmac = "0e:11:22:33:44:55";
+    c.hosts[f].sh(&format!(
+        "ip link add flannel.1 address {fmac} type vxlan id 1 local {fu} dev ul0 dstport 8472 nolearning && \
+         ip link set flannel.1 up && ip addr add 10.245.200.0/32 dev flannel.1 && \
+         ip link add cni0 type bridge && ip link set cni0 up && ip addr add 10.245.200.1/24 dev cni0"
+    ));
+    let value = format!(
+        r#"{{"PublicIP":"{fu}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{fmac}"}}}}"#
+    );
+    let lease = etcd.ctl("lease grant 60");
+    let id = lease.split_whitespace().nth(1).unwrap();
+    etcd.ctl(&format!(
+        "put --lease={id} {} '{value}'",
+        key("10.245.200.0/24")
+    ));
+    assert!(within(Duration::from_secs(2), || (0..3).all(|h| programmed(
+        &c.hosts[h],
+        "10.245.200.0/24",
+        &fu
+    )))
+    .is_some());
+    // the flanneld node knows host 0 as flanneld would: neighbour, FDB entry, route
+    let (s0, net0) = (&subnets[0], subnets[0].split('/').next().unwrap());
+    let mac0 = c.hosts[0].link("flannel.1").unwrap()["address"].clone();
+    let mac0 = mac0.as_str().unwrap();
+    c.hosts[f].sh(&format!(
+        "ip neigh add {net0} lladdr {mac0} dev flannel.1 nud permanent && \
+         bridge fdb append {mac0} dev flannel.1 dst {} self permanent && \
+         ip route add {s0} via {net0} dev flannel.1 onlink",
+        c.underlay_ip(0)
+    ));
+    assert!(
+        ctrs[0].0.ping("10.245.200.1"),
+        "a container reaches the flanneld node"
+    );
+    // the lease revoked, as when flanneld's node is gone: every agent forgets it
+    etcd.ctl(&format!("lease revoke {id}"));
+    assert!(within(Duration::from_secs(2), || (0..3).all(|h| forgotten(
+        &c.hosts[h],
+        "10.245.200.0/24",
+        &fu
+    )))
+    .is_some());
+}
+
+#[test]
+fn twenty_agents_started_at_once_claim_distinct_subnets() {
+    // 31 subnets for 20 nodes: most first picks collide, and only the create-if-absent
+    // transaction keeps them apart
+    let net = r#"{"Network":"10.246.0.0/19","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+    let (c, etcd, agents, subnets) = start_cluster(20, "192.168.81", net, 60, 10);
+    let leases = etcd.get_prefix(&format!("{PREFIX}/subnets/"));
+    assert_eq!(leases.len(), 20, "{leases:?}");
+    for (i, s) in subnets.iter().enumerate() {
+        let (_, v) = leases
+            .iter()
+            .find(|(k, _)| *k == key(s))
+            .expect("its lease");
+        let v: Value = serde_json::from_str(v).unwrap();
+        assert_eq!(v["PublicIP"], c.underlay_ip(i), "{s} is host {i}'s");
+    }
+    // and every host ends up with the other nineteen
+    for (i, h) in c.hosts.iter().enumerate() {
+        let all = within(Duration::from_secs(10), || {
+            h.sh("ip route show proto 73").lines().count() == 19
+        });
+        assert!(all.is_some(), "host {i}:\n{}", agents[i].log());
+    }
+}
+
+#[test]
+fn a_killed_agent_expires_and_a_restarted_one_takes_back_its_subnet_and_mac() {
+    let ttl = 3;
+    let net = r#"{"Network":"10.247.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let (c, etcd, mut agents, subnets) = start_cluster(3, "192.168.82", net, ttl, 10);
+    let (s2, u2) = (subnets[2].clone(), c.underlay_ip(2));
+    let mac2 = c.hosts[2].link("flannel.1").unwrap()["address"].clone();
+    for h in 0..2 {
+        assert!(within(Duration::from_secs(5), || programmed(&c.hosts[h], &s2, &u2)).is_some());
+    }
+
+    // SIGTERM: out within a few seconds, the lease kept for a restart
+    let took = agents[2].terminate().expect("exits on SIGTERM");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert_eq!(etcd.get_prefix(&key(&s2)).len(), 1, "the lease stays");
+    assert_eq!(agents[2].restart_and_wait(10), s2);
+    assert!(
+        agents[2].log().contains(&format!("took back {s2}")),
+        "by its address"
+    );
+
+    // SIGKILL: after leaseTTL every other host drops its state
+    agents[2].sigkill();
+    let gone = within(Duration::from_secs(ttl + 5), || {
+        (0..2).all(|h| forgotten(&c.hosts[h], &s2, &u2))
+    });
+    assert!(gone.is_some(), "{}", agents[0].log());
+    assert!(etcd.get_prefix(&key(&s2)).is_empty(), "the lease expired");
+    assert!(agents[0].log().contains(&format!("peer {s2} removed")));
+
+    // restarted: the same subnet (saved on the node) and the same VTEP MAC
+    assert_eq!(agents[2].restart_and_wait(10), s2);
+    assert!(agents[2]
+        .log()
+        .contains(&format!("claimed {s2} for {u2}, as before")));
+    assert_eq!(c.hosts[2].link("flannel.1").unwrap()["address"], mac2);
+    for h in 0..2 {
+        assert!(within(Duration::from_secs(2), || programmed(&c.hosts[h], &s2, &u2)).is_some());
+    }
+    let (a, _) = attach(&c.hosts[0], &agents[0].conf(&etcd), "k0");
+    let (_b, bip) = attach(&c.hosts[2], &agents[2].conf(&etcd), "k2");
+    assert!(a.ping(&bip));
+}
+
+#[test]
+fn an_etcd_outage_leaves_traffic_and_adds_working_and_agents_reconnect() {
+    let net = r#"{"Network":"10.248.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let (mut c, mut etcd, mut agents, _) = start_cluster(2, "192.168.83", net, 60, 1);
+    let (a, _) = attach(&c.hosts[0], &agents[0].conf(&etcd), "o0");
+    let (_b, bip) = attach(&c.hosts[1], &agents[1].conf(&etcd), "o1");
+    assert!(a.ping(&bip));
+
+    etcd.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(a.ping(&bip), "existing traffic through the outage");
+    let (a2, _) = attach(&c.hosts[0], &agents[0].conf(&etcd), "o2");
+    assert!(a2.ping(&bip), "a new container during the outage");
+    assert!(
+        agents.iter_mut().all(|a| a.exited().is_none()),
+        "agents keep running"
+    );
+
+    etcd.restart();
+    let j = c.add_host();
+    agents.push(Agent::start(&c.hosts[j], &etcd, 60, 1));
+    let js = agents[j].subnet(20);
+    let seen = within(Duration::from_secs(15), || {
+        (0..2).all(|h| programmed(&c.hosts[h], &js, &c.underlay_ip(j)))
+    });
+    assert!(seen.is_some(), "{}\n{}", agents[0].log(), etcd.log());
+    let (_jc, jip) = attach(&c.hosts[j], &agents[j].conf(&etcd), "o3");
+    assert!(a.ping(&jip));
+
+    // a plugin config that disagrees with etcd's network stops the agent with a reason
+    let bad = Ns::new("n");
+    c.plug(&bad, "swbad", &c.spare_ip(9));
+    let mut wrong = Agent::start_with(&bad, &etcd, 60, 1, json!({"network": "10.99.0.0/16"}));
+    let failed = within(Duration::from_secs(10), || wrong.exited().is_some());
+    assert!(failed.is_some(), "{}", wrong.log());
+    assert!(!wrong.exited().unwrap().success());
+    assert!(
+        wrong.log().contains("differs from etcd's 10.248.0.0/16"),
+        "{}",
+        wrong.log()
+    );
+}
