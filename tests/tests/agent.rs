@@ -342,6 +342,12 @@ fn agents_claim_distinct_subnets_in_flannels_format_and_peers_follow_the_leases(
         ctrs[0].0.ping("10.245.200.1"),
         "a container reaches the flanneld node"
     );
+    // ten idle seconds, and still one etcd session on every agent: nothing broke it
+    // (etcd closes connections whose keepalive pings come too often)
+    std::thread::sleep(Duration::from_secs(10));
+    for a in &agents {
+        assert_eq!(a.log().matches("holding ").count(), 1, "{}", a.log());
+    }
     // the lease revoked, as when flanneld's node is gone: every agent forgets it
     etcd.ctl(&format!("lease revoke {id}"));
     assert!(within(Duration::from_secs(2), || (0..3).all(|h| forgotten(

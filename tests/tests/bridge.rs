@@ -350,3 +350,75 @@ fn layer2_only_without_gateway_or_ipam() {
     net.call("DEL", &c1.path(), "l1").run(&conf).expect_ok();
     net.call("DEL", &c2.path(), "l2").run(&conf).expect_ok();
 }
+
+/// Polls for at most 5 s until `f` holds.
+fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+#[test]
+fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
+    let net = Net::new();
+    let conf = bridge_conf("1.1.0", net.data.path(), "10.99.0.0/24", json!({}));
+    let c1 = Ns::new("c");
+    let retired = |r: &serde_json::Value| {
+        r["interfaces"][1]["name"]
+            .as_str()
+            .unwrap()
+            .replacen("veth", "vdel", 1)
+    };
+    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
+    // cut off at once: no veth on the host, no eth0 in the container; the pair itself
+    // goes shortly after, deleted by the reaper DEL started
+    assert!(host_veths(&net.host).is_empty() && c1.link("eth0").is_none());
+    assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
+    assert!(
+        eventually(|| c1.link_names().is_empty()),
+        "{:?}",
+        c1.link_names()
+    );
+
+    // a DEL killed after it retired the pair: the runtime's next DEL deletes the pair
+    // there and then (and frees the address), so the attachment can come back
+    let retire_by_hand = |r: &serde_json::Value| {
+        let (veth, grave) = (r["interfaces"][1]["name"].as_str().unwrap(), retired(r));
+        net.host.sh(&format!(
+            "ip link set {veth} down && ip link set {veth} name {grave}"
+        ));
+        c1.sh(&format!(
+            "ip link set eth0 down && ip link set eth0 name {grave}"
+        ));
+        grave
+    };
+    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    let grave = retire_by_hand(&r);
+    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
+    assert!(net.host.link(&grave).is_none() && c1.link(&grave).is_none());
+
+    // a reaper that never ran, the attachment live again: GC deletes the retired pair
+    // although its label names a listed attachment
+    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    let grave = retire_by_hand(&r);
+    Call::new("host-local", "DEL", &net.host, &c1.path(), "r1")
+        .run(&conf)
+        .expect_ok();
+    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    assert!(
+        c1.ping("10.99.0.1"),
+        "a new ADD beside a retired pair works"
+    );
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "r1", "ifname": "eth0"}]);
+    net.call("GC", "", "").run(&gc).expect_ok();
+    assert!(net.host.link(&grave).is_none(), "leftover retired pair");
+    let veth = r["interfaces"][1]["name"].as_str().unwrap();
+    assert!(net.host.link(veth).is_some(), "the live attachment stays");
+    assert!(c1.ping("10.99.0.1"));
+}

@@ -392,7 +392,8 @@ impl Netlink {
     }
 
     /// Deletes the links of `kind` whose alias names an attachment of `network` that is
-    /// not among `valid` (containerID, ifname); returns how many it deleted.
+    /// not among `valid` (containerID, ifname), and its retired veths whose deletion never
+    /// ran; returns how many it deleted.
     pub async fn delete_stale_attachments(
         &self,
         kind: &str,
@@ -405,11 +406,13 @@ impl Netlink {
             .collect();
         let mut deleted = 0;
         for link in self.links().await? {
-            let stale = link.kind.as_deref() == Some(kind)
-                && link
-                    .alias
-                    .as_deref()
-                    .is_some_and(|a| Attachment::alias_in_network(a, network) && !keep.contains(a));
+            let ours = link
+                .alias
+                .as_deref()
+                .is_some_and(|a| Attachment::alias_in_network(a, network));
+            let kept = link.alias.as_deref().is_some_and(|a| keep.contains(a))
+                && !crate::attachment::veth::is_retired(&link.name);
+            let stale = link.kind.as_deref() == Some(kind) && ours && !kept;
             if stale && self.delete_link(&link.name).await? {
                 deleted += 1;
             }
@@ -425,6 +428,21 @@ impl Netlink {
     pub async fn set_down(&self, index: u32, name: &str) -> Result<(), Error> {
         let msg = LinkUnspec::new_with_index(index).down().build();
         self.set_link(msg, || format!("setting {name} down")).await
+    }
+
+    /// Takes a link out of service under another name: down, off its bridge, renamed (a
+    /// link must be down to be renamed). Microseconds, where deleting a veth pair waits
+    /// 15-25 ms for the kernel (see attachment::veth).
+    pub async fn retire_link(&self, index: u32, name: &str, new_name: &str) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index)
+            .down()
+            .nocontroller()
+            .build();
+        self.set_link(msg, || format!("taking {name} down and off its bridge"))
+            .await?;
+        let msg = LinkUnspec::new_with_index(index).name(new_name).build();
+        self.set_link(msg, || format!("renaming {name} to {new_name}"))
+            .await
     }
 
     pub async fn set_promisc(&self, index: u32, name: &str) -> Result<(), Error> {

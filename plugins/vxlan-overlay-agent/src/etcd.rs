@@ -33,12 +33,17 @@ async fn bounded<T>(
     }
 }
 
-/// The connection options: HTTP/2 keepalives so a silent etcd ends the watch, and TLS
-/// when the store names certificates. Read once, at start.
+/// HTTP/2 pings: a silent etcd ends the session within interval + timeout. etcd closes
+/// a connection pinged more often than every 5 s (`--grpc-keepalive-min-time`).
+const PING_EVERY: Duration = Duration::from_secs(10);
+const PING_WAIT: Duration = Duration::from_secs(5);
+
+/// The connection options: keepalive pings, and TLS when the store names certificates.
+/// Read once, at start.
 pub fn options(e: &Etcd) -> Result<ConnectOptions> {
     let opts = ConnectOptions::new()
         .with_connect_timeout(CALL_WAIT)
-        .with_keep_alive(Duration::from_secs(2), Duration::from_secs(2))
+        .with_keep_alive(PING_EVERY, PING_WAIT)
         .with_keep_alive_while_idle(true);
     if e.cert_file.is_none() && e.key_file.is_none() && e.trusted_ca_file.is_none() {
         return Ok(opts);
