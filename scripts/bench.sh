@@ -1,40 +1,62 @@
 #!/usr/bin/env bash
-# Benchmarks our bridge+host-local against Debian's reference plugins, side by side in
-# one run: N sequential ADDs then N DELs (default 200; DEL gets the ADD result as
-# prevResult, as runtimes pass it) in a throwaway host namespace with
-# the same config, per-invocation median/p90/p99 wall time, peak RSS of one invocation
-# (the plugin and its IPAM delegate), and the ratios; calls alternate between ours and
-# the reference so both see the same load. --chain runs podman's default list instead
-# (bridge with ipMasq, portmap, firewall, tuning) through our cnitool for both sides;
-# --macvlan macvlan+host-local on a NIC of each host namespace; --host-local host-local
-# alone, with the cost of its reservation files measured apart.
-# Usage: scripts/bench.sh [N] [--masq|--chain|--macvlan|--host-local]
+# Benchmarks, ours next to Debian's reference plugins (1.1.1) and the raw kernel paths,
+# measured side by side in one run, in namespaces this script creates and removes:
+#   control [N]  ADD/DEL latency, CPU and peak RSS per call of bridge (with and without
+#                ipMasq), macvlan, ptp and podman's chain; DEL returned vs veth gone;
+#                20-way parallel ADD/DEL; binary sizes (scripts/bench_control.py)
+#   data         iperf3 TCP, ping RTT and UDP loss of same-host and cross-host paths
+#                (scripts/bench_data.py)
+#   scale        host-local with 100/1,000/10,000 allocations (scripts/bench_control.py);
+#                vxlan-overlay-agent with 10/50/100 hosts on one etcd (scripts/bench_agent.py)
+#   all          the three
+# Each writes its figures (CSV and JSON) under bench/; then bench/RESULTS.md and the
+# plots bench/latency.png and bench/dataplane.png are drawn again from what is there
+# (scripts/bench_report.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; fi
-n=${1:-200}
-masq=false mode=bridge
-case "${2:-}" in
-  --masq) masq=true ;;
-  --chain) masq=true mode=chain ;;
-  --host-local) mode=host-local ;;
-  --macvlan) mode=macvlan ;;
-  "") ;;
-  *) echo "usage: scripts/bench.sh [N] [--masq|--chain|--macvlan|--host-local]" >&2; exit 2 ;;
-esac
-scripts/deps.sh iproute2 nftables containernetworking-plugins python3 time
+usage() { echo "usage: scripts/bench.sh control [N] | data | scale | all" >&2; exit 2; }
+what=${1:-}
+n=${2:-200}
+case "$what" in control|data|scale|all) ;; *) usage ;; esac
+# time: GNU time for peak RSS; iperf3: the data plane; gnuplot-nox: the plots;
+# etcd-server/etcd-client: the agent's scale run.
+scripts/deps.sh iproute2 nftables iputils-ping containernetworking-plugins python3 time \
+  iperf3 gnuplot-nox etcd-server etcd-client protobuf-compiler
 cargo build --release --bins --quiet
+ours=$PWD/target/release ref=/usr/lib/cni out=$PWD/bench
+mkdir -p "$out"
 tag=cnirs-bench-$$
 made=()
 cleanup() { for ns in "${made[@]}"; do ip netns delete "$ns" 2>/dev/null || true; done; }
 trap cleanup EXIT
 trap "exit 130" INT TERM
-for side in ours ref; do
-  ip netns add "$tag-$side"; made+=("$tag-$side")
-  # a NIC for macvlans: one end of a veth pair, the other end beside it
-  ip -n "$tag-$side" link add benchnic0 type veth peer name benchnic0p
-  ip -n "$tag-$side" link set benchnic0 up
-  ip -n "$tag-$side" link set benchnic0p up
-  for i in $(seq "$n"); do ip netns add "$tag-$side-$i"; made+=("$tag-$side-$i"); done
-done
-python3 scripts/bench_driver.py "$tag" "$n" "$mode" "$masq" "$PWD/target/release" /usr/lib/cni
+
+# A host namespace per side, with a NIC for macvlans (one end of a veth pair), and the
+# container namespaces the calls put interfaces in.
+make_sides() {
+  local count=$1
+  for side in ours ref; do
+    ip netns add "$tag-$side"; made+=("$tag-$side")
+    ip -n "$tag-$side" link add benchnic0 type veth peer name benchnic0p
+    ip -n "$tag-$side" link set benchnic0 up
+    ip -n "$tag-$side" link set benchnic0p up
+    for i in $(seq 0 "$count"); do ip netns add "$tag-$side-$i"; made+=("$tag-$side-$i"); done
+  done
+}
+
+if [ "$what" = control ] || [ "$what" = all ]; then
+  make_sides "$n"
+  python3 scripts/bench_control.py control "$tag" "$out" "$ours" "$ref" "$n"
+  cleanup; made=()
+fi
+if [ "$what" = scale ] || [ "$what" = all ]; then
+  make_sides 40
+  python3 scripts/bench_control.py scale "$tag" "$out" "$ours" "$ref"
+  cleanup; made=()
+  python3 scripts/bench_agent.py "$out" "$ours" 10 50 100
+fi
+if [ "$what" = data ] || [ "$what" = all ]; then
+  python3 scripts/bench_data.py "$out" "$ours" "$ref"
+fi
+python3 scripts/bench_report.py "$out" "$ours" "$ref"

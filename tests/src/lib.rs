@@ -391,6 +391,14 @@ impl Drop for Etcd {
     }
 }
 
+/// A result's first address, without its prefix length.
+pub fn first_ip(r: &Value) -> String {
+    let a = r["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no address in {r}"));
+    a.split('/').next().unwrap_or(a).to_string()
+}
+
 /// What a plugin invocation returned.
 #[derive(Debug)]
 pub struct Outcome {

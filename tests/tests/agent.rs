@@ -213,9 +213,7 @@ fn attach(host: &Ns, conf: &Value, cid: &str) -> (Ns, String) {
     let r = Call::new("vxlan-overlay", "ADD", host, &ns.path(), cid)
         .run(conf)
         .expect_ok();
-    let ip = r["ips"][0]["address"].as_str().unwrap();
-    let ip = ip.split('/').next().unwrap().to_string();
-    (ns, ip)
+    (ns, first_ip(&r))
 }
 
 #[test]

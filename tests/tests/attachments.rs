@@ -32,16 +32,6 @@ fn call<'a>(
     c
 }
 
-fn ip_of(r: &Value) -> String {
-    r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string()
-}
-
 #[test]
 fn macvlan_bridge_and_private_modes() {
     let host = host_with_nic("mvnic0");
@@ -63,14 +53,14 @@ fn macvlan_bridge_and_private_modes() {
     assert_eq!(eth0["linkinfo"]["info_kind"], "macvlan");
     assert_eq!(eth0["linkinfo"]["info_data"]["mode"], "bridge");
     assert_eq!(eth0["address"], r1["interfaces"][0]["mac"]);
-    assert!(c1.ping(&ip_of(&r2)), "c1 -> c2");
+    assert!(c1.ping(&first_ip(&r2)), "c1 -> c2");
     assert!(c2.ping("10.82.0.200"), "c2 -> the host's macvlan");
     // CHECK passes, then fails once tampered with
     let check = with_prev(&conf, &r1);
     Call::new("macvlan", "CHECK", &host, &c1.path(), "mv1")
         .run(&check)
         .expect_ok();
-    c1.sh(&format!("ip addr del {}/24 dev eth0", ip_of(&r1)));
+    c1.sh(&format!("ip addr del {}/24 dev eth0", first_ip(&r1)));
     assert_eq!(
         Call::new("macvlan", "CHECK", &host, &c1.path(), "mv1")
             .run(&check)
@@ -96,7 +86,7 @@ fn macvlan_bridge_and_private_modes() {
         c1.link("eth0").unwrap()["linkinfo"]["info_data"]["mode"],
         "private"
     );
-    assert!(!c1.ping(&ip_of(&p2)), "private mode let c1 reach c2");
+    assert!(!c1.ping(&first_ip(&p2)), "private mode let c1 reach c2");
     let _ = p1;
     // DEL after the namespace is gone, and twice
     let path = c2.path();
@@ -267,7 +257,7 @@ fn ptp_routes_without_a_bridge() {
     assert_eq!(host.addrs(veth), ["10.87.0.1/32", "fd87::1/128"]);
     let host_routes = host.routes("-4");
     assert!(
-        host_routes.contains(&format!("{} via -", ip_of(&r1))),
+        host_routes.contains(&format!("{} via -", first_ip(&r1))),
         "{host_routes:?}"
     );
     assert_eq!(c1.link("eth0").unwrap()["mtu"], 1400);
@@ -279,12 +269,12 @@ fn ptp_routes_without_a_bridge() {
     ] {
         assert!(routes.contains(&want.to_string()), "{want}: {routes:?}");
     }
-    assert!(c1.ping(&ip_of(&r2)), "c1 -> c2 through the host");
-    assert!(host.ping(&ip_of(&r1)), "host -> c1");
+    assert!(c1.ping(&first_ip(&r2)), "c1 -> c2 through the host");
+    assert!(host.ping(&first_ip(&r1)), "host -> c1");
     assert!(c2.ping("fd87::2"), "IPv6 c2 -> c1");
     assert!(host
         .sh("nft list set inet cni_rs masq4")
-        .contains(&ip_of(&r1)));
+        .contains(&first_ip(&r1)));
     let check = with_prev(&conf, &r1);
     Call::new("ptp", "CHECK", &host, &c1.path(), "p1")
         .run(&check)

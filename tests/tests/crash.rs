@@ -65,11 +65,7 @@ fn kill_rounds(plugin: &str, seeds: &[u64], rounds: usize) {
         let r = Call::new(plugin, "ADD", &host, &p, &format!("live{i}"))
             .run(&conf)
             .expect_ok();
-        let ip = r["ips"][0]["address"].as_str().unwrap();
-        live.push((
-            ip.split('/').next().unwrap().to_string(),
-            format!("live{i}"),
-        ));
+        live.push((first_ip(&r), format!("live{i}")));
     }
     let (mut landed, mut completed) = (0, 0);
     for seed in seeds {
@@ -86,13 +82,7 @@ fn kill_rounds(plugin: &str, seeds: &[u64], rounds: usize) {
                 completed += 1;
                 // the address it printed is held by it and by no one else
                 let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-                let ip = r["ips"][0]["address"]
-                    .as_str()
-                    .unwrap()
-                    .split('/')
-                    .next()
-                    .unwrap()
-                    .to_string();
+                let ip = first_ip(&r);
                 assert!(
                     !live.iter().any(|(a, _)| *a == ip),
                     "{when}: {ip} handed out twice"

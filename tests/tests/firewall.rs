@@ -25,9 +25,7 @@ fn attach(t: &Cnitool, net: &str) -> (Ns, String) {
     let (ok, out, err) = t.run(&["add", net, &c.path()], &[]);
     assert!(ok, "{err}");
     let r: Value = serde_json::from_str(&out).unwrap();
-    let ip = r["ips"][0]["address"].as_str().unwrap();
-    let ip = ip.split('/').next().unwrap().to_string();
-    (c, ip)
+    (c, first_ip(&r))
 }
 
 fn detach(t: &Cnitool, net: &str, c: &Ns) {

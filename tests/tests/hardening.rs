@@ -101,13 +101,7 @@ fn long_names_fit_and_never_share_a_label() {
     let rb = Call::new("bridge", "ADD", &host, &b.path(), &idb)
         .run(&conf)
         .expect_ok();
-    let b_ip = rb["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let b_ip = first_ip(&rb);
     // DEL of a without prevResult finds its entries by label: b's must stay
     Call::new("bridge", "DEL", &host, &a.path(), &ida)
         .run(&conf)

@@ -27,14 +27,7 @@ fn attach(c: &Cluster, h: usize, conf: &Value, cid: &str) -> (Ns, String) {
     let r = Call::new("vxlan-overlay", "ADD", &c.hosts[h], &ns.path(), cid)
         .run(conf)
         .expect_ok();
-    let ip = r["ips"][0]["address"]
-        .as_str()
-        .unwrap()
-        .split('/')
-        .next()
-        .unwrap()
-        .to_string();
-    (ns, ip)
+    (ns, first_ip(&r))
 }
 
 /// The overlay state of a host, as `ip` and `bridge` show it.

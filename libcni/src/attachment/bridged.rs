@@ -147,15 +147,8 @@ pub fn check(
     }
     let netns = args.required_netns()?;
     let a = Attachment::of(args);
-    let mut problems = k.run(host_differences(k.host(), spec, &a))?;
-    let inside = k.connect_in(netns)?;
-    problems.extend(k.run(container::differences(
-        &inside,
-        &args.netns,
-        a.ifname(),
-        &prev,
-    ))?);
-    Error::check(&format!("{} differs from prevResult", a.ifname()), problems)
+    let problems = k.run(host_differences(k.host(), spec, &a))?;
+    container::check(k, &k.connect_in(netns)?, args, &prev, problems)
 }
 
 /// GC: the host veths and rules of this network's attachments that the runtime no longer

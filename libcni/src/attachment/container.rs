@@ -8,8 +8,9 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::net::{self, format_mac, sysctl_set, Netlink, Netns, RouteSpec};
-use crate::spec::{CniResult, IpConfig, Route};
+use crate::net::{self, format_mac, sysctl_set, Kernel, Netlink, Netns, RouteSpec};
+use crate::skel::CmdArgs;
+use crate::spec::{CniResult, Error, IpConfig, Route};
 
 fn gone(name: &str) -> net::Error {
     net::Error::io(
@@ -125,4 +126,20 @@ pub async fn differences(
         }
     }
     Ok(problems)
+}
+
+/// CHECK's end: the plugin's own `problems` and what differs of the container interface
+/// (seen through `inside`) from prevResult, as one error (104), or Ok when none.
+pub fn check(
+    k: &Kernel,
+    inside: &Netlink,
+    args: &CmdArgs,
+    prev: &CniResult,
+    mut problems: Vec<String>,
+) -> Result<(), Error> {
+    problems.extend(k.run(differences(inside, &args.netns, &args.ifname, prev))?);
+    Error::check(
+        &format!("{} differs from prevResult", args.ifname),
+        problems,
+    )
 }

@@ -239,11 +239,10 @@ impl Netlink {
         if let Some(mtu) = mtu {
             b = b.mtu(mtu);
         }
-        let res = self.handle.link().add(b.build()).execute().await;
-        tolerate(
-            res.map_err(|e| nl_err(format!("creating bridge {name}"), e)),
-            EEXIST,
-        )?;
+        let res = self
+            .add_link(b.build(), || format!("creating bridge {name}"))
+            .await;
+        tolerate(res, EEXIST)?;
         let l = self.link(name).await?.ok_or_else(|| {
             Error::io(
                 format!("bridge {name} vanished after creation"),
@@ -287,15 +286,13 @@ impl Netlink {
         let msg = msg
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
             .build();
-        self.handle.link().add(msg).execute().await.map_err(|e| {
-            nl_err(
-                format!(
-                    "creating veth {host} with peer {peer} in {}",
-                    peer_ns.path().display()
-                ),
-                e,
+        self.add_link(msg, || {
+            format!(
+                "creating veth {host} with peer {peer} in {}",
+                peer_ns.path().display()
             )
         })
+        .await
     }
 
     /// Creates a macvlan on `master` (a link of this connection's namespace) named `name`
@@ -316,21 +313,14 @@ impl Netlink {
         if let Some(mtu) = mtu {
             b = b.mtu(mtu);
         }
-        self.handle
-            .link()
-            .add(b.build())
-            .execute()
-            .await
-            .map_err(|e| {
-                nl_err(
-                    format!(
-                        "creating macvlan {name} on {} in {}",
-                        master.name,
-                        ns.path().display()
-                    ),
-                    e,
-                )
-            })
+        self.add_link(b.build(), || {
+            format!(
+                "creating macvlan {name} on {} in {}",
+                master.name,
+                ns.path().display()
+            )
+        })
+        .await
     }
 
     /// Moves link `index` into `ns`, down, under the name `name` (and `alias`, if given),
@@ -471,6 +461,19 @@ impl Netlink {
         }
         self.set_link(msg.build(), || format!("tuning {name} ({t:?})"))
             .await
+    }
+
+    pub(super) async fn add_link(
+        &self,
+        msg: LinkMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Error> {
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(what(), e))
     }
 
     pub(super) async fn set_link(

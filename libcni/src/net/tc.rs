@@ -145,12 +145,8 @@ impl Netlink {
             .name(name)
             .mtu(mtu)
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("creating ifb {name}"), e))?;
+        self.add_link(msg, || format!("creating ifb {name}"))
+            .await?;
         let l = self.link(name).await?.ok_or_else(|| {
             Error::io(
                 format!("ifb {name} vanished after creation"),

@@ -79,12 +79,8 @@ impl Netlink {
             .mtu(v.mtu)
             .up()
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
+        self.add_link(msg, || format!("creating vxlan {} (VNI {})", v.name, v.vni))
             .await
-            .map_err(|e| nl_err(format!("creating vxlan {} (VNI {})", v.name, v.vni), e))
     }
 
     /// The VXLAN settings of link `name`; None when there is no such link.

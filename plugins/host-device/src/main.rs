@@ -284,16 +284,7 @@ impl Plugin for HostDevice {
         }
         let k = Kernel::new()?;
         let inside = k.connect_in(args.required_netns()?)?;
-        let problems = k.run(container::differences(
-            &inside,
-            &args.netns,
-            &args.ifname,
-            &prev,
-        ))?;
-        Error::check(
-            &format!("{} differs from prevResult", args.ifname),
-            problems,
-        )
+        container::check(&k, &inside, args, &prev, Vec::new())
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), Error> {

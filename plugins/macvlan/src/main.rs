@@ -192,12 +192,7 @@ impl Plugin for MacvlanPlugin {
         let k = Kernel::new()?;
         let inside = k.connect_in(netns)?;
         let (master, _) = m.master_in(&k, &inside)?;
-        let mut problems = k.run(container::differences(
-            &inside,
-            &args.netns,
-            a.ifname(),
-            &prev,
-        ))?;
+        let mut problems = Vec::new();
         if let Some(l) = k.run(inside.link(a.ifname()))? {
             if l.kind.as_deref() != Some("macvlan") || l.peer != Some(master.index) {
                 problems.push(format!(
@@ -207,7 +202,7 @@ impl Plugin for MacvlanPlugin {
                 ));
             }
         }
-        Error::check(&format!("{} differs from prevResult", a.ifname()), problems)
+        container::check(&k, &inside, args, &prev, problems)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), Error> {

@@ -207,13 +207,7 @@ impl Plugin for Ptp {
             problems.push(format!("host veth {} is missing", a.host_veth()));
         }
         let inside = k.connect_in(args.required_netns()?)?;
-        problems.extend(k.run(container::differences(
-            &inside,
-            &args.netns,
-            a.ifname(),
-            &prev,
-        ))?);
-        Error::check(&format!("{} differs from prevResult", a.ifname()), problems)
+        container::check(&k, &inside, args, &prev, problems)
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), Error> {

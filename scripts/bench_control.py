@@ -1,0 +1,331 @@
+"""Control-plane benchmarks of scripts/bench.sh: ours and Debian's reference plugins with
+the same configs, side by side in one run. Calls alternate between the two sides (A B A B)
+so both see the same machine load; before each call the calling thread enters that side's
+host namespace with setns, so no `ip netns exec` is timed.
+
+  control OUT OURS REF [N]: N sequential ADDs then N DELs per config (bridge+host-local
+      with and without ipMasq, macvlan+host-local, ptp+host-local, podman's default chain
+      through our cnitool): wall median/p90/p99, CPU per call, peak RSS of one call; DEL
+      returned vs veth gone; 20-way parallel ADD then DEL; binary sizes.
+  scale OUT OURS REF: host-local ADD and DEL with 100, 1,000 and 10,000 allocations
+      already in a /16 (the reference reads every reservation file on each call).
+
+Writes OUT/control.json (every per-call figure) and CSV tables next to it."""
+import concurrent.futures
+import ctypes
+import csv
+import ipaddress
+import json
+import os
+import resource
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+CLONE_NEWNET = 0x40000000
+RSS_SAMPLES = 20
+libc = ctypes.CDLL(None, use_errno=True)
+BINARIES = ["bridge", "host-local", "macvlan", "ptp", "portmap", "firewall", "tuning",
+            "bandwidth", "loopback", "static", "host-device"]
+
+
+def enter(ns_fd):
+    """Moves the calling thread (and what it starts) into a network namespace."""
+    if libc.setns(ns_fd, CLONE_NEWNET) != 0:
+        sys.exit(f"setns: {os.strerror(ctypes.get_errno())}")
+
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True, timeout=30)
+
+
+def quantiles(t):
+    q = statistics.quantiles(t, n=100) if len(t) > 1 else [t[0]] * 99
+    return statistics.median(t), q[89], q[98]
+
+
+def link_exists(sock, name):
+    """RTM_GETLINK by name on a netlink socket of the namespace to look in."""
+    attr = name.encode() + b"\0"
+    rta = struct.pack("HH", 4 + len(attr), 3) + attr  # IFLA_IFNAME
+    rta += b"\0" * (-len(rta) % 4)
+    body = struct.pack("BxHiII", 0, 0, 0, 0, 0) + rta
+    sock.send(struct.pack("IHHII", 16 + len(body), 18, 1, 1, 0) + body)  # RTM_GETLINK
+    reply = sock.recv(65536)
+    kind = struct.unpack_from("H", reply, 4)[0]
+    if kind == 2:  # NLMSG_ERROR: 0 would be an ack, anything else says it is not there
+        return struct.unpack_from("i", reply, 16)[0] == 0
+    return kind == 16  # RTM_NEWLINK
+
+
+class Side:
+    """One side's plugins and namespaces: a host namespace, n container namespaces."""
+
+    def __init__(self, name, bindir, tag, cnitool):
+        self.name, self.bindir, self.prefix, self.cnitool = name, bindir, f"{tag}-{name}", cnitool
+        self.ns = os.open(f"/var/run/netns/{self.prefix}", os.O_RDONLY)
+        self._tmp = tempfile.TemporaryDirectory()
+        self.work = self._tmp.name
+
+    def conf(self, config):
+        """The network config of `config` for this side (its own store)."""
+        ipam = {"type": "host-local", "dataDir": os.path.join(self.work, config),
+                "ranges": [[{"subnet": "10.50.0.0/16"}]]}
+        bridge = {"type": "bridge", "bridge": f"br-{config}"[:15], "isDefaultGateway": True,
+                  "ipMasq": config in ("masq", "chain"), "ipam": ipam}
+        c = {"macvlan": {"type": "macvlan", "master": "benchnic0", "ipam": ipam},
+             "ptp": {"type": "ptp", "ipMasq": False, "ipam": ipam}}.get(config, bridge)
+        return dict(c, cniVersion="1.0.0", name="bench")
+
+    def chain_dir(self):
+        d = os.path.join(self.work, "conf")
+        if not os.path.isdir(d):
+            os.mkdir(d)
+            with open(os.path.join(d, "10-bench.conflist"), "w") as f:
+                bridge = {k: v for k, v in self.conf("chain").items()
+                          if k not in ("cniVersion", "name")}
+                json.dump({"cniVersion": "1.0.0", "name": "bench", "plugins": [
+                    bridge,
+                    {"type": "portmap", "capabilities": {"portMappings": True}},
+                    {"type": "firewall"}, {"type": "tuning"}]}, f)
+        return d
+
+    def command(self, config, op, i, prev=None):
+        """What a runtime runs for one call: argv, environment, stdin."""
+        netns = f"/var/run/netns/{self.prefix}-{i}"
+        if config == "chain":
+            caps = {"portMappings": [{"hostPort": 10000 + i, "containerPort": 80,
+                                      "protocol": "tcp"}]}
+            env = dict(os.environ, NETCONFPATH=self.chain_dir(), CNI_PATH=self.bindir,
+                       CNI_CACHE_DIR=os.path.join(self.work, "cache"), CAP_ARGS=json.dumps(caps))
+            return [self.cnitool, op.lower(), "bench", netns], env, b""
+        conf = self.conf(config)
+        if prev is not None:
+            conf["prevResult"] = prev
+        env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}", CNI_NETNS=netns,
+                   CNI_IFNAME="eth0", CNI_PATH=self.bindir)
+        # host-local alone reads the ipam section of the network config, as a delegate
+        plugin = "host-local" if config == "host-local" else conf["type"]
+        return [os.path.join(self.bindir, plugin)], env, json.dumps(conf).encode()
+
+    def invoke(self, config, op, i, prev=None, rss=False):
+        """One call; returns (wall ms, CPU ms, result or peak RSS KiB)."""
+        enter(self.ns)
+        cmd, env, stdin = self.command(config, op, i, prev)
+        if rss:
+            cmd = ["/usr/bin/time", "-f", "%M"] + cmd
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        p = subprocess.run(cmd, input=stdin, env=env, capture_output=True, timeout=60)
+        wall = (time.perf_counter() - start) * 1000
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1000
+        if p.returncode != 0:
+            sys.exit(f"{self.name} {config} {op} {i} failed: {p.stdout.decode()} "
+                     f"{p.stderr.decode()}")
+        if rss:
+            return wall, cpu, int(p.stderr.decode().split()[-1])
+        out = json.loads(p.stdout) if op == "ADD" and p.stdout.strip() else None
+        return wall, cpu, out
+
+    def allocations(self, config):
+        d = os.path.join(self.work, config, "bench")
+        if not os.path.isdir(d):
+            return []
+        return [f for f in os.listdir(d) if (f[0].isdigit() and "." in f) or ":" in f]
+
+
+def sequential(sides, config, n):
+    """n ADDs then n DELs, alternating sides call by call; then RSS samples."""
+    rows = {s.name: {"ADD": [], "DEL": [], "ADD_cpu": [], "DEL_cpu": []} for s in sides}
+    results = {s.name: {} for s in sides}
+    for op in ("ADD", "DEL"):
+        for i in range(1, n + 1):
+            for s in (sides if i % 2 else sides[::-1]):
+                prev = results[s.name].get(i) if op == "DEL" and config != "chain" else None
+                wall, cpu, out = s.invoke(config, op, i, prev)
+                rows[s.name][op].append(wall)
+                rows[s.name][op + "_cpu"].append(cpu)
+                if out is not None:
+                    results[s.name][i] = out
+    for s in sides:
+        for op in ("ADD", "DEL"):
+            rows[s.name][op + "_rss"] = 0
+        for i in range(1, min(RSS_SAMPLES, n) + 1):
+            add = s.invoke(config, "ADD", i, rss=True)[2]
+            prev = None  # DEL without prevResult: the same work for the plugins
+            rel = s.invoke(config, "DEL", i, prev, rss=True)[2]
+            rows[s.name]["ADD_rss"] = max(rows[s.name]["ADD_rss"], add)
+            rows[s.name]["DEL_rss"] = max(rows[s.name]["DEL_rss"], rel)
+        left = s.allocations(config)
+        if left:
+            sys.exit(f"{s.name} {config}: {len(left)} addresses left after the DELs")
+    return rows
+
+
+def del_vs_gone(sides, n=40):
+    """DEL returned vs the veth pair gone from the kernel, bridge+host-local: each DEL
+    alone, then the host namespace polled by netlink until neither name of the pair is
+    there (ours retires the pair and a reaper deletes it after DEL returned)."""
+    out = {}
+    for s in sides:
+        enter(s.ns)
+        nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        returned, gone = [], []
+        for i in range(1, n + 1):
+            _, _, r = s.invoke("bridge", "ADD", i)
+            veth = r["interfaces"][1]["name"]
+            names = [veth, "vdel" + veth[4:]]
+            start = time.perf_counter()
+            s.invoke("bridge", "DEL", i, r)
+            returned.append((time.perf_counter() - start) * 1000)
+            deadline = start + 5
+            while any(link_exists(nl, x) for x in names) and time.perf_counter() < deadline:
+                time.sleep(0.0002)
+            gone.append((time.perf_counter() - start) * 1000)
+        nl.close()
+        out[s.name] = {"returned": returned, "gone": gone}
+    return out
+
+
+def parallel(sides, n, workers=20):
+    """n ADDs then n DELs, `workers` at a time, one side after the other per phase."""
+    out = {}
+    for op in ("ADD", "DEL"):
+        for s in sides:
+            def one(i, s=s, op=op):
+                prev = out[s.name]["results"][i] if op == "DEL" else None
+                return i, s.invoke("bridge", op, i, prev)
+            start = time.perf_counter()
+            with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+                done = list(pool.map(one, range(1, n + 1)))
+            total = (time.perf_counter() - start) * 1000
+            o = out.setdefault(s.name, {"results": {}})
+            o[op] = {"wall_total_ms": total, "calls": [d[1][0] for d in done]}
+            if op == "ADD":
+                o["results"] = {i: r[2] for i, r in done}
+                addrs = [r[2]["ips"][0]["address"] for _, r in done]
+                o["unique_addresses"] = len(set(addrs)) == n
+            else:
+                o["store_empty"] = not s.allocations("bridge")
+    for s in sides:
+        out[s.name].pop("results")
+    return out
+
+
+def fill_store(side, count):
+    """`count` allocations in the reference's file format in a fresh store of a /16."""
+    d = os.path.join(side.work, "host-local", "bench")
+    subprocess.run(["rm", "-rf", os.path.join(side.work, "host-local")], check=True)
+    os.makedirs(d, mode=0o700)
+    net = ipaddress.ip_network("10.50.0.0/16")
+    for k in range(count):
+        with open(os.path.join(d, str(net[2 + k])), "w") as f:
+            f.write(f"fill{k}\r\neth0")
+    with open(os.path.join(d, "last_reserved_ip.0"), "w") as f:
+        f.write(str(net[1 + count]))
+
+
+def scale(sides, sizes=(100, 1000, 10000), n=40):
+    """host-local ADD and DEL latency with `size` allocations already there."""
+    out = {}
+    for size in sizes:
+        for s in sides:
+            fill_store(s, size)
+            s.invoke("host-local", "ADD", 0)  # ours indexes the files it finds once
+            s.invoke("host-local", "DEL", 0)
+        for op in ("ADD", "DEL"):
+            times = {s.name: [] for s in sides}
+            for i in range(1, n + 1):
+                for s in (sides if i % 2 else sides[::-1]):
+                    times[s.name].append(s.invoke("host-local", op, i)[0])
+            for name, t in times.items():
+                out.setdefault(str(size), {}).setdefault(name, {})[op] = t
+    return out
+
+
+def sizes(ours, ref):
+    return {b: {"ours": os.path.getsize(os.path.join(ours, b)),
+                "ref": os.path.getsize(os.path.join(ref, b))}
+            for b in BINARIES if os.path.exists(os.path.join(ref, b))}
+
+
+def write_control(out, data):
+    with open(os.path.join(out, "control.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config", "side", "op", "n", "median_ms", "p90_ms", "p99_ms",
+                    "cpu_ms_median", "peak_rss_mb"])
+        for config, rows in data["sequential"].items():
+            for side, r in rows.items():
+                for op in ("ADD", "DEL"):
+                    m, p90, p99 = quantiles(r[op])
+                    w.writerow([config, side, op, len(r[op]), f"{m:.2f}", f"{p90:.2f}",
+                                f"{p99:.2f}", f"{statistics.median(r[op + '_cpu']):.2f}",
+                                f"{r[op + '_rss'] / 1024:.1f}"])
+    with open(os.path.join(out, "parallel.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["side", "op", "workers", "n", "wall_total_ms", "median_ms", "p99_ms",
+                    "unique_addresses", "store_empty"])
+        for side, r in data["parallel"].items():
+            for op in ("ADD", "DEL"):
+                m, _, p99 = quantiles(r[op]["calls"])
+                w.writerow([side, op, 20, len(r[op]["calls"]), f"{r[op]['wall_total_ms']:.0f}",
+                            f"{m:.2f}", f"{p99:.2f}", r["unique_addresses"], r["store_empty"]])
+    with open(os.path.join(out, "delgone.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["side", "n", "del_returned_median_ms", "veth_gone_median_ms"])
+        for side, r in data["del_vs_gone"].items():
+            w.writerow([side, len(r["returned"]), f"{statistics.median(r['returned']):.2f}",
+                        f"{statistics.median(r['gone']):.2f}"])
+    with open(os.path.join(out, "sizes.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["binary", "ours_bytes", "ref_bytes"])
+        for b, r in data["sizes"].items():
+            w.writerow([b, r["ours"], r["ref"]])
+
+
+def write_scale(out, data):
+    with open(os.path.join(out, "scale.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["allocations", "side", "op", "n", "median_ms", "p90_ms"])
+        for size, by_side in data.items():
+            for side, ops in by_side.items():
+                for op, t in ops.items():
+                    m, p90, _ = quantiles(t)
+                    w.writerow([size, side, op, len(t), f"{m:.2f}", f"{p90:.2f}"])
+
+
+def save(out, name, data):
+    with open(os.path.join(out, name), "w") as f:
+        json.dump(data, f)
+
+
+def main(what, tag, out, ours, ref, n):
+    cnitool = os.path.join(ours, "cnitool")
+    sides = [Side("ours", ours, tag, cnitool), Side("ref", ref, tag, cnitool)]
+    if what == "scale":
+        data = scale(sides)
+        save(out, "scale.json", data)
+        write_scale(out, data)
+        return
+    data = {"sequential": {}, "n": n}
+    for config in ("bridge", "masq", "macvlan", "ptp", "chain"):
+        print(f"control: {n} ADDs then {n} DELs of {config}, ours and the reference",
+              flush=True)
+        data["sequential"][config] = sequential(sides, config, n)
+    print("control: DEL returned vs veth gone", flush=True)
+    data["del_vs_gone"] = del_vs_gone(sides, min(40, n))
+    print(f"control: {n} ADDs then {n} DELs, 20 at a time", flush=True)
+    data["parallel"] = parallel(sides, n)
+    data["sizes"] = sizes(ours, ref)
+    save(out, "control.json", data)
+    write_control(out, data)
+
+
+if __name__ == "__main__":
+    what, tag, out, ours, ref = sys.argv[1:6]
+    main(what, tag, out, ours, ref, int(sys.argv[6]) if len(sys.argv) > 6 else 200)
