@@ -117,13 +117,13 @@ def agent_table(a):
              "(programmed after its neighbour and FDB entry). Steady state over 30 s.", "",
              "| hosts | join from agent start (ms) | join from its lease (ms) | etcd messages "
              "per agent per minute | routes / neighbours / FDB entries per host | agent RSS "
-             "median / max (MB) | agent CPU (ms per minute) |", "|---|---|---|---|---|---|---|"]
+             "median / max (MB) | agent CPU (ms per minute, mean) |", "|---|---|---|---|---|---|---|"]
     for r in a:
         lines.append(f"| {r['n']} | {r['join_ms_from_start']:.0f} | {r['join_ms_from_lease']:.1f} | "
                      f"{r['etcd_msgs_per_host_per_min']:.1f} | {r['routes_per_host']} / "
                      f"{r['neighbours_per_host']} / {r['fdb_per_host']} | "
                      f"{r['agent_rss_mb_median']:.1f} / {r['agent_rss_mb_max']:.1f} | "
-                     f"{r['agent_cpu_ms_per_min_median']:.0f} |")
+                     f"{r['agent_cpu_ms_per_min_mean']:.1f} |")
     return lines
 
 
@@ -179,8 +179,9 @@ def targets(c, s, d, a):
         for mtu, goal in ((1500, 0.85), (9000, 0.93)):
             o, h = ratio("overlay", mtu), ratio("vxlan-hand", mtu)
             if o is not None:
-                add(f"overlay ≥ {goal} of the underlay at MTU {mtu}, not below the hand-built "
-                    "VXLAN", f"{o:.2f}", f"hand-built {h:.2f}", o >= goal and o >= h * 0.98)
+                add(f"overlay ≥ {goal} of the underlay at MTU {mtu}", f"{o:.3f}", "", o >= goal)
+                add(f"overlay not below the VXLAN built by hand as flannel does, MTU {mtu}",
+                    f"{o:.3f}", f"hand-built {h:.3f}", o >= h)
             dr = ratio("directrouting", mtu)
             if dr is not None:
                 add(f"directRouting ≥ 0.95 of the underlay at MTU {mtu}", f"{dr:.2f}", "",

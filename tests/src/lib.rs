@@ -269,6 +269,19 @@ impl Cluster {
     }
 }
 
+/// Makes `cmd`'s process die with the test thread that starts it: a daemon of a test
+/// (etcd, an agent) never outlives a test run that is itself killed.
+pub fn dies_with_test(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 /// Sends SIGTERM to `child` and waits up to `grace` for it, then SIGKILL; returns how
 /// long it took to exit on its own, if it did.
 pub fn stop_child(child: &mut Child, grace: std::time::Duration) -> Option<std::time::Duration> {
@@ -320,7 +333,7 @@ impl Etcd {
         assert!(self.child.is_none());
         let log = std::fs::File::create(self.dir.path().join("etcd.log")).unwrap();
         // `ip netns exec` execs etcd: the child's pid is etcd's.
-        let child = Command::new("ip")
+        let child = dies_with_test(&mut Command::new("ip"))
             .args(["netns", "exec", &self.ns.name, "etcd", "--name", "t"])
             .arg("--data-dir")
             .arg(self.dir.path().join("data"))

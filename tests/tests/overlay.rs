@@ -166,6 +166,14 @@ fn a_lost_device_comes_back_with_its_mac() {
     assert_eq!(c.hosts[0].link("flannel.1").unwrap()["address"], mac);
     assert!(b.ping(&a_ip), "the peer reaches the node again, untouched");
     assert!(a.ping("10.244.2.2"));
+
+    // host 0 renumbered to another subnet: its device keeps only the new /32 (the old
+    // one, another node's some day, would make the route via it invalid)
+    let mut moved = overlay(&c, data[0].path(), json!({}));
+    moved["store"]["nodes"][0]["subnet"] = json!("10.244.9.0/24");
+    c.hosts[0].sh("ip link del cni0"); // the old gateway goes with the old subnet
+    let (_moved, _) = attach(&c, 0, &moved, "l3");
+    assert_eq!(c.hosts[0].addrs("flannel.1"), ["10.244.9.0/32"]);
 }
 
 #[test]

@@ -12,12 +12,21 @@
 
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::Attachment;
 use crate::net::{self, Kernel, LinkInfo, Netlink, Netns};
 
 /// The argument that makes a plugin binary the reaper of one retired pair.
 pub const REAP_ARG: &str = "--reap-link";
+
+/// Set by the skeleton: this binary answers [`REAP_ARG`]. A binary that does not (libcni
+/// used elsewhere) deletes pairs in line.
+static REAPER: AtomicBool = AtomicBool::new(false);
+
+pub fn this_binary_reaps() {
+    REAPER.store(true, Ordering::Relaxed);
+}
 
 /// Creates the attachment's veth pair; returns the host end, down and unlabelled. Fails
 /// with EEXIST when a pair of that name exists: an ADD must not take over (or undo) a
@@ -66,14 +75,26 @@ pub async fn delete(
     // An earlier retirement of this attachment whose reaper never ran.
     host.delete_link(&retired).await?;
     if let Some(h) = host.link(&a.host_veth()).await? {
-        // Down first: the container is cut off before anything else.
-        host.retire_link(h.index, &h.name, &retired).await?;
+        // Down first: the container is cut off before anything else. A pair that goes
+        // meanwhile (its namespace being destroyed) is gone, which is what DEL wants.
+        match host.retire_link(h.index, &h.name, &retired).await {
+            Err(e) if e.is_not_found() => return Ok(true),
+            r => r?,
+        }
         if let Some(nl) = container {
             if let Some(c) = own_container_end(nl, a, mac).await? {
-                nl.retire_link(c.index, &c.name, &retired).await?;
+                match nl.retire_link(c.index, &c.name, &retired).await {
+                    Err(e) if !e.is_not_found() => return Err(e),
+                    _ => {}
+                }
             }
         }
-        if let Err(e) = reap_later(&retired) {
+        let reaper = if REAPER.load(Ordering::Relaxed) {
+            reap_later(&retired)
+        } else {
+            Err(std::io::ErrorKind::Unsupported.into())
+        };
+        if let Err(e) = reaper {
             eprintln!("deleting {retired} here: no reaper ({e})");
             host.delete_link(&retired).await?;
         }

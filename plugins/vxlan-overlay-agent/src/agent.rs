@@ -2,8 +2,10 @@
 //! lease (its own again after a restart), makes the VXLAN device and the subnet file,
 //! lists the leases and programs every peer, then follows the watch from the listed
 //! revision while it renews the etcd lease and reconciles the kernel. When a session
-//! fails (etcd down, a compacted watch, our lease gone) the kernel stays as it is and the
-//! next one starts over after a bounded backoff.
+//! fails (etcd down, a compacted watch, our lease gone, the network config changed) the
+//! kernel stays as it is and the next one starts over after a bounded backoff. What the
+//! kernel refuses is logged and tried again at the next reconcile; it never ends a
+//! session.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -24,6 +26,8 @@ const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// flanneld's bound on claim attempts.
 const CLAIM_TRIES: usize = 10;
+/// No kernel request of one programming pass takes longer.
+const KERNEL_WAIT: Duration = Duration::from_secs(30);
 
 /// Why a session ended.
 pub enum Stop {
@@ -31,12 +35,6 @@ pub enum Stop {
     Retry(String),
     /// Nothing a retry can fix (the config disagrees with etcd's): the agent exits.
     Fatal(String),
-}
-
-impl From<libcni::net::Error> for Stop {
-    fn from(e: libcni::net::Error) -> Stop {
-        Stop::Retry(format!("kernel: {e}"))
-    }
 }
 
 fn retry(e: String) -> Stop {
@@ -76,6 +74,8 @@ pub struct Agent {
     peers: BTreeMap<Ipv4Network, Peer>,
     /// The etcd lease our key is bound to.
     lease: Option<i64>,
+    /// The last kernel failure logged (each is said once, not at every reconcile).
+    kernel_trouble: Option<String>,
 }
 
 impl Agent {
@@ -89,7 +89,7 @@ impl Agent {
         };
         Ok(Agent {
             options: etcd::options(&etcd)?,
-            local: Local::load_or_create(&Local::path(&overlay)).map_err(|e| e.to_string())?,
+            local: Local::load_or_create(&Local::path(&overlay), log).map_err(|e| e.to_string())?,
             nl: Netlink::connect().map_err(|e| e.to_string())?,
             overlay,
             etcd,
@@ -97,6 +97,7 @@ impl Agent {
             held: None,
             peers: BTreeMap::new(),
             lease: None,
+            kernel_trouble: None,
         })
     }
 
@@ -131,9 +132,7 @@ impl Agent {
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
             // etcd may be gone for long: the kernel still gets its reconcile.
-            if let Err(Stop::Retry(e) | Stop::Fatal(e)) = self.reconcile().await {
-                log(&e);
-            }
+            self.reconcile().await;
         }
     }
 
@@ -143,13 +142,15 @@ impl Agent {
             .await
             .map_err(retry)?;
         let net = self.network(&mut c).await?;
-        let underlay = node::underlay(&self.nl, self.overlay.underlay_interface.as_deref()).await?;
+        let underlay = node::underlay(&self.nl, self.overlay.underlay_interface.as_deref())
+            .await
+            .map_err(|e| retry(format!("underlay: {e}")))?;
         let lease = self.etcd_lease(&mut c).await?;
         let listing = etcd::leases(&mut c, &prefix).await.map_err(retry)?;
         let (subnet, listing) = self.claim(&mut c, &net, &underlay, lease, listing).await?;
         self.settle(net, underlay, subnet).await?;
-        self.set_peers(listing.leases.iter().cloned());
-        self.program().await?;
+        self.set_peers(&listing);
+        self.program().await;
         let mut watch = etcd::watch(&mut c, &prefix, listing.revision + 1)
             .await
             .map_err(retry)?;
@@ -159,8 +160,9 @@ impl Agent {
             self.peers.len(),
             listing.revision + 1
         ));
-        let renew_every = Duration::from_secs((self.etcd.lease_ttl / 3).max(1));
-        let mut renew = tokio::time::interval(renew_every);
+        let ttl = Duration::from_secs(self.etcd.lease_ttl);
+        let mut renew = tokio::time::interval((ttl / 3).max(Duration::from_secs(1)));
+        let mut answered = Instant::now();
         let mut reconcile = tokio::time::interval(self.reconcile_every);
         reconcile.tick().await;
         loop {
@@ -169,14 +171,16 @@ impl Agent {
                     let resp = m
                         .map_err(|e| retry(format!("etcd watch: {e}")))?
                         .ok_or_else(|| retry("etcd ended the watch".into()))?;
-                    self.apply(&resp)?;
-                    self.program().await?;
+                    if self.apply(&resp)? {
+                        self.program().await;
+                    }
                 }
                 _ = renew.tick() => {
-                    tokio::time::timeout(etcd::CALL_WAIT, keeper.keep_alive())
-                        .await
-                        .map_err(|_| retry("etcd lease keep-alive: no answer".into()))?
-                        .map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?;
+                    // Two renewals unanswered: the lease is at risk, start over.
+                    if answered.elapsed() > ttl * 2 / 3 {
+                        return Err(retry(format!("etcd has not renewed our lease for {:?}", answered.elapsed())));
+                    }
+                    keeper.keep_alive().await.map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?;
                 }
                 k = kept.message() => {
                     let r = k
@@ -186,12 +190,28 @@ impl Agent {
                         self.lease = None;
                         return Err(retry(format!("our etcd lease {lease:x} expired; claiming {subnet} again")));
                     }
+                    answered = Instant::now();
                 }
                 _ = reconcile.tick() => {
-                    self.reconcile().await?;
+                    self.reconcile().await;
                     self.own_key_present(&mut c, subnet).await?;
+                    self.same_network(&mut c).await?;
                 }
             }
+        }
+    }
+
+    /// `<prefix>/config` as this session read it: a change starts a new session, which
+    /// applies it (or stops the agent if our subnet is no longer in it). The watch sees
+    /// changes at once; this catches one made between the session's read and its list.
+    async fn same_network(&self, c: &mut Client) -> Result<(), Stop> {
+        let net = self.network(c).await?;
+        match &self.held {
+            Some(h) if h.net != net => Err(retry(format!(
+                "{}/config changed; starting over",
+                self.etcd.prefix
+            ))),
+            _ => Ok(()),
         }
     }
 
@@ -263,29 +283,41 @@ impl Agent {
     ) -> Result<(Ipv4Network, etcd::Listing), Stop> {
         let prefix = self.etcd.prefix.clone();
         let attrs = LeaseAttrs::vxlan(underlay.ip, net.vni, self.local.mac()).to_json();
+        // Subnets another node took while we tried: not tried again in this claim.
+        let mut lost: Vec<Ipv4Network> = Vec::new();
         for _ in 0..CLAIM_TRIES {
-            let ours: Vec<Ipv4Network> = listing
+            let ours: Vec<&etcd::Listed> = listing
                 .leases
                 .iter()
-                .filter(|(_, a)| a.public_ip == underlay.ip)
-                .map(|(s, _)| *s)
+                .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == underlay.ip))
                 .collect();
-            if let Some(s) = ours.iter().copied().find(|s| net.fits(*s)) {
-                etcd::put(c, &lease_key(&prefix, s), &attrs, lease)
+            if let Some(l) = ours.iter().find(|l| net.fits(l.subnet)) {
+                let key = lease_key(&prefix, l.subnet);
+                if etcd::replace(c, &key, &attrs, lease, l.mod_revision)
                     .await
-                    .map_err(retry)?;
-                log(&format!("took back {s}: its lease names {}", underlay.ip));
-                return Ok((s, listing));
+                    .map_err(retry)?
+                {
+                    log(&format!(
+                        "took back {}: its lease names {}",
+                        l.subnet, underlay.ip
+                    ));
+                    return Ok((l.subnet, listing));
+                }
+                listing = etcd::leases(c, &prefix).await.map_err(retry)?;
+                continue;
+            } else {
+                for l in ours {
+                    log(&format!(
+                        "removing our lease {}: not a subnet of the network any more",
+                        l.subnet
+                    ));
+                    etcd::delete(c, &lease_key(&prefix, l.subnet))
+                        .await
+                        .map_err(retry)?;
+                }
             }
-            for s in ours {
-                log(&format!(
-                    "removing our lease {s}: not a subnet of the network any more"
-                ));
-                etcd::delete(c, &lease_key(&prefix, s))
-                    .await
-                    .map_err(retry)?;
-            }
-            let taken: Vec<Ipv4Network> = listing.leases.iter().map(|(s, _)| *s).collect();
+            let mut taken = listing.taken();
+            taken.extend(&lost);
             let previous = self
                 .previous_subnet()
                 .filter(|s| net.fits(*s) && !taken.iter().any(|t| t.contains(s.network())));
@@ -311,6 +343,7 @@ impl Agent {
             log(&format!(
                 "{s} was claimed by another node meanwhile; listing again"
             ));
+            lost.push(s);
             listing = etcd::leases(c, &prefix).await.map_err(retry)?;
         }
         Err(retry(format!("no subnet claimed in {CLAIM_TRIES} tries")))
@@ -329,10 +362,14 @@ impl Agent {
                 h.subnet
             ));
         }
-        let mtu = net
-            .mtu
-            .or(self.overlay.mtu)
-            .unwrap_or(underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD));
+        let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
+        let mtu = net.mtu.or(self.overlay.mtu).unwrap_or(fits);
+        if mtu > fits {
+            return Err(Stop::Fatal(format!(
+                "MTU {mtu} does not fit the underlay {} (MTU {}, at most {fits} in VXLAN)",
+                underlay.link.name, underlay.link.mtu
+            )));
+        }
         let vtep = Vxlan {
             name: format!("flannel.{}", net.vni),
             vni: net.vni,
@@ -342,11 +379,18 @@ impl Agent {
             mac: self.local.mac(),
             mtu,
         };
+        // A VNI change renames the device: the old one goes, with its peers' state.
+        if let Some(old) = self.held.as_ref().filter(|h| h.vtep.name != vtep.name) {
+            if let Err(e) = self.nl.delete_link(&old.vtep.name).await {
+                log(&format!("removing the old {}: {e}", old.vtep.name));
+            }
+        }
         if self.local.subnet != Some(subnet) {
             self.local.subnet = Some(subnet);
-            self.local
-                .save(&Local::path(&self.overlay))
-                .map_err(|e| Stop::Fatal(e.to_string()))?;
+            // Not saved: a restart claims by our address's lease first anyway.
+            if let Err(e) = self.local.save(&Local::path(&self.overlay)) {
+                log(&format!("saving our state: {e}"));
+            }
         }
         // FLANNEL_SUBNET is the gateway (the first address) with the subnet's prefix.
         let gateway = Ipv4Network::new(subnet.nth(1).unwrap_or(subnet.network()), subnet.prefix())
@@ -372,23 +416,29 @@ impl Agent {
         Ok(())
     }
 
-    /// The peer a lease names: another node's vxlan lease inside the network.
+    /// The peer a lease names: another node's vxlan lease of one of the network's
+    /// subnets, with a unicast VTEP MAC (an all-zero one would be the device's default
+    /// destination: every unknown frame would go there).
     fn peer(&self, s: Ipv4Network, a: &LeaseAttrs) -> Option<Peer> {
         let h = self.held.as_ref()?;
-        if s == h.subnet || a.public_ip == h.underlay.ip || !h.net.network.contains(s.network()) {
+        let of_network = s.prefix() == h.net.subnet_len && h.net.network.contains(s.network());
+        if s == h.subnet || a.public_ip == h.underlay.ip || !of_network {
             return None;
         }
+        let mac = a.vtep_mac().filter(|m| m[0] & 1 == 0 && *m != [0; 6])?;
         Some(Peer {
             subnet: s,
             underlay_ip: a.public_ip,
-            mac: a.vtep_mac()?,
+            mac,
         })
     }
 
     /// Replaces the peer table, logging each change.
-    fn set_peers(&mut self, leases: impl Iterator<Item = (Ipv4Network, LeaseAttrs)>) {
-        let new: BTreeMap<Ipv4Network, Peer> = leases
-            .filter_map(|(s, a)| Some((s, self.peer(s, &a)?)))
+    fn set_peers(&mut self, listing: &etcd::Listing) {
+        let new: BTreeMap<Ipv4Network, Peer> = listing
+            .leases
+            .iter()
+            .filter_map(|l| Some((l.subnet, self.peer(l.subnet, l.attrs.as_ref()?)?)))
             .collect();
         for (s, p) in &new {
             if self.peers.get(s) != Some(p) {
@@ -401,9 +451,10 @@ impl Agent {
         self.peers = new;
     }
 
-    /// One watch response: leases put or gone. Our own key gone or taken ends the session
-    /// (the next one claims it again).
-    fn apply(&mut self, resp: &WatchResponse) -> Result<(), Stop> {
+    /// One watch response: leases put or gone; whether the peer table changed. Our own
+    /// key gone or taken ends the session (the next one claims it again), and so does a
+    /// new network config (the next one applies it).
+    fn apply(&mut self, resp: &WatchResponse) -> Result<bool, Stop> {
         if resp.canceled() || resp.compact_revision() > 0 {
             return Err(retry(format!(
                 "etcd canceled the watch (compacted at {}: {}); listing again",
@@ -412,12 +463,15 @@ impl Agent {
             )));
         }
         let own = self.held.as_ref().map(|h| (h.subnet, h.underlay.ip));
+        let mut changed = false;
+        let config = format!("{}/config", self.etcd.prefix);
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
-            let Some(s) = std::str::from_utf8(kv.key())
-                .ok()
-                .and_then(|k| subnet_of_key(&self.etcd.prefix, k))
-            else {
+            let key = std::str::from_utf8(kv.key()).unwrap_or_default();
+            if key == config {
+                return Err(retry(format!("{config} changed; starting over")));
+            }
+            let Some(s) = subnet_of_key(&self.etcd.prefix, key) else {
                 continue;
             };
             let attrs = match ev.event_type() {
@@ -437,37 +491,61 @@ impl Agent {
                     if self.peers.get(&s) != Some(&p) {
                         log(&added(&p));
                         self.peers.insert(s, p);
+                        changed = true;
                     }
                 }
                 None => {
                     if self.peers.remove(&s).is_some() {
                         log(&format!("peer {s} removed"));
+                        changed = true;
                     }
                 }
             }
         }
-        Ok(())
+        Ok(changed)
     }
 
-    /// The device and every peer's state, as the table says.
-    async fn program(&self) -> Result<(), Stop> {
-        let Some(h) = &self.held else { return Ok(()) };
-        let link = node::ensure_vtep(&self.nl, &h.vtep, h.subnet).await?;
+    /// The device and every peer's state, as the table says. What the kernel refuses is
+    /// logged (once) and left to the next reconcile.
+    async fn program(&mut self) {
+        let Some(h) = &self.held else { return };
         let peers: Vec<Peer> = self.peers.values().cloned().collect();
-        node::program(&self.nl, &h.mesh(), &h.underlay, &link, &peers).await?;
-        Ok(())
-    }
-
-    /// Puts back what is missing from the kernel (a hand-deleted entry, a removed device).
-    async fn reconcile(&self) -> Result<(), Stop> {
-        let Some(h) = &self.held else { return Ok(()) };
-        let peers: Vec<Peer> = self.peers.values().cloned().collect();
-        let missing = node::differences(&self.nl, &h.mesh(), &h.underlay, &h.vtep, &peers).await?;
-        if !missing.is_empty() {
-            log(&format!("reconcile: {}; restoring", missing.join("; ")));
-            self.program().await?;
+        let pass = async {
+            let link = node::ensure_vtep(&self.nl, &h.vtep, h.subnet).await?;
+            node::program(&self.nl, &h.mesh(), &h.underlay, &link, &peers).await
+        };
+        let outcome = match tokio::time::timeout(KERNEL_WAIT, pass).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("the kernel did not answer within {KERNEL_WAIT:?}")),
+        };
+        match outcome {
+            Ok(()) => self.kernel_trouble = None,
+            Err(e) if self.kernel_trouble.as_ref() != Some(&e) => {
+                log(&format!("kernel: {e}; trying again at the next reconcile"));
+                self.kernel_trouble = Some(e);
+            }
+            Err(_) => {}
         }
-        Ok(())
+    }
+
+    /// Puts back what is missing from the kernel (a hand-deleted entry, a removed device,
+    /// what it refused before).
+    async fn reconcile(&mut self) {
+        let Some(h) = &self.held else { return };
+        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        let mesh = h.mesh();
+        let check = node::differences(&self.nl, &mesh, &h.underlay, &h.vtep, h.subnet, &peers);
+        let missing = match tokio::time::timeout(KERNEL_WAIT, check).await {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => vec![format!("reading the kernel: {e}")],
+            Err(_) => vec!["the kernel did not answer".into()],
+        };
+        if !missing.is_empty() || self.kernel_trouble.is_some() {
+            if !missing.is_empty() {
+                log(&format!("reconcile: {}; restoring", missing.join("; ")));
+            }
+            self.program().await;
+        }
     }
 
     /// Our key is still there and still ours (one read per reconcile).

@@ -41,11 +41,18 @@ const PING_WAIT: Duration = Duration::from_secs(5);
 /// The connection options: keepalive pings, and TLS when the store names certificates.
 /// Read once, at start.
 pub fn options(e: &Etcd) -> Result<ConnectOptions> {
+    // An etcd member cut off from its leader answers nothing: refused, so we move on.
     let opts = ConnectOptions::new()
         .with_connect_timeout(CALL_WAIT)
         .with_keep_alive(PING_EVERY, PING_WAIT)
-        .with_keep_alive_while_idle(true);
+        .with_keep_alive_while_idle(true)
+        .with_require_leader(true);
     if e.cert_file.is_none() && e.key_file.is_none() && e.trusted_ca_file.is_none() {
+        if let Some(tls) = e.endpoints.iter().find(|u| u.starts_with("https://")) {
+            return Err(format!(
+                "store.endpoints: {tls} needs trustedCAFile (no system roots are read)"
+            ));
+        }
         return Ok(opts);
     }
     if let Some(plain) = e.endpoints.iter().find(|u| u.starts_with("http://")) {
@@ -77,14 +84,29 @@ pub async fn network_config(c: &mut Client, prefix: &str) -> Result<Option<Vec<u
     Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
 }
 
+/// One lease as listed.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub subnet: Ipv4Network,
+    /// None when the value is not one we read (another backend's, or damaged): the
+    /// subnet is taken all the same.
+    pub attrs: Option<LeaseAttrs>,
+    pub mod_revision: i64,
+}
+
 /// Every lease, and the revision they were read at (the watch starts after it).
 pub struct Listing {
-    pub leases: Vec<(Ipv4Network, LeaseAttrs)>,
+    pub leases: Vec<Listed>,
     pub revision: i64,
 }
 
-/// The leases under `<prefix>/subnets/`; keys or values that are not flannel's are
-/// passed over, as flanneld does.
+impl Listing {
+    pub fn taken(&self) -> Vec<Ipv4Network> {
+        self.leases.iter().map(|l| l.subnet).collect()
+    }
+}
+
+/// The leases under `<prefix>/subnets/`; keys that are not flannel's are passed over.
 pub async fn leases(c: &mut Client, prefix: &str) -> Result<Listing> {
     let dir = format!("{prefix}/subnets/");
     let r = bounded(
@@ -96,8 +118,11 @@ pub async fn leases(c: &mut Client, prefix: &str) -> Result<Listing> {
         .kvs()
         .iter()
         .filter_map(|kv| {
-            let s = subnet_of_key(prefix, std::str::from_utf8(kv.key()).ok()?)?;
-            Some((s, LeaseAttrs::parse(kv.value())?))
+            Some(Listed {
+                subnet: subnet_of_key(prefix, std::str::from_utf8(kv.key()).ok()?)?,
+                attrs: LeaseAttrs::parse(kv.value()),
+                mod_revision: kv.mod_revision(),
+            })
         })
         .collect();
     let revision = r.header().map_or(0, |h| h.revision());
@@ -136,11 +161,25 @@ pub async fn create(c: &mut Client, key: &str, value: &str, lease: i64) -> Resul
         .succeeded())
 }
 
-/// Writes `key` whoever holds it (our own lease, found by our underlay address).
-pub async fn put(c: &mut Client, key: &str, value: &str, lease: i64) -> Result<()> {
-    let opts = PutOptions::new().with_lease(lease);
-    bounded(&format!("put {key}"), c.put(key, value, Some(opts))).await?;
-    Ok(())
+/// Writes `key` if it is still as listed (`mod_revision`): our own lease, found by our
+/// underlay address, and not someone's newer claim.
+pub async fn replace(
+    c: &mut Client,
+    key: &str,
+    value: &str,
+    lease: i64,
+    mod_revision: i64,
+) -> Result<bool> {
+    let txn = Txn::new()
+        .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
+        .and_then([TxnOp::put(
+            key,
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        )]);
+    Ok(bounded(&format!("replace {key}"), c.txn(txn))
+        .await?
+        .succeeded())
 }
 
 pub async fn delete(c: &mut Client, key: &str) -> Result<()> {
@@ -153,9 +192,9 @@ pub async fn get(c: &mut Client, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
 }
 
-/// Every change under `<prefix>/subnets/` from `revision` on.
+/// Every change under `<prefix>/` (the leases and the network config) from `revision` on.
 pub async fn watch(c: &mut Client, prefix: &str, revision: i64) -> Result<WatchStream> {
-    let dir = format!("{prefix}/subnets/");
+    let dir = format!("{prefix}/");
     let opts = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision);

@@ -96,12 +96,20 @@ impl Network {
         let last = u32_of(network.broadcast());
         let subnet_min = aligned("SubnetMin", raw.subnet_min, first + size)?;
         let subnet_max = aligned("SubnetMax", raw.subnet_max, last - size + 1)?;
+        if subnet_min > subnet_max {
+            return Err(format!(
+                "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
+            ));
+        }
         let backend = raw.backend.unwrap_or_default();
         if !backend.kind.eq_ignore_ascii_case("vxlan") {
             return Err(format!(
                 "Backend.Type {:?}: only vxlan is served",
                 backend.kind
             ));
+        }
+        if backend.vni.is_some_and(|v| v > 0xff_ffff) {
+            return Err("Backend.VNI: not a 24-bit VXLAN network identifier".into());
         }
         Ok(Network {
             network,
@@ -243,6 +251,8 @@ mod tests {
             r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.5","Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0","Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16"}"#,
         ] {
             assert!(Network::parse(bad.as_bytes()).is_err(), "{bad}");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::Ipv4Network;
 use libcni::net::{format_mac, parse_mac, random_mac};
-use libcni::{code, files, Error};
+use libcni::{files, Error};
 use serde::{Deserialize, Serialize};
 use vxlan_overlay::config::Overlay;
 
@@ -24,16 +24,21 @@ impl Local {
         o.data_dir.join("_agent").join(format!("{}.json", o.name))
     }
 
-    /// The saved state, or a new one with a fresh MAC, saved before it is used.
-    pub fn load_or_create(path: &Path) -> Result<Local, Error> {
+    /// The saved state, or a new one with a fresh MAC, saved before it is used. A damaged
+    /// file is replaced (said through `warn`): the node gets a new MAC, which its lease
+    /// then publishes to every peer.
+    pub fn load_or_create(path: &Path, warn: impl Fn(&str)) -> Result<Local, Error> {
         if let Some(bytes) = files::read(path)? {
-            return serde_json::from_slice::<Local>(&bytes)
+            let saved = serde_json::from_slice::<Local>(&bytes)
                 .ok()
-                .filter(|l| parse_mac(&l.vtep_mac).is_some())
-                .ok_or_else(|| {
-                    Error::new(code::IO, format!("{} is damaged", path.display()))
-                        .details("remove it: the node then gets a new VTEP MAC")
-                });
+                .filter(|l| parse_mac(&l.vtep_mac).is_some());
+            match saved {
+                Some(l) => return Ok(l),
+                None => warn(&format!(
+                    "{} is damaged; starting with a new VTEP MAC",
+                    path.display()
+                )),
+            }
         }
         let local = Local {
             subnet: None,
@@ -65,13 +70,21 @@ mod tests {
     fn made_once_then_kept() {
         let dir = std::env::temp_dir().join(format!("agent-local-{}", std::process::id()));
         let path = dir.join("_agent").join("net.json");
-        let mut first = Local::load_or_create(&path).unwrap();
+        let quiet = |m: &str| panic!("unexpected warning: {m}");
+        let mut first = Local::load_or_create(&path, quiet).unwrap();
         assert_eq!(first.mac()[0] & 0x03, 0x02, "locally administered unicast");
         first.subnet = Some("10.244.3.0/24".parse().unwrap());
         first.save(&path).unwrap();
-        assert_eq!(Local::load_or_create(&path).unwrap(), first);
+        assert_eq!(Local::load_or_create(&path, quiet).unwrap(), first);
         std::fs::write(&path, b"{\"vtepMAC\":\"nonsense\"}").unwrap();
-        assert!(Local::load_or_create(&path).is_err());
+        let warned = std::cell::Cell::new(false);
+        let again = Local::load_or_create(&path, |_| warned.set(true)).unwrap();
+        assert!(warned.get() && again.subnet.is_none());
+        assert_eq!(
+            Local::load_or_create(&path, quiet).unwrap(),
+            again,
+            "saved anew"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

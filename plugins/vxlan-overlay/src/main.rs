@@ -193,6 +193,7 @@ impl Plugin for VxlanOverlay {
                 &here.mesh(),
                 &m.underlay,
                 &here.vtep(m),
+                here.subnet,
                 &m.peers,
             ))?;
             Error::check("the node's overlay state differs from the config", problems)?;

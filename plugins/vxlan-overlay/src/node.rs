@@ -86,18 +86,28 @@ pub fn vtep(o: &Overlay, u: &Underlay, mac: [u8; 6], mtu: u32) -> Vxlan {
 }
 
 /// Makes the device, or keeps the one there if it is as asked (VNI, port, local address,
-/// MAC, learning off); one that is not is made anew. Its MAC is set at creation, never
-/// after. As flannel's, it carries the node subnet's network address as a /32, the source
-/// of what the host itself sends into the overlay.
+/// MAC, MTU, learning off); one that is not is made anew. Its MAC is set at creation,
+/// never after. As flannel's, it carries the node subnet's network address as a /32, the
+/// source of what the host itself sends into the overlay, and no other IPv4 address (an
+/// old subnet's would make a route via that address, now another node's, invalid).
 pub async fn ensure_vtep(
     nl: &Netlink,
     want: &Vxlan,
     subnet: Ipv4Network,
 ) -> Result<LinkInfo, net::Error> {
     let l = ensure_device(nl, want).await?;
-    let own = IpNetwork::V4(Ipv4Network::new(subnet.network(), 32).expect("/32 is valid"));
+    let own = own_address(subnet);
     nl.add_address(l.index, &l.name, own).await?;
+    for a in nl.addresses(l.index, &l.name).await? {
+        if a.is_ipv4() && a != own {
+            nl.delete_address(l.index, &l.name, a).await?;
+        }
+    }
     Ok(l)
+}
+
+fn own_address(subnet: Ipv4Network) -> IpNetwork {
+    IpNetwork::V4(Ipv4Network::new(subnet.network(), 32).expect("/32 is valid"))
 }
 
 async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
@@ -108,7 +118,8 @@ async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Erro
             && s.port == Some(want.port)
             && s.local == Some(want.local)
             && s.learning == Some(false)
-            && l.mac == want.mac;
+            && l.mac == want.mac
+            && l.mtu == want.mtu;
         if same {
             if !l.up {
                 nl.set_up(l.index, &l.name).await?;
@@ -144,7 +155,8 @@ fn route_to(m: &Mesh, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
 }
 
 /// Programs every peer (neighbour, FDB entry, route; or a direct route) and removes the
-/// overlay state of anything not among `peers`.
+/// overlay state of anything not among `peers`. A peer the kernel refuses does not stop
+/// the others: the first refusal is returned once everything else is done.
 pub async fn program(
     nl: &Netlink,
     m: &Mesh,
@@ -152,15 +164,21 @@ pub async fn program(
     vtep: &LinkInfo,
     peers: &[Peer],
 ) -> Result<(), net::Error> {
+    let mut refused = None;
     let tunnelled: Vec<&Peer> = peers.iter().filter(|p| !direct(m, u, p)).collect();
-    for p in &tunnelled {
-        nl.replace_neighbour(vtep.index, IpAddr::V4(p.subnet.network()), &p.mac)
-            .await?;
-        nl.replace_fdb(vtep.index, &p.mac, IpAddr::V4(p.underlay_ip))
-            .await?;
-    }
     for p in peers {
-        nl.replace_route(&route_to(m, u, vtep, p)).await?;
+        let done = async {
+            if !direct(m, u, p) {
+                nl.replace_neighbour(vtep.index, IpAddr::V4(p.subnet.network()), &p.mac)
+                    .await?;
+                nl.replace_fdb(vtep.index, &p.mac, IpAddr::V4(p.underlay_ip))
+                    .await?;
+            }
+            nl.replace_route(&route_to(m, u, vtep, p)).await
+        };
+        if let Err(e) = done.await {
+            refused.get_or_insert(e);
+        }
     }
     // What is ours and no longer wanted.
     for r in nl.routes(false).await? {
@@ -195,15 +213,17 @@ pub async fn program(
             nl.delete_fdb(vtep.index, &f).await?;
         }
     }
-    Ok(())
+    refused.map_or(Ok(()), Err)
 }
 
-/// What CHECK finds missing of the device and the peers' state.
+/// What CHECK finds missing of the device (with the address of `subnet`) and the peers'
+/// state.
 pub async fn differences(
     nl: &Netlink,
     m: &Mesh,
     u: &Underlay,
     want: &Vxlan,
+    subnet: Ipv4Network,
     peers: &[Peer],
 ) -> Result<Vec<String>, net::Error> {
     let mut problems = Vec::new();
@@ -215,10 +235,24 @@ pub async fn differences(
         || s.port != Some(want.port)
         || s.local != Some(want.local)
         || vtep.mac != want.mac
+        || vtep.mtu != want.mtu
     {
         problems.push(format!(
-            "{} is not VNI {} port {} from {}",
-            want.name, want.vni, want.port, want.local
+            "{} is not VNI {} port {} from {} with MTU {}",
+            want.name, want.vni, want.port, want.local, want.mtu
+        ));
+    }
+    let v4: Vec<IpNetwork> = nl
+        .addresses(vtep.index, &vtep.name)
+        .await?
+        .into_iter()
+        .filter(IpNetwork::is_ipv4)
+        .collect();
+    if v4 != [own_address(subnet)] {
+        problems.push(format!(
+            "{} holds {v4:?}, not just {}",
+            want.name,
+            own_address(subnet)
         ));
     }
     let routes = nl.routes(false).await?;
