@@ -22,9 +22,9 @@ case "$what" in control|data|scale|all) ;; *) usage ;; esac
 # time: GNU time for peak RSS; iperf3: the data plane; gnuplot-nox: the plots;
 # etcd-server/etcd-client: the agent's scale run.
 scripts/deps.sh iproute2 nftables iputils-ping containernetworking-plugins python3 time \
-  iperf3 gnuplot-nox etcd-server etcd-client protobuf-compiler
-cargo build --release --bins --quiet
-ours=$PWD/target/release ref=/usr/lib/cni out=$PWD/bench
+  iperf3 gnuplot-nox etcd-server etcd-client
+. scripts/build.sh
+ours=$bin ref=/usr/lib/cni out=$PWD/bench
 mkdir -p "$out"
 tag=cnirs-bench-$$
 made=()

@@ -90,7 +90,7 @@ def control_tables(c):
             lines.append(f"| {side} | {op} | {p[side][op]['wall_total_ms']:.0f} | "
                          f"{statistics.median(t):.1f} / {pct(t, .99):.1f} | "
                          f"{p[side]['unique_addresses']} | {p[side]['store_empty']} |")
-    lines += ["", "Binary sizes (bytes; ours statically linked Rust, the reference Go):", "",
+    lines += ["", "Binary sizes (bytes; ours static musl executables, the reference Go):", "",
               "| binary | ours | reference |", "|---|---|---|"]
     for b, s in c["sizes"].items():
         lines.append(f"| {b} | {s['ours']:,} | {s['ref']:,} |")

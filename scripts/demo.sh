@@ -7,9 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/demo.sh needs root (network namespaces)" >&2; exit 1; fi
-scripts/deps.sh iproute2 nftables iputils-ping protobuf-compiler
-cargo build --release --bins --quiet
-bin=$PWD/target/release
+scripts/deps.sh iproute2 nftables iputils-ping
+. scripts/build.sh
 tag=$$
 host=cnirs-demo-host-$tag
 ctrs=(cnirs-demo-a-$tag cnirs-demo-b-$tag)

@@ -9,10 +9,12 @@ if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh needs root (network namespace
 # python3: the TCP servers and clients of the port mapping tests; containerd, runc,
 # podman, busybox-static: the real runtimes and the container image of tests/clients/;
 # etcd-server, etcd-client: the etcd the agent tests start in a namespace of their own, and
-# etcdctl; protobuf-compiler: protoc, which the etcd-client crate's build needs.
+# etcdctl. scripts/build.sh builds the binaries as shipped (static musl) and the tests
+# are built for the same target; the integration tests run the binaries in $CNI_RS_BIN.
 scripts/deps.sh iproute2 nftables iptables iputils-ping containernetworking-plugins python3 \
-  containerd runc podman busybox-static etcd-server etcd-client protobuf-compiler || exit 1
-cargo build --release --bins || exit 1
+  containerd runc podman busybox-static etcd-server etcd-client || exit 1
+. scripts/build.sh || exit 1
+export CNI_RS_BIN=$bin
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"

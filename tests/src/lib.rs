@@ -12,11 +12,17 @@ use serde_json::Value;
 
 pub use serde_json::json;
 
-/// Where our release binaries are (`scripts/test.sh` builds them first).
+/// Where our release binaries are: `CNI_RS_BIN`, else where `scripts/build.sh` puts the
+/// static musl build (`scripts/test.sh` builds them first).
 pub fn bin_dir() -> PathBuf {
     let dir = std::env::var_os("CNI_RS_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release"));
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../target")
+                .join(format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+                .join("release")
+        });
     for b in [
         "bridge",
         "host-local",

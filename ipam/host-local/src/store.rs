@@ -231,22 +231,26 @@ struct UnpreemptedByChildren(bool);
 impl UnpreemptedByChildren {
     fn enter() -> UnpreemptedByChildren {
         let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-        let param = libc::sched_param { sched_priority: 1 };
-        // SAFETY: plain syscall on the calling thread with a valid parameter.
-        let ok = cpus >= 2
-            && unsafe {
-                libc::sched_setscheduler(0, libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, &param)
-            } == 0;
+        let ok = cpus >= 2 && set_scheduler(libc::SCHED_FIFO | libc::SCHED_RESET_ON_FORK, 1);
         UnpreemptedByChildren(ok)
     }
+}
+
+/// sched_setscheduler(2) on the calling thread, as the raw syscall: musl's wrapper
+/// always fails with ENOSYS.
+fn set_scheduler(policy: libc::c_int, priority: libc::c_int) -> bool {
+    // SAFETY: an all-zero sched_param is valid on every libc; the kernel reads only
+    // sched_priority from it.
+    let mut param: libc::sched_param = unsafe { std::mem::zeroed() };
+    param.sched_priority = priority;
+    // SAFETY: plain syscall on the calling thread with a valid pointer.
+    unsafe { libc::syscall(libc::SYS_sched_setscheduler, 0, policy, &param) == 0 }
 }
 
 impl Drop for UnpreemptedByChildren {
     fn drop(&mut self) {
         if self.0 {
-            let param = libc::sched_param { sched_priority: 0 };
-            // SAFETY: as above; back to the default policy.
-            unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) };
+            set_scheduler(libc::SCHED_OTHER, 0);
         }
     }
 }
