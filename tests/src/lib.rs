@@ -316,21 +316,44 @@ pub struct Etcd {
     pub url: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    tls: bool,
 }
 
 impl Etcd {
     pub fn start(c: &Cluster) -> Etcd {
+        Etcd::start_with(c, false)
+    }
+
+    /// An etcd that speaks only TLS and wants a client certificate: a CA, a server
+    /// certificate for its address and a client certificate, made with openssl in its
+    /// directory (see [`Etcd::pki`]).
+    pub fn start_tls(c: &Cluster) -> Etcd {
+        Etcd::start_with(c, true)
+    }
+
+    fn start_with(c: &Cluster, tls: bool) -> Etcd {
         let ns = Ns::new("etcd");
         let ip = c.spare_ip(2);
         c.plug(&ns, &unique("swe"), &ip);
+        let scheme = if tls { "https" } else { "http" };
         let mut e = Etcd {
             ns,
-            url: format!("http://{ip}:2379"),
+            url: format!("{scheme}://{ip}:2379"),
             dir: tempfile::tempdir().unwrap(),
             child: None,
+            tls,
         };
+        if tls {
+            make_pki(&e.pki(""), &ip);
+        }
         e.restart();
         e
+    }
+
+    /// A file of the TLS material: `ca.pem`, `server.pem`/`server.key`,
+    /// `client.pem`/`client.key`, and `other-ca.pem` (a CA that signed nothing here).
+    pub fn pki(&self, file: &str) -> PathBuf {
+        self.dir.path().join("pki").join(file)
     }
 
     /// Starts etcd on its data dir (again, after [`Etcd::stop`]) and waits until it
@@ -349,6 +372,19 @@ impl Etcd {
                 "--advertise-client-urls",
                 &self.url,
             ])
+            .args(if self.tls {
+                vec![
+                    "--client-cert-auth".into(),
+                    "--trusted-ca-file".into(),
+                    self.pki("ca.pem"),
+                    "--cert-file".into(),
+                    self.pki("server.pem"),
+                    "--key-file".into(),
+                    self.pki("server.key"),
+                ]
+            } else {
+                vec![]
+            })
             .args(["--listen-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-advertise-peer-urls", "http://127.0.0.1:2380"])
             .args(["--initial-cluster", "t=http://127.0.0.1:2380"])
@@ -378,8 +414,18 @@ impl Etcd {
     }
 
     fn try_ctl(&self, args: &str) -> Option<String> {
+        let tls = if self.tls {
+            format!(
+                "--cacert {} --cert {} --key {}",
+                self.pki("ca.pem").display(),
+                self.pki("client.pem").display(),
+                self.pki("client.key").display()
+            )
+        } else {
+            String::new()
+        };
         let out = self.ns.exec(&format!(
-            "ETCDCTL_API=3 etcdctl --dial-timeout 2s --command-timeout 5s --endpoints {} {args}",
+            "ETCDCTL_API=3 etcdctl --dial-timeout 2s --command-timeout 5s --endpoints {} {tls} {args}",
             self.url
         ));
         out.status
@@ -402,6 +448,39 @@ impl Etcd {
             .map(|kv| (kv[0].to_string(), kv.get(1).unwrap_or(&"").to_string()))
             .collect()
     }
+}
+
+/// A CA and the certificates an etcd at `ip` and its clients use, as an operator makes
+/// them with openssl: P-256 keys, the server's with its IP address as subject
+/// alternative name; and a second CA, for a client that trusts the wrong one.
+fn make_pki(dir: &Path, ip: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    let script = format!(
+        r#"set -e
+key() {{ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }}
+ca() {{ key "$1.key"; openssl req -x509 -new -key "$1.key" -out "$1.pem" -days 2 -subj "/CN=$1" \
+  -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign; }}
+leaf() {{ key "$1.key"; openssl req -new -key "$1.key" -subj "/CN=$1" -out "$1.csr"
+  printf '%s\n' "$2" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+    -extfile "$1.ext" -out "$1.pem" 2>/dev/null; }}
+ca ca; ca other-ca
+leaf server 'subjectAltName=IP:{ip}
+extendedKeyUsage=serverAuth'
+leaf client 'extendedKeyUsage=clientAuth'
+"#
+    );
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("running openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "making the test PKI: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Drop for Etcd {

@@ -3,8 +3,8 @@
 //! from the subnet file. Distinct subnets under contention, flannel's key and value
 //! format, a joiner programmed from the watch, lease expiry after SIGKILL and the same
 //! subnet and MAC after a restart, an etcd outage, reconcile of hand-deleted entries, a
-//! lease written by hand as a flanneld node writes it. Every etcd and agent is stopped by
-//! PID, also when a test fails.
+//! lease written by hand as a flanneld node writes it, an etcd that wants TLS and client
+//! certificates. Every etcd and agent is stopped by PID, also when a test fails.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -531,4 +531,60 @@ fn an_etcd_outage_leaves_traffic_and_adds_working_and_agents_reconnect() {
         "{}",
         wrong.log()
     );
+}
+
+#[test]
+fn agents_reach_an_etcd_that_wants_tls_through_flannels_certificate_fields() {
+    let net = r#"{"Network":"10.248.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan"}}"#;
+    let mut c = Cluster::new(2, "192.168.84", 1500);
+    let etcd = Etcd::start_tls(&c);
+    etcd.ctl(&format!("put {PREFIX}/config '{net}'"));
+    let store = |ca: &str, client: bool| {
+        let mut s = json!({"type": "etcd", "endpoints": [etcd.url], "prefix": PREFIX,
+            "leaseTTL": 60, "trustedCAFile": etcd.pki(ca)});
+        if client {
+            merge(
+                &mut s,
+                json!({"certFile": etcd.pki("client.pem"), "keyFile": etcd.pki("client.key")}),
+            );
+        }
+        json!({ "store": s })
+    };
+    let agents: Vec<Agent> = c
+        .hosts
+        .iter()
+        .map(|h| Agent::start_with(h, &etcd, 60, 10, store("ca.pem", true)))
+        .collect();
+    let subnets: Vec<String> = agents.iter().map(|a| a.subnet(30)).collect();
+    assert_ne!(subnets[0], subnets[1]);
+    for (i, h) in c.hosts.iter().enumerate() {
+        let (j, peer) = (1 - i, &subnets[1 - i]);
+        let seen = within(Duration::from_secs(10), || {
+            programmed(h, peer, &c.underlay_ip(j))
+        });
+        assert!(seen.is_some(), "host {i}:\n{}", agents[i].log());
+    }
+    // an agent that trusts another CA, and one without a client certificate, get nothing
+    let mut refused = Vec::new();
+    for (ca, client) in [("other-ca.pem", true), ("ca.pem", false)] {
+        let i = c.add_host();
+        refused.push(Agent::start_with(
+            &c.hosts[i],
+            &etcd,
+            60,
+            10,
+            store(ca, client),
+        ));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    for a in &refused {
+        assert!(a.subnet_env().is_none(), "{}", a.log());
+        // the agent says why: the server's chain (UnknownIssuer) or its own (BadCertificate)
+        assert!(
+            a.log().to_lowercase().contains("certificate"),
+            "{}",
+            a.log()
+        );
+    }
+    assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).len(), 2);
 }
