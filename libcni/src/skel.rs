@@ -164,7 +164,8 @@ pub trait Plugin {
 }
 
 /// Runs the plugin for this process and exits: 0 with a result (or nothing) on stdout,
-/// 1 with an error object. `about` goes to stderr when CNI_COMMAND is missing.
+/// 1 with an error object. Without CNI_COMMAND (a person at a terminal) it says what it
+/// is on stderr and exits 0 without reading stdin, as the reference's skel does.
 pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
     // Started by our own DEL to delete a retired veth pair (attachment::veth).
     let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).take(3).collect();
@@ -180,6 +181,14 @@ pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
     // A panic is reported below as an error object; the hook only logs it.
     std::panic::set_hook(Box::new(|info| eprintln!("plugin panicked: {info}")));
     let env = |k: &str| std::env::var(k).ok();
+    if env("CNI_COMMAND").unwrap_or_default().is_empty() {
+        eprintln!("{about}");
+        eprintln!(
+            "CNI protocol versions supported: {}",
+            crate::spec::SUPPORTED_VERSIONS.join(", ")
+        );
+        std::process::exit(0)
+    }
     let outcome = match read_config(std::io::stdin().lock()) {
         Ok(stdin) => guarded(|| dispatch(plugin, &env, stdin)),
         Err(e) => Err(e),
@@ -190,12 +199,7 @@ pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
             std::process::exit(0)
         }
         Ok(None) => std::process::exit(0),
-        Err(e) => {
-            if e.code == code::INVALID_ENV && env("CNI_COMMAND").is_none() {
-                eprintln!("{about}");
-            }
-            print_error(e)
-        }
+        Err(e) => print_error(e),
     }
 }
 

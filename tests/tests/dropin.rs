@@ -2,8 +2,8 @@
 //! against Debian's plugins and ours side by side with the same configs: containerd's
 //! capability shapes (kubelet's path), spec versions 0.1.0 and 0.2.0, prevResults without
 //! a version, what Go writes (field names in any case, null, `"ipam": {}`), host-local's
-//! duplicate and impossible requests, the bridge's MAC, portmap over UDP, and firewall on
-//! a host whose iptables FORWARD policy is DROP.
+//! duplicate and impossible requests, the bridge's MAC, portmap over UDP, firewall on a
+//! host whose iptables FORWARD policy is DROP, and a plugin run by hand with no CNI_COMMAND.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -378,5 +378,55 @@ fn firewall_passes_traffic_on_a_forward_drop_host() {
         assert!(ok, "{side}: {err}");
         let (ok, _, err) = tool(&t, &dir, &["del", "dropnet", &c.path()], &[]);
         assert!(ok, "{side}: {err}");
+    }
+}
+
+#[test]
+fn a_plugin_run_by_hand_says_what_it_is_without_reading_stdin() {
+    // A person (or an install script) runs the binary bare: the reference prints what it
+    // is and the versions it speaks on stderr, exits 0 and does not wait for stdin.
+    for (side, dir) in sides() {
+        for plugin in [
+            "bridge",
+            "host-local",
+            "loopback",
+            "macvlan",
+            "ptp",
+            "host-device",
+            "static",
+            "tuning",
+            "portmap",
+            "firewall",
+            "bandwidth",
+        ] {
+            let mut child = Command::new(dir.join(plugin))
+                .env_clear()
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let t = Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break Some(s);
+                }
+                if t.elapsed() > Duration::from_secs(5) {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            };
+            drop(child.stdin.take());
+            if status.is_none() {
+                child.kill().unwrap();
+            }
+            let out = child.wait_with_output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            let what = format!("{side} {plugin}: {status:?} {err}");
+            assert!(status.is_some_and(|s| s.success()), "{what}");
+            assert!(out.stdout.is_empty(), "{what}");
+            assert!(err.contains(&format!("CNI {plugin} plugin")), "{what}");
+            assert!(err.contains("CNI protocol versions supported: "), "{what}");
+        }
     }
 }

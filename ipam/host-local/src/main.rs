@@ -124,7 +124,7 @@ impl Plugin for HostLocal {
 }
 
 fn main() {
-    skel::run(&HostLocal, "CNI host-local IPAM plugin (cni-rs)")
+    skel::run(&HostLocal, "CNI host-local plugin (cni-rs)")
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ impl Plugin for Static {
 }
 
 fn main() {
-    skel::run(&Static, "CNI static IPAM plugin (cni-rs)")
+    skel::run(&Static, "CNI static plugin (cni-rs)")
 }
 
 #[cfg(test)]
