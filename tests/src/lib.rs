@@ -489,6 +489,27 @@ impl Drop for Etcd {
     }
 }
 
+/// `vxlan-overlay teardown [--force]` run in `host` with `conf` on stdin.
+pub fn overlay_teardown(host: &Ns, conf: &Value, force: bool) -> Output {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &host.name])
+        .arg(bin_dir().join("vxlan-overlay"))
+        .arg("teardown");
+    if force {
+        cmd.arg("--force");
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(conf.to_string().as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
 /// A result's first address, without its prefix length.
 pub fn first_ip(r: &Value) -> String {
     let a = r["ips"][0]["address"]

@@ -588,3 +588,22 @@ fn agents_reach_an_etcd_that_wants_tls_through_flannels_certificate_fields() {
     }
     assert_eq!(etcd.get_prefix(&format!("{PREFIX}/subnets/")).len(), 2);
 }
+
+#[test]
+fn teardown_after_the_agent_removes_the_device_of_etcds_vni() {
+    // etcd says VNI 4 and the plugin config names none: the config's default (1) would
+    // name a device that is not there
+    let net = r#"{"Network":"10.249.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":4}}"#;
+    let (c, etcd, mut agents, _) = start_cluster(2, "192.168.85", net, 60, 10);
+    let h = &c.hosts[0];
+    let ready = within(Duration::from_secs(10), || {
+        h.link("flannel.4").is_some() && h.sh("ip route show proto 73").lines().count() == 1
+    });
+    assert!(ready.is_some(), "{}", agents[0].log());
+    let conf = agents[0].conf(&etcd);
+    assert!(agents[0].terminate().is_some(), "{}", agents[0].log());
+    let out = overlay_teardown(h, &conf, false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(h.link("flannel.4").is_none(), "{:?}", h.link_names());
+    assert!(h.sh("ip route show proto 73").trim().is_empty());
+}

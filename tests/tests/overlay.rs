@@ -226,29 +226,7 @@ fn del_twice_and_teardown_leave_nothing() {
         h.link("flannel.1").is_some(),
         "shared: the other container still uses it"
     );
-    let teardown = |force: bool| {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(["netns", "exec", &h.name])
-            .arg(bin_dir().join("vxlan-overlay"))
-            .arg("teardown");
-        if force {
-            cmd.arg("--force");
-        }
-        let mut child = cmd
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(conf.to_string().as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    };
+    let teardown = |force: bool| overlay_teardown(h, &conf, force);
     let refused = teardown(false);
     assert!(
         !refused.status.success(),

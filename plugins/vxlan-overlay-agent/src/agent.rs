@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use etcd_client::{Client, ConnectOptions, EventType, WatchResponse};
 use ipnetwork::Ipv4Network;
 use libcni::net::{format_mac, Netlink, Vxlan};
-use vxlan_overlay::config::{Etcd, Overlay, Store};
+use vxlan_overlay::config::{vtep_name, Etcd, Overlay, Store};
+use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
 
 use crate::etcd;
 use crate::flannel::{lease_key, subnet_of_key, LeaseAttrs, Network};
-use crate::local::Local;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -371,7 +371,7 @@ impl Agent {
             )));
         }
         let vtep = Vxlan {
-            name: format!("flannel.{}", net.vni),
+            name: vtep_name(net.vni),
             vni: net.vni,
             port: net.port,
             local: underlay.ip,
@@ -385,9 +385,11 @@ impl Agent {
                 log(&format!("removing the old {}: {e}", old.vtep.name));
             }
         }
-        if self.local.subnet != Some(subnet) {
+        if self.local.subnet != Some(subnet) || self.local.vni != Some(net.vni) {
             self.local.subnet = Some(subnet);
-            // Not saved: a restart claims by our address's lease first anyway.
+            self.local.vni = Some(net.vni);
+            // Not saved: a restart claims by our address's lease first anyway, and
+            // teardown falls back to the config's VNI.
             if let Err(e) = self.local.save(&Local::path(&self.overlay)) {
                 log(&format!("saving our state: {e}"));
             }

@@ -7,7 +7,6 @@
 mod agent;
 mod etcd;
 mod flannel;
-mod local;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -284,11 +284,16 @@ impl Overlay {
         mac
     }
 
-    /// The VXLAN device's name: flannel's, so a node moving between flanneld and us keeps
-    /// its device and its tools.
+    /// The VXLAN device's name for the config's VNI.
     pub fn vtep_name(&self) -> String {
-        format!("flannel.{}", self.vni)
+        vtep_name(self.vni)
     }
+}
+
+/// The VXLAN device's name: flannel's, so a node moving between flanneld and us keeps its
+/// device and its tools.
+pub fn vtep_name(vni: u32) -> String {
+    format!("flannel.{vni}")
 }
 
 fn etcd(s: StoreConf) -> Result<Etcd, Error> {

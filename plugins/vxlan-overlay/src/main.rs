@@ -16,7 +16,8 @@ use libcni::net::{Kernel, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
-use vxlan_overlay::config::{Overlay, Store};
+use vxlan_overlay::config::{vtep_name, Overlay, Store};
+use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
 
@@ -263,7 +264,7 @@ fn teardown(force: bool) -> Result<(), Error> {
         ));
     }
     let k = Kernel::new()?;
-    k.run(node::remove(k.host(), &o.vtep_name(), o.network))?;
+    k.run(node::remove(k.host(), &vtep_of(&o)?, o.network))?;
     k.run(k.host().delete_link(&o.bridge))?;
     let prefix = Label::network_prefix(&o.name);
     let masq = firewall::remove_labelled_masquerade(|n| n.starts_with(&prefix))?;
@@ -276,6 +277,17 @@ fn teardown(force: bool) -> Result<(), Error> {
         .details(e.to_string())),
         _ => Ok(()),
     }
+}
+
+/// This node's VXLAN device: in the etcd store the agent's, made for etcd's VNI and saved
+/// in its state; otherwise (or before an agent ran) the config's.
+fn vtep_of(o: &Overlay) -> Result<String, Error> {
+    if let Store::Etcd(_) = o.store {
+        if let Some(vni) = Local::read(&Local::path(o))?.and_then(|l| l.vni) {
+            return Ok(vtep_name(vni));
+        }
+    }
+    Ok(o.vtep_name())
 }
 
 fn main() {

@@ -1,15 +1,16 @@
 //! What the agent keeps on the node across restarts: the subnet it held (to take it back,
-//! as flanneld does from its subnet file) and its VTEP MAC (random once, so peers keep
-//! their FDB entries when it restarts). `<dataDir>/_agent/<network>.json`, replaced
-//! whole; `_agent` is no network's name, so it never meets host-local's store.
+//! as flanneld does from its subnet file), its VTEP MAC (random once, so peers keep
+//! their FDB entries when it restarts) and the VNI of the device it made (etcd's, which
+//! `teardown` cannot ask). `<dataDir>/_agent/<network>.json`, replaced whole; `_agent`
+//! is no network's name, so it never meets host-local's store.
 
 use std::path::{Path, PathBuf};
 
+use crate::config::Overlay;
 use ipnetwork::Ipv4Network;
 use libcni::net::{format_mac, parse_mac, random_mac};
 use libcni::{files, Error};
 use serde::{Deserialize, Serialize};
-use vxlan_overlay::config::Overlay;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Local {
@@ -17,11 +18,18 @@ pub struct Local {
     pub subnet: Option<Ipv4Network>,
     #[serde(rename = "vtepMAC")]
     vtep_mac: String,
+    #[serde(default)]
+    pub vni: Option<u32>,
 }
 
 impl Local {
     pub fn path(o: &Overlay) -> PathBuf {
         o.data_dir.join("_agent").join(format!("{}.json", o.name))
+    }
+
+    /// The saved state, if there is a readable one.
+    pub fn read(path: &Path) -> Result<Option<Local>, Error> {
+        Ok(files::read(path)?.and_then(|b| serde_json::from_slice(&b).ok()))
     }
 
     /// The saved state, or a new one with a fresh MAC, saved before it is used. A damaged
@@ -43,6 +51,7 @@ impl Local {
         let local = Local {
             subnet: None,
             vtep_mac: format_mac(&random_mac()?),
+            vni: None,
         };
         local.save(path)?;
         Ok(local)
