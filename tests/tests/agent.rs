@@ -590,7 +590,7 @@ fn agents_reach_an_etcd_that_wants_tls_through_flannels_certificate_fields() {
 }
 
 #[test]
-fn teardown_after_the_agent_removes_the_device_of_etcds_vni() {
+fn a_vni_changed_while_stopped_and_teardown_follow_etcds_vni() {
     // etcd says VNI 4 and the plugin config names none: the config's default (1) would
     // name a device that is not there
     let net = r#"{"Network":"10.249.0.0/16","SubnetLen":24,"Backend":{"Type":"vxlan","VNI":4}}"#;
@@ -600,10 +600,22 @@ fn teardown_after_the_agent_removes_the_device_of_etcds_vni() {
         h.link("flannel.4").is_some() && h.sh("ip route show proto 73").lines().count() == 1
     });
     assert!(ready.is_some(), "{}", agents[0].log());
+    // the VNI changes while the agent is stopped: the restarted one drops the old device
+    assert!(agents[0].terminate().is_some(), "{}", agents[0].log());
+    etcd.ctl(&format!(
+        "put {PREFIX}/config '{}'",
+        net.replace("\"VNI\":4", "\"VNI\":5")
+    ));
+    agents[0].restart_and_wait(10);
+    let moved = within(Duration::from_secs(10), || {
+        h.link("flannel.5").is_some() && h.link("flannel.4").is_none()
+    });
+    assert!(moved.is_some(), "{:?}\n{}", h.link_names(), agents[0].log());
+    // teardown after the agent stops removes the device of etcd's VNI
     let conf = agents[0].conf(&etcd);
     assert!(agents[0].terminate().is_some(), "{}", agents[0].log());
     let out = overlay_teardown(h, &conf, false);
     assert!(out.status.success(), "{out:?}");
-    assert!(h.link("flannel.4").is_none(), "{:?}", h.link_names());
+    assert!(h.link("flannel.5").is_none(), "{:?}", h.link_names());
     assert!(h.sh("ip route show proto 73").trim().is_empty());
 }

@@ -379,10 +379,14 @@ impl Agent {
             mac: self.local.mac(),
             mtu,
         };
-        // A VNI change renames the device: the old one goes, with its peers' state.
-        if let Some(old) = self.held.as_ref().filter(|h| h.vtep.name != vtep.name) {
-            if let Err(e) = self.nl.delete_link(&old.vtep.name).await {
-                log(&format!("removing the old {}: {e}", old.vtep.name));
+        // A VNI change renames the device: the old one goes, with its peers' state, also
+        // when the change happened while we were stopped (the saved VNI names it).
+        let old = (self.held.as_ref().map(|h| h.vtep.name.clone()))
+            .or(self.local.vni.map(vtep_name))
+            .filter(|old| *old != vtep.name);
+        if let Some(old) = old {
+            if let Err(e) = self.nl.delete_link(&old).await {
+                log(&format!("removing the old {old}: {e}"));
             }
         }
         if self.local.subnet != Some(subnet) || self.local.vni != Some(net.vni) {
