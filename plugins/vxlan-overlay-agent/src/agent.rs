@@ -218,14 +218,11 @@ impl Agent {
     /// `<prefix>/config`, with flannel's defaults, checked against the plugin config.
     async fn network(&self, c: &mut Client) -> Result<Network, Stop> {
         let key = format!("{}/config", self.etcd.prefix);
-        let raw = etcd::network_config(c, &self.etcd.prefix)
-            .await
-            .map_err(retry)?
-            .ok_or_else(|| {
-                retry(format!(
-                    "{key} is not written yet (etcdctl put {key} '{{\"Network\":…}}')"
-                ))
-            })?;
+        let raw = etcd::get(c, &key).await.map_err(retry)?.ok_or_else(|| {
+            retry(format!(
+                "{key} is not written yet (etcdctl put {key} '{{\"Network\":…}}')"
+            ))
+        })?;
         let net = Network::parse(&raw).map_err(|e| retry(format!("{key}: {e}")))?;
         if let Some(n) = self.overlay.network.filter(|n| *n != net.network) {
             return Err(Stop::Fatal(format!(

@@ -77,13 +77,6 @@ pub async fn connect(e: &Etcd, opts: &ConnectOptions) -> Result<Client> {
     bounded("connect", Client::connect(&e.endpoints, Some(opts.clone()))).await
 }
 
-/// `<prefix>/config`, if the administrator has written it.
-pub async fn network_config(c: &mut Client, prefix: &str) -> Result<Option<Vec<u8>>> {
-    let key = format!("{prefix}/config");
-    let r = bounded(&format!("get {key}"), c.get(key.as_str(), None)).await?;
-    Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
-}
-
 /// One lease as listed.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -149,16 +142,8 @@ pub async fn keep_alive(c: &mut Client, id: i64) -> Result<(LeaseKeeper, LeaseKe
 
 /// Writes `key` only if no one holds it: two nodes never get one subnet.
 pub async fn create(c: &mut Client, key: &str, value: &str, lease: i64) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::version(key, CompareOp::Equal, 0)])
-        .and_then([TxnOp::put(
-            key,
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    Ok(bounded(&format!("create {key}"), c.txn(txn))
-        .await?
-        .succeeded())
+    let unheld = Compare::version(key, CompareOp::Equal, 0);
+    put_if(c, unheld, key, value, lease, "create").await
 }
 
 /// Writes `key` if it is still as listed (`mod_revision`): our own lease, found by our
@@ -170,14 +155,22 @@ pub async fn replace(
     lease: i64,
     mod_revision: i64,
 ) -> Result<bool> {
-    let txn = Txn::new()
-        .when([Compare::mod_revision(key, CompareOp::Equal, mod_revision)])
-        .and_then([TxnOp::put(
-            key,
-            value,
-            Some(PutOptions::new().with_lease(lease)),
-        )]);
-    Ok(bounded(&format!("replace {key}"), c.txn(txn))
+    let as_listed = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
+    put_if(c, as_listed, key, value, lease, "replace").await
+}
+
+/// Puts `key` under `lease` in one transaction if `cmp` holds; whether it did.
+async fn put_if(
+    c: &mut Client,
+    cmp: Compare,
+    key: &str,
+    value: &str,
+    lease: i64,
+    what: &str,
+) -> Result<bool> {
+    let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+    let txn = Txn::new().when([cmp]).and_then([put]);
+    Ok(bounded(&format!("{what} {key}"), c.txn(txn))
         .await?
         .succeeded())
 }
