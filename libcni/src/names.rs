@@ -87,13 +87,30 @@ pub fn short_part(name: &str) -> String {
     if name.len() <= KEEP {
         name.to_string()
     } else {
-        format!("{}~{:016x}", &name[..40], stable_hash(&[name]))
+        // 40 bytes, or fewer at a character boundary: GC's valid-attachments list is
+        // not held to the container ID rule
+        let cut = (0..=40)
+            .rev()
+            .find(|&i| name.is_char_boundary(i))
+            .unwrap_or(0);
+        format!("{}~{:016x}", &name[..cut], stable_hash(&[name]))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_part_cuts_long_names_at_a_character_boundary() {
+        let name = format!("{}é{}", "a".repeat(39), "b".repeat(30));
+        let p = short_part(&name);
+        assert!(p.starts_with(&"a".repeat(39)) && p.len() <= 60, "{p}");
+        assert_ne!(
+            p,
+            short_part(&format!("{}é{}", "a".repeat(39), "c".repeat(30)))
+        );
+    }
 
     #[test]
     fn network_names_follow_the_spec() {

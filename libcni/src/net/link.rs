@@ -604,11 +604,13 @@ impl Netlink {
             .map_err(|e| nl_err(r.describe("replacing"), e))
     }
 
-    /// Deletes a route, whoever made it (the kernel's prefix routes too); one already gone
-    /// is fine.
+    /// Deletes a route: of `r.protocol` when it names one, else whoever made it (the
+    /// kernel's prefix routes too); one already gone is fine.
     pub async fn delete_route(&self, r: &RouteSpec) -> Result<(), Error> {
         let mut msg = r.message()?;
-        msg.header.protocol = RouteProtocol::Unspec;
+        if r.protocol.is_none() {
+            msg.header.protocol = RouteProtocol::Unspec;
+        }
         let res = self.handle.route().del(msg).execute().await;
         tolerate(res.map_err(|e| nl_err(r.describe("deleting"), e)), ESRCH).map(|_| ())
     }

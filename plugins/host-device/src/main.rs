@@ -274,7 +274,9 @@ impl Plugin for HostDevice {
         });
         let moved = moved.unwrap_or(Ok(()));
         let ipam = ipam.map(|r| r.wait()).transpose();
-        moved.and(conf.backups().remove(&a)).and(ipam.map(|_| ()))
+        // the backup goes only once the device is back: a retried DEL still needs it
+        let restored = moved.and_then(|()| conf.backups().remove(&a));
+        restored.and(ipam.map(|_| ()))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
