@@ -8,6 +8,7 @@ use std::net::Ipv4Addr;
 use ipnetwork::Ipv4Network;
 use libcni::net::{format_mac, parse_mac};
 use serde::{Deserialize, Serialize};
+use vxlan_overlay::config::check_vni_names_a_link;
 
 /// `<prefix>/config`, as flannel reads it (names in any case, unknown ones ignored).
 #[derive(Debug, Deserialize)]
@@ -110,6 +111,9 @@ impl Network {
         }
         if backend.vni.is_some_and(|v| v > 0xff_ffff) {
             return Err("Backend.VNI: not a 24-bit VXLAN network identifier".into());
+        }
+        if let Some(vni) = backend.vni {
+            check_vni_names_a_link(vni).map_err(|e| format!("Backend.VNI: {e}"))?;
         }
         Ok(Network {
             network,
@@ -252,6 +256,7 @@ mod tests {
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.1.5","Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":10000000}}"#,
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0","Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16"}"#,
         ] {

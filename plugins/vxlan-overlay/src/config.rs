@@ -185,6 +185,7 @@ impl Overlay {
                 format!("{vni} is not a 24-bit VXLAN network identifier"),
             ));
         }
+        check_vni_names_a_link(vni as u32).map_err(|e| field("vni", e))?;
         let port = r.port.unwrap_or(8472);
         if port == 0 || port > 65535 {
             return Err(field("port", format!("{port} is not a UDP port")));
@@ -296,6 +297,18 @@ pub fn vtep_name(vni: u32) -> String {
     format!("flannel.{vni}")
 }
 
+/// VNIs from 10,000,000 up fit 24 bits but not a link name (15 bytes) after "flannel.".
+pub fn check_vni_names_a_link(vni: u32) -> Result<(), String> {
+    let name = vtep_name(vni);
+    if libcni::names::is_ifname(&name) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{vni}: its device {name} would be longer than a link name"
+        ))
+    }
+}
+
 fn etcd(s: StoreConf) -> Result<Etcd, Error> {
     if s.endpoints.is_empty() {
         return Err(field(
@@ -393,6 +406,14 @@ mod tests {
             c[k] = v.clone();
         }
         c
+    }
+
+    #[test]
+    fn a_vni_whose_device_name_is_too_long_is_a_config_error() {
+        assert!(Overlay::from_json(&conf(json!({"vni": 9_999_999}))).is_ok());
+        let e = Overlay::from_json(&conf(json!({"vni": 10_000_000}))).unwrap_err();
+        assert_eq!(e.code, 7, "{e}");
+        assert!(e.to_string().contains("flannel.10000000"), "{e}");
     }
 
     #[test]

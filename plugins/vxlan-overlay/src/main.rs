@@ -12,7 +12,7 @@ use ipnetwork::Ipv4Network;
 use libcni::attachment::bridged::{self, BridgeSpec};
 use libcni::delegate::Delegate;
 use libcni::firewall::{self, Label};
-use libcni::net::{Kernel, Vxlan};
+use libcni::net::{Kernel, Netlink, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
@@ -264,8 +264,8 @@ fn teardown(force: bool) -> Result<(), Error> {
         ));
     }
     let k = Kernel::new()?;
-    k.run(node::remove(k.host(), &vtep_of(&o)?, o.network))?;
-    k.run(k.host().delete_link(&o.bridge))?;
+    k.run(node::remove(k.host(), &vtep_of(&o)?, network_of(&o)))?;
+    k.run(delete_bridge(k.host(), &o.bridge, force))?;
     let prefix = Label::network_prefix(&o.name);
     let masq = firewall::remove_labelled_masquerade(|n| n.starts_with(&prefix))?;
     firewall::apply_if_present(&masq, "removing the network's masquerade")?.wait()?;
@@ -288,6 +288,31 @@ fn vtep_of(o: &Overlay) -> Result<String, Error> {
         }
     }
     Ok(o.vtep_name())
+}
+
+/// The cluster network whose routes are ours: the config's, or in the etcd store the
+/// subnet file's; None (every overlay route) only when neither says.
+fn network_of(o: &Overlay) -> Option<Ipv4Network> {
+    let from_file = || SubnetEnv::read(&o.subnet_file).ok().map(|e| e.network);
+    o.network.or_else(from_file)
+}
+
+/// Deletes the node bridge. Unforced, none of our containers is left, so a port it still
+/// has is another network's (`cni0` is the bridge plugin's default too): it stays.
+async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libcni::net::Error> {
+    let Some(bridge) = nl.link(name).await? else {
+        return Ok(());
+    };
+    let shared = !force
+        && nl
+            .links()
+            .await?
+            .iter()
+            .any(|l| l.controller == Some(bridge.index));
+    if !shared {
+        nl.delete_link(name).await?;
+    }
+    Ok(())
 }
 
 fn main() {

@@ -6,7 +6,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network};
-use libcni::net::{self, LinkInfo, Netlink, RouteSpec, Vxlan};
+use libcni::net::{self, LinkInfo, Netlink, RouteSpec, Vxlan, VxlanState};
 
 use crate::config::Overlay;
 
@@ -110,17 +110,21 @@ fn own_address(subnet: Ipv4Network) -> IpNetwork {
     IpNetwork::V4(Ipv4Network::new(subnet.network(), 32).expect("/32 is valid"))
 }
 
+/// Whether the link is the VXLAN device wanted, as made (learning off).
+fn device_matches(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
+    l.kind.as_deref() == Some("vxlan")
+        && s.vni == Some(want.vni)
+        && s.port == Some(want.port)
+        && s.local == Some(want.local)
+        && s.learning == Some(false)
+        && l.mac == want.mac
+        && l.mtu == want.mtu
+}
+
 async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
     if let Some(l) = nl.link(&want.name).await? {
         let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
-        let same = l.kind.as_deref() == Some("vxlan")
-            && s.vni == Some(want.vni)
-            && s.port == Some(want.port)
-            && s.local == Some(want.local)
-            && s.learning == Some(false)
-            && l.mac == want.mac
-            && l.mtu == want.mtu;
-        if same {
+        if device_matches(&l, &s, want) {
             if !l.up {
                 nl.set_up(l.index, &l.name).await?;
             }
@@ -231,14 +235,9 @@ pub async fn differences(
         return Ok(vec![format!("VXLAN device {} is missing", want.name)]);
     };
     let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
-    if s.vni != Some(want.vni)
-        || s.port != Some(want.port)
-        || s.local != Some(want.local)
-        || vtep.mac != want.mac
-        || vtep.mtu != want.mtu
-    {
+    if !device_matches(&vtep, &s, want) {
         problems.push(format!(
-            "{} is not VNI {} port {} from {} with MTU {}",
+            "{} is not a VXLAN device of VNI {} port {} from {} with MTU {}, learning off",
             want.name, want.vni, want.port, want.local, want.mtu
         ));
     }
