@@ -614,15 +614,21 @@ fn a_vni_changed_while_stopped_and_teardown_follow_etcds_vni() {
     // teardown after the agent stops removes the device of etcd's VNI and this
     // network's routes (the subnet file names it: the config does not), and leaves
     // another network's route and a bridge another network still uses
-    h.sh("ip link add fport0 type veth peer name fport1 && ip link add cni0 type bridge \
+    h.sh(
+        "ip link add fport0 type veth peer name fport1 && ip link add cni0 type bridge \
           && ip link set fport0 master cni0 && ip link set ul0 up \
-          && ip route add 10.250.1.0/24 via 192.168.85.9 dev ul0 proto 73");
+          && ip route add 10.250.1.0/24 via 192.168.85.9 dev ul0 proto 73",
+    );
     let conf = agents[0].conf(&etcd);
     assert!(agents[0].terminate().is_some(), "{}", agents[0].log());
     let out = overlay_teardown(h, &conf, false);
     assert!(out.status.success(), "{out:?}");
     assert!(h.link("flannel.5").is_none(), "{:?}", h.link_names());
     let routes = h.sh("ip route show proto 73");
-    assert_eq!(routes.trim(), "10.250.1.0/24 via 192.168.85.9 dev ul0", "{routes}");
+    assert_eq!(
+        routes.trim(),
+        "10.250.1.0/24 via 192.168.85.9 dev ul0",
+        "{routes}"
+    );
     assert!(h.link("cni0").is_some(), "another network's port is on it");
 }

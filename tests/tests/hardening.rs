@@ -683,3 +683,53 @@ fn gc_after_a_reboot_removes_everything_of_the_gone() {
     let (ok, _, err) = t.run(&["del", "reboot", &kept.path()], &[("CAP_ARGS", caps)]);
     assert!(ok, "{err}");
 }
+
+#[test]
+fn a_retried_add_leaves_the_live_lease_to_its_attachment() {
+    // An IPAM plugin that answers a duplicate ADD with the live lease (as a DHCP client
+    // daemon does) and logs every call: the retried ADD collides with the live
+    // attachment's interface and must not send it a DEL.
+    let bin = tempfile::tempdir().unwrap();
+    let log = bin.path().join("calls");
+    for p in ["bridge", "ptp"] {
+        std::os::unix::fs::symlink(bin_dir().join(p), bin.path().join(p)).unwrap();
+    }
+    let script = format!(
+        "#!/bin/sh\ncat >/dev/null\necho \"$CNI_COMMAND\" >> {}\n\
+         [ \"$CNI_COMMAND\" = ADD ] && printf '%s' \
+         '{{\"cniVersion\":\"1.0.0\",\"ips\":[{{\"address\":\"10.43.0.5/24\",\"gateway\":\"10.43.0.1\"}}]}}'\n\
+         exit 0\n",
+        log.display()
+    );
+    let ipam = bin.path().join("leasing");
+    std::fs::write(&ipam, script).unwrap();
+    std::fs::set_permissions(&ipam, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let host = Ns::new("h");
+    for conf in [
+        json!({"cniVersion": "1.0.0", "name": "leasebr", "type": "bridge",
+            "bridge": "cnilease0", "ipam": {"type": "leasing"}}),
+        json!({"cniVersion": "1.0.0", "name": "leaseptp", "type": "ptp",
+            "ipam": {"type": "leasing"}}),
+    ] {
+        let _ = std::fs::remove_file(&log);
+        let plugin = conf["type"].as_str().unwrap();
+        let c = Ns::new("c");
+        let call = |cmd| {
+            let mut call = Call::new(plugin, cmd, &host, &c.path(), "l1");
+            call.bin_dir = bin.path().to_path_buf();
+            call.run(&conf)
+        };
+        call("ADD").expect_ok();
+        assert!(
+            !call("ADD").ok,
+            "{plugin}: a second ADD of a live attachment succeeded"
+        );
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            calls, "ADD\nADD\n",
+            "{plugin}: the retry released the live lease"
+        );
+        call("DEL").expect_ok();
+        assert!(std::fs::read_to_string(&log).unwrap().ends_with("DEL\n"));
+    }
+}

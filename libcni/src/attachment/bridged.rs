@@ -5,7 +5,7 @@
 
 use ipnetwork::IpNetwork;
 
-use super::{container, veth, Attachment, PendingLease, Rules, Undo};
+use super::{claim, container, veth, Attachment, PendingLease, Rules, Undo};
 use crate::delegate::Delegate;
 use crate::firewall;
 use crate::net::{self, Kernel, LinkInfo, Netlink};
@@ -57,11 +57,15 @@ pub fn add(
 ) -> Result<CniResult, Error> {
     let netns = args.required_netns()?;
     let a = Attachment::of(args);
-    let pending = ipam.map(|i| PendingLease::start(i, args)).transpose()?;
+    let mut pending = ipam.map(|i| PendingLease::start(i, args)).transpose()?;
     let mut undo = Undo::new();
     let bridge = k.run(ensure_bridge(k.host(), spec))?;
     let mac = spec.container_mac(&a);
-    let host = k.run(veth::create(k.host(), &a, netns, mac, spec.mtu))?;
+    let host = claim(
+        k,
+        &mut pending,
+        veth::create(k.host(), &a, netns, mac, spec.mtu),
+    )?;
     undo.delete_link(k, k.host(), &host.name);
     k.run(attach(k.host(), spec, &a, &host, &bridge))?;
     let lease = pending.map(|p| p.wait()).transpose()?;

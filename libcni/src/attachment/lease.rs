@@ -1,11 +1,16 @@
 //! The IPAM lease guard: the addresses a delegated ADD handed out in this call are given
 //! back on every path that does not commit the ADD (an error, an early return, a panic
 //! unwinding). Only what this call's ADD got is released: an ADD that the IPAM plugin
-//! refused (a duplicate of a live attachment, say) leaves nothing to release, so a retried
-//! ADD never frees the address of the attachment it collided with.
+//! refused (a duplicate of a live attachment, say) leaves nothing to release, and an ADD
+//! that finds the attachment's interface already there ([`claim`]) leaves what the IPAM
+//! plugin answered to that attachment, so a retried ADD never frees the address of the
+//! attachment it collided with (an IPAM plugin may answer a duplicate with the live lease).
+
+use std::future::Future;
 
 use crate::delegate::{self, Delegate};
 use crate::exec::Running;
+use crate::net::{self, libc_errno::EEXIST, Kernel};
 use crate::skel::CmdArgs;
 use crate::spec::{CniResult, Error};
 
@@ -47,6 +52,25 @@ impl<'a> PendingLease<'a> {
         lease.result = delegate::result(printed, self.ipam.plugin(), self.args)?;
         Ok(lease)
     }
+}
+
+/// Runs `create`, the creation of the attachment's own interface, whose name is its
+/// claim. When the name is taken (EEXIST: a live attachment, met by a retried or
+/// duplicate ADD), the pending lease is waited for and never released.
+pub fn claim<T>(
+    k: &Kernel,
+    pending: &mut Option<PendingLease>,
+    create: impl Future<Output = Result<T, net::Error>>,
+) -> Result<T, Error> {
+    let made = k.run(async { Ok::<_, net::Error>(create.await) })?;
+    if made.as_ref().is_err_and(|e| e.errno() == Some(EEXIST)) {
+        if let Some(mut p) = pending.take() {
+            if let Some(running) = p.running.take() {
+                drop(running.wait());
+            }
+        }
+    }
+    made.map_err(Error::from)
 }
 
 impl Drop for PendingLease<'_> {

@@ -14,7 +14,7 @@ mod rules;
 mod undo;
 pub mod veth;
 
-pub use lease::{Lease, PendingLease};
+pub use lease::{claim, Lease, PendingLease};
 pub use rules::Rules;
 pub use undo::Undo;
 

@@ -3,7 +3,7 @@
 //! delegate (or up without an address when there is none). `linkInContainer`: the master
 //! is a link of the container's own namespace. The steps are libcni's attachment layer.
 
-use libcni::attachment::{container, Attachment, PendingLease, Undo};
+use libcni::attachment::{claim, container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
 use libcni::net::{parse_mac, Kernel, LinkInfo, MacVlanMode, Netlink};
 use libcni::skel::{self, CmdArgs, Plugin};
@@ -125,13 +125,14 @@ impl Plugin for MacvlanPlugin {
         let inside = k.connect_in(netns)?;
         let (master, parent) = m.master_in(&k, &inside)?;
         let ipam = Delegate::ipam(args);
-        let pending = ipam
+        let mut pending = ipam
             .as_ref()
             .map(|i| PendingLease::start(i, args))
             .transpose()?;
         let mut undo = Undo::new();
         let mtu = (m.conf.mtu != 0).then_some(m.conf.mtu);
-        k.run(parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns))?;
+        let create = parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns);
+        claim(&k, &mut pending, create)?;
         undo.delete_link(&k, &inside, a.ifname());
         let lease = pending.map(|p| p.wait()).transpose()?;
         let mut r = lease

@@ -4,7 +4,7 @@
 //! all traffic goes through the host's routing. `ipMasq` and `mtu` as the reference's.
 
 use ipnetwork::IpNetwork;
-use libcni::attachment::{container, veth, Attachment, PendingLease, Rules, Undo};
+use libcni::attachment::{claim, container, veth, Attachment, PendingLease, Rules, Undo};
 use libcni::delegate::Delegate;
 use libcni::net::{self, Kernel, LinkInfo, Netlink, RouteSpec};
 use libcni::skel::{self, CmdArgs, Plugin};
@@ -122,16 +122,17 @@ impl Plugin for Ptp {
         let netns = args.required_netns()?;
         let a = Attachment::of(args);
         let k = Kernel::new()?;
-        let pending = PendingLease::start(&ipam, args)?;
+        let mut pending = Some(PendingLease::start(&ipam, args)?);
         let mut undo = Undo::new();
         let mtu = (conf.mtu != 0).then_some(conf.mtu);
-        let host = k.run(veth::create(k.host(), &a, netns, a.container_mac(), mtu))?;
+        let create = veth::create(k.host(), &a, netns, a.container_mac(), mtu);
+        let host = claim(&k, &mut pending, create)?;
         undo.delete_link(&k, k.host(), &host.name);
         k.run(
             k.host()
                 .label_and_up(host.index, &host.name, &a.alias(), None),
         )?;
-        let lease = pending.wait()?;
+        let lease = pending.expect("kept unless the claim failed").wait()?;
         let mut r = lease.result().clone();
         if r.ips.is_empty() {
             return Err(Error::new(
