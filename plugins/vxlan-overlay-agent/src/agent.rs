@@ -425,7 +425,10 @@ impl Agent {
     fn peer(&self, s: Ipv4Network, a: &LeaseAttrs) -> Option<Peer> {
         let h = self.held.as_ref()?;
         let of_network = s.prefix() == h.net.subnet_len && h.net.network.contains(s.network());
-        if s == h.subnet || a.public_ip == h.underlay.ip || !of_network {
+        let ip = a.public_ip;
+        let routable =
+            !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast());
+        if s == h.subnet || ip == h.underlay.ip || !of_network || !routable {
             return None;
         }
         let mac = a.vtep_mac().filter(|m| m[0] & 1 == 0 && *m != [0; 6])?;

@@ -112,6 +112,9 @@ impl Network {
         if backend.vni.is_some_and(|v| v > 0xff_ffff) {
             return Err("Backend.VNI: not a 24-bit VXLAN network identifier".into());
         }
+        if backend.mtu.is_some_and(|m| m < 576) {
+            return Err("Backend.MTU: must be at least 576".into());
+        }
         if let Some(vni) = backend.vni {
             check_vni_names_a_link(vni).map_err(|e| format!("Backend.VNI: {e}"))?;
         }
@@ -257,6 +260,7 @@ mod tests {
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":10000000}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#,
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0","Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16"}"#,
         ] {

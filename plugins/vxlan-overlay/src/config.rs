@@ -332,8 +332,9 @@ fn etcd(s: StoreConf) -> Result<Etcd, Error> {
         ));
     }
     let lease_ttl = s.lease_ttl.unwrap_or(60);
-    if lease_ttl < 2 {
-        return Err(field("store.leaseTTL", "at least 2 seconds"));
+    // etcd refuses leases over 9e9 s: a larger TTL would be a retry loop, not an error
+    if !(2..=9_000_000_000).contains(&lease_ttl) {
+        return Err(field("store.leaseTTL", "2 to 9,000,000,000 seconds"));
     }
     Ok(Etcd {
         endpoints: s.endpoints,
@@ -406,6 +407,24 @@ mod tests {
             c[k] = v.clone();
         }
         c
+    }
+
+    #[test]
+    fn an_etcd_lease_ttl_etcd_would_refuse_is_a_config_error() {
+        let store = |ttl: u64| {
+            conf(
+                json!({"store": {"type": "etcd", "endpoints": ["http://10.0.0.5:2379"],
+                "leaseTTL": ttl}}),
+            )
+        };
+        assert!(Overlay::from_json(&store(9_000_000_000)).is_ok());
+        for bad in [1, 9_000_000_001] {
+            assert_eq!(
+                Overlay::from_json(&store(bad)).unwrap_err().code,
+                7,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -54,14 +54,28 @@ impl SubnetEnv {
                 .parse::<Ipv4Network>()
                 .map_err(|e| format!("{key}: {e}"))
         };
-        Ok(SubnetEnv {
+        let env = SubnetEnv {
             network: net("FLANNEL_NETWORK")?,
             subnet: net("FLANNEL_SUBNET")?,
             mtu: get("FLANNEL_MTU")?
                 .parse()
                 .map_err(|e| format!("FLANNEL_MTU: {e}"))?,
             ip_masq: get("FLANNEL_IPMASQ")? == "true",
-        })
+        };
+        // What reaches host-local, the bridge and the masquerade exemption must make sense.
+        if !env.network.contains(env.subnet.ip()) || env.subnet.prefix() < env.network.prefix() {
+            return Err(format!(
+                "FLANNEL_SUBNET {} is not in FLANNEL_NETWORK {}",
+                env.subnet, env.network
+            ));
+        }
+        if env.subnet.prefix() > 30 {
+            return Err(format!("FLANNEL_SUBNET {} holds no containers", env.subnet));
+        }
+        if env.mtu < 576 {
+            return Err(format!("FLANNEL_MTU {} is below 576", env.mtu));
+        }
+        Ok(env)
     }
 
     pub fn render(&self) -> String {
@@ -94,5 +108,12 @@ mod tests {
         assert_eq!((s.mtu, s.ip_masq), (1450, true));
         assert_eq!(s.render(), text);
         assert!(SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n").is_err());
+        for bad in [
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/31\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
+            "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=0\nFLANNEL_IPMASQ=true\n",
+        ] {
+            assert!(SubnetEnv::parse(bad).is_err(), "{bad}");
+        }
     }
 }
