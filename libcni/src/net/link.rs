@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
     LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
@@ -59,7 +59,6 @@ pub struct RouteInfo {
     pub gw: Option<IpAddr>,
     pub oif: Option<u32>,
     pub protocol: u8,
-    pub onlink: bool,
 }
 
 /// A route to add, replace or delete, with the 1.1.0 result's extras.
@@ -694,7 +693,6 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
     }
     let v6 = m.header.address_family == AddressFamily::Inet6;
     let protocol = u8::from(m.header.protocol);
-    let onlink = m.header.flags.contains(RouteFlags::Onlink);
     let mut dst = None;
     let mut gw = None;
     let mut oif = None;
@@ -721,7 +719,6 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
         gw,
         oif,
         protocol,
-        onlink,
     })
 }
 

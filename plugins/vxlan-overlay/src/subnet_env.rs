@@ -2,7 +2,6 @@
 //! Written by our agent or by a real flanneld; the plugin in the etcd store reads only this,
 //! so it keeps attaching containers while etcd is down.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 
 use ipnetwork::Ipv4Network;
@@ -23,10 +22,6 @@ impl SubnetEnv {
     /// The node subnet's network.
     pub fn node_subnet(&self) -> Ipv4Network {
         Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).expect("from a valid network")
-    }
-
-    pub fn gateway(&self) -> Ipv4Addr {
-        self.subnet.ip()
     }
 
     pub fn read(path: &Path) -> Result<SubnetEnv, Error> {
@@ -104,7 +99,7 @@ mod tests {
         let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
         let s = SubnetEnv::parse(text).unwrap();
         assert_eq!(s.node_subnet().to_string(), "10.244.1.0/24");
-        assert_eq!(s.gateway().to_string(), "10.244.1.1");
+        assert_eq!(s.subnet.ip().to_string(), "10.244.1.1");
         assert_eq!((s.mtu, s.ip_masq), (1450, true));
         assert_eq!(s.render(), text);
         assert!(SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n").is_err());
