@@ -77,7 +77,7 @@ pub fn start(
 /// A plugin must not outlive its caller: a runtime that kills a plugin on timeout kills
 /// only that process, and an orphaned IPAM plugin could then allocate after the DEL that
 /// follows, leaking the address.
-fn die_with_parent(parent: u32) -> std::io::Result<()> {
+pub(crate) fn die_with_parent(parent: u32) -> std::io::Result<()> {
     // SAFETY: prctl and getppid are async-signal-safe syscalls.
     unsafe {
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {

@@ -67,6 +67,47 @@ fn assert_nothing_left(host: &Ns, varlib: &Path, network: &str) {
         0,
         "addresses still allocated"
     );
+    assert_no_reaper_left();
+}
+
+/// DEL's detached reaper (the veth pair's deletion) leaves no zombie under this runtime:
+/// it is reaped by whoever adopts it (none of these runtimes is a child subreaper).
+fn assert_no_reaper_left() {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let zombies = plugin_zombies();
+        if zombies.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reapers left unreaped: {zombies:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Zombie processes of our plugins that delete pairs (pid, parent).
+fn plugin_zombies() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let comm = head.split_once(" (").map_or("", |(_, c)| c);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") && ["bridge", "ptp", "vxlan-overlay"].contains(&comm) {
+            out.push((
+                entry.file_name().to_string_lossy().to_string(),
+                fields[1].to_string(),
+            ));
+        }
+    }
+    out
 }
 
 /// A host namespace with a NIC for macvlans (one end of a veth pair, the other end there
@@ -190,5 +231,6 @@ fn cnitool_runs_the_clients_conflists() {
         assert!(!rules.contains(&format!("\"{net}/")), "{rules}");
         assert_eq!(store_allocations(&t.path("data"), net), 0);
         assert!(t.cache_files().is_empty());
+        assert_no_reaper_left();
     }
 }

@@ -170,3 +170,70 @@ fn killed_plugin_takes_its_ipam_delegate_along() {
         "the IPAM delegate outlived the killed plugin"
     );
 }
+
+/// An `nft` that goes on after the ADD that started it was killed (as a real nft inside
+/// its commit does) must not add the attachment's elements after the DEL that follows:
+/// here it is held back a second, escaping the plugin's death as a process of its own.
+#[test]
+fn a_killed_adds_nft_never_commits_after_the_del() {
+    let host = Ns::new("h");
+    let ctr = Ns::new("c");
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("nft-started");
+    let wrapper = dir.path().join("nft");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             # listings go straight through; a transaction runs late, in a process of its own\n\
+             [ \"$*\" = '-f -' ] || exec /usr/sbin/nft \"$@\"\n\
+             touch {started}\n\
+             exec 3<&0\n\
+             ( sleep 1; exec /usr/sbin/nft -f - <&3 ) &\n\
+             wait\n",
+            started = started.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .arg("+x")
+        .arg(&wrapper)
+        .status()
+        .unwrap();
+    let network = unique("latenft");
+    let mut conf = bridge_conf(
+        "1.0.0",
+        dir.path(),
+        "10.63.0.0/24",
+        json!({"ipMasq": true, "macspoofchk": true}),
+    );
+    conf["name"] = json!(network);
+    conf["bridge"] = json!("cnilate0");
+    // the shared table and sets exist, as on any host that ran an ADD before
+    for cmd in ["ADD", "DEL"] {
+        Call::new("bridge", cmd, &host, &ctr.path(), "warm1")
+            .run(&conf)
+            .expect_ok();
+    }
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.path().display());
+    let mut child = Call::new("bridge", "ADD", &host, &ctr.path(), "late1")
+        .env("PATH", &path)
+        .spawn(conf.to_string().as_bytes());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !started.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(started.exists(), "the ADD never started an nft transaction");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    Call::new("bridge", "DEL", &host, &ctr.path(), "late1")
+        .run(&conf)
+        .expect_ok();
+    // the late nft is done by now, whichever way it went
+    std::thread::sleep(Duration::from_millis(2500));
+    let ruleset = host.nft_ruleset();
+    assert!(
+        !ruleset.contains(&format!("\"{network}/late1\"")),
+        "an element of the killed ADD outlived its DEL:\n{ruleset}"
+    );
+}

@@ -733,3 +733,47 @@ fn a_retried_add_leaves_the_live_lease_to_its_attachment() {
         assert!(std::fs::read_to_string(&log).unwrap().ends_with("DEL\n"));
     }
 }
+
+/// An ADD that fails because the container's interface name is taken by a link that is
+/// no attachment of ours gives back the address it got (the reference, which asks its
+/// IPAM only once the interface exists, allocates nothing), for every plugin that starts
+/// its IPAM beside the interface's creation.
+#[test]
+fn an_add_failing_on_a_foreign_ifname_releases_its_address() {
+    let host = Ns::new("h");
+    host.sh("ip link add fnic0 type veth peer name fnic0p && ip link set fnic0 up");
+    let data = tempfile::tempdir().unwrap();
+    let ipam = |subnet: &str| json!({"type": "host-local", "dataDir": data.path(), "ranges": [[{"subnet": subnet}]]});
+    let confs = [
+        json!({"cniVersion": "1.0.0", "name": "foreignbr", "type": "bridge",
+            "bridge": "cniforeign0", "ipam": ipam("10.44.1.0/24")}),
+        json!({"cniVersion": "1.0.0", "name": "foreignptp", "type": "ptp",
+            "ipam": ipam("10.44.2.0/24")}),
+        json!({"cniVersion": "1.0.0", "name": "foreignmv", "type": "macvlan",
+            "master": "fnic0", "ipam": ipam("10.44.3.0/24")}),
+    ];
+    for conf in confs {
+        let network = conf["name"].as_str().unwrap();
+        let c = Ns::new("c");
+        // a link of the container's own under the name the runtime asks for
+        c.sh("ip link add eth0 type veth peer name eth0p");
+        let out = Call::new(
+            conf["type"].as_str().unwrap(),
+            "ADD",
+            &host,
+            &c.path(),
+            "f1",
+        )
+        .run(&conf);
+        assert!(!out.ok, "{network}: ADD over a foreign eth0 succeeded");
+        assert!(
+            reservations(data.path(), network).is_empty(),
+            "{network}: the failed ADD kept its address: {:?}",
+            reservations(data.path(), network)
+        );
+        assert!(
+            c.link("eth0").is_some() && c.link("eth0p").is_some(),
+            "{network}: the foreign link was touched"
+        );
+    }
+}

@@ -123,3 +123,43 @@ fn refuses_what_it_must_not_touch() {
     }
     assert_ne!(c.sh("cat /proc/sys/kernel/pid_max").trim(), "100");
 }
+
+/// The dataDir may be shared: a file named like a backup that is none (an application's
+/// `app_config.json`) is neither acted on nor removed by a DEL, even with the netns gone.
+#[test]
+fn del_leaves_a_file_that_is_no_backup() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let conf = json!({
+        "cniVersion": "1.0.0", "name": "tunekeep", "type": "tuning", "mtu": 1400,
+        "dataDir": data.path()
+    });
+    let files = [
+        ("app_config.json", "{\"listen\": \"0.0.0.0:80\"}"),
+        ("app_settings.json", "not json at all"),
+    ];
+    for (name, text) in files {
+        std::fs::write(data.path().join(name), text).unwrap();
+    }
+    for ifname in ["config", "settings"] {
+        Call::new(
+            "tuning",
+            "DEL",
+            &host,
+            "/var/run/netns/gone-tunekeep",
+            "app",
+        )
+        .ifname(ifname)
+        .run(&conf)
+        .expect_ok();
+    }
+    for (name, text) in files {
+        assert_eq!(
+            std::fs::read_to_string(data.path().join(name))
+                .ok()
+                .as_deref(),
+            Some(text),
+            "{name} was touched"
+        );
+    }
+}

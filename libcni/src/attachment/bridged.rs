@@ -65,6 +65,7 @@ pub fn add(
         k,
         &mut pending,
         veth::create(k.host(), &a, netns, mac, spec.mtu),
+        veth::exists(k.host(), &a),
     )?;
     undo.delete_link(k, k.host(), &host.name);
     k.run(attach(k.host(), spec, &a, &host, &bridge))?;

@@ -2,9 +2,10 @@
 //! back on every path that does not commit the ADD (an error, an early return, a panic
 //! unwinding). Only what this call's ADD got is released: an ADD that the IPAM plugin
 //! refused (a duplicate of a live attachment, say) leaves nothing to release, and an ADD
-//! that finds the attachment's interface already there ([`claim`]) leaves what the IPAM
-//! plugin answered to that attachment, so a retried ADD never frees the address of the
-//! attachment it collided with (an IPAM plugin may answer a duplicate with the live lease).
+//! that finds the attachment's own interface already there ([`claim`]) leaves what the
+//! IPAM plugin answered to that attachment, so a retried ADD never frees the address of
+//! the attachment it collided with (an IPAM plugin may answer a duplicate with the live
+//! lease). A name taken by anything else is no attachment: what this ADD got goes back.
 
 use std::future::Future;
 
@@ -55,19 +56,26 @@ impl<'a> PendingLease<'a> {
 }
 
 /// Runs `create`, the creation of the attachment's own interface, whose name is its
-/// claim. When the name is taken (EEXIST: a live attachment, met by a retried or
-/// duplicate ADD), the pending lease is waited for and never released.
+/// claim. When the name is taken (EEXIST) and `live` (run only then) finds the
+/// attachment itself there (a retried or duplicate ADD), the pending lease is waited for
+/// and never released; taken by anything else, the lease is released when the caller
+/// drops it, as on any failure.
 pub fn claim<T>(
     k: &Kernel,
     pending: &mut Option<PendingLease>,
     create: impl Future<Output = Result<T, net::Error>>,
+    live: impl Future<Output = Result<bool, net::Error>>,
 ) -> Result<T, Error> {
     let made = k.run(async { Ok::<_, net::Error>(create.await) })?;
     if made.as_ref().is_err_and(|e| e.errno() == Some(EEXIST)) {
-        if let Some(mut p) = pending.take() {
-            if let Some(running) = p.running.take() {
-                drop(running.wait());
-            }
+        // Unsure counts as live: releasing a live attachment's lease is the worse mistake.
+        let live = k.run(live).unwrap_or(true);
+        if let Some(running) = pending
+            .as_mut()
+            .filter(|_| live)
+            .and_then(|p| p.running.take())
+        {
+            drop(running.wait());
         }
     }
     made.map_err(Error::from)

@@ -51,6 +51,7 @@ impl Rules {
         if script.is_empty() {
             return Ok(None);
         }
+        firewall::lock::hold(&a.label())?;
         let what = format!("installing the rules of {}", a.container_id());
         firewall::apply_with_setup(&script, setup, what).map(Some)
     }
@@ -67,6 +68,10 @@ impl Rules {
         a: &Attachment,
         addrs: Option<&[IpNetwork]>,
     ) -> Result<Removal, Error> {
+        if self.masquerade || self.mac_check.is_some() {
+            // Before listing: a killed ADD's nft may still be committing.
+            firewall::lock::hold(&a.label())?;
+        }
         let masq = match (self.masquerade, addrs) {
             (false, _) => String::new(),
             (true, Some(addrs)) => firewall::remove_masquerade(&self.keyed(addrs.iter().copied())),
@@ -98,6 +103,7 @@ impl Rules {
             .collect();
         let prefix = Label::network_prefix(network);
         let stale = |note: &str| note.starts_with(&prefix) && !keep.contains(note);
+        firewall::lock::hold_all()?;
         let mut pending = Vec::new();
         if self.masquerade {
             let s = firewall::remove_labelled_masquerade(stale)?;

@@ -48,6 +48,11 @@ pub async fn create(
     })
 }
 
+/// Whether the attachment's pair is in place (its host end, the claim, exists).
+pub async fn exists(nl: &Netlink, a: &Attachment) -> Result<bool, net::Error> {
+    Ok(nl.link(&a.host_veth()).await?.is_some())
+}
+
 /// The name both ends of the attachment's pair carry once retired.
 fn retired_name(a: &Attachment) -> String {
     format!("vdel{}", &a.host_veth()["veth".len()..])

@@ -2,13 +2,15 @@
 //! names, the labels (an attachment's [`Label`]) on rules and set elements, listing them,
 //! and applying scripts as one `nft -f -` transaction each ([`apply`] starts one; the
 //! caller waits when it needs to, since nft and the kernel take milliseconds the caller
-//! can spend elsewhere). The rules themselves are in one module per concern.
+//! can spend elsewhere). The rules themselves are in one module per concern; [`lock`]
+//! keeps a killed call's nft from committing after the DEL that follows it.
 //!
 //! Scripts are text, so nothing from input is pasted into them: every string in a script
 //! is a [`Word`] (letters, digits and `_.-~/` only, checked when made), a [`Label`], or a
 //! typed address, port or MAC. None of them can close a quote or start a statement.
 
 pub mod iptables;
+pub mod lock;
 mod mac;
 mod masq;
 mod ports;
@@ -18,6 +20,7 @@ pub use masq::*;
 pub use ports::*;
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 pub use crate::attachment::Label;
@@ -257,13 +260,17 @@ pub fn apply_if_present(script: &str, what: impl Into<String>) -> Result<Pending
 
 fn start(script: &str, what: String, recovery: Recovery) -> Result<Pending, Error> {
     let fail = |d: String| Error::new(code::FIREWALL, what.clone()).details(d);
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut cmd = Command::new("nft");
+    cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| fail(format!("running nft: {e}")))?;
+        .stderr(Stdio::piped());
+    let (parent, fds) = (std::process::id(), lock::held_fds());
+    // SAFETY: only async-signal-safe calls (prctl, getppid, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || lock::in_child(parent, &fds));
+    }
+    let mut child = cmd.spawn().map_err(|e| fail(format!("running nft: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())

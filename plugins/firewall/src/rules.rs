@@ -18,8 +18,8 @@ use std::net::IpAddr;
 
 use libcni::firewall::iptables::{self, ACCEPTED_MARK};
 use libcni::firewall::{
-    apply_with_setup, delete_elements, labelled_elements, listed_sets, listed_table, run, Element,
-    Label, Word, INET_TABLE,
+    apply_with_setup, delete_elements, labelled_elements, listed_sets, listed_table, lock, run,
+    Element, Label, Word, INET_TABLE,
 };
 use libcni::Error;
 
@@ -47,6 +47,7 @@ pub fn allow_forward(
     if elements.is_empty() {
         return Ok(());
     }
+    lock::hold(note)?;
     let what = format!("accepting the forwarded traffic of {container_id}");
     if apply_with_setup(&elements, forward_setup(admin), what)?.wait_setup()? {
         iptables::accept_marked()?;
@@ -91,6 +92,7 @@ fn delete(elements: Vec<Element>, what: &str) -> Result<(), Error> {
 
 /// Removes the container's addresses from our sets, whichever admin chain they are under.
 pub fn remove_forward(note: &Label) -> Result<(), Error> {
+    lock::hold(note)?;
     delete(
         elements()?
             .into_iter()
@@ -102,6 +104,7 @@ pub fn remove_forward(note: &Label) -> Result<(), Error> {
 
 /// Removes the addresses of `network`'s containers whose IDs are not in `valid`.
 pub fn remove_stale_forward(network: &str, valid: &HashSet<String>) -> Result<(), Error> {
+    lock::hold_all()?;
     let ours = Label::network_prefix(network);
     let keep: HashSet<String> = valid
         .iter()

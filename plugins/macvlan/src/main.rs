@@ -132,7 +132,14 @@ impl Plugin for MacvlanPlugin {
         let mut undo = Undo::new();
         let mtu = (m.conf.mtu != 0).then_some(m.conf.mtu);
         let create = parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns);
-        claim(&k, &mut pending, create)?;
+        let mac = m.mac_of(&a);
+        let live = async {
+            Ok(inside
+                .link(a.ifname())
+                .await?
+                .is_some_and(|l| is_ours(&l, mac)))
+        };
+        claim(&k, &mut pending, create, live)?;
         undo.delete_link(&k, &inside, a.ifname());
         let lease = pending.map(|p| p.wait()).transpose()?;
         let mut r = lease

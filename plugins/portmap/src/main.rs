@@ -5,7 +5,7 @@
 
 use std::net::IpAddr;
 
-use libcni::firewall::{self, PortMapping, PortMasq};
+use libcni::firewall::{self, lock, Label, PortMapping, PortMasq};
 use libcni::net::{self, Kernel};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
@@ -139,6 +139,7 @@ impl Plugin for Portmap {
         }
         let script =
             firewall::port_mappings(&conf.name, &args.container_id, mappings, &ips, conf.masq())?;
+        lock::hold(&Label::new(&conf.name, &args.container_id))?;
         firewall::run(
             &script,
             format!("forwarding ports to {}", args.container_id),
@@ -152,6 +153,7 @@ impl Plugin for Portmap {
 
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = Conf::load(args)?;
+        lock::hold(&Label::new(&conf.name, &args.container_id))?;
         // Without the mappings (a runtime that lost them), look before deleting: a delete
         // costs the kernel a grace period even when there is nothing to remove.
         if conf.runtime_config.port_mappings.is_empty()
@@ -169,6 +171,7 @@ impl Plugin for Portmap {
     /// Removes the rules of this network's containers that are not valid any more.
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let valid = args.valid_container_ids()?;
+        lock::hold_all()?;
         let script = firewall::remove_stale_port_mappings(&args.conf.name, &valid)?;
         firewall::run(&script, "removing stale port mappings")
     }

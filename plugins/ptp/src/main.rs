@@ -126,7 +126,7 @@ impl Plugin for Ptp {
         let mut undo = Undo::new();
         let mtu = (conf.mtu != 0).then_some(conf.mtu);
         let create = veth::create(k.host(), &a, netns, a.container_mac(), mtu);
-        let host = claim(&k, &mut pending, create)?;
+        let host = claim(&k, &mut pending, create, veth::exists(k.host(), &a))?;
         undo.delete_link(&k, k.host(), &host.name);
         k.run(
             k.host()

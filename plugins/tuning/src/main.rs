@@ -232,17 +232,24 @@ impl Plugin for Tuning {
         Ok(result)
     }
 
-    /// Puts the saved settings back and removes the backup. A backup that cannot be read
-    /// or applied (a namespace already gone, say) is only logged: DEL succeeds and removes
-    /// this attachment's backup, never anything else.
+    /// Puts the saved settings back and removes the backup. A backup that cannot be
+    /// applied (a namespace already gone, say) is only logged: DEL succeeds and removes
+    /// this attachment's backup. A file in its place that is no backup (the dataDir is
+    /// shared, and `<containerID>_<ifname>.json` can name anything) is left as it is.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let (conf, _) = Conf::load(args)?;
         let a = Attachment::of(args);
         let backups = conf.backups();
         let saved = match backups.load::<Backup>(&a) {
-            Ok(Some(b)) => b.tuning(),
+            Ok(Some(b)) if b != Backup::default() => b.tuning(),
             Ok(None) => return Ok(()),
-            Err(e) => Err(e),
+            Ok(Some(_)) | Err(_) => {
+                eprintln!(
+                    "tuning DEL: {} is not a backup of ours; left as it is",
+                    backups.file(&a).display()
+                );
+                return Ok(());
+            }
         };
         let restored = saved.map_err(Error::config).and_then(|saved| {
             let Some(netns) = args.netns() else {

@@ -267,6 +267,7 @@ fn teardown(force: bool) -> Result<(), Error> {
     k.run(node::remove(k.host(), &vtep_of(&o)?, network_of(&o)))?;
     k.run(delete_bridge(k.host(), &o.bridge, force))?;
     let prefix = Label::network_prefix(&o.name);
+    firewall::lock::hold_all()?;
     let masq = firewall::remove_labelled_masquerade(|n| n.starts_with(&prefix))?;
     firewall::apply_if_present(&masq, "removing the network's masquerade")?.wait()?;
     match std::fs::remove_dir_all(&store) {
