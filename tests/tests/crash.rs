@@ -8,6 +8,12 @@ use std::time::Duration;
 
 use cni_tests::*;
 
+/// Writes an executable shell script.
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 /// A small deterministic generator (xorshift64*), so a failing seed can be replayed.
 struct Rng(u64);
 
@@ -145,17 +151,10 @@ fn killed_plugin_takes_its_ipam_delegate_along() {
     let ctr = Ns::new("c");
     let dir = tempfile::tempdir().unwrap();
     let marker = dir.path().join("delegate-finished");
-    let slow = dir.path().join("slow-ipam");
-    std::fs::write(
-        &slow,
-        format!("#!/bin/sh\nsleep 1\ntouch {}\n", marker.display()),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&slow)
-        .status()
-        .unwrap();
+    write_script(
+        &dir.path().join("slow-ipam"),
+        &format!("#!/bin/sh\nsleep 1\ntouch {}\n", marker.display()),
+    );
     let mut conf = bridge_conf("1.0.0", dir.path(), "10.62.0.0/24", json!({}));
     conf["ipam"] = json!({"type": "slow-ipam"});
     let path = format!("{}:{}", bin_dir().display(), dir.path().display());
@@ -180,10 +179,9 @@ fn a_killed_adds_nft_never_commits_after_the_del() {
     let ctr = Ns::new("c");
     let dir = tempfile::tempdir().unwrap();
     let started = dir.path().join("nft-started");
-    let wrapper = dir.path().join("nft");
-    std::fs::write(
-        &wrapper,
-        format!(
+    write_script(
+        &dir.path().join("nft"),
+        &format!(
             "#!/bin/sh\n\
              # listings go straight through; a transaction runs late, in a process of its own\n\
              [ \"$*\" = '-f -' ] || exec /usr/sbin/nft \"$@\"\n\
@@ -193,13 +191,7 @@ fn a_killed_adds_nft_never_commits_after_the_del() {
              wait\n",
             started = started.display()
         ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .arg("+x")
-        .arg(&wrapper)
-        .status()
-        .unwrap();
+    );
     let network = unique("latenft");
     let mut conf = bridge_conf(
         "1.0.0",
