@@ -157,10 +157,17 @@ impl Agent {
         let mut c = etcd::connect(&self.etcd, &self.options)
             .await
             .map_err(retry)?;
-        let underlay = node::underlay(&self.nl, self.overlay.underlay_interface.as_deref())
-            .await
-            .map_err(|e| retry(format!("underlay: {e}")))?;
-        let net = self.network(&mut c, &underlay).await?;
+        let config = self.config(&mut c).await?;
+        let underlay =
+            match node::underlay(&self.nl, self.overlay.underlay_interface.as_deref()).await {
+                Ok(u) => u,
+                Err(e) => {
+                    // A plugin config that etcd's contradicts stops the agent all the same.
+                    self.judge(config.as_deref(), None)?;
+                    return Err(retry(format!("underlay: {e}")));
+                }
+            };
+        let net = self.judge(config.as_deref(), Some(&underlay))?;
         let lease = self.etcd_lease(&mut c).await?;
         let listing = etcd::leases(&mut c, &prefix, &net).await.map_err(retry)?;
         let (subnet, listing) = self.claim(&mut c, &net, &underlay, lease, listing).await?;
@@ -225,7 +232,8 @@ impl Agent {
         let Some(underlay) = self.held.as_ref().map(|h| h.underlay.clone()) else {
             return Ok(());
         };
-        let net = self.network(c, &underlay).await?;
+        let config = self.config(c).await?;
+        let net = self.judge(config.as_deref(), Some(&underlay))?;
         match &self.held {
             Some(h) if h.net != net => Err(retry(format!(
                 "{}/config changed; starting over",
@@ -235,11 +243,10 @@ impl Agent {
         }
     }
 
-    /// `<prefix>/config` as read from etcd, judged by [`Agent::judge`].
-    async fn network(&mut self, c: &mut Client, underlay: &Underlay) -> Result<Network, Stop> {
+    /// `<prefix>/config` as etcd holds it (None: not there), for [`Agent::judge`].
+    async fn config(&self, c: &mut Client) -> Result<Option<Vec<u8>>, Stop> {
         let key = format!("{}/config", self.etcd.prefix);
-        let raw = etcd::get(c, &key).await.map_err(retry)?;
-        self.judge(raw.as_deref(), underlay)
+        etcd::get(c, &key).await.map_err(retry)
     }
 
     /// The network this node serves, given `<prefix>/config`'s content (None: deleted).
@@ -248,7 +255,8 @@ impl Agent {
     /// with one log line and the network it holds stays, with its lease and its kernel
     /// state (flanneld reads the config once). Before that, the session fails and is
     /// retried with the backoff, or the agent stops if the plugin config disagrees.
-    fn judge(&mut self, raw: Option<&[u8]>, underlay: &Underlay) -> Result<Network, Stop> {
+    /// Without `underlay` the MTU is not checked.
+    fn judge(&mut self, raw: Option<&[u8]>, underlay: Option<&Underlay>) -> Result<Network, Stop> {
         let key = format!("{}/config", self.etcd.prefix);
         let (net, refused) = match (self.read_network(&key, raw, underlay), &self.held) {
             (Ok(net), _) => {
@@ -276,7 +284,7 @@ impl Agent {
         &self,
         key: &str,
         raw: Option<&[u8]>,
-        underlay: &Underlay,
+        underlay: Option<&Underlay>,
     ) -> Result<Network, Stop> {
         let raw = raw.ok_or_else(|| {
             retry(format!(
@@ -309,7 +317,9 @@ impl Agent {
                 h.subnet
             )));
         }
-        self.mtu(&net, underlay).map_err(Stop::Fatal)?;
+        if let Some(u) = underlay {
+            self.mtu(&net, u).map_err(Stop::Fatal)?;
+        }
         Ok(net)
     }
 
@@ -584,7 +594,7 @@ impl Agent {
             if key == config {
                 // A new network starts a new session, which applies it; one this node
                 // cannot serve is refused and changes nothing.
-                if self.judge(put.then(|| kv.value()), &underlay)? != net {
+                if self.judge(put.then(|| kv.value()), Some(&underlay))? != net {
                     return Err(retry(format!("{config} changed; starting over")));
                 }
                 continue;
