@@ -133,6 +133,22 @@ impl Agent {
         stop_child(&mut c, Duration::from_secs(10))
     }
 
+    /// The CPU time it has used, user and system (the kernel's netlink work is its own).
+    fn cpu(&self) -> Duration {
+        let pid = self.child.as_ref().expect("running").id();
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        // after "(comm)": state is field 3; utime and stime are fields 14 and 15
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<u64> = rest
+            .split(' ')
+            .skip(11)
+            .take(2)
+            .map(|v| v.parse().unwrap())
+            .collect();
+        // in USER_HZ ticks, 100 a second on Linux
+        Duration::from_millis((f[0] + f[1]) * 10)
+    }
+
     /// Whether it has exited, and how.
     fn exited(&mut self) -> Option<std::process::ExitStatus> {
         self.child.as_mut()?.try_wait().unwrap()
@@ -631,4 +647,298 @@ fn a_vni_changed_while_stopped_and_teardown_follow_etcds_vni() {
         "{routes}"
     );
     assert!(h.link("cni0").is_some(), "another network's port is on it");
+}
+
+/// A lease value as a vxlan node writes it.
+fn lease_value(ip: &str, mac: &str) -> String {
+    format!(
+        r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+    )
+}
+
+#[test]
+fn a_key_that_names_no_subnet_exactly_moves_no_route() {
+    // directRouting: a peer's route is a plain route via its address, the kind of route
+    // the node's own subnet has through cni0; any etcd writer can write these keys
+    let net = r#"{"Network":"10.250.0.0/16","Backend":{"Type":"vxlan","DirectRouting":true}}"#;
+    let (c, etcd, agents, subnets) = start_cluster(2, "192.168.86", net, 60, 1);
+    let (a, aip) = attach(&c.hosts[0], &agents[0].conf(&etcd), "x0");
+    let (b, bip) = attach(&c.hosts[1], &agents[1].conf(&etcd), "x1");
+    assert!(a.ping(&bip) && b.ping(&aip));
+    let writer = c.spare_ip(5);
+    let hostile = [
+        // host 1's subnet and host 0's own, with host bits
+        key(&subnets[1]).replace(".0-24", ".7-24"),
+        key(&subnets[0]).replace(".0-24", ".7-24"),
+        // host 1's subnet with a leading zero, and as a dual-stack key younger than its own
+        key(&subnets[1]).replace("-24", "-024"),
+        format!("{}&fc00::-64", key(&subnets[1])),
+    ];
+    let intact = |when: &str| {
+        let h0 = &c.hosts[0];
+        let routes = h0.sh("ip route");
+        let to1 = format!("{} via {} dev ul0 proto 73", subnets[1], c.underlay_ip(1));
+        assert!(
+            routes.contains(&to1),
+            "{when}: {routes}\n{}",
+            agents[0].log()
+        );
+        assert!(!routes.contains(&writer), "{when}: {routes}");
+        assert!(
+            h0.sh("ip route show dev cni0").contains(&subnets[0]),
+            "{when}: host 0's own subnet route: {routes}\n{}",
+            agents[0].log()
+        );
+        assert!(a.ping(&bip) && b.ping(&aip), "{when}");
+    };
+    for k in &hostile {
+        etcd.ctl(&format!(
+            "put '{k}' '{}'",
+            lease_value(&writer, "0e:00:00:00:00:07")
+        ));
+    }
+    // the watch delivers in milliseconds; a reconcile (every second) runs too
+    std::thread::sleep(Duration::from_secs(2));
+    intact("after the puts");
+    for k in &hostile {
+        etcd.ctl(&format!("del '{k}'"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    intact("after the deletes");
+    for k in &hostile {
+        assert!(
+            agents[0].log().contains(&format!("ignoring {k}: ")),
+            "{k}: {}",
+            agents[0].log()
+        );
+    }
+    assert_eq!(agents[0].log().matches("holding ").count(), 1);
+}
+
+#[test]
+fn a_dual_stack_key_of_flanneld_is_read_by_its_ipv4_part() {
+    let net = r#"{"Network":"10.251.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let c = Cluster::new(2, "192.168.87", 1500);
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!("put {PREFIX}/config '{net}'"));
+    // flanneld ran dual stack: host 0's lease and another node's are dual-stack keys
+    let ds = |ip: &str, v6: &str, mac: &str| {
+        format!(
+            r#"{{"PublicIP":"{ip}","PublicIPv6":"{v6}","BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}},"BackendV6Data":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
+        )
+    };
+    let lease = etcd.ctl("lease grant 60");
+    let id = lease.split_whitespace().nth(1).unwrap();
+    let (own, other) = (
+        format!("{}&fc00:0:0:7::-64", key("10.251.7.0/24")),
+        format!("{}&fc00:0:0:9::-64", key("10.251.9.0/24")),
+    );
+    let u0 = c.underlay_ip(0);
+    let flanneld = c.spare_ip(5);
+    etcd.ctl(&format!(
+        "put --lease={id} '{own}' '{}'",
+        ds(&u0, "fc00::10", "0e:00:00:00:00:10")
+    ));
+    etcd.ctl(&format!(
+        "put --lease={id} '{other}' '{}'",
+        ds(&flanneld, "fc00::5", "0e:00:00:00:00:05")
+    ));
+    let agents: Vec<Agent> = c
+        .hosts
+        .iter()
+        .map(|h| Agent::start(h, &etcd, 60, 10))
+        .collect();
+    assert_eq!(agents[0].subnet(20), "10.251.7.0/24", "{}", agents[0].log());
+    assert!(
+        agents[0].log().contains("took back 10.251.7.0/24"),
+        "{}",
+        agents[0].log()
+    );
+    assert!(!agents[0].log().contains("no subnet claimed"));
+    // the lease moved to the plain key the agent renews; the other stays flanneld's
+    let keys: Vec<String> = etcd
+        .get_prefix(&format!("{PREFIX}/subnets/"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        keys.contains(&key("10.251.7.0/24")) && !keys.contains(&own),
+        "{keys:?}"
+    );
+    assert!(keys.contains(&other), "{keys:?}");
+    let s1 = agents[1].subnet(20);
+    let seen = within(Duration::from_secs(5), || {
+        programmed(&c.hosts[1], "10.251.7.0/24", &u0)
+            && (0..2).all(|h| programmed(&c.hosts[h], "10.251.9.0/24", &flanneld))
+            && programmed(&c.hosts[0], &s1, &c.underlay_ip(1))
+    });
+    assert!(seen.is_some(), "{}\n{}", agents[0].log(), agents[1].log());
+    for a in &agents {
+        assert_eq!(a.log().matches("holding ").count(), 1, "{}", a.log());
+    }
+}
+
+#[test]
+fn no_content_of_the_config_key_costs_a_node_its_lease_or_routes() {
+    let ttl = 3;
+    let net = r#"{"Network":"10.252.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let (mut c, etcd, mut agents, subnets) = start_cluster(2, "192.168.88", net, ttl, 1);
+    let (a, _) = attach(&c.hosts[0], &agents[0].conf(&etcd), "g0");
+    let (_b, bip) = attach(&c.hosts[1], &agents[1].conf(&etcd), "g1");
+    assert!(a.ping(&bip));
+    // damaged, another network (no node's subnet is in it), an MTU the underlay cannot
+    // carry, another backend, then deleted: each held for longer than a lease lasts
+    for bad in [
+        "{not json",
+        r#"{"Network":"10.99.0.0/16","Backend":{"Type":"vxlan"}}"#,
+        r#"{"Network":"10.252.0.0/16","Backend":{"Type":"vxlan","MTU":9000}}"#,
+        r#"{"Network":"10.252.0.0/16","Backend":{"Type":"udp"}}"#,
+    ] {
+        etcd.ctl(&format!("put {PREFIX}/config '{bad}'"));
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    etcd.ctl(&format!("del {PREFIX}/config"));
+    std::thread::sleep(Duration::from_secs(2 * ttl + 1));
+    let leases = etcd.get_prefix(&format!("{PREFIX}/subnets/"));
+    for (i, s) in subnets.iter().enumerate() {
+        assert!(
+            leases.iter().any(|(k, _)| *k == key(s)),
+            "host {i}'s lease {s} in {leases:?}\n{}",
+            agents[i].log()
+        );
+        assert!(agents[i].exited().is_none(), "{}", agents[i].log());
+    }
+    assert!(programmed(&c.hosts[0], &subnets[1], &c.underlay_ip(1)));
+    assert!(programmed(&c.hosts[1], &subnets[0], &c.underlay_ip(0)));
+    assert!(a.ping(&bip));
+    assert!(
+        agents[0]
+            .log()
+            .contains(&format!("refusing {PREFIX}/config")),
+        "{}",
+        agents[0].log()
+    );
+    // a fresh agent has no good config to keep: it waits, and claims once there is one
+    let j = c.add_host();
+    agents.push(Agent::start(&c.hosts[j], &etcd, ttl, 1));
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agents[j].subnet_env().is_none(), "{}", agents[j].log());
+    assert!(agents[j].exited().is_none(), "{}", agents[j].log());
+    etcd.ctl(&format!("put {PREFIX}/config '{net}'"));
+    let js = agents[j].subnet(15);
+    let seen = within(Duration::from_secs(5), || {
+        (0..2).all(|h| programmed(&c.hosts[h], &js, &c.underlay_ip(j)))
+    });
+    assert!(seen.is_some(), "{}", agents[0].log());
+    // no session of the first two ended through all this
+    for a in &agents[..2] {
+        assert_eq!(a.log().matches("holding ").count(), 1, "{}", a.log());
+    }
+}
+
+#[test]
+fn large_values_in_etcd_cost_no_node_its_lease() {
+    let net = r#"{"Network":"10.253.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let (c, etcd, mut agents, subnets) = start_cluster(2, "192.168.89", net, 60, 10);
+    // values of 1.2 MB (etcd takes up to 1.5 MiB a request): four are over gRPC's
+    // default 4 MiB response, sixteen over the agent's 16 MiB; under lease keys and
+    // under other keys
+    let big = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(big.path(), vec![b'x'; 1_200_000]).unwrap();
+    let mut keys = vec![key("10.253.200.0/24"), key("10.253.201.0/24")];
+    keys.extend((0..14).map(|i| format!("{PREFIX}/subnets/junk-{i}")));
+    for k in &keys {
+        etcd.ctl(&format!("put '{k}' < {}", big.path().display()));
+    }
+    // a restarted agent lists them all and takes back its subnet
+    agents[1].sigkill();
+    assert_eq!(
+        agents[1].restart_and_wait(10),
+        subnets[1],
+        "{}",
+        agents[1].log()
+    );
+    assert!(
+        agents[1]
+            .log()
+            .contains(&format!("ignoring {}: its value is 1200000 bytes", keys[0])),
+        "{}",
+        agents[1].log()
+    );
+    let seen = within(Duration::from_secs(5), || {
+        programmed(&c.hosts[1], &subnets[0], &c.underlay_ip(0))
+            && programmed(&c.hosts[0], &subnets[1], &c.underlay_ip(1))
+    });
+    assert!(seen.is_some(), "{}\n{}", agents[0].log(), agents[1].log());
+    assert!(!c.hosts[0]
+        .sh("ip route show proto 73")
+        .contains("10.253.200."));
+    assert_eq!(
+        agents[0].log().matches("holding ").count(),
+        1,
+        "{}",
+        agents[0].log()
+    );
+}
+
+/// Puts the leases of fake vxlan peers i in `range`: `10.254.<128 + i/16>.<i%16 * 16>/28`
+/// at 10.9.<i/250>.<i%250 + 1>, each its own put (its own watch event) `gap_ms` apart,
+/// through etcd's JSON gateway (etcdctl would start a process per key).
+fn put_fake_peers(etcd: &Etcd, range: std::ops::Range<u32>, gap_ms: u32) {
+    let script = format!(
+        r#"python3 - <<'EOF'
+import base64, json, time, urllib.request
+b = lambda s: base64.b64encode(s.encode()).decode()
+for i in range({}, {}):
+    key = "{PREFIX}/subnets/10.254.%d.%d-28" % (128 + i // 16, (i % 16) * 16)
+    value = json.dumps({{"PublicIP": "10.9.%d.%d" % (i // 250, i % 250 + 1), "PublicIPv6": None,
+        "BackendType": "vxlan", "BackendData": {{"VNI": 1, "VtepMAC": "0e:00:00:00:%02x:%02x" % (i // 256, i % 256)}}}})
+    req = urllib.request.Request("{}/v3/kv/put", data=json.dumps({{"key": b(key), "value": b(value)}}).encode())
+    urllib.request.urlopen(req, timeout=5).read()
+    time.sleep({gap_ms} / 1000)
+EOF"#,
+        range.start, range.end, etcd.url
+    );
+    let out = etcd.ns.exec(&script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_watch_event_costs_what_it_changes() {
+    // 2,000 peers listed at start, then 21 events: each may cost its own peer's few
+    // netlink requests, not a pass over the 2,000 (the agent picks its own subnet low in
+    // the network, below the fake peers')
+    let net = r#"{"Network":"10.254.0.0/16","SubnetLen":28,"Backend":{"Type":"vxlan"}}"#;
+    let c = Cluster::new(1, "192.168.90", 1500);
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!("put {PREFIX}/config '{net}'"));
+    put_fake_peers(&etcd, 0..2000, 0);
+    let agent = Agent::start(&c.hosts[0], &etcd, 60, 3600);
+    let routes = |n: usize| {
+        within(Duration::from_secs(30), || {
+            c.hosts[0].sh("ip route show proto 73").lines().count() == n
+        })
+    };
+    assert!(routes(2000).is_some(), "{}", agent.log());
+    std::thread::sleep(Duration::from_millis(500));
+    let before = agent.cpu();
+    put_fake_peers(&etcd, 2000..2020, 50);
+    assert!(routes(2020).is_some(), "{}", agent.log());
+    // and one removed: only its state goes
+    etcd.ctl(&format!("del {PREFIX}/subnets/10.254.254.48-28"));
+    assert!(routes(2019).is_some(), "{}", agent.log());
+    let spent = agent.cpu() - before;
+    eprintln!("21 watch events at 2,000 peers: {spent:?} of the agent's CPU");
+    assert!(
+        spent < Duration::from_millis(200),
+        "21 events cost {spent:?} of CPU"
+    );
+    assert!(!c.hosts[0]
+        .sh("ip route show proto 73")
+        .contains("10.254.254.48/28"));
+    assert!(programmed(&c.hosts[0], "10.254.254.32/28", "10.9.8.19"));
 }

@@ -20,7 +20,7 @@ use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
 
 use crate::etcd;
-use crate::flannel::{lease_key, subnet_of_key, LeaseAttrs, Network};
+use crate::flannel::{lease_key, LeaseAttrs, Network};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -62,6 +62,19 @@ impl Held {
     }
 }
 
+/// One peer's change from a watch event: as it was programmed, and as it is now.
+struct Change {
+    old: Option<Peer>,
+    new: Option<Peer>,
+}
+
+/// A peer, with the key it was read from: only that key changes or removes it.
+#[derive(Debug, Clone, PartialEq)]
+struct Known {
+    key: String,
+    peer: Peer,
+}
+
 pub struct Agent {
     overlay: Overlay,
     etcd: Etcd,
@@ -71,11 +84,13 @@ pub struct Agent {
     reconcile_every: Duration,
     held: Option<Held>,
     /// The peers as programmed, by subnet.
-    peers: BTreeMap<Ipv4Network, Peer>,
+    peers: BTreeMap<Ipv4Network, Known>,
     /// The etcd lease our key is bound to.
     lease: Option<i64>,
     /// The last kernel failure logged (each is said once, not at every reconcile).
     kernel_trouble: Option<String>,
+    /// Why `<prefix>/config` was last refused (said once).
+    config_refused: Option<String>,
 }
 
 impl Agent {
@@ -98,6 +113,7 @@ impl Agent {
             peers: BTreeMap::new(),
             lease: None,
             kernel_trouble: None,
+            config_refused: None,
         })
     }
 
@@ -141,16 +157,23 @@ impl Agent {
         let mut c = etcd::connect(&self.etcd, &self.options)
             .await
             .map_err(retry)?;
-        let net = self.network(&mut c).await?;
-        let underlay = node::underlay(&self.nl, self.overlay.underlay_interface.as_deref())
-            .await
-            .map_err(|e| retry(format!("underlay: {e}")))?;
+        let config = self.config(&mut c).await?;
+        let underlay =
+            match node::underlay(&self.nl, self.overlay.underlay_interface.as_deref()).await {
+                Ok(u) => u,
+                Err(e) => {
+                    // A plugin config that etcd's contradicts stops the agent all the same.
+                    self.judge(config.as_deref(), None)?;
+                    return Err(retry(format!("underlay: {e}")));
+                }
+            };
+        let net = self.judge(config.as_deref(), Some(&underlay))?;
         let lease = self.etcd_lease(&mut c).await?;
-        let listing = etcd::leases(&mut c, &prefix).await.map_err(retry)?;
+        let listing = etcd::leases(&mut c, &prefix, &net).await.map_err(retry)?;
         let (subnet, listing) = self.claim(&mut c, &net, &underlay, lease, listing).await?;
         self.settle(net, underlay, subnet).await?;
         self.set_peers(&listing);
-        self.program().await;
+        self.program(None).await;
         let mut watch = etcd::watch(&mut c, &prefix, listing.revision + 1)
             .await
             .map_err(retry)?;
@@ -171,8 +194,9 @@ impl Agent {
                     let resp = m
                         .map_err(|e| retry(format!("etcd watch: {e}")))?
                         .ok_or_else(|| retry("etcd ended the watch".into()))?;
-                    if self.apply(&resp)? {
-                        self.program().await;
+                    let changes = self.apply(&resp)?;
+                    if !changes.is_empty() {
+                        self.program(Some(&changes)).await;
                     }
                 }
                 _ = renew.tick() => {
@@ -202,10 +226,14 @@ impl Agent {
     }
 
     /// `<prefix>/config` as this session read it: a change starts a new session, which
-    /// applies it (or stops the agent if our subnet is no longer in it). The watch sees
-    /// changes at once; this catches one made between the session's read and its list.
-    async fn same_network(&self, c: &mut Client) -> Result<(), Stop> {
-        let net = self.network(c).await?;
+    /// applies it. The watch sees changes at once; this catches one made between the
+    /// session's read and its list.
+    async fn same_network(&mut self, c: &mut Client) -> Result<(), Stop> {
+        let Some(underlay) = self.held.as_ref().map(|h| h.underlay.clone()) else {
+            return Ok(());
+        };
+        let config = self.config(c).await?;
+        let net = self.judge(config.as_deref(), Some(&underlay))?;
         match &self.held {
             Some(h) if h.net != net => Err(retry(format!(
                 "{}/config changed; starting over",
@@ -215,15 +243,62 @@ impl Agent {
         }
     }
 
-    /// `<prefix>/config`, with flannel's defaults, checked against the plugin config.
-    async fn network(&self, c: &mut Client) -> Result<Network, Stop> {
+    /// `<prefix>/config` as etcd holds it (None: not there), for [`Agent::judge`].
+    async fn config(&self, c: &mut Client) -> Result<Option<Vec<u8>>, Stop> {
         let key = format!("{}/config", self.etcd.prefix);
-        let raw = etcd::get(c, &key).await.map_err(retry)?.ok_or_else(|| {
+        etcd::get(c, &key).await.map_err(retry)
+    }
+
+    /// The network this node serves, given `<prefix>/config`'s content (None: deleted).
+    /// Anyone may write that key: once this node holds a subnet, content it cannot serve
+    /// (damaged, deleted, another network, an MTU the underlay cannot carry) is refused
+    /// with one log line and the network it holds stays, with its lease and its kernel
+    /// state (flanneld reads the config once). Before that, the session fails and is
+    /// retried with the backoff, or the agent stops if the plugin config disagrees.
+    /// Without `underlay` the MTU is not checked.
+    fn judge(&mut self, raw: Option<&[u8]>, underlay: Option<&Underlay>) -> Result<Network, Stop> {
+        let key = format!("{}/config", self.etcd.prefix);
+        let (net, refused) = match (self.read_network(&key, raw, underlay), &self.held) {
+            (Ok(net), _) => {
+                if self.config_refused.take().is_some() {
+                    log(&format!("{key} is one this node serves again"));
+                }
+                return Ok(net);
+            }
+            (Err(Stop::Retry(why) | Stop::Fatal(why)), Some(h)) => (h.net.clone(), why),
+            (Err(stop), None) => return Err(stop),
+        };
+        if self.config_refused.as_ref() != Some(&refused) {
+            log(&format!(
+                "refusing {key}: {refused}; keeping {} as this node holds it",
+                net.network
+            ));
+            self.config_refused = Some(refused);
+        }
+        Ok(net)
+    }
+
+    /// `<prefix>/config`, with flannel's defaults, checked against the plugin config and
+    /// the underlay.
+    fn read_network(
+        &self,
+        key: &str,
+        raw: Option<&[u8]>,
+        underlay: Option<&Underlay>,
+    ) -> Result<Network, Stop> {
+        let raw = raw.ok_or_else(|| {
             retry(format!(
-                "{key} is not written yet (etcdctl put {key} '{{\"Network\":…}}')"
+                "{key} is not written (etcdctl put {key} '{{\"Network\":…}}')"
             ))
         })?;
-        let net = Network::parse(&raw).map_err(|e| retry(format!("{key}: {e}")))?;
+        if raw.len() > etcd::MAX_VALUE {
+            return Err(retry(format!(
+                "{key}: {} bytes, over {}",
+                raw.len(),
+                etcd::MAX_VALUE
+            )));
+        }
+        let net = Network::parse(raw).map_err(|e| retry(format!("{key}: {e}")))?;
         if let Some(n) = self.overlay.network.filter(|n| *n != net.network) {
             return Err(Stop::Fatal(format!(
                 "network: the config's {n} differs from etcd's {} ({key})",
@@ -238,11 +313,27 @@ impl Agent {
         }
         if let Some(h) = self.held.as_ref().filter(|h| !net.fits(h.subnet)) {
             return Err(Stop::Fatal(format!(
-                "{key} changed: this node's {} is no longer one of its subnets",
+                "this node's {} is not one of its subnets",
                 h.subnet
             )));
         }
+        if let Some(u) = underlay {
+            self.mtu(&net, u).map_err(Stop::Fatal)?;
+        }
         Ok(net)
+    }
+
+    /// The device's MTU: etcd's, else the plugin config's, else what the underlay carries.
+    fn mtu(&self, net: &Network, underlay: &Underlay) -> Result<u32, String> {
+        let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
+        let mtu = net.mtu.or(self.overlay.mtu).unwrap_or(fits);
+        if mtu > fits {
+            return Err(format!(
+                "MTU {mtu} does not fit the underlay {} (MTU {}, at most {fits} in VXLAN)",
+                underlay.link.name, underlay.link.mtu
+            ));
+        }
+        Ok(mtu)
     }
 
     /// The etcd lease our key lives under: the one we had while etcd still has it.
@@ -283,34 +374,38 @@ impl Agent {
         // Subnets another node took while we tried: not tried again in this claim.
         let mut lost: Vec<Ipv4Network> = Vec::new();
         for _ in 0..CLAIM_TRIES {
-            let ours: Vec<&etcd::Listed> = listing
-                .leases
-                .iter()
+            let ours: Vec<&etcd::Listed> = (listing.leases.iter())
                 .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == underlay.ip))
+                .filter(|l| !lost.contains(&l.subnet))
                 .collect();
             if let Some(l) = ours.iter().find(|l| net.fits(l.subnet)) {
-                let key = lease_key(&prefix, l.subnet);
-                if etcd::replace(c, &key, &attrs, lease, l.mod_revision)
+                // A dual-stack key (flanneld's) moves to the plain key we keep renewing.
+                let (from, subnet) = (l.key.clone(), l.subnet);
+                let key = lease_key(&prefix, subnet);
+                if etcd::replace(c, &from, &key, &attrs, lease, l.mod_revision)
                     .await
                     .map_err(retry)?
                 {
                     log(&format!(
-                        "took back {}: its lease names {}",
-                        l.subnet, underlay.ip
+                        "took back {subnet}: its lease {from} names {}",
+                        underlay.ip
                     ));
-                    return Ok((l.subnet, listing));
+                    listing.leases.retain(|l| l.key != from || from == key);
+                    return Ok((subnet, listing));
                 }
-                listing = etcd::leases(c, &prefix).await.map_err(retry)?;
+                // Changed since listed, or its plain key is someone else's: not ours to
+                // try again in this claim (a key tried forever would be a spin).
+                log(&format!("{from} changed meanwhile; listing again"));
+                lost.push(subnet);
+                listing = etcd::leases(c, &prefix, net).await.map_err(retry)?;
                 continue;
             } else {
                 for l in ours {
                     log(&format!(
                         "removing our lease {}: not a subnet of the network any more",
-                        l.subnet
+                        l.key
                     ));
-                    etcd::delete(c, &lease_key(&prefix, l.subnet))
-                        .await
-                        .map_err(retry)?;
+                    etcd::delete(c, &l.key).await.map_err(retry)?;
                 }
             }
             let mut taken = listing.taken();
@@ -341,7 +436,7 @@ impl Agent {
                 "{s} was claimed by another node meanwhile; listing again"
             ));
             lost.push(s);
-            listing = etcd::leases(c, &prefix).await.map_err(retry)?;
+            listing = etcd::leases(c, &prefix, net).await.map_err(retry)?;
         }
         Err(retry(format!("no subnet claimed in {CLAIM_TRIES} tries")))
     }
@@ -359,14 +454,7 @@ impl Agent {
                 h.subnet
             ));
         }
-        let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
-        let mtu = net.mtu.or(self.overlay.mtu).unwrap_or(fits);
-        if mtu > fits {
-            return Err(Stop::Fatal(format!(
-                "MTU {mtu} does not fit the underlay {} (MTU {}, at most {fits} in VXLAN)",
-                underlay.link.name, underlay.link.mtu
-            )));
-        }
+        let mtu = self.mtu(&net, &underlay).map_err(Stop::Fatal)?;
         let vtep = Vxlan {
             name: vtep_name(net.vni),
             vni: net.vni,
@@ -419,36 +507,60 @@ impl Agent {
         Ok(())
     }
 
-    /// The peer a lease names: another node's vxlan lease of one of the network's
-    /// subnets, with a unicast VTEP MAC (an all-zero one would be the device's default
-    /// destination: every unknown frame would go there).
-    fn peer(&self, s: Ipv4Network, a: &LeaseAttrs) -> Option<Peer> {
-        let h = self.held.as_ref()?;
-        let of_network = s.prefix() == h.net.subnet_len && h.net.network.contains(s.network());
-        let ip = a.public_ip;
-        let routable =
-            !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast());
-        if s == h.subnet || ip == h.underlay.ip || !of_network || !routable {
-            return None;
+    /// The peer a lease names: another node's vxlan lease, with a unicast VTEP MAC (an
+    /// all-zero one would be the device's default destination: every unknown frame would
+    /// go there). The subnet is one of the network's (`Network::lease_of_key`).
+    fn peer(&self, s: Ipv4Network, a: Option<&LeaseAttrs>) -> Result<Peer, String> {
+        let h = self.held.as_ref().ok_or("no subnet held yet")?;
+        if s == h.subnet {
+            return Err(format!("it names this node's subnet {s}"));
         }
-        let mac = a.vtep_mac().filter(|m| m[0] & 1 == 0 && *m != [0; 6])?;
-        Some(Peer {
+        let a = a.ok_or("its value is not a lease we read")?;
+        let ip = a.public_ip;
+        if ip == h.underlay.ip {
+            return Err(format!("it names this node's address {ip}"));
+        }
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
+            return Err(format!("PublicIP {ip} is not a node's address"));
+        }
+        let mac = (a.vtep_mac())
+            .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+            .ok_or("no vxlan lease with a unicast VtepMAC")?;
+        Ok(Peer {
             subnet: s,
-            underlay_ip: a.public_ip,
+            underlay_ip: ip,
             mac,
         })
     }
 
-    /// Replaces the peer table, logging each change.
+    /// Replaces the peer table, logging each change. Of two keys naming one subnet (a
+    /// dual-stack one and a plain one), the older holds it.
     fn set_peers(&mut self, listing: &etcd::Listing) {
-        let new: BTreeMap<Ipv4Network, Peer> = listing
-            .leases
-            .iter()
-            .filter_map(|l| Some((l.subnet, self.peer(l.subnet, l.attrs.as_ref()?)?)))
+        let own = self
+            .held
+            .as_ref()
+            .map(|h| lease_key(&self.etcd.prefix, h.subnet));
+        let mut leases: Vec<&etcd::Listed> = (listing.leases.iter())
+            .filter(|l| Some(&l.key) != own.as_ref())
             .collect();
-        for (s, p) in &new {
-            if self.peers.get(s) != Some(p) {
-                log(&added(p));
+        leases.sort_by_key(|l| l.create_revision);
+        let mut new: BTreeMap<Ipv4Network, Known> = BTreeMap::new();
+        for l in leases {
+            if let Some(k) = new.get(&l.subnet) {
+                log(&format!("ignoring {}: {} holds {}", l.key, k.key, l.subnet));
+                continue;
+            }
+            match self.peer(l.subnet, l.attrs.as_ref()) {
+                Ok(peer) => {
+                    let key = l.key.clone();
+                    new.insert(l.subnet, Known { key, peer });
+                }
+                Err(why) => log(&format!("ignoring {}: {why}", l.key)),
+            }
+        }
+        for (s, k) in &new {
+            if self.peers.get(s).map(|o| &o.peer) != Some(&k.peer) {
+                log(&added(&k.peer));
             }
         }
         for s in self.peers.keys().filter(|s| !new.contains_key(s)) {
@@ -457,10 +569,10 @@ impl Agent {
         self.peers = new;
     }
 
-    /// One watch response: leases put or gone; whether the peer table changed. Our own
-    /// key gone or taken ends the session (the next one claims it again), and so does a
-    /// new network config (the next one applies it).
-    fn apply(&mut self, resp: &WatchResponse) -> Result<bool, Stop> {
+    /// One watch response: leases put or gone; what it changed of the peer table. Our
+    /// own key gone or taken ends the session (the next one claims it again), and so
+    /// does a new network config (the next one applies it).
+    fn apply(&mut self, resp: &WatchResponse) -> Result<Vec<Change>, Stop> {
         if resp.canceled() || resp.compact_revision() > 0 {
             return Err(retry(format!(
                 "etcd canceled the watch (compacted at {}: {}); listing again",
@@ -468,57 +580,110 @@ impl Agent {
                 resp.cancel_reason()
             )));
         }
-        let own = self.held.as_ref().map(|h| (h.subnet, h.underlay.ip));
-        let mut changed = false;
+        let Some(h) = self.held.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let (net, underlay) = (h.net.clone(), h.underlay.clone());
+        let own = lease_key(&self.etcd.prefix, h.subnet);
+        let mut changes = Vec::new();
         let config = format!("{}/config", self.etcd.prefix);
         for ev in resp.events() {
             let Some(kv) = ev.kv() else { continue };
-            let key = std::str::from_utf8(kv.key()).unwrap_or_default();
+            let key = String::from_utf8_lossy(kv.key());
+            let put = ev.event_type() == EventType::Put;
             if key == config {
-                return Err(retry(format!("{config} changed; starting over")));
-            }
-            let Some(s) = subnet_of_key(&self.etcd.prefix, key) else {
+                // A new network starts a new session, which applies it; one this node
+                // cannot serve is refused and changes nothing.
+                if self.judge(put.then(|| kv.value()), Some(&underlay))? != net {
+                    return Err(retry(format!("{config} changed; starting over")));
+                }
                 continue;
+            }
+            let s = match net.lease_of_key(&self.etcd.prefix, &key) {
+                None => continue,
+                Some(Err(why)) => {
+                    log(&format!("ignoring {key}: {why}"));
+                    continue;
+                }
+                Some(Ok(s)) => s,
             };
-            let attrs = match ev.event_type() {
-                EventType::Put => LeaseAttrs::parse(kv.value()),
-                EventType::Delete => None,
-            };
-            if let Some((_, ip)) = own.filter(|(subnet, _)| *subnet == s) {
-                if attrs.as_ref().is_none_or(|a| a.public_ip != ip) {
+            let attrs = put
+                .then(|| etcd::bounded_value(&key, kv.value()).and_then(LeaseAttrs::parse))
+                .flatten();
+            if key == own {
+                if attrs.is_none_or(|a| a.public_ip != underlay.ip) {
                     return Err(retry(format!(
                         "our lease {s} was deleted or taken; claiming again"
                     )));
                 }
                 continue;
             }
-            match attrs.and_then(|a| self.peer(s, &a)) {
-                Some(p) => {
-                    if self.peers.get(&s) != Some(&p) {
-                        log(&added(&p));
-                        self.peers.insert(s, p);
-                        changed = true;
+            if let Some(k) = self.peers.get(&s).filter(|k| k.key != key) {
+                if put {
+                    log(&format!("ignoring {key}: {} holds {s}", k.key));
+                }
+                continue;
+            }
+            match self.peer(s, attrs.as_ref()) {
+                Ok(peer) => {
+                    if self.peers.get(&s).map(|k| &k.peer) != Some(&peer) {
+                        log(&added(&peer));
+                        let key = key.into_owned();
+                        let old = self.peers.insert(
+                            s,
+                            Known {
+                                key,
+                                peer: peer.clone(),
+                            },
+                        );
+                        changes.push(Change {
+                            old: old.map(|k| k.peer),
+                            new: Some(peer),
+                        });
                     }
                 }
-                None => {
-                    if self.peers.remove(&s).is_some() {
+                Err(why) => {
+                    if put {
+                        log(&format!("ignoring {key}: {why}"));
+                    }
+                    if let Some(k) = self.peers.remove(&s) {
                         log(&format!("peer {s} removed"));
-                        changed = true;
+                        changes.push(Change {
+                            old: Some(k.peer),
+                            new: None,
+                        });
                     }
                 }
             }
         }
-        Ok(changed)
+        Ok(changes)
     }
 
-    /// The device and every peer's state, as the table says. What the kernel refuses is
-    /// logged (once) and left to the next reconcile.
-    async fn program(&mut self) {
+    /// The device and the peers' state, as the table says: every peer (`changes` None:
+    /// a new table, a reconcile), or only what a watch event changed, so an event costs
+    /// what it changes, not the size of the cluster. What the kernel refuses is logged
+    /// (once) and left to the next reconcile.
+    async fn program(&mut self, changes: Option<&[Change]>) {
         let Some(h) = &self.held else { return };
-        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        let (nl, mesh, u) = (&self.nl, h.mesh(), &h.underlay);
         let pass = async {
-            let link = node::ensure_vtep(&self.nl, &h.vtep, h.subnet).await?;
-            node::program(&self.nl, &h.mesh(), &h.underlay, &link, &peers).await
+            let link = node::ensure_vtep(nl, &h.vtep, h.subnet).await?;
+            let Some(changes) = changes else {
+                let peers: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
+                return node::program(nl, &mesh, u, &link, &peers).await;
+            };
+            for c in changes {
+                if let Some(old) = &c.old {
+                    // Its FDB entry stays while another peer (or its new self) uses it.
+                    let shared = (self.peers.values())
+                        .any(|k| k.peer.mac == old.mac && k.peer.underlay_ip == old.underlay_ip);
+                    node::remove_peer(nl, &mesh, u, &link, old, shared).await?;
+                }
+                if let Some(new) = &c.new {
+                    node::add_peer(nl, &mesh, u, &link, new).await?;
+                }
+            }
+            Ok(())
         };
         let outcome = match tokio::time::timeout(KERNEL_WAIT, pass).await {
             Ok(r) => r.map_err(|e| e.to_string()),
@@ -538,7 +703,7 @@ impl Agent {
     /// what it refused before).
     async fn reconcile(&mut self) {
         let Some(h) = &self.held else { return };
-        let peers: Vec<Peer> = self.peers.values().cloned().collect();
+        let peers: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
         let mesh = h.mesh();
         let check = node::differences(&self.nl, &mesh, &h.underlay, &h.vtep, h.subnet, &peers);
         let missing = match tokio::time::timeout(KERNEL_WAIT, check).await {
@@ -550,7 +715,7 @@ impl Agent {
             if !missing.is_empty() {
                 log(&format!("reconcile: {}; restoring", missing.join("; ")));
             }
-            self.program().await;
+            self.program(None).await;
         }
     }
 
@@ -559,6 +724,7 @@ impl Agent {
         let key = lease_key(&self.etcd.prefix, subnet);
         let value = etcd::get(c, &key).await.map_err(retry)?;
         let ip = self.held.as_ref().map(|h| h.underlay.ip);
+        let value = value.filter(|v| v.len() <= etcd::MAX_VALUE);
         match value.as_deref().and_then(LeaseAttrs::parse) {
             Some(a) if Some(a.public_ip) == ip => Ok(()),
             _ => Err(retry(format!("our lease {subnet} is gone; claiming again"))),

@@ -8,14 +8,16 @@ use std::path::Path;
 use std::time::Duration;
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
     LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
     WatchStream,
 };
 use ipnetwork::Ipv4Network;
+use tokio::time::error::Elapsed;
 use vxlan_overlay::config::Etcd;
 
-use crate::flannel::{subnet_of_key, LeaseAttrs};
+use crate::agent::log;
+use crate::flannel::{LeaseAttrs, Network};
 
 /// No single call waits longer; an etcd that does not answer is an outage.
 pub const CALL_WAIT: Duration = Duration::from_secs(5);
@@ -26,11 +28,69 @@ async fn bounded<T>(
     what: &str,
     f: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
 ) -> Result<T> {
-    match tokio::time::timeout(CALL_WAIT, f).await {
+    outcome(what, tokio::time::timeout(CALL_WAIT, f).await)
+}
+
+/// A call's outcome within CALL_WAIT, as a line naming the call when it failed.
+fn outcome<T>(
+    what: &str,
+    r: std::result::Result<std::result::Result<T, etcd_client::Error>, Elapsed>,
+) -> Result<T> {
+    match r {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(format!("etcd {what}: {e}")),
         Err(_) => Err(format!("etcd {what}: no answer within {CALL_WAIT:?}")),
     }
+}
+
+/// The most one response may hold (gRPC's default, 4 MiB, is four lease-sized values of
+/// etcd's largest): anyone may write large values, so listings go in pages below it.
+const MAX_RESPONSE: usize = 16 << 20;
+/// A lease value is about 150 bytes, a network config a few hundred: anything over this
+/// is neither, and is ignored.
+pub const MAX_VALUE: usize = 64 << 10;
+/// Keys per page of a listing; halved while a page is over MAX_RESPONSE.
+const PAGE: i64 = 512;
+
+/// The KV calls, with responses up to MAX_RESPONSE.
+fn kv(c: &Client) -> KvClient {
+    c.kv_client().max_decoding_message_size(MAX_RESPONSE)
+}
+
+/// Whether a call failed because its response was over MAX_RESPONSE (tonic's check).
+fn too_large(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s) if s.message().contains("message length too large"))
+}
+
+/// A value, unless it is over MAX_VALUE (then said in a log line naming the key).
+pub fn bounded_value<'a>(key: &str, value: &'a [u8]) -> Option<&'a [u8]> {
+    if value.len() > MAX_VALUE {
+        log(&format!(
+            "ignoring {key}: its value is {} bytes, over {MAX_VALUE}",
+            value.len()
+        ));
+        return None;
+    }
+    Some(value)
+}
+
+/// The key after `key` in etcd's order.
+fn after(key: &[u8]) -> Vec<u8> {
+    let mut k = key.to_vec();
+    k.push(0);
+    k
+}
+
+/// The end of the range of keys starting with `prefix`.
+fn range_end(prefix: &str) -> Vec<u8> {
+    let mut end = prefix.as_bytes().to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
 }
 
 /// HTTP/2 pings: a silent etcd ends the session within interval + timeout. etcd closes
@@ -80,11 +140,15 @@ pub async fn connect(e: &Etcd, opts: &ConnectOptions) -> Result<Client> {
 /// One lease as listed.
 #[derive(Debug, Clone)]
 pub struct Listed {
+    /// The key as written (a dual-stack key names more than the subnet).
+    pub key: String,
     pub subnet: Ipv4Network,
     /// None when the value is not one we read (another backend's, or damaged): the
     /// subnet is taken all the same.
     pub attrs: Option<LeaseAttrs>,
     pub mod_revision: i64,
+    /// Of two keys naming one subnet, the older one holds it.
+    pub create_revision: i64,
 }
 
 /// Every lease, and the revision they were read at (the watch starts after it).
@@ -99,26 +163,66 @@ impl Listing {
     }
 }
 
-/// The leases under `<prefix>/subnets/`; keys that are not flannel's are passed over.
-pub async fn leases(c: &mut Client, prefix: &str) -> Result<Listing> {
+/// The leases of `net` under `<prefix>/subnets/`, read in pages at one revision; keys
+/// that name none of its subnets exactly, and values over MAX_VALUE, are passed over,
+/// each with a log line.
+pub async fn leases(c: &mut Client, prefix: &str, net: &Network) -> Result<Listing> {
     let dir = format!("{prefix}/subnets/");
-    let r = bounded(
-        &format!("list {dir}"),
-        c.get(dir.as_str(), Some(GetOptions::new().with_prefix())),
-    )
-    .await?;
-    let leases = r
-        .kvs()
-        .iter()
-        .filter_map(|kv| {
-            Some(Listed {
-                subnet: subnet_of_key(prefix, std::str::from_utf8(kv.key()).ok()?)?,
-                attrs: LeaseAttrs::parse(kv.value()),
-                mod_revision: kv.mod_revision(),
-            })
-        })
-        .collect();
-    let revision = r.header().map_or(0, |h| h.revision());
+    let end = range_end(&dir);
+    let mut kvc = kv(c);
+    let mut from = dir.clone().into_bytes();
+    let (mut revision, mut limit) = (0, PAGE);
+    let mut leases = Vec::new();
+    loop {
+        let mut opts = GetOptions::new().with_range(end.clone()).with_limit(limit);
+        if revision > 0 {
+            opts = opts.with_revision(revision);
+        }
+        let what = format!("list {dir} from {}", String::from_utf8_lossy(&from));
+        let r = match tokio::time::timeout(CALL_WAIT, kvc.get(from.clone(), Some(opts))).await {
+            Ok(Err(e)) if too_large(&e) && limit > 1 => {
+                limit /= 2;
+                continue;
+            }
+            Ok(Err(e)) if too_large(&e) => {
+                // One key and value over MAX_RESPONSE: passed over by its key.
+                let opts = GetOptions::new()
+                    .with_range(end.clone())
+                    .with_limit(1)
+                    .with_keys_only()
+                    .with_revision(revision);
+                let r = bounded(&what, kvc.get(from.clone(), Some(opts))).await?;
+                let Some(kv) = r.kvs().first() else { break };
+                let key = String::from_utf8_lossy(kv.key());
+                log(&format!("ignoring {key}: over {MAX_RESPONSE} bytes"));
+                from = after(kv.key());
+                continue;
+            }
+            r => outcome(&what, r)?,
+        };
+        if revision == 0 {
+            revision = r.header().map_or(0, |h| h.revision());
+        }
+        for kv in r.kvs() {
+            let key = String::from_utf8_lossy(kv.key());
+            match net.lease_of_key(prefix, &key) {
+                Some(Ok(subnet)) => leases.push(Listed {
+                    attrs: bounded_value(&key, kv.value()).and_then(LeaseAttrs::parse),
+                    key: key.into_owned(),
+                    subnet,
+                    mod_revision: kv.mod_revision(),
+                    create_revision: kv.create_revision(),
+                }),
+                Some(Err(why)) => log(&format!("ignoring {key}: {why}")),
+                None => {}
+            }
+        }
+        match r.kvs().last() {
+            Some(last) if r.more() => from = after(last.key()),
+            _ => break,
+        }
+        limit = PAGE;
+    }
     Ok(Listing { leases, revision })
 }
 
@@ -143,33 +247,53 @@ pub async fn keep_alive(c: &mut Client, id: i64) -> Result<(LeaseKeeper, LeaseKe
 /// Writes `key` only if no one holds it: two nodes never get one subnet.
 pub async fn create(c: &mut Client, key: &str, value: &str, lease: i64) -> Result<bool> {
     let unheld = Compare::version(key, CompareOp::Equal, 0);
-    put_if(c, unheld, key, value, lease, "create").await
+    put_if(c, vec![unheld], key, value, lease, None, "create").await
 }
 
-/// Writes `key` if it is still as listed (`mod_revision`): our own lease, found by our
-/// underlay address, and not someone's newer claim.
+/// Writes `key` if `listed` is still as listed (`mod_revision`): our own lease, found by
+/// our underlay address, and not someone's newer claim. When `listed` is another key
+/// naming the subnet (flanneld's dual-stack key), it goes in the same transaction, and
+/// only if no one holds `key`.
 pub async fn replace(
     c: &mut Client,
+    listed: &str,
     key: &str,
     value: &str,
     lease: i64,
     mod_revision: i64,
 ) -> Result<bool> {
-    let as_listed = Compare::mod_revision(key, CompareOp::Equal, mod_revision);
-    put_if(c, as_listed, key, value, lease, "replace").await
+    let as_listed = Compare::mod_revision(listed, CompareOp::Equal, mod_revision);
+    if listed == key {
+        return put_if(c, vec![as_listed], key, value, lease, None, "replace").await;
+    }
+    let unheld = Compare::version(key, CompareOp::Equal, 0);
+    let moved = TxnOp::delete(listed, None);
+    put_if(
+        c,
+        vec![as_listed, unheld],
+        key,
+        value,
+        lease,
+        Some(moved),
+        "replace",
+    )
+    .await
 }
 
-/// Puts `key` under `lease` in one transaction if `cmp` holds; whether it did.
+/// Puts `key` under `lease` (and runs `also`) in one transaction if `cmp` holds; whether
+/// it did.
 async fn put_if(
     c: &mut Client,
-    cmp: Compare,
+    cmp: Vec<Compare>,
     key: &str,
     value: &str,
     lease: i64,
+    also: Option<TxnOp>,
     what: &str,
 ) -> Result<bool> {
     let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
-    let txn = Txn::new().when([cmp]).and_then([put]);
+    let ops: Vec<TxnOp> = std::iter::once(put).chain(also).collect();
+    let txn = Txn::new().when(cmp).and_then(ops);
     Ok(bounded(&format!("{what} {key}"), c.txn(txn))
         .await?
         .succeeded())
@@ -181,7 +305,7 @@ pub async fn delete(c: &mut Client, key: &str) -> Result<()> {
 }
 
 pub async fn get(c: &mut Client, key: &str) -> Result<Option<Vec<u8>>> {
-    let r = bounded(&format!("get {key}"), c.get(key, None)).await?;
+    let r = bounded(&format!("get {key}"), kv(c).get(key, None)).await?;
     Ok(r.kvs().first().map(|kv| kv.value().to_vec()))
 }
 
@@ -191,5 +315,6 @@ pub async fn watch(c: &mut Client, prefix: &str, revision: i64) -> Result<WatchS
     let opts = WatchOptions::new()
         .with_prefix()
         .with_start_revision(revision);
-    bounded(&format!("watch {dir}"), c.watch(dir.as_str(), Some(opts))).await
+    let mut w = c.watch_client().max_decoding_message_size(MAX_RESPONSE);
+    bounded(&format!("watch {dir}"), w.watch(dir.as_str(), Some(opts))).await
 }

@@ -5,7 +5,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network};
 use libcni::net::{format_mac, parse_mac};
 use serde::{Deserialize, Serialize};
 use vxlan_overlay::config::check_vni_names_a_link;
@@ -137,6 +137,21 @@ impl Network {
             && u32_of(s.network()) <= u32_of(self.subnet_max)
     }
 
+    /// The subnet a lease key names, if it is one of this network's: inside it and of
+    /// its SubnetLen (any other is no lease of this network, whoever wrote it).
+    pub fn lease_of_key(&self, prefix: &str, key: &str) -> Option<Result<Ipv4Network, String>> {
+        Some(subnet_of_key(prefix, key)?.and_then(|s| {
+            if s.prefix() == self.subnet_len && self.network.contains(s.network()) {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "{s} is not a /{} of {}",
+                    self.subnet_len, self.network
+                ))
+            }
+        }))
+    }
+
     /// The first free subnets (at most `n`), in order, given those that are taken.
     pub fn free(&self, taken: &[Ipv4Network], n: usize) -> Vec<Ipv4Network> {
         let size = 1u32 << (32 - self.subnet_len);
@@ -164,12 +179,55 @@ pub fn lease_key(prefix: &str, s: Ipv4Network) -> String {
     format!("{prefix}/subnets/{}-{}", s.network(), s.prefix())
 }
 
-/// The subnet a lease key names (a dual-stack key's IPv4 part).
-pub fn subnet_of_key(prefix: &str, key: &str) -> Option<Ipv4Network> {
+/// The subnet a key under `<prefix>/subnets/` names: `a.b.c.d-len`, or flannel's
+/// dual-stack `a.b.c.d-len&<v6>-len` (its IPv4 part). None for a key elsewhere; an error
+/// for one that does not name a subnet exactly, written as flannel writes it (network
+/// address, no host bits, no leading zeros): `10.244.91.7-24` is not 10.244.91.0/24,
+/// and reading it so would let one key take over another node's subnet.
+pub fn subnet_of_key(prefix: &str, key: &str) -> Option<Result<Ipv4Network, String>> {
     let rest = key.strip_prefix(prefix)?.strip_prefix("/subnets/")?;
-    let v4 = rest.split('&').next()?;
-    let (ip, len) = v4.split_once('-')?;
-    Ipv4Network::new(ip.parse().ok()?, len.parse().ok()?).ok()
+    let (v4, v6) = match rest.split_once('&') {
+        Some((v4, v6)) => (v4, Some(v6)),
+        None => (rest, None),
+    };
+    // The IPv6 part only has to be a subnet: Go and Rust may abbreviate one differently.
+    let exact = |part: &str, canonical: bool| -> Result<IpNetwork, String> {
+        let (ip, len) = part
+            .split_once('-')
+            .ok_or_else(|| format!("{part:?} is not <address>-<length>"))?;
+        let net = ip
+            .parse()
+            .ok()
+            .zip(len.parse().ok())
+            .and_then(|(ip, len)| IpNetwork::new(ip, len).ok())
+            .ok_or_else(|| format!("{part:?} is not <address>-<length>"))?;
+        let named = if canonical {
+            format!("{}-{}", net.network(), net.prefix()) == part
+        } else {
+            net.network() == net.ip()
+        };
+        if !named {
+            return Err(format!(
+                "{part:?} does not name its subnet {}/{} exactly",
+                net.network(),
+                net.prefix()
+            ));
+        }
+        Ok(net)
+    };
+    let check = || -> Result<Ipv4Network, String> {
+        if let Some(v6) = v6 {
+            exact(v6, false).and_then(|n| match n {
+                IpNetwork::V6(_) => Ok(()),
+                IpNetwork::V4(_) => Err(format!("{v6:?} is not an IPv6 subnet")),
+            })?;
+        }
+        match exact(v4, true)? {
+            IpNetwork::V4(n) => Ok(n),
+            IpNetwork::V6(_) => Err(format!("{v4:?} is not an IPv4 subnet")),
+        }
+    };
+    Some(check())
 }
 
 /// A lease's value, with flannel's field names and order.
@@ -295,11 +353,49 @@ mod tests {
         let p = "/coreos.com/network";
         let s: Ipv4Network = "10.244.1.0/24".parse().unwrap();
         assert_eq!(lease_key(p, s), "/coreos.com/network/subnets/10.244.1.0-24");
-        assert_eq!(subnet_of_key(p, &lease_key(p, s)), Some(s));
+        assert_eq!(subnet_of_key(p, &lease_key(p, s)), Some(Ok(s)));
         assert_eq!(
             subnet_of_key(p, "/coreos.com/network/subnets/10.244.1.0-24&fc00::-64"),
-            Some(s)
+            Some(Ok(s))
         );
         assert_eq!(subnet_of_key(p, "/coreos.com/network/config"), None);
+    }
+
+    #[test]
+    fn a_key_names_one_subnet_exactly_or_nothing() {
+        let p = "/coreos.com/network";
+        let n =
+            Network::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let key = |rest: &str| format!("{p}/subnets/{rest}");
+        for bad in [
+            "10.244.91.7-24",
+            "10.244.091.0-24",
+            "10.244.91.0-024",
+            "10.244.91.0-+24",
+            "10.244.91.0-33",
+            "10.244.91.0",
+            "10.244.91.0-24&fc00::1-64",
+            "10.244.91.0-24&10.1.0.0-16",
+            "fc00::-64",
+            "10.244.91.0-24 ",
+        ] {
+            assert!(
+                matches!(n.lease_of_key(p, &key(bad)), Some(Err(_))),
+                "{bad}"
+            );
+        }
+        for other in ["10.244.0.0-16", "10.245.1.0-24", "10.244.1.0-25"] {
+            assert!(
+                matches!(n.lease_of_key(p, &key(other)), Some(Err(_))),
+                "{other}"
+            );
+        }
+        let s: Ipv4Network = "10.244.91.0/24".parse().unwrap();
+        assert_eq!(n.lease_of_key(p, &key("10.244.91.0-24")), Some(Ok(s)));
+        assert_eq!(
+            n.lease_of_key(p, &key("10.244.91.0-24&fc00:0:0:5b::-64")),
+            Some(Ok(s))
+        );
+        assert_eq!(n.lease_of_key(p, &format!("{p}/config")), None);
     }
 }

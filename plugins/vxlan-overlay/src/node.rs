@@ -171,16 +171,7 @@ pub async fn program(
     let mut refused = None;
     let tunnelled: Vec<&Peer> = peers.iter().filter(|p| !direct(m, u, p)).collect();
     for p in peers {
-        let done = async {
-            if !direct(m, u, p) {
-                nl.replace_neighbour(vtep.index, IpAddr::V4(p.subnet.network()), &p.mac)
-                    .await?;
-                nl.replace_fdb(vtep.index, &p.mac, IpAddr::V4(p.underlay_ip))
-                    .await?;
-            }
-            nl.replace_route(&route_to(m, u, vtep, p)).await
-        };
-        if let Err(e) = done.await {
+        if let Err(e) = add_peer(nl, m, u, vtep, p).await {
             refused.get_or_insert(e);
         }
     }
@@ -218,6 +209,49 @@ pub async fn program(
         }
     }
     refused.map_or(Ok(()), Err)
+}
+
+/// Programs one peer: neighbour, FDB entry and route, or a direct route.
+pub async fn add_peer(
+    nl: &Netlink,
+    m: &Mesh,
+    u: &Underlay,
+    vtep: &LinkInfo,
+    p: &Peer,
+) -> Result<(), net::Error> {
+    if !direct(m, u, p) {
+        nl.replace_neighbour(vtep.index, IpAddr::V4(p.subnet.network()), &p.mac)
+            .await?;
+        nl.replace_fdb(vtep.index, &p.mac, IpAddr::V4(p.underlay_ip))
+            .await?;
+    }
+    nl.replace_route(&route_to(m, u, vtep, p)).await
+}
+
+/// Removes one peer's state, as [`add_peer`] made it; its FDB entry stays when `shared`
+/// (another peer's is the same).
+pub async fn remove_peer(
+    nl: &Netlink,
+    m: &Mesh,
+    u: &Underlay,
+    vtep: &LinkInfo,
+    p: &Peer,
+    shared: bool,
+) -> Result<(), net::Error> {
+    nl.delete_route(&route_to(m, u, vtep, p)).await?;
+    if direct(m, u, p) {
+        return Ok(());
+    }
+    nl.delete_neighbour(vtep.index, IpAddr::V4(p.subnet.network()))
+        .await?;
+    if !shared {
+        let entry = net::Entry {
+            mac: p.mac.to_vec(),
+            ip: Some(IpAddr::V4(p.underlay_ip)),
+        };
+        nl.delete_fdb(vtep.index, &entry).await?;
+    }
+    Ok(())
 }
 
 /// What CHECK finds missing of the device (with the address of `subnet`) and the peers'
