@@ -247,3 +247,17 @@ fn del_twice_and_teardown_leave_nothing() {
     assert!(teardown(true).status.success());
     assert!(h.link("flannel.1").is_none());
 }
+
+#[test]
+fn teardown_deletes_only_a_bridge() {
+    let c = Cluster::new(1, "192.168.74", 1500);
+    let data = tempfile::tempdir().unwrap();
+    let h = &c.hosts[0];
+    // a mistaken `bridge`: the underlay's veth
+    let conf = overlay(&c, data.path(), json!({"bridge": "ul0"}));
+    let out = overlay_teardown(h, &conf, false);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(h.link("ul0").is_some(), "teardown deleted ul0: {said}");
+    assert!(said.contains("ul0 is not a bridge"), "{said}");
+    assert_eq!(h.addrs("ul0"), [format!("{}/24", c.underlay_ip(0))]);
+}

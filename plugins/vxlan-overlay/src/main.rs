@@ -298,11 +298,19 @@ fn network_of(o: &Overlay) -> Option<Ipv4Network> {
 }
 
 /// Deletes the node bridge. Unforced, none of our containers is left, so a port it still
-/// has is another network's (`cni0` is the bridge plugin's default too): it stays.
+/// has is another network's (`cni0` is the bridge plugin's default too): it stays. A link
+/// of that name that is no bridge was never ours (a mistaken `bridge`): it stays too.
 async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libcni::net::Error> {
     let Some(bridge) = nl.link(name).await? else {
         return Ok(());
     };
+    if bridge.kind.as_deref() != Some("bridge") {
+        eprintln!(
+            "vxlan-overlay teardown: {name} is not a bridge (kind {}): left alone",
+            bridge.kind.as_deref().unwrap_or("none")
+        );
+        return Ok(());
+    }
     let shared = !force
         && nl
             .links()
