@@ -840,3 +840,53 @@ fn a_failed_host_device_add_leaves_the_device_and_the_live_backup() {
     assert_eq!(host.addrs("hdfa0"), ["10.96.0.5/24"]);
     assert!(is_up(&host.link("hdfa0").unwrap()));
 }
+
+#[test]
+fn the_subnet_file_is_read_bounded_in_size_and_time() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let env = data.path().join("subnet.env");
+    let conf = json!({"cniVersion": "1.1.0", "name": "sfnet", "type": "vxlan-overlay",
+        "dataDir": data.path(), "subnetFile": env,
+        "store": {"type": "etcd", "endpoints": ["http://192.0.2.1:2379"]}});
+    let good = "FLANNEL_NETWORK=10.247.0.0/16\nFLANNEL_SUBNET=10.247.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    let path = env.display().to_string();
+    let c = Ns::new("c");
+    // the FIFO first: the old code blocked on it before /dev/zero could take its memory
+    for (what, make) in [
+        ("a FIFO", format!("mkfifo {path}")),
+        (
+            "a file over 64 KiB",
+            format!(
+                "printf '{}' > {path} && head -c 70000 /dev/zero | tr '\\0' '#' >> {path}",
+                good.replace('\n', "\\n")
+            ),
+        ),
+        ("/dev/zero's device", format!("mknod {path} c 1 5")),
+    ] {
+        let _ = std::fs::remove_file(&env);
+        host.sh(&make);
+        let add = Call::new("vxlan-overlay", "ADD", &host, &c.path(), "sf1");
+        let out = bounded(&add, &conf, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("ADD with {what} as subnet file never returned"));
+        assert_eq!(out.code(), 7, "{what}: {}", out.stdout);
+        assert!(
+            out.json["msg"].as_str().unwrap().contains(&path),
+            "{}",
+            out.stdout
+        );
+        let del = Call::new("vxlan-overlay", "DEL", &host, &c.path(), "sf1");
+        bounded(&del, &conf, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("DEL with {what} as subnet file never returned"))
+            .expect_ok();
+    }
+    assert!(c.link("eth0").is_none());
+    std::fs::remove_file(&env).unwrap();
+    std::fs::write(&env, good).unwrap();
+    Call::new("vxlan-overlay", "ADD", &host, &c.path(), "sf1")
+        .run(&conf)
+        .expect_ok();
+    Call::new("vxlan-overlay", "DEL", &host, &c.path(), "sf1")
+        .run(&conf)
+        .expect_ok();
+}
