@@ -261,3 +261,35 @@ fn teardown_deletes_only_a_bridge() {
     assert!(said.contains("ul0 is not a bridge"), "{said}");
     assert_eq!(h.addrs("ul0"), [format!("{}/24", c.underlay_ip(0))]);
 }
+
+#[test]
+fn del_on_a_node_that_lost_its_subnet_file_removes_the_masquerade_by_label() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let env = data.path().join("subnet.env");
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.246.0.0/16\nFLANNEL_SUBNET=10.246.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let conf = json!({"cniVersion": "1.1.0", "name": "lostmasq", "type": "vxlan-overlay",
+        "dataDir": data.path(), "subnetFile": env,
+        "store": {"type": "etcd", "endpoints": ["http://192.0.2.1:2379"]}});
+    let c = Ns::new("c");
+    let r = Call::new("vxlan-overlay", "ADD", &host, &c.path(), "lm1")
+        .run(&conf)
+        .expect_ok();
+    let ours = || host.nft_ruleset().matches("\"lostmasq/lm1\"").count();
+    assert_eq!(
+        ours(),
+        2,
+        "masquerade and exemption: {}",
+        host.nft_ruleset()
+    );
+    std::fs::remove_file(&env).unwrap();
+    Call::new("vxlan-overlay", "DEL", &host, &c.path(), "lm1")
+        .run(&with_prev(&conf, &r))
+        .expect_ok();
+    assert_eq!(ours(), 0, "{}", host.nft_ruleset());
+    assert!(c.link("eth0").is_none());
+}

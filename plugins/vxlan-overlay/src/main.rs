@@ -10,6 +10,7 @@ use std::io::Read;
 use ipnetwork::IpNetwork;
 use ipnetwork::Ipv4Network;
 use libcni::attachment::bridged::{self, BridgeSpec};
+use libcni::attachment::{Attachment, Rules};
 use libcni::delegate::Delegate;
 use libcni::firewall::{self, Label};
 use libcni::net::{Kernel, Netlink, Vxlan};
@@ -180,8 +181,22 @@ impl Plugin for VxlanOverlay {
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
-        let here = Here::find(&k, o.clone()).unwrap_or_else(|_| lost(o));
-        bridged::del(&k, args, &here.bridge(), Some(&here.ipam(args)))
+        let (here, known) = match Here::find(&k, o.clone()) {
+            Ok(here) => (here, true),
+            Err(_) => (lost(o), false),
+        };
+        let detached = bridged::del(&k, args, &here.bridge(), Some(&here.ipam(args)));
+        // prevResult's addresses are keyed with the network's prefix, which a lost node
+        // can only guess: the label finds every masquerade element of the attachment.
+        let unmasked = match known {
+            true => Ok(()),
+            false => Rules {
+                masquerade: true,
+                ..Rules::default()
+            }
+            .remove(&Attachment::of(args), None),
+        };
+        detached.and(unmasked)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
