@@ -263,6 +263,27 @@ fn teardown_deletes_only_a_bridge() {
 }
 
 #[test]
+fn teardown_without_a_known_network_leaves_other_overlays_routes() {
+    let c = Cluster::new(1, "192.168.75", 1500);
+    let h = &c.hosts[0];
+    let data = tempfile::tempdir().unwrap();
+    // another overlay's direct route: same protocol as ours
+    h.sh(&format!(
+        "ip route add 10.250.2.0/24 via {} dev ul0 proto 73",
+        c.spare_ip(3)
+    ));
+    // the etcd store, no network in the config and no subnet file
+    let conf = json!({"cniVersion": "1.1.0", "name": "lostnet", "type": "vxlan-overlay",
+        "dataDir": data.path(), "subnetFile": data.path().join("absent.env"),
+        "store": {"type": "etcd", "endpoints": [format!("http://{}:2379", c.spare_ip(2))]}});
+    let out = overlay_teardown(h, &conf, false);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let routes = h.sh("ip route show proto 73");
+    assert!(routes.contains("10.250.2.0/24"), "{routes} {said}");
+}
+
+#[test]
 fn del_on_a_node_that_lost_its_subnet_file_removes_the_masquerade_by_label() {
     let host = Ns::new("h");
     let data = tempfile::tempdir().unwrap();

@@ -279,7 +279,14 @@ fn teardown(force: bool) -> Result<(), Error> {
         ));
     }
     let k = Kernel::new()?;
-    k.run(node::remove(k.host(), &vtep_of(&o)?, network_of(&o)))?;
+    let network = network_of(&o);
+    if network.is_none() {
+        eprintln!(
+            "vxlan-overlay teardown: the cluster network is unknown (no network in the config, {} unreadable): direct routes are left",
+            o.subnet_file.display()
+        );
+    }
+    k.run(node::remove(k.host(), &vtep_of(&o)?, network))?;
     k.run(delete_bridge(k.host(), &o.bridge, force))?;
     let prefix = Label::network_prefix(&o.name);
     let masq = firewall::remove_labelled_masquerade(|n| n.starts_with(&prefix))?;
@@ -306,7 +313,7 @@ fn vtep_of(o: &Overlay) -> Result<String, Error> {
 }
 
 /// The cluster network whose routes are ours: the config's, or in the etcd store the
-/// subnet file's; None (every overlay route) only when neither says.
+/// subnet file's; None when neither says.
 fn network_of(o: &Overlay) -> Option<Ipv4Network> {
     let from_file = || SubnetEnv::read(&o.subnet_file).ok().map(|e| e.network);
     o.network.or_else(from_file)

@@ -286,16 +286,20 @@ pub async fn differences(
 }
 
 /// Removes the device (its neighbours, FDB entries and routes go with it) and our direct
-/// routes to subnets of `network` (any network, when it is not known any more).
+/// routes to subnets of `network`; none when the network is not known any more, since
+/// another overlay's direct routes carry the same protocol.
 pub async fn remove(
     nl: &Netlink,
     vtep: &str,
     network: Option<Ipv4Network>,
 ) -> Result<(), net::Error> {
     nl.delete_link(vtep).await?;
+    let Some(network) = network else {
+        return Ok(());
+    };
     for r in nl.routes(false).await? {
         let IpNetwork::V4(dst) = r.dst else { continue };
-        if r.protocol == ROUTE_PROTO && network.is_none_or(|n| n.contains(dst.network())) {
+        if r.protocol == ROUTE_PROTO && network.contains(dst.network()) {
             let spec = RouteSpec {
                 protocol: Some(ROUTE_PROTO),
                 ..RouteSpec::new(r.dst, r.gw, r.oif.unwrap_or_default())
