@@ -5,6 +5,8 @@
 //! peer, a second ADD changes nothing, a peer leaving the table leaves the kernel, a lost
 //! device comes back with its MAC; directRouting; DEL and teardown leave nothing.
 
+use std::io::Write;
+
 use cni_tests::*;
 use serde_json::Value;
 
@@ -313,4 +315,55 @@ fn del_on_a_node_that_lost_its_subnet_file_removes_the_masquerade_by_label() {
         .expect_ok();
     assert_eq!(ours(), 0, "{}", host.nft_ruleset());
     assert!(c.link("eth0").is_none());
+}
+
+#[test]
+fn concurrent_adds_on_a_node_without_its_device_all_succeed() {
+    let c = Cluster::new(1, "192.168.76", 1500);
+    let h = &c.hosts[0];
+    let data = tempfile::tempdir().unwrap();
+    // a /22 for the node: room for every container of every round
+    let nodes = json!([{"underlayIP": c.underlay_ip(0), "subnet": "10.244.4.0/22"}]);
+    let conf = overlay(
+        &c,
+        data.path(),
+        json!({"subnetLen": 22, "store": {"type": "static", "nodes": nodes}}),
+    )
+    .to_string();
+    let ifnames: Vec<String> = (0..16).map(|i| format!("eth{i}")).collect();
+    let rounds = 60;
+    let mut failed = Vec::new();
+    for round in 0..rounds {
+        // a node without its device (a reboot, say), then a burst of ADDs
+        let _ = h.exec("ip link del flannel.1");
+        let ctr = Ns::new("c");
+        let cid = format!("burst{round}");
+        let mut children: Vec<_> = ifnames
+            .iter()
+            .map(|i| {
+                Call::new("vxlan-overlay", "ADD", h, &ctr.path(), &cid)
+                    .ifname(i)
+                    .start()
+            })
+            .collect();
+        // each waits for its config: written to all at once, they run together
+        for child in &mut children {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(conf.as_bytes()).unwrap();
+        }
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            if !out.status.success() {
+                failed.push(String::from_utf8_lossy(&out.stdout).to_string());
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} ADDs failed: {failed:?}",
+        failed.len(),
+        rounds * ifnames.len()
+    );
+    let dev = h.link("flannel.1").unwrap();
+    assert_eq!(dev["linkinfo"]["info_data"]["learning"], false, "{dev}");
 }

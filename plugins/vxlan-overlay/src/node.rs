@@ -121,10 +121,19 @@ fn device_matches(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
         && l.mtu == want.mtu
 }
 
+/// The link named like the device, and whether it is the device wanted.
+async fn existing(nl: &Netlink, want: &Vxlan) -> Result<Option<(LinkInfo, bool)>, net::Error> {
+    let Some(l) = nl.link(&want.name).await? else {
+        return Ok(None);
+    };
+    let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
+    let matches = device_matches(&l, &s, want);
+    Ok(Some((l, matches)))
+}
+
 async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
-    if let Some(l) = nl.link(&want.name).await? {
-        let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
-        if device_matches(&l, &s, want) {
+    if let Some((l, matches)) = existing(nl, want).await? {
+        if matches {
             if !l.up {
                 nl.set_up(l.index, &l.name).await?;
             }
@@ -132,7 +141,14 @@ async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Erro
         }
         nl.delete_link(&want.name).await?;
     }
-    nl.create_vxlan(want).await?;
+    if let Err(e) = nl.create_vxlan(want).await {
+        // Concurrent ADDs on a node without the device all make it; the first wins, and
+        // what it made serves the others if it is the device they want.
+        return match existing(nl, want).await? {
+            Some((l, true)) if e.errno() == Some(libc::EEXIST) => Ok(l),
+            _ => Err(e),
+        };
+    }
     nl.link(&want.name)
         .await?
         .ok_or_else(|| not_found(format!("{} after its creation", want.name)))
