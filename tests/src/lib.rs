@@ -616,6 +616,14 @@ impl<'a> Call<'a> {
     /// Starts the plugin with its input written and returns without waiting. `ip netns
     /// exec` execs the plugin, so the child's pid is the plugin's.
     pub fn spawn(&self, stdin: &[u8]) -> std::process::Child {
+        let mut child = self.start();
+        let _ = child.stdin.take().unwrap().write_all(stdin);
+        child
+    }
+
+    /// Starts the plugin with its stdin open: it waits for its input, so calls started
+    /// this way run together once their inputs are written.
+    pub fn start(&self) -> std::process::Child {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.host.name])
             .arg(self.bin_dir.join(self.plugin))
@@ -647,9 +655,7 @@ impl<'a> Call<'a> {
                 });
             }
         }
-        let mut child = cmd.spawn().expect("spawning plugin");
-        let _ = child.stdin.take().unwrap().write_all(stdin);
-        child
+        cmd.spawn().expect("spawning plugin")
     }
 }
 

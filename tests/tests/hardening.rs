@@ -777,3 +777,160 @@ fn an_add_failing_on_a_foreign_ifname_releases_its_address() {
         );
     }
 }
+
+/// A host namespace with `dev` (a veth end, as this kernel has no dummy links) holding
+/// `addr`, up; returns it with the device's MAC.
+fn host_with_device(dev: &str, addr: &str) -> (Ns, Value) {
+    let host = Ns::new("h");
+    host.sh(&format!(
+        "ip link add {dev} type veth peer name {dev}p && ip addr add {addr} dev {dev} && \
+         ip link set {dev} up && ip link set {dev}p up"
+    ));
+    let mac = host.link(dev).unwrap()["address"].clone();
+    (host, mac)
+}
+
+fn is_up(link: &Value) -> bool {
+    link["flags"].as_array().unwrap().contains(&json!("UP"))
+}
+
+#[test]
+fn host_device_del_gives_the_hosts_addresses_only_to_the_device_it_moved_in() {
+    let (host, mac) = host_with_device("hdid0", "10.95.0.5/24");
+    let data = tempfile::tempdir().unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": "hdid", "type": "host-device",
+        "device": "hdid0", "dataDir": data.path()});
+    let c = Ns::new("c");
+    Call::new("host-device", "ADD", &host, &c.path(), "hdi1")
+        .run(&conf)
+        .expect_ok();
+    // the container (NET_ADMIN) renames the device and plants a veth pair in its place,
+    // with the device's MAC and the alias that names the host's link
+    c.sh(&format!(
+        "ip link set eth0 name kept0 && ip link add eth0 address {} type veth peer name planted && \
+         ip link set eth0 alias hdid0",
+        mac.as_str().unwrap()
+    ));
+    for _ in 0..2 {
+        Call::new("host-device", "DEL", &host, &c.path(), "hdi1")
+            .run(&conf)
+            .expect_ok();
+    }
+    let back = host.link("hdid0").expect("the device is back on the host");
+    assert_eq!(back["linkinfo"]["info_kind"], "veth");
+    assert_eq!(
+        back["link"].as_str(),
+        Some("hdid0p"),
+        "the host's own link, not the planted one: {back}"
+    );
+    assert_eq!(host.addrs("hdid0"), ["10.95.0.5/24"]);
+    assert!(is_up(&back));
+    assert!(
+        c.link("kept0").is_none(),
+        "the device stayed in the container"
+    );
+    let planted = c.link("eth0").expect("the planted link stays where it is");
+    assert!(!is_up(&planted) && c.link("planted").is_some());
+    assert!(c.addrs("eth0").is_empty());
+
+    // the planted link alone: DEL succeeds and gives the host nothing
+    let c2 = Ns::new("c");
+    Call::new("host-device", "ADD", &host, &c2.path(), "hdi2")
+        .run(&conf)
+        .expect_ok();
+    c2.sh("ip link set eth0 name kept0 && ip link add eth0 type veth peer name planted && ip link set eth0 alias hdid0");
+    c2.sh("ip link del kept0"); // the device goes (and its host peer with it)
+    Call::new("host-device", "DEL", &host, &c2.path(), "hdi2")
+        .run(&conf)
+        .expect_ok();
+    assert!(host.link("hdid0").is_none(), "{:?}", host.link_names());
+    assert!(c2.link("eth0").is_some() && c2.link("planted").is_some());
+    let held = host.sh("ip -4 addr show");
+    assert!(!held.contains("10.95.0.5"), "{held}");
+}
+
+#[test]
+fn a_failed_host_device_add_leaves_the_device_and_the_live_backup() {
+    let (host, _) = host_with_device("hdfa0", "10.96.0.5/24");
+    host.sh("ip link add hdfa1 type veth peer name hdfa1p && ip addr add 10.96.1.5/24 dev hdfa1 && ip link set hdfa1 up");
+    let data = tempfile::tempdir().unwrap();
+    let conf = |dev: &str| {
+        json!({"cniVersion": "1.0.0", "name": "hdfail", "type": "host-device",
+            "device": dev, "dataDir": data.path()})
+    };
+    let c = Ns::new("c");
+    Call::new("host-device", "ADD", &host, &c.path(), "hdf1")
+        .run(&conf("hdfa0"))
+        .expect_ok();
+    // a retried ADD of the live attachment with another device: eth0 is taken
+    let again = Call::new("host-device", "ADD", &host, &c.path(), "hdf1").run(&conf("hdfa1"));
+    assert!(!again.ok, "a second device under a taken name");
+    let other = host
+        .link("hdfa1")
+        .expect("the other device is back on the host");
+    assert_eq!(host.addrs("hdfa1"), ["10.96.1.5/24"]);
+    assert!(is_up(&other));
+    assert_eq!(c.link_names(), ["eth0"]);
+    // the container's own link under the name: the same
+    let c2 = Ns::new("c");
+    c2.sh("ip link add eth0 type veth peer name own");
+    let taken = Call::new("host-device", "ADD", &host, &c2.path(), "hdf2").run(&conf("hdfa1"));
+    assert!(!taken.ok);
+    assert_eq!(host.addrs("hdfa1"), ["10.96.1.5/24"]);
+    // the live attachment's backup is whole: its device comes back with its address
+    Call::new("host-device", "DEL", &host, &c.path(), "hdf1")
+        .run(&conf("hdfa0"))
+        .expect_ok();
+    assert_eq!(host.addrs("hdfa0"), ["10.96.0.5/24"]);
+    assert!(is_up(&host.link("hdfa0").unwrap()));
+}
+
+#[test]
+fn the_subnet_file_is_read_bounded_in_size_and_time() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let env = data.path().join("subnet.env");
+    let conf = json!({"cniVersion": "1.1.0", "name": "sfnet", "type": "vxlan-overlay",
+        "dataDir": data.path(), "subnetFile": env,
+        "store": {"type": "etcd", "endpoints": ["http://192.0.2.1:2379"]}});
+    let good = "FLANNEL_NETWORK=10.247.0.0/16\nFLANNEL_SUBNET=10.247.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+    let path = env.display().to_string();
+    let c = Ns::new("c");
+    // the FIFO first: the old code blocked on it before /dev/zero could take its memory
+    for (what, make) in [
+        ("a FIFO", format!("mkfifo {path}")),
+        (
+            "a file over 64 KiB",
+            format!(
+                "printf '{}' > {path} && head -c 70000 /dev/zero | tr '\\0' '#' >> {path}",
+                good.replace('\n', "\\n")
+            ),
+        ),
+        ("/dev/zero's device", format!("mknod {path} c 1 5")),
+    ] {
+        let _ = std::fs::remove_file(&env);
+        host.sh(&make);
+        let add = Call::new("vxlan-overlay", "ADD", &host, &c.path(), "sf1");
+        let out = bounded(&add, &conf, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("ADD with {what} as subnet file never returned"));
+        assert_eq!(out.code(), 7, "{what}: {}", out.stdout);
+        assert!(
+            out.json["msg"].as_str().unwrap().contains(&path),
+            "{}",
+            out.stdout
+        );
+        let del = Call::new("vxlan-overlay", "DEL", &host, &c.path(), "sf1");
+        bounded(&del, &conf, Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("DEL with {what} as subnet file never returned"))
+            .expect_ok();
+    }
+    assert!(c.link("eth0").is_none());
+    std::fs::remove_file(&env).unwrap();
+    std::fs::write(&env, good).unwrap();
+    Call::new("vxlan-overlay", "ADD", &host, &c.path(), "sf1")
+        .run(&conf)
+        .expect_ok();
+    Call::new("vxlan-overlay", "DEL", &host, &c.path(), "sf1")
+        .run(&conf)
+        .expect_ok();
+}

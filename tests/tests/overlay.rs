@@ -5,6 +5,8 @@
 //! peer, a second ADD changes nothing, a peer leaving the table leaves the kernel, a lost
 //! device comes back with its MAC; directRouting; DEL and teardown leave nothing.
 
+use std::io::Write;
+
 use cni_tests::*;
 use serde_json::Value;
 
@@ -246,4 +248,122 @@ fn del_twice_and_teardown_leave_nothing() {
     let (_c, _) = attach(&c, 0, &conf, "t2");
     assert!(teardown(true).status.success());
     assert!(h.link("flannel.1").is_none());
+}
+
+#[test]
+fn teardown_deletes_only_a_bridge() {
+    let c = Cluster::new(1, "192.168.74", 1500);
+    let data = tempfile::tempdir().unwrap();
+    let h = &c.hosts[0];
+    // a mistaken `bridge`: the underlay's veth
+    let conf = overlay(&c, data.path(), json!({"bridge": "ul0"}));
+    let out = overlay_teardown(h, &conf, false);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(h.link("ul0").is_some(), "teardown deleted ul0: {said}");
+    assert!(said.contains("ul0 is not a bridge"), "{said}");
+    assert_eq!(h.addrs("ul0"), [format!("{}/24", c.underlay_ip(0))]);
+}
+
+#[test]
+fn teardown_without_a_known_network_leaves_other_overlays_routes() {
+    let c = Cluster::new(1, "192.168.75", 1500);
+    let h = &c.hosts[0];
+    let data = tempfile::tempdir().unwrap();
+    // another overlay's direct route: same protocol as ours
+    h.sh(&format!(
+        "ip route add 10.250.2.0/24 via {} dev ul0 proto 73",
+        c.spare_ip(3)
+    ));
+    // the etcd store, no network in the config and no subnet file
+    let conf = json!({"cniVersion": "1.1.0", "name": "lostnet", "type": "vxlan-overlay",
+        "dataDir": data.path(), "subnetFile": data.path().join("absent.env"),
+        "store": {"type": "etcd", "endpoints": [format!("http://{}:2379", c.spare_ip(2))]}});
+    let out = overlay_teardown(h, &conf, false);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    let routes = h.sh("ip route show proto 73");
+    assert!(routes.contains("10.250.2.0/24"), "{routes} {said}");
+}
+
+#[test]
+fn del_on_a_node_that_lost_its_subnet_file_removes_the_masquerade_by_label() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let env = data.path().join("subnet.env");
+    std::fs::write(
+        &env,
+        "FLANNEL_NETWORK=10.246.0.0/16\nFLANNEL_SUBNET=10.246.3.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let conf = json!({"cniVersion": "1.1.0", "name": "lostmasq", "type": "vxlan-overlay",
+        "dataDir": data.path(), "subnetFile": env,
+        "store": {"type": "etcd", "endpoints": ["http://192.0.2.1:2379"]}});
+    let c = Ns::new("c");
+    let r = Call::new("vxlan-overlay", "ADD", &host, &c.path(), "lm1")
+        .run(&conf)
+        .expect_ok();
+    let ours = || host.nft_ruleset().matches("\"lostmasq/lm1\"").count();
+    assert_eq!(
+        ours(),
+        2,
+        "masquerade and exemption: {}",
+        host.nft_ruleset()
+    );
+    std::fs::remove_file(&env).unwrap();
+    Call::new("vxlan-overlay", "DEL", &host, &c.path(), "lm1")
+        .run(&with_prev(&conf, &r))
+        .expect_ok();
+    assert_eq!(ours(), 0, "{}", host.nft_ruleset());
+    assert!(c.link("eth0").is_none());
+}
+
+#[test]
+fn concurrent_adds_on_a_node_without_its_device_all_succeed() {
+    let c = Cluster::new(1, "192.168.76", 1500);
+    let h = &c.hosts[0];
+    let data = tempfile::tempdir().unwrap();
+    // a /22 for the node: room for every container of every round
+    let nodes = json!([{"underlayIP": c.underlay_ip(0), "subnet": "10.244.4.0/22"}]);
+    let conf = overlay(
+        &c,
+        data.path(),
+        json!({"subnetLen": 22, "store": {"type": "static", "nodes": nodes}}),
+    )
+    .to_string();
+    let ifnames: Vec<String> = (0..16).map(|i| format!("eth{i}")).collect();
+    let rounds = 60;
+    let mut failed = Vec::new();
+    for round in 0..rounds {
+        // a node without its device (a reboot, say), then a burst of ADDs
+        let _ = h.exec("ip link del flannel.1");
+        let ctr = Ns::new("c");
+        let cid = format!("burst{round}");
+        let mut children: Vec<_> = ifnames
+            .iter()
+            .map(|i| {
+                Call::new("vxlan-overlay", "ADD", h, &ctr.path(), &cid)
+                    .ifname(i)
+                    .start()
+            })
+            .collect();
+        // each waits for its config: written to all at once, they run together
+        for child in &mut children {
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(conf.as_bytes()).unwrap();
+        }
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            if !out.status.success() {
+                failed.push(String::from_utf8_lossy(&out.stdout).to_string());
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} ADDs failed: {failed:?}",
+        failed.len(),
+        rounds * ifnames.len()
+    );
+    let dev = h.link("flannel.1").unwrap();
+    assert_eq!(dev["linkinfo"]["info_data"]["learning"], false, "{dev}");
 }

@@ -37,14 +37,23 @@ impl Backups {
 
     /// Saves `value` (a JSON object) for `a`, replacing an older backup.
     pub fn save(&self, a: &Attachment, value: &impl Serialize) -> Result<(), Error> {
+        files::replace(&self.file(a), &self.bytes(a, value)?)?;
+        Ok(())
+    }
+
+    /// Saves `value` for `a` only if `a` has no backup; false when it has one (a live
+    /// attachment's, which a failing call must leave as it is).
+    pub fn create(&self, a: &Attachment, value: &impl Serialize) -> Result<bool, Error> {
+        Ok(files::create_new(&self.file(a), &self.bytes(a, value)?)?)
+    }
+
+    /// `value` with the network for GC, as written; makes the directory.
+    fn bytes(&self, a: &Attachment, value: &impl Serialize) -> Result<Vec<u8>, Error> {
         let mut v =
             serde_json::to_value(value).map_err(|e| Error::new(code::INTERNAL, e.to_string()))?;
         v[NETWORK] = Value::from(a.network());
         files::private_dir(&self.dir)?;
-        let bytes =
-            serde_json::to_vec_pretty(&v).map_err(|e| Error::new(code::INTERNAL, e.to_string()))?;
-        files::replace(&self.file(a), &bytes)?;
-        Ok(())
+        serde_json::to_vec_pretty(&v).map_err(|e| Error::new(code::INTERNAL, e.to_string()))
     }
 
     /// The backup of `a`: None when there is none, an error text when it cannot be read.

@@ -2,16 +2,19 @@
 //! `pciBusID`/runtimeConfig `deviceID`) to the container under CNI_IFNAME, addressed by the
 //! IPAM delegate if there is one, and back to the host under its old name on DEL. As the
 //! reference, the old name travels in the link's alias; the host addresses the kernel
-//! drops on the move are saved (libcni's backups) and put back. A device bound to a
-//! userspace (DPDK) driver has no link: only its IPAM result is reported.
+//! drops on the move, the old name and what makes the device known again in the container
+//! (not its name) are saved (libcni's backups): DEL gives the host's addresses to that
+//! device only. A device bound to a userspace (DPDK) driver has no link: only its IPAM
+//! result is reported.
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use libcni::attachment::backup::Backups;
 use libcni::attachment::{container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
-use libcni::net::{parse_mac, Kernel, LinkInfo, Netlink, Netns};
+use libcni::net::{format_mac, parse_mac, Kernel, LinkInfo, Netlink, Netns};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface};
 use libcni::{code, CniResult, Error};
@@ -56,11 +59,42 @@ enum Device {
     Pci(String),
 }
 
-/// What DEL puts back on the host link.
-#[derive(Debug, Default, Serialize, Deserialize)]
+/// What DEL puts back on the host link, and on which link.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Saved {
     addresses: Vec<IpNetwork>,
     up: bool,
+    /// The device ADD moved in. A backup without one (an older version's) gives nothing
+    /// back: no link in the container can be known to be the device.
+    #[serde(default)]
+    device: Option<Identity>,
+}
+
+/// The device ADD moved in, known by what the container cannot give a link of its own
+/// while the device is there (its index in the container's namespace), with its MAC and
+/// kind; never by its name or alias, which the container may change or copy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Identity {
+    /// Its name on the host, which it gets back.
+    name: String,
+    index: u32,
+    mac: String,
+    kind: Option<String>,
+}
+
+impl Identity {
+    fn of(l: &LinkInfo) -> Identity {
+        Identity {
+            name: l.name.clone(),
+            index: l.index,
+            mac: format_mac(&l.mac),
+            kind: l.kind.clone(),
+        }
+    }
+
+    fn is(&self, l: &LinkInfo) -> bool {
+        l.index == self.index && format_mac(&l.mac) == self.mac && l.kind == self.kind
+    }
 }
 
 fn is_pci_address(s: &str) -> bool {
@@ -192,30 +226,70 @@ impl Plugin for HostDevice {
         let mut r = CniResult::default();
         let k = Kernel::new()?;
         let inside = k.connect_in(netns)?;
+        // Index of the device in the container, known once it is there.
+        let index = Cell::new(0);
         let mut undo = Undo::new();
         if !device.is_dpdk() {
             let dev = k.run(device.find(k.host()))?;
+            // The name is the claim: a link there already (a live attachment's device, the
+            // container's own) and its backup are not this call's to touch.
+            if k.run(inside.link(a.ifname()))?.is_some() {
+                return Err(Error::new(
+                    code::INVALID_ENV,
+                    format!("{} already exists in {}", a.ifname(), args.netns),
+                ));
+            }
+            index.set(dev.index);
             let saved = Saved {
                 addresses: k.run(k.host().addresses(dev.index, &dev.name))?,
                 up: dev.up,
+                device: Some(Identity::of(&dev)),
             };
-            conf.backups().save(&a, &saved)?;
+            let backups = conf.backups();
+            if !backups.create(&a, &saved)? {
+                return Err(Error::new(
+                    code::INVALID_ENV,
+                    format!(
+                        "{} exists: {}/{} holds a device already",
+                        backups.file(&a).display(),
+                        a.container_id(),
+                        a.ifname()
+                    ),
+                ));
+            }
             undo.push("removing the backup", || conf.backups().remove(&a));
+            // Pushed before the move: a move whose rename fails leaves the device inside.
+            let (kernel, inner, index, back) = (&k, &inside, &index, saved.clone());
+            undo.push(format!("moving {} back", dev.name), move || {
+                let device = back.device.clone().map(|d| Identity {
+                    index: index.get(),
+                    ..d
+                });
+                give_back(kernel, inner, &Saved { device, ..back }).map(|_| ())
+            });
             // As the reference: the old name rides along in the alias.
             k.run(
                 k.host()
                     .move_link(dev.index, a.ifname(), Some(&dev.name), netns),
             )?;
-            let (kernel, inner, ifname) = (&k, &inside, a.ifname());
-            undo.push(format!("moving {} back", dev.name), move || {
-                restore(kernel, &move_out(kernel, inner, ifname)?, &saved)
-            });
-            let moved = k.run(inside.link(a.ifname()))?.ok_or_else(|| {
-                Error::new(
-                    code::NETLINK,
-                    format!("{} vanished after the move", a.ifname()),
-                )
-            })?;
+            let moved = k
+                .run(inside.link(a.ifname()))?
+                .filter(|l| l.mac == dev.mac && l.kind == dev.kind)
+                .ok_or_else(|| {
+                    Error::new(
+                        code::NETLINK,
+                        format!("{} vanished after the move", a.ifname()),
+                    )
+                })?;
+            // The kernel keeps the index unless the container's namespace has it taken.
+            if moved.index != dev.index {
+                index.set(moved.index);
+                let device = saved.device.map(|d| Identity {
+                    index: moved.index,
+                    ..d
+                });
+                backups.save(&a, &Saved { device, ..saved })?;
+            }
             r.interfaces = vec![Interface::container(a.ifname(), &moved.mac, &args.netns)];
         }
         let lease = ipam
@@ -257,18 +331,19 @@ impl Plugin for HostDevice {
         let moved = args.netns().map(|ns| -> Result<(), Error> {
             let k = Kernel::new()?;
             let inside = k.connect_in(ns)?;
-            let Some(name) = move_out(&k, &inside, a.ifname()).map(Some).or_else(|e| {
-                if e.code == code::UNKNOWN_CONTAINER {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            })?
-            else {
-                return Ok(());
+            let saved = conf.backups().load::<Saved>(&a).unwrap_or_else(|e| {
+                eprintln!("reading the backup of {}: {e}", a.ifname());
+                None
+            });
+            let back = match &saved {
+                Some(saved) => give_back(&k, &inside, saved)?,
+                None => false,
             };
-            if let Ok(Some(saved)) = conf.backups().load::<Saved>(&a) {
-                restore(&k, &name, &saved)?;
+            if !back && k.run(inside.link(a.ifname()))?.is_some() {
+                eprintln!(
+                    "{} in the container is not the device ADD moved in: left where it is",
+                    a.ifname()
+                );
             }
             Ok(())
         });
@@ -309,29 +384,20 @@ impl Plugin for HostDevice {
     }
 }
 
-/// Moves `ifname` of the container back to this (the host's) namespace under the name in
-/// its alias; returns that name. A link without one was not handed in by a host-device
-/// plugin and stays (3 when there is no such link).
-fn move_out(k: &Kernel, inside: &Netlink, ifname: &str) -> Result<String, Error> {
-    let link = k.run(inside.link(ifname))?.ok_or_else(|| {
-        Error::new(
-            code::UNKNOWN_CONTAINER,
-            format!("{ifname} is not in the container"),
-        )
-    })?;
-    let name = link
-        .alias
-        .clone()
-        .filter(|n| libcni::names::is_ifname(n))
-        .ok_or_else(|| {
-            Error::config(format!(
-                "{ifname} carries no host name in its alias: not a host device"
-            ))
-        })?;
+/// Gives the device of `saved` back to the host under its old name, with the addresses
+/// and state it had there; false when the container holds no link that is that device.
+fn give_back(k: &Kernel, inside: &Netlink, saved: &Saved) -> Result<bool, Error> {
+    let Some(id) = &saved.device else {
+        return Ok(false);
+    };
+    let Some(link) = k.run(inside.link_by_index(id.index))?.filter(|l| id.is(l)) else {
+        return Ok(false);
+    };
     let host = Netns::open("/proc/thread-self/ns/net")
         .map_err(|e| Error::new(code::IO, format!("opening this namespace: {e:?}")))?;
-    k.run(inside.move_link(link.index, &name, None, &host))?;
-    Ok(name)
+    k.run(inside.move_link(link.index, &id.name, None, &host))?;
+    restore(k, &id.name, saved)?;
+    Ok(true)
 }
 
 /// The addresses and state the host link had before it was handed in.

@@ -10,6 +10,7 @@ use std::io::Read;
 use ipnetwork::IpNetwork;
 use ipnetwork::Ipv4Network;
 use libcni::attachment::bridged::{self, BridgeSpec};
+use libcni::attachment::{Attachment, Rules};
 use libcni::delegate::Delegate;
 use libcni::firewall::{self, Label};
 use libcni::net::{Kernel, Netlink, Vxlan};
@@ -180,8 +181,22 @@ impl Plugin for VxlanOverlay {
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
-        let here = Here::find(&k, o.clone()).unwrap_or_else(|_| lost(o));
-        bridged::del(&k, args, &here.bridge(), Some(&here.ipam(args)))
+        let (here, known) = match Here::find(&k, o.clone()) {
+            Ok(here) => (here, true),
+            Err(_) => (lost(o), false),
+        };
+        let detached = bridged::del(&k, args, &here.bridge(), Some(&here.ipam(args)));
+        // prevResult's addresses are keyed with the network's prefix, which a lost node
+        // can only guess: the label finds every masquerade element of the attachment.
+        let unmasked = match known {
+            true => Ok(()),
+            false => Rules {
+                masquerade: true,
+                ..Rules::default()
+            }
+            .remove(&Attachment::of(args), None),
+        };
+        detached.and(unmasked)
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -264,7 +279,14 @@ fn teardown(force: bool) -> Result<(), Error> {
         ));
     }
     let k = Kernel::new()?;
-    k.run(node::remove(k.host(), &vtep_of(&o)?, network_of(&o)))?;
+    let network = network_of(&o);
+    if network.is_none() {
+        eprintln!(
+            "vxlan-overlay teardown: the cluster network is unknown (no network in the config, {} unreadable): direct routes are left",
+            o.subnet_file.display()
+        );
+    }
+    k.run(node::remove(k.host(), &vtep_of(&o)?, network))?;
     k.run(delete_bridge(k.host(), &o.bridge, force))?;
     let prefix = Label::network_prefix(&o.name);
     firewall::lock::hold_all()?;
@@ -292,18 +314,26 @@ fn vtep_of(o: &Overlay) -> Result<String, Error> {
 }
 
 /// The cluster network whose routes are ours: the config's, or in the etcd store the
-/// subnet file's; None (every overlay route) only when neither says.
+/// subnet file's; None when neither says.
 fn network_of(o: &Overlay) -> Option<Ipv4Network> {
     let from_file = || SubnetEnv::read(&o.subnet_file).ok().map(|e| e.network);
     o.network.or_else(from_file)
 }
 
 /// Deletes the node bridge. Unforced, none of our containers is left, so a port it still
-/// has is another network's (`cni0` is the bridge plugin's default too): it stays.
+/// has is another network's (`cni0` is the bridge plugin's default too): it stays. A link
+/// of that name that is no bridge was never ours (a mistaken `bridge`): it stays too.
 async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libcni::net::Error> {
     let Some(bridge) = nl.link(name).await? else {
         return Ok(());
     };
+    if bridge.kind.as_deref() != Some("bridge") {
+        eprintln!(
+            "vxlan-overlay teardown: {name} is not a bridge (kind {}): left alone",
+            bridge.kind.as_deref().unwrap_or("none")
+        );
+        return Ok(());
+    }
     let shared = !force
         && nl
             .links()

@@ -121,10 +121,19 @@ fn device_matches(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
         && l.mtu == want.mtu
 }
 
+/// The link named like the device, and whether it is the device wanted.
+async fn existing(nl: &Netlink, want: &Vxlan) -> Result<Option<(LinkInfo, bool)>, net::Error> {
+    let Some(l) = nl.link(&want.name).await? else {
+        return Ok(None);
+    };
+    let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
+    let matches = device_matches(&l, &s, want);
+    Ok(Some((l, matches)))
+}
+
 async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
-    if let Some(l) = nl.link(&want.name).await? {
-        let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
-        if device_matches(&l, &s, want) {
+    if let Some((l, matches)) = existing(nl, want).await? {
+        if matches {
             if !l.up {
                 nl.set_up(l.index, &l.name).await?;
             }
@@ -132,7 +141,14 @@ async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Erro
         }
         nl.delete_link(&want.name).await?;
     }
-    nl.create_vxlan(want).await?;
+    if let Err(e) = nl.create_vxlan(want).await {
+        // Concurrent ADDs on a node without the device all make it; the first wins, and
+        // what it made serves the others if it is the device they want.
+        return match existing(nl, want).await? {
+            Some((l, true)) if e.errno() == Some(libc::EEXIST) => Ok(l),
+            _ => Err(e),
+        };
+    }
     nl.link(&want.name)
         .await?
         .ok_or_else(|| not_found(format!("{} after its creation", want.name)))
@@ -320,16 +336,20 @@ pub async fn differences(
 }
 
 /// Removes the device (its neighbours, FDB entries and routes go with it) and our direct
-/// routes to subnets of `network` (any network, when it is not known any more).
+/// routes to subnets of `network`; none when the network is not known any more, since
+/// another overlay's direct routes carry the same protocol.
 pub async fn remove(
     nl: &Netlink,
     vtep: &str,
     network: Option<Ipv4Network>,
 ) -> Result<(), net::Error> {
     nl.delete_link(vtep).await?;
+    let Some(network) = network else {
+        return Ok(());
+    };
     for r in nl.routes(false).await? {
         let IpNetwork::V4(dst) = r.dst else { continue };
-        if r.protocol == ROUTE_PROTO && network.is_none_or(|n| n.contains(dst.network())) {
+        if r.protocol == ROUTE_PROTO && network.contains(dst.network()) {
             let spec = RouteSpec {
                 protocol: Some(ROUTE_PROTO),
                 ..RouteSpec::new(r.dst, r.gw, r.oif.unwrap_or_default())
