@@ -836,6 +836,35 @@ fn no_content_of_the_config_key_costs_a_node_its_lease_or_routes() {
     }
 }
 
+/// A node's agent restarted while `<prefix>/config` holds something it cannot serve
+/// (an upgrade during an administrator's mistake) keeps serving the config it saved:
+/// its lease and its peers' routes stay.
+#[test]
+fn a_restart_during_a_bad_config_keeps_the_lease() {
+    let ttl = 3;
+    let net = r#"{"Network":"10.254.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let (c, etcd, mut agents, subnets) = start_cluster(2, "192.168.87", net, ttl, 1);
+    agents[0].sigkill();
+    etcd.ctl(&format!("put {PREFIX}/config '{{not json'"));
+    assert_eq!(
+        agents[0].restart_and_wait(1),
+        subnets[0],
+        "{}",
+        agents[0].log()
+    );
+    std::thread::sleep(Duration::from_secs(2 * ttl + 1));
+    let leases = etcd.get_prefix(&format!("{PREFIX}/subnets/"));
+    assert!(
+        leases.iter().any(|(k, _)| *k == key(&subnets[0])),
+        "the restarted node's lease {} expired: {leases:?}\n{}",
+        subnets[0],
+        agents[0].log()
+    );
+    assert!(agents[0].exited().is_none(), "{}", agents[0].log());
+    assert!(programmed(&c.hosts[1], &subnets[0], &c.underlay_ip(0)));
+    assert!(programmed(&c.hosts[0], &subnets[1], &c.underlay_ip(1)));
+}
+
 #[test]
 fn large_values_in_etcd_cost_no_node_its_lease() {
     let net = r#"{"Network":"10.253.0.0/16","Backend":{"Type":"vxlan"}}"#;

@@ -414,3 +414,27 @@ fn same_meaning_as_the_reference() {
         assert_eq!(results[0], results[1], "{v}: ours, then the reference's");
     }
 }
+
+/// A device handed in by the reference plugin (a node that switched to ours meanwhile)
+/// goes back on our DEL as the reference would send it: under the name its alias holds.
+#[test]
+fn host_device_del_gives_back_a_device_the_reference_handed_in() {
+    let host = host_with_nic("hdref0");
+    let c = Ns::new("c");
+    let data = tempfile::tempdir().unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": "hdref", "type": "host-device",
+        "device": "hdref0", "dataDir": data.path()});
+    Call::new("host-device", "ADD", &host, &c.path(), "hr1")
+        .reference()
+        .run(&conf)
+        .expect_ok();
+    assert!(host.link("hdref0").is_none() && c.link("eth0").is_some());
+    Call::new("host-device", "DEL", &host, &c.path(), "hr1")
+        .run(&conf)
+        .expect_ok();
+    assert!(
+        host.link("hdref0").is_some(),
+        "the device stayed in the container"
+    );
+    assert!(c.link("eth0").is_none());
+}

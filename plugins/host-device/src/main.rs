@@ -14,6 +14,7 @@ use ipnetwork::IpNetwork;
 use libcni::attachment::backup::Backups;
 use libcni::attachment::{container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
+use libcni::names;
 use libcni::net::{format_mac, parse_mac, Kernel, LinkInfo, Netlink, Netns};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface};
@@ -64,8 +65,9 @@ enum Device {
 struct Saved {
     addresses: Vec<IpNetwork>,
     up: bool,
-    /// The device ADD moved in. A backup without one (an older version's) gives nothing
-    /// back: no link in the container can be known to be the device.
+    /// The device ADD moved in. Without one (an older version's backup), DEL does what
+    /// the reference does ([`give_back_by_alias`]) and gives no address back: no link in
+    /// the container can be known to be the device.
     #[serde(default)]
     device: Option<Identity>,
 }
@@ -335,9 +337,9 @@ impl Plugin for HostDevice {
                 eprintln!("reading the backup of {}: {e}", a.ifname());
                 None
             });
-            let back = match &saved {
+            let back = match saved.as_ref().filter(|s| s.device.is_some()) {
                 Some(saved) => give_back(&k, &inside, saved)?,
-                None => false,
+                None => give_back_by_alias(&k, &inside, a.ifname())?,
             };
             if !back && k.run(inside.link(a.ifname()))?.is_some() {
                 eprintln!(
@@ -393,11 +395,38 @@ fn give_back(k: &Kernel, inside: &Netlink, saved: &Saved) -> Result<bool, Error>
     let Some(link) = k.run(inside.link_by_index(id.index))?.filter(|l| id.is(l)) else {
         return Ok(false);
     };
-    let host = Netns::open("/proc/thread-self/ns/net")
-        .map_err(|e| Error::new(code::IO, format!("opening this namespace: {e:?}")))?;
+    let host = this_netns()?;
     k.run(inside.move_link(link.index, &id.name, None, &host))?;
     restore(k, &id.name, saved)?;
     Ok(true)
+}
+
+/// No record of the device (handed in by the reference plugin, or by an older version of
+/// ours): as the reference, the link the container calls `ifname` goes back to the host,
+/// down, under the name its alias holds, unless the host has a link of that name. Nothing
+/// of the host's (addresses, up) is given to it, since it may be any link the container
+/// made.
+fn give_back_by_alias(k: &Kernel, inside: &Netlink, ifname: &str) -> Result<bool, Error> {
+    let Some(link) = k.run(inside.link(ifname))? else {
+        return Ok(false);
+    };
+    let Some(name) = link.alias.as_deref().filter(|a| names::is_ifname(a)) else {
+        return Ok(false);
+    };
+    if k.run(k.host().link(name))?.is_some() {
+        // The device is back already (a repeated DEL): this is another link.
+        return Ok(false);
+    }
+    let host = this_netns()?;
+    k.run(inside.move_link(link.index, name, None, &host))?;
+    eprintln!("{ifname} went back as {name}, as its alias says, without addresses: no record of the device");
+    Ok(true)
+}
+
+/// The namespace this thread is in (the host's).
+fn this_netns() -> Result<Netns, Error> {
+    Netns::open("/proc/thread-self/ns/net")
+        .map_err(|e| Error::new(code::IO, format!("opening this namespace: {e:?}")))
 }
 
 /// The addresses and state the host link had before it was handed in.

@@ -91,6 +91,8 @@ pub struct Agent {
     kernel_trouble: Option<String>,
     /// Why `<prefix>/config` was last refused (said once).
     config_refused: Option<String>,
+    /// `<prefix>/config` as last accepted, saved with the node's state once it is held.
+    config_accepted: Option<String>,
 }
 
 impl Agent {
@@ -114,6 +116,7 @@ impl Agent {
             lease: None,
             kernel_trouble: None,
             config_refused: None,
+            config_accepted: None,
         })
     }
 
@@ -253,19 +256,25 @@ impl Agent {
     /// Anyone may write that key: once this node holds a subnet, content it cannot serve
     /// (damaged, deleted, another network, an MTU the underlay cannot carry) is refused
     /// with one log line and the network it holds stays, with its lease and its kernel
-    /// state (flanneld reads the config once). Before that, the session fails and is
-    /// retried with the backoff, or the agent stops if the plugin config disagrees.
+    /// state (flanneld reads the config once). A restarted agent keeps the config it
+    /// saved the same way. Before that, the session fails and is retried with the
+    /// backoff, or the agent stops if the plugin config disagrees.
     /// Without `underlay` the MTU is not checked.
     fn judge(&mut self, raw: Option<&[u8]>, underlay: Option<&Underlay>) -> Result<Network, Stop> {
         let key = format!("{}/config", self.etcd.prefix);
-        let (net, refused) = match (self.read_network(&key, raw, underlay), &self.held) {
+        let held = match &self.held {
+            Some(h) => Some(h.net.clone()),
+            None => self.saved_network(&key, underlay),
+        };
+        let (net, refused) = match (self.read_network(&key, raw, underlay), held) {
             (Ok(net), _) => {
                 if self.config_refused.take().is_some() {
                     log(&format!("{key} is one this node serves again"));
                 }
+                self.config_accepted = raw.map(|r| String::from_utf8_lossy(r).into_owned());
                 return Ok(net);
             }
-            (Err(Stop::Retry(why) | Stop::Fatal(why)), Some(h)) => (h.net.clone(), why),
+            (Err(Stop::Retry(why) | Stop::Fatal(why)), Some(net)) => (net, why),
             (Err(stop), None) => return Err(stop),
         };
         if self.config_refused.as_ref() != Some(&refused) {
@@ -276,6 +285,15 @@ impl Agent {
             self.config_refused = Some(refused);
         }
         Ok(net)
+    }
+
+    /// The network of the config this node saved when it last held a subnet, if it
+    /// still fits the plugin config and the underlay.
+    fn saved_network(&self, key: &str, underlay: Option<&Underlay>) -> Option<Network> {
+        self.local.subnet?;
+        let saved = self.local.config.as_deref()?;
+        self.read_network(key, Some(saved.as_bytes()), underlay)
+            .ok()
     }
 
     /// `<prefix>/config`, with flannel's defaults, checked against the plugin config and
@@ -474,9 +492,14 @@ impl Agent {
                 log(&format!("removing the old {old}: {e}"));
             }
         }
-        if self.local.subnet != Some(subnet) || self.local.vni != Some(net.vni) {
+        let config = self.config_accepted.clone().or(self.local.config.clone());
+        if self.local.subnet != Some(subnet)
+            || self.local.vni != Some(net.vni)
+            || self.local.config != config
+        {
             self.local.subnet = Some(subnet);
             self.local.vni = Some(net.vni);
+            self.local.config = config;
             // Not saved: a restart claims by our address's lease first anyway, and
             // teardown falls back to the config's VNI.
             if let Err(e) = self.local.save(&Local::path(&self.overlay)) {

@@ -1,7 +1,9 @@
 //! What the agent keeps on the node across restarts: the subnet it held (to take it back,
 //! as flanneld does from its subnet file), its VTEP MAC (random once, so peers keep
 //! their FDB entries when it restarts) and the VNI of the device it made (etcd's, which
-//! `teardown` cannot ask). `<dataDir>/_agent/<network>.json`, replaced whole; `_agent`
+//! `teardown` cannot ask), and the last `<prefix>/config` it served (so a restart while
+//! that key holds something it cannot serve keeps the node's lease and network, as a
+//! running agent does). `<dataDir>/_agent/<network>.json`, replaced whole; `_agent`
 //! is no network's name, so it never meets host-local's store.
 
 use std::path::{Path, PathBuf};
@@ -20,6 +22,9 @@ pub struct Local {
     vtep_mac: String,
     #[serde(default)]
     pub vni: Option<u32>,
+    /// `<prefix>/config` as last served, verbatim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 impl Local {
@@ -52,6 +57,7 @@ impl Local {
             subnet: None,
             vtep_mac: format_mac(&random_mac()?),
             vni: None,
+            config: None,
         };
         local.save(path)?;
         Ok(local)
