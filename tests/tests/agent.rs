@@ -166,6 +166,23 @@ fn key(subnet: &str) -> String {
     format!("{PREFIX}/subnets/{}", subnet.replace('/', "-"))
 }
 
+/// The widest network that holds subnet `a` and not subnet `b` (both /24s, distinct).
+fn narrowest_holding(a: &str, b: &str) -> String {
+    let ip = |s: &str| {
+        u32::from(
+            s.split('/')
+                .next()
+                .unwrap()
+                .parse::<std::net::Ipv4Addr>()
+                .unwrap(),
+        )
+    };
+    let (a, b) = (ip(a), ip(b));
+    let len = (a ^ b).leading_zeros() + 1;
+    let net = a & (u32::MAX << (32 - len));
+    format!("{}/{len}", std::net::Ipv4Addr::from(net))
+}
+
 /// Whether host `h` holds route, neighbour and FDB entry for a peer (subnet, underlay).
 fn programmed(h: &Ns, subnet: &str, underlay: &str) -> bool {
     let net = subnet.split('/').next().unwrap();
@@ -797,6 +814,13 @@ fn no_content_of_the_config_key_costs_a_node_its_lease_or_routes() {
         etcd.ctl(&format!("put {PREFIX}/config '{bad}'"));
         std::thread::sleep(Duration::from_millis(1500));
     }
+    // a valid network narrowed to hold host 0's subnet and not host 1's: adopted live,
+    // it would drop host 1 from host 0 while host 1 keeps the old one
+    let narrowed = narrowest_holding(&subnets[0], &subnets[1]);
+    etcd.ctl(&format!(
+        "put {PREFIX}/config '{{\"Network\":\"{narrowed}\",\"SubnetLen\":24,\"Backend\":{{\"Type\":\"vxlan\"}}}}'"
+    ));
+    std::thread::sleep(Duration::from_millis(1500));
     etcd.ctl(&format!("del {PREFIX}/config"));
     std::thread::sleep(Duration::from_secs(2 * ttl + 1));
     let leases = etcd.get_prefix(&format!("{PREFIX}/subnets/"));
@@ -863,6 +887,29 @@ fn a_restart_during_a_bad_config_keeps_the_lease() {
     assert!(agents[0].exited().is_none(), "{}", agents[0].log());
     assert!(programmed(&c.hosts[1], &subnets[0], &c.underlay_ip(0)));
     assert!(programmed(&c.hosts[0], &subnets[1], &c.underlay_ip(1)));
+}
+
+/// A key written for a node (its PublicIP, a subnet that sorts first) does not move
+/// that node to another subnet when its agent starts a new session: it keeps its own.
+#[test]
+fn a_key_written_for_a_node_does_not_move_it() {
+    let net = r#"{"Network":"10.242.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let (c, etcd, mut agents, subnets) = start_cluster(2, "192.168.84", net, 60, 10);
+    // 10.242.1.0-24 sorts before every other key of the network
+    let planted = "10.242.1.0/24";
+    let victim = subnets.iter().position(|s| s != planted).unwrap();
+    let ip = c.underlay_ip(victim);
+    etcd.ctl(&format!(
+        "put {} '{{\"PublicIP\":\"{ip}\",\"PublicIPv6\":null,\"BackendType\":\"vxlan\",\"BackendData\":{{\"VNI\":1,\"VtepMAC\":\"02:00:00:00:00:42\"}}}}'",
+        key(planted)
+    ));
+    agents[victim].sigkill();
+    assert_eq!(
+        agents[victim].restart_and_wait(10),
+        subnets[victim],
+        "{}",
+        agents[victim].log()
+    );
 }
 
 #[test]
@@ -953,7 +1000,10 @@ fn a_watch_event_costs_what_it_changes() {
         })
     };
     assert!(routes(2000).is_some(), "{}", agent.log());
-    std::thread::sleep(Duration::from_millis(500));
+    // "holding" is said once the first whole pass (and its stale sweep) is done
+    let settled = within(Duration::from_secs(60), || agent.log().contains("holding "));
+    assert!(settled.is_some(), "{}", agent.log());
+    std::thread::sleep(Duration::from_millis(200));
     let before = agent.cpu();
     put_fake_peers(&etcd, 2000..2020, 50);
     assert!(routes(2020).is_some(), "{}", agent.log());

@@ -935,3 +935,28 @@ fn the_subnet_file_is_read_bounded_in_size_and_time() {
         .run(&conf)
         .expect_ok();
 }
+
+/// A device whose MAC the container changed is not recognised by DEL, which leaves it;
+/// its backup (the host's addresses) stays for a later DEL or GC instead of being lost.
+#[test]
+fn host_device_del_keeps_the_backup_of_a_device_it_did_not_give_back() {
+    let (host, _) = host_with_device("hdmac0", "10.97.0.5/24");
+    let data = tempfile::tempdir().unwrap();
+    let conf = json!({"cniVersion": "1.0.0", "name": "hdmac", "type": "host-device",
+        "device": "hdmac0", "dataDir": data.path()});
+    let c = Ns::new("c");
+    Call::new("host-device", "ADD", &host, &c.path(), "hm1")
+        .run(&conf)
+        .expect_ok();
+    let backup = data.path().join("hm1_eth0.json");
+    assert!(backup.exists(), "no backup where expected");
+    c.sh("ip link set eth0 address 02:00:00:00:77:01");
+    Call::new("host-device", "DEL", &host, &c.path(), "hm1")
+        .run(&conf)
+        .expect_ok();
+    assert!(c.link("eth0").is_some());
+    assert!(
+        backup.exists(),
+        "the backup of a device still in the container went"
+    );
+}

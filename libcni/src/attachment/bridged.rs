@@ -175,11 +175,12 @@ pub fn gc(
         mac_check: spec.macspoofchk.then_some([0; 6]),
         ..spec.rules(&Attachment::of(args))
     };
-    rules.remove_stale(&args.conf.name, &args.valid_container_ids()?)?;
-    match ipam {
-        Some(i) => i.run("GC", args).map(|_| ()),
-        None => Ok(()),
+    // The IPAM plugin's GC first: the rules' removal holds every nft stripe until this
+    // process exits, which no ADD or DEL of the node should wait out.
+    if let Some(i) = ipam {
+        i.run("GC", args)?;
     }
+    rules.remove_stale(&args.conf.name, &args.valid_container_ids()?)
 }
 
 fn addrs(r: &CniResult) -> Vec<IpNetwork> {

@@ -330,29 +330,43 @@ impl Plugin for HostDevice {
         let ipam = Delegate::ipam(args)
             .map(|i| i.start("DEL", args))
             .transpose()?;
-        let moved = args.netns().map(|ns| -> Result<(), Error> {
+        // Whether the backup has served: the device is back, or no longer in there.
+        let served = args.netns().map(|ns| -> Result<bool, Error> {
             let k = Kernel::new()?;
             let inside = k.connect_in(ns)?;
             let saved = conf.backups().load::<Saved>(&a).unwrap_or_else(|e| {
                 eprintln!("reading the backup of {}: {e}", a.ifname());
                 None
             });
-            let back = match saved.as_ref().filter(|s| s.device.is_some()) {
-                Some(saved) => give_back(&k, &inside, saved)?,
-                None => give_back_by_alias(&k, &inside, a.ifname())?,
+            let recorded = saved.as_ref().and_then(|s| s.device.as_ref());
+            let back = match (&saved, recorded) {
+                (Some(saved), Some(_)) => give_back(&k, &inside, saved)?,
+                _ => give_back_by_alias(&k, &inside, a.ifname())?,
             };
-            if !back && k.run(inside.link(a.ifname()))?.is_some() {
+            if back {
+                return Ok(true);
+            }
+            if k.run(inside.link(a.ifname()))?.is_some() {
                 eprintln!(
                     "{} in the container is not the device ADD moved in: left where it is",
                     a.ifname()
                 );
             }
-            Ok(())
+            // A link still at the device's index that no longer looks like it (its MAC
+            // changed in there): the backup stays, for a DEL once it is itself again, or
+            // for GC once the namespace is gone.
+            Ok(match recorded {
+                Some(id) => k.run(inside.link_by_index(id.index))?.is_none(),
+                None => true,
+            })
         });
-        let moved = moved.unwrap_or(Ok(()));
+        let served = served.unwrap_or(Ok(true));
         let ipam = ipam.map(|r| r.wait()).transpose();
-        // the backup goes only once the device is back: a retried DEL still needs it
-        let restored = moved.and_then(|()| conf.backups().remove(&a));
+        // the backup goes only once it has served: a retried DEL still needs it
+        let restored = served.and_then(|done| match done {
+            true => conf.backups().remove(&a),
+            false => Ok(()),
+        });
         restored.and(ipam.map(|_| ()))
     }
 

@@ -225,9 +225,10 @@ impl Plugin for Ptp {
             k.host()
                 .delete_stale_attachments("veth", &args.conf.name, &valid),
         )?;
+        // IPAM first: the rules' removal holds every nft stripe until this process exits.
+        ipam.run("GC", args)?;
         conf.rules()
-            .remove_stale(&args.conf.name, &args.valid_container_ids()?)?;
-        ipam.run("GC", args).map(|_| ())
+            .remove_stale(&args.conf.name, &args.valid_container_ids()?)
     }
 }
 

@@ -329,10 +329,16 @@ impl Agent {
                 net.subnet_len
             )));
         }
-        if let Some(h) = self.held.as_ref().filter(|h| !net.fits(h.subnet)) {
-            return Err(Stop::Fatal(format!(
-                "this node's {} is not one of its subnets",
-                h.subnet
+        // As flanneld, a node serves the network it claimed in until it restarts: one
+        // narrowed or moved live would drop peers outside it while nodes that cannot
+        // serve it keep the old one, splitting the cluster.
+        if let Some(h) = self.held.as_ref().filter(|h| {
+            (h.net.network, h.net.subnet_len) != (net.network, net.subnet_len)
+                || !net.fits(h.subnet)
+        }) {
+            return Err(retry(format!(
+                "Network {} with SubnetLen {} is not the {} with SubnetLen {} this node holds {} in (a new network applies when the agent restarts)",
+                net.network, net.subnet_len, h.net.network, h.net.subnet_len, h.subnet
             )));
         }
         if let Some(u) = underlay {
@@ -392,11 +398,16 @@ impl Agent {
         // Subnets another node took while we tried: not tried again in this claim.
         let mut lost: Vec<Ipv4Network> = Vec::new();
         for _ in 0..CLAIM_TRIES {
-            let ours: Vec<&etcd::Listed> = (listing.leases.iter())
+            let mut ours: Vec<&etcd::Listed> = (listing.leases.iter())
                 .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == underlay.ip))
-                .filter(|l| !lost.contains(&l.subnet))
+                .filter(|l| !lost.contains(&l.subnet) && net.fits(l.subnet))
                 .collect();
-            if let Some(l) = ours.iter().find(|l| net.fits(l.subnet)) {
+            // Several keys name our address (anyone may write one): the subnet this node
+            // holds or held stays; else the oldest key. Never the first in key order, or a
+            // key written for us would move the node's pods to another subnet.
+            let known = self.held.as_ref().map(|h| h.subnet).or(self.local.subnet);
+            ours.sort_by_key(|l| (Some(l.subnet) != known, l.create_revision));
+            if let Some(l) = ours.first() {
                 // A dual-stack key (flanneld's) moves to the plain key we keep renewing.
                 let (from, subnet) = (l.key.clone(), l.subnet);
                 let key = lease_key(&prefix, subnet);
