@@ -795,6 +795,52 @@ fn a_dual_stack_key_of_flanneld_is_read_by_its_ipv4_part() {
     }
 }
 
+/// flanneld's move of a dual-stack key to the plain one (one transaction: put the plain
+/// key, delete the dual-stack key) keeps the peer on a node that watches it happen.
+#[test]
+fn a_peer_whose_key_moves_in_one_transaction_stays() {
+    let net = r#"{"Network":"10.241.0.0/16","Backend":{"Type":"vxlan"}}"#;
+    let c = Cluster::new(1, "192.168.81", 1500);
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!("put {PREFIX}/config '{net}'"));
+    let peer = c.spare_ip(5);
+    let value = format!(
+        r#"{{"PublicIP":"{peer}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"0e:00:00:00:00:05"}}}}"#
+    );
+    let dual = format!("{}&fc00:0:0:9::-64", key("10.241.9.0/24"));
+    etcd.ctl(&format!("put '{dual}' '{value}'"));
+    let agent = Agent::start(&c.hosts[0], &etcd, 60, 3600);
+    agent.subnet(20);
+    let seen = within(Duration::from_secs(10), || {
+        programmed(&c.hosts[0], "10.241.9.0/24", &peer)
+    });
+    assert!(seen.is_some(), "{}", agent.log());
+    let txn = tempfile::NamedTempFile::new().unwrap();
+    let quoted = serde_json::to_string(&value).unwrap();
+    std::fs::write(
+        txn.path(),
+        // no compares, then the success requests, then no failure requests
+        format!("\nput {} {quoted}\ndel {dual}\n\n\n", key("10.241.9.0/24")),
+    )
+    .unwrap();
+    etcd.ctl(&format!("txn < {}", txn.path().display()));
+    let keys: Vec<String> = etcd
+        .get_prefix(&format!("{PREFIX}/subnets/"))
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        keys.contains(&key("10.241.9.0/24")) && !keys.contains(&dual),
+        "{keys:?}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        programmed(&c.hosts[0], "10.241.9.0/24", &peer),
+        "{}",
+        agent.log()
+    );
+}
+
 #[test]
 fn no_content_of_the_config_key_costs_a_node_its_lease_or_routes() {
     let ttl = 3;

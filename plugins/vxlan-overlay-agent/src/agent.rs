@@ -621,7 +621,15 @@ impl Agent {
         let own = lease_key(&self.etcd.prefix, h.subnet);
         let mut changes = Vec::new();
         let config = format!("{}/config", self.etcd.prefix);
-        for ev in resp.events() {
+        // Within one revision (a transaction), deletes first: moving a dual-stack key to
+        // the plain one deletes the key that holds the subnet and puts the one that takes
+        // it over, and a put seen first would be ignored as a second key for the subnet.
+        let mut events: Vec<_> = resp.events().iter().collect();
+        events.sort_by_key(|ev| {
+            let revision = ev.kv().map_or(0, |kv| kv.mod_revision());
+            (revision, ev.event_type() == EventType::Put)
+        });
+        for ev in events {
             let Some(kv) = ev.kv() else { continue };
             let key = String::from_utf8_lossy(kv.key());
             let put = ev.event_type() == EventType::Put;
