@@ -12,6 +12,8 @@ use serde_json::Value;
 
 pub use serde_json::json;
 
+pub mod agent_harness;
+
 /// Where our release binaries are: `CNI_RS_BIN`, else where `scripts/build.sh` puts the
 /// static musl build (`scripts/test.sh` builds them first).
 pub fn bin_dir() -> PathBuf {
