@@ -248,8 +248,13 @@ fn device_mac(h: &Ns, dev: &str) -> Option<String> {
 /// permanent neighbour and FDB entry, whoever made them (flanneld's routes are proto
 /// boot, ours 73).
 fn knows(h: &Ns, dev: &str, subnet: &str, underlay: &str, mac: &str) -> bool {
+    if mac.is_empty() {
+        return false;
+    }
     let net = subnet.split('/').next().unwrap();
-    let route = h.exec(&format!("ip route show {subnet} dev {dev}"));
+    // `ip route show` lists IPv4 unless told otherwise, whatever the prefix
+    let family = if subnet.contains(':') { "-6" } else { "-4" };
+    let route = h.exec(&format!("ip {family} route show {subnet} dev {dev}"));
     let neigh = h.exec(&format!("ip neigh show {net} dev {dev}"));
     let fdb = h.exec(&format!("bridge fdb show dev {dev}"));
     let text = |o: &std::process::Output| String::from_utf8_lossy(&o.stdout).to_string();
