@@ -20,7 +20,7 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-use super::libc_errno::{EADDRNOTAVAIL, EEXIST, ESRCH};
+use super::libc_errno::{EADDRNOTAVAIL, EEXIST, EHOSTUNREACH, ENETUNREACH, ESRCH};
 use super::{Error, Netns};
 use crate::attachment::Attachment;
 
@@ -612,6 +612,42 @@ impl Netlink {
         }
         let res = self.handle.route().del(msg).execute().await;
         tolerate(res.map_err(|e| nl_err(r.describe("deleting"), e)), ESRCH).map(|_| ())
+    }
+
+    /// The route the kernel picks for `dst` (`ip route get`): its output link and
+    /// preferred source address; None when `dst` is unreachable.
+    pub async fn route_to(&self, dst: IpAddr) -> Result<Option<(u32, Option<IpAddr>)>, Error> {
+        let mut msg = RouteMessage::default();
+        let (family, len, addr) = match dst {
+            IpAddr::V4(v4) => (AddressFamily::Inet, 32, RouteAddress::Inet(v4)),
+            IpAddr::V6(v6) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(v6)),
+        };
+        msg.header.address_family = family;
+        msg.header.destination_prefix_length = len;
+        msg.attributes.push(RouteAttribute::Destination(addr));
+        // With a destination this is one lookup, not a dump (rtnetlink leaves NLM_F_DUMP off).
+        let mut answers = self.handle.route().get(msg).execute();
+        let found = match answers.try_next().await {
+            Ok(m) => m,
+            Err(e) => {
+                let e = nl_err(format!("looking up the route to {dst}"), e);
+                return match e.errno() {
+                    Some(ENETUNREACH | EHOSTUNREACH) => Ok(None),
+                    _ => Err(e),
+                };
+            }
+        };
+        Ok(found.map(|m| {
+            let oif = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+            let src = m.attributes.iter().find_map(|a| match a {
+                RouteAttribute::PrefSource(s) => route_ip(s),
+                _ => None,
+            });
+            (oif.unwrap_or(0), src)
+        }))
     }
 
     /// Routes of the main table for one address family.

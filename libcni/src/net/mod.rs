@@ -50,6 +50,8 @@ pub(crate) mod libc_errno {
     pub const EEXIST: i32 = 17;
     pub const ENODEV: i32 = 19;
     pub const EADDRNOTAVAIL: i32 = 99;
+    pub const ENETUNREACH: i32 = 101;
+    pub const EHOSTUNREACH: i32 = 113;
 }
 
 impl From<Error> for CniError {

@@ -21,6 +21,8 @@ use vxlan_overlay::subnet_env::SubnetEnv;
 
 use crate::etcd;
 use crate::flannel::{lease_key, LeaseAttrs, Network};
+use crate::iface::Selection;
+use crate::notify;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -82,6 +84,8 @@ pub struct Agent {
     nl: Netlink,
     local: Local,
     reconcile_every: Duration,
+    /// The underlay and the address published for it.
+    select: Selection,
     held: Option<Held>,
     /// The peers as programmed, by subnet.
     peers: BTreeMap<Ipv4Network, Known>,
@@ -98,7 +102,11 @@ pub struct Agent {
 impl Agent {
     /// The agent of `overlay`'s etcd store: its connection options, saved state and
     /// netlink connection, made before anything is claimed.
-    pub fn new(overlay: Overlay, reconcile_every: Duration) -> Result<Agent, String> {
+    pub fn new(
+        overlay: Overlay,
+        reconcile_every: Duration,
+        select: Selection,
+    ) -> Result<Agent, String> {
         let Store::Etcd(etcd) = overlay.store.clone() else {
             return Err(
                 "store: the agent serves the etcd store (a static one needs no agent)".into(),
@@ -111,6 +119,7 @@ impl Agent {
             overlay,
             etcd,
             reconcile_every,
+            select,
             held: None,
             peers: BTreeMap::new(),
             lease: None,
@@ -161,15 +170,14 @@ impl Agent {
             .await
             .map_err(retry)?;
         let config = self.config(&mut c).await?;
-        let underlay =
-            match node::underlay(&self.nl, self.overlay.underlay_interface.as_deref()).await {
-                Ok(u) => u,
-                Err(e) => {
-                    // A plugin config that etcd's contradicts stops the agent all the same.
-                    self.judge(config.as_deref(), None)?;
-                    return Err(retry(format!("underlay: {e}")));
-                }
-            };
+        let underlay = match self.select.underlay(&self.nl).await {
+            Ok(u) => u,
+            Err(e) => {
+                // A plugin config that etcd's contradicts stops the agent all the same.
+                self.judge(config.as_deref(), None)?;
+                return Err(retry(format!("underlay: {e}")));
+            }
+        };
         let net = self.judge(config.as_deref(), Some(&underlay))?;
         let lease = self.etcd_lease(&mut c).await?;
         let listing = etcd::leases(&mut c, &prefix, &net).await.map_err(retry)?;
@@ -177,6 +185,8 @@ impl Agent {
         self.settle(net, underlay, subnet).await?;
         self.set_peers(&listing);
         self.program(None).await;
+        // The subnet file is written: what a Type=notify unit waits for.
+        notify::ready();
         let mut watch = etcd::watch(&mut c, &prefix, listing.revision + 1)
             .await
             .map_err(retry)?;
@@ -394,12 +404,15 @@ impl Agent {
         mut listing: etcd::Listing,
     ) -> Result<(Ipv4Network, etcd::Listing), Stop> {
         let prefix = self.etcd.prefix.clone();
-        let attrs = LeaseAttrs::vxlan(underlay.ip, net.vni, self.local.mac()).to_json();
+        let public = self.select.public(underlay);
+        let mut attrs = LeaseAttrs::vxlan(public, net.vni, self.local.mac());
+        attrs.public_ipv6 = self.select.public_ipv6.map(|v6| v6.to_string());
+        let attrs = attrs.to_json();
         // Subnets another node took while we tried: not tried again in this claim.
         let mut lost: Vec<Ipv4Network> = Vec::new();
         for _ in 0..CLAIM_TRIES {
             let mut ours: Vec<&etcd::Listed> = (listing.leases.iter())
-                .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == underlay.ip))
+                .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == public))
                 .filter(|l| !lost.contains(&l.subnet) && net.fits(l.subnet))
                 .collect();
             // Several keys name our address (anyone may write one): the subnet this node
@@ -416,8 +429,7 @@ impl Agent {
                     .map_err(retry)?
                 {
                     log(&format!(
-                        "took back {subnet}: its lease {from} names {}",
-                        underlay.ip
+                        "took back {subnet}: its lease {from} names {public}"
                     ));
                     listing.leases.retain(|l| l.key != from || from == key);
                     return Ok((subnet, listing));
@@ -458,7 +470,7 @@ impl Agent {
                 } else {
                     ""
                 };
-                log(&format!("claimed {s} for {}{how}", underlay.ip));
+                log(&format!("claimed {s} for {public}{how}"));
                 return Ok((s, listing));
             }
             log(&format!(
@@ -551,7 +563,7 @@ impl Agent {
         }
         let a = a.ok_or("its value is not a lease we read")?;
         let ip = a.public_ip;
-        if ip == h.underlay.ip {
+        if ip == h.underlay.ip || ip == self.select.public(&h.underlay) {
             return Err(format!("it names this node's address {ip}"));
         }
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
@@ -653,7 +665,7 @@ impl Agent {
                 .then(|| etcd::bounded_value(&key, kv.value()).and_then(LeaseAttrs::parse))
                 .flatten();
             if key == own {
-                if attrs.is_none_or(|a| a.public_ip != underlay.ip) {
+                if attrs.is_none_or(|a| a.public_ip != self.select.public(&underlay)) {
                     return Err(retry(format!(
                         "our lease {s} was deleted or taken; claiming again"
                     )));
@@ -765,7 +777,7 @@ impl Agent {
     async fn own_key_present(&self, c: &mut Client, subnet: Ipv4Network) -> Result<(), Stop> {
         let key = lease_key(&self.etcd.prefix, subnet);
         let value = etcd::get(c, &key).await.map_err(retry)?;
-        let ip = self.held.as_ref().map(|h| h.underlay.ip);
+        let ip = self.held.as_ref().map(|h| self.select.public(&h.underlay));
         let value = value.filter(|v| v.len() <= etcd::MAX_VALUE);
         match value.as_deref().and_then(LeaseAttrs::parse) {
             Some(a) if Some(a.public_ip) == ip => Ok(()),

@@ -1,7 +1,8 @@
 //! The agent's etcd calls, each bounded in time and each failing with a line that says
-//! which call failed: connect (TLS from flannel's file fields), read the network config,
-//! list the leases with the revision they were read at, claim a subnet (create if
-//! absent), renew or remove a lease key, keep an etcd lease alive, and watch.
+//! which call failed: connect (TLS from flannel's file fields, etcd's user and password),
+//! read the network config, list the leases with the revision they were read at, claim a
+//! subnet (create if absent), renew or remove a lease key, keep an etcd lease alive, and
+//! watch.
 
 use std::future::Future;
 use std::path::Path;
@@ -107,6 +108,14 @@ pub fn options(e: &Etcd) -> Result<ConnectOptions> {
         .with_keep_alive(PING_EVERY, PING_WAIT)
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
+    // etcd's auth tokens expire (simple tokens after 5 minutes unused): renewed on demand
+    // rather than ending the session.
+    let opts = match &e.username {
+        Some(user) => opts
+            .with_user(user.clone(), e.password.clone().unwrap_or_default())
+            .with_auto_token_refresh(true),
+        None => opts,
+    };
     if e.cert_file.is_none() && e.key_file.is_none() && e.trusted_ca_file.is_none() {
         if let Some(tls) = e.endpoints.iter().find(|u| u.starts_with("https://")) {
             return Err(format!(

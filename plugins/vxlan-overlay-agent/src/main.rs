@@ -1,39 +1,31 @@
-//! `vxlan-overlay-agent --config FILE`: our flanneld, one per node, long-running. It holds
-//! the node's subnet lease in etcd in flannel's layout (flannel.rs), owns the VXLAN
-//! device, keeps the kernel's peer state equal to the leases it watches (agent.rs) and
-//! writes flannel's subnet file, from which the plugin attaches containers. SIGTERM or
-//! SIGINT ends it at once; its lease stays until its TTL, for a restart to take back.
+//! `vxlan-overlay-agent`: our flanneld, one per node, long-running, started with
+//! flanneld's flags (etcd mode), `--config FILE`, or both (cli.rs). It holds the node's
+//! subnet lease in etcd in flannel's layout (flannel.rs) from the underlay it selects as
+//! flanneld does (iface.rs), owns the VXLAN device, keeps the kernel's peer state equal
+//! to the leases it watches (agent.rs), writes flannel's subnet file, from which the
+//! plugin attaches containers, then tells systemd it is ready (notify.rs), and answers
+//! flanneld's health endpoint (healthz.rs). SIGTERM or SIGINT ends it at once; its lease
+//! stays until its TTL, for a restart to take back.
 
 mod agent;
+mod cli;
 mod etcd;
 mod flannel;
+mod healthz;
+mod iface;
+mod notify;
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::time::Duration;
 
-use clap::Parser;
 use tokio::signal::unix::{signal, SignalKind};
-use vxlan_overlay::config::Overlay;
 
 use agent::{log, Agent};
+use cli::Options;
 
-#[derive(Parser)]
-#[command(
-    version,
-    about = "vxlan-overlay's node agent: subnet lease and peers in etcd, in flannel's layout"
-)]
-struct Args {
-    /// A CNI .conf or .conflist holding the vxlan-overlay entry (store type etcd).
-    #[arg(long)]
-    config: PathBuf,
-    /// Seconds between checks that the kernel still holds every peer's state.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    reconcile_seconds: u64,
-}
-
-fn read_config(path: &Path) -> Result<Overlay, String> {
+/// A config file as JSON (its vxlan-overlay entry is read after the flags are merged in).
+fn read_config(path: &Path) -> Result<serde_json::Value, String> {
     let mut bytes = Vec::new();
     std::fs::File::open(path)
         .and_then(|f| {
@@ -41,16 +33,22 @@ fn read_config(path: &Path) -> Result<Overlay, String> {
                 .read_to_end(&mut bytes)
         })
         .map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    Overlay::from_conf_or_list(&v).map_err(|e| format!("{}: {e}", path.display()))
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
-async fn serve(overlay: Overlay, reconcile: Duration) -> Result<(), String> {
-    let mut agent = Agent::new(overlay, reconcile)?;
+async fn serve(o: Options) -> Result<(), String> {
+    // Bound before anything else, as flanneld does: a port in use stops the agent.
+    let healthz = match o.healthz {
+        Some(at) => Some(healthz::bind(at).await?),
+        None => None,
+    };
+    let mut agent = Agent::new(o.overlay, o.reconcile, o.select)?;
     let mut term = signal(SignalKind::terminate()).map_err(|e| format!("SIGTERM handler: {e}"))?;
     let mut int = signal(SignalKind::interrupt()).map_err(|e| format!("SIGINT handler: {e}"))?;
     log(&agent.describe());
+    if let Some(l) = healthz {
+        tokio::spawn(healthz::serve(l));
+    }
     tokio::select! {
         why = agent.run() => Err(why),
         _ = term.recv() => { log("SIGTERM: exiting, the lease stays for a restart"); Ok(()) }
@@ -59,12 +57,20 @@ async fn serve(overlay: Overlay, reconcile: Duration) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let overlay = match read_config(&args.config) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let given = cli::parse(&args, &|k| std::env::var(k).ok());
+    if let Ok(g) = &given {
+        g.warnings.iter().for_each(|w| log(w));
+    }
+    let options = match given.and_then(|g| g.options(read_config)) {
         Ok(o) => o,
-        Err(e) => {
-            log(&e);
-            return ExitCode::from(2);
+        Err(exit) => {
+            if exit.code == 0 {
+                eprintln!("{}", exit.msg);
+            } else {
+                log(&exit.msg);
+            }
+            return ExitCode::from(exit.code);
         }
     };
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -77,7 +83,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(serve(overlay, Duration::from_secs(args.reconcile_seconds))) {
+    match rt.block_on(serve(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             log(&e);

@@ -64,6 +64,10 @@ struct StoreConf {
     key_file: Option<PathBuf>,
     #[serde(default)]
     trusted_ca_file: Option<PathBuf>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
 }
 
 /// Where the node table lives.
@@ -85,6 +89,10 @@ pub struct Etcd {
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
     pub trusted_ca_file: Option<PathBuf>,
+    /// etcd's user (flanneld's `--etcd-username`): when given, every call authenticates
+    /// with `password` (empty when not given, as flanneld).
+    pub username: Option<String>,
+    pub password: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +351,8 @@ fn etcd(s: StoreConf) -> Result<Etcd, Error> {
         cert_file: s.cert_file,
         key_file: s.key_file,
         trusted_ca_file: s.trusted_ca_file,
+        username: s.username.filter(|u| !u.is_empty()),
+        password: s.password,
     })
 }
 
