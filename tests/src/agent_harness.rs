@@ -54,6 +54,40 @@ impl Agent {
         a
     }
 
+    /// Started with a command line of flanneld's only (no `--config`): `args`, and `env`
+    /// as a unit's Environment= gives it. Its state goes to the default dataDir under
+    /// /var/lib, which is `<dir>/varlib` in the mount namespace `ip netns exec` makes
+    /// for it alone (bound there, seen by no other process).
+    /// `args` is given the agent's directory (for `-subnet-file`).
+    pub fn start_flags(
+        host: &Ns,
+        args: impl FnOnce(&Path) -> Vec<String>,
+        env: &[(&str, String)],
+    ) -> Agent {
+        let mut a = Agent {
+            child: None,
+            dir: tempfile::tempdir().unwrap(),
+            host: host.name.clone(),
+        };
+        let varlib = a.dir.path().join("varlib");
+        std::fs::create_dir(&varlib).unwrap();
+        let log = std::fs::File::create(a.dir.path().join("agent.log")).unwrap();
+        let child = dies_with_test(&mut Command::new("ip"))
+            .args(["netns", "exec", &a.host, "sh", "-c"])
+            .arg(r#"mount --bind "$0" /var/lib && exec "$@""#)
+            .arg(varlib)
+            .arg(agent_bin())
+            .args(args(a.dir.path()))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        a.child = Some(child);
+        a
+    }
+
     pub fn restart(&mut self, reconcile: u64) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
