@@ -57,8 +57,8 @@ impl Agent {
     /// Started with a command line of flanneld's only (no `--config`): `args`, and `env`
     /// as a unit's Environment= gives it. Its state goes to the default dataDir under
     /// /var/lib, which is `<dir>/varlib` in the mount namespace `ip netns exec` makes
-    /// for it alone (bound there, seen by no other process).
-    /// `args` is given the agent's directory (for `-subnet-file`).
+    /// for it alone (bound there, seen by no other process). `args` is given the agent's
+    /// directory (for `-subnet-file`).
     pub fn start_flags(
         host: &Ns,
         args: impl FnOnce(&Path) -> Vec<String>,
@@ -71,42 +71,42 @@ impl Agent {
         };
         let varlib = a.dir.path().join("varlib");
         std::fs::create_dir(&varlib).unwrap();
-        let log = std::fs::File::create(a.dir.path().join("agent.log")).unwrap();
-        let child = dies_with_test(&mut Command::new("ip"))
-            .args(["netns", "exec", &a.host, "sh", "-c"])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &a.host, "sh", "-c"])
             .arg(r#"mount --bind "$0" /var/lib && exec "$@""#)
             .arg(varlib)
             .arg(agent_bin())
             .args(args(a.dir.path()))
-            .envs(env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        a.child = Some(child);
+            .envs(env.iter().map(|(k, v)| (k, v)));
+        a.spawn(cmd);
         a
     }
 
-    pub fn restart(&mut self, reconcile: u64) {
-        assert!(self.child.is_none());
+    /// Runs `cmd` as this agent, its stderr appended to the agent's log.
+    fn spawn(&mut self, mut cmd: Command) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.path().join("agent.log"))
             .unwrap();
-        let child = dies_with_test(&mut Command::new("ip"))
-            .args(["netns", "exec", &self.host])
-            .arg(agent_bin())
-            .arg("--config")
-            .arg(self.dir.path().join("cluster.conflist"))
-            .args(["--reconcile-seconds", &reconcile.to_string()])
+        let child = dies_with_test(&mut cmd)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap();
         self.child = Some(child);
+    }
+
+    pub fn restart(&mut self, reconcile: u64) {
+        assert!(self.child.is_none());
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.host])
+            .arg(agent_bin())
+            .arg("--config")
+            .arg(self.dir.path().join("cluster.conflist"))
+            .args(["--reconcile-seconds", &reconcile.to_string()]);
+        self.spawn(cmd);
     }
 
     pub fn conf(&self, etcd: &Etcd) -> Value {

@@ -36,3 +36,28 @@ fn send(path: &str, msg: &[u8]) -> std::io::Result<()> {
     sock.send_to_addr(msg, &addr)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_datagram_reaches_a_path_and_an_abstract_socket() {
+        let dir = std::env::temp_dir().join(format!("notify-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("sock");
+        let by_path = UnixDatagram::bind(&path).unwrap();
+        send(path.to_str().unwrap(), b"READY=1").unwrap();
+        let mut buf = [0u8; 16];
+        let n = by_path.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+        std::fs::remove_dir_all(&dir).unwrap();
+
+        let name = format!("vxlan-overlay-agent-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let abstract_ = UnixDatagram::bind_addr(&addr).unwrap();
+        send(&format!("@{name}"), b"READY=1").unwrap();
+        let n = abstract_.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"READY=1");
+    }
+}
