@@ -171,18 +171,26 @@ impl Agent {
                 }
             };
         let net = self.judge(config.as_deref(), Some(&underlay))?;
-        let lease = self.etcd_lease(&mut c).await?;
+        self.adopt_vtep(&net, &underlay).await;
         let listing = etcd::leases(&mut c, &prefix, &net).await.map_err(retry)?;
-        let (subnet, listing) = self.claim(&mut c, &net, &underlay, lease, listing).await?;
+        let (subnet, listing, lease) = self.claim(&mut c, &net, &underlay, listing).await?;
         self.settle(net, underlay, subnet).await?;
         self.set_peers(&listing);
         self.program(None).await;
         let mut watch = etcd::watch(&mut c, &prefix, listing.revision + 1)
             .await
             .map_err(retry)?;
-        let (mut keeper, mut kept) = etcd::keep_alive(&mut c, lease).await.map_err(retry)?;
+        // A reservation has no lease to keep alive.
+        let (mut keeper, mut kept) = match lease {
+            Some(id) => {
+                let (k, s) = etcd::keep_alive(&mut c, id).await.map_err(retry)?;
+                (Some(k), Some(s))
+            }
+            None => (None, None),
+        };
         log(&format!(
-            "holding {subnet}, {} peers, watching from revision {}",
+            "holding {subnet}{}, {} peers, watching from revision {}",
+            if lease.is_none() { " (reserved)" } else { "" },
             self.peers.len(),
             listing.revision + 1
         ));
@@ -202,20 +210,22 @@ impl Agent {
                         self.program(Some(&changes)).await;
                     }
                 }
-                _ = renew.tick() => {
+                _ = renew.tick(), if keeper.is_some() => {
                     // Two renewals unanswered: the lease is at risk, start over.
                     if answered.elapsed() > ttl * 2 / 3 {
                         return Err(retry(format!("etcd has not renewed our lease for {:?}", answered.elapsed())));
                     }
-                    keeper.keep_alive().await.map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?;
+                    if let Some(k) = keeper.as_mut() {
+                        k.keep_alive().await.map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?;
+                    }
                 }
-                k = kept.message() => {
+                k = etcd::next_kept(&mut kept) => {
                     let r = k
                         .map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?
                         .ok_or_else(|| retry("etcd ended the lease keep-alive".into()))?;
                     if r.ttl() <= 0 {
                         self.lease = None;
-                        return Err(retry(format!("our etcd lease {lease:x} expired; claiming {subnet} again")));
+                        return Err(retry(format!("our etcd lease {:x} expired; claiming {subnet} again", r.id())));
                     }
                     answered = Instant::now();
                 }
@@ -347,13 +357,21 @@ impl Agent {
         Ok(net)
     }
 
-    /// The device's MTU: etcd's, else the plugin config's, else what the underlay carries.
+    /// The device's (and the pods') MTU: etcd's Backend.MTU, the MTU on the wire, less
+    /// VXLAN's 50 bytes (flannel's rule since v0.21.3); else the plugin config's `mtu`
+    /// (the pods'); else what the underlay carries.
     fn mtu(&self, net: &Network, underlay: &Underlay) -> Result<u32, String> {
         let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
-        let mtu = net.mtu.or(self.overlay.mtu).unwrap_or(fits);
+        let (mtu, what) = match net.wire_mtu {
+            Some(wire) => (wire - VXLAN_OVERHEAD, format!("Backend.MTU {wire}")),
+            None => match self.overlay.mtu {
+                Some(m) => (m, format!("mtu {m}")),
+                None => return Ok(fits),
+            },
+        };
         if mtu > fits {
             return Err(format!(
-                "MTU {mtu} does not fit the underlay {} (MTU {}, at most {fits} in VXLAN)",
+                "{what} does not fit the underlay {} (MTU {}, at most {fits} in VXLAN)",
                 underlay.link.name, underlay.link.mtu
             ));
         }
@@ -383,18 +401,87 @@ impl Agent {
         })
     }
 
-    /// flanneld's order: the lease holding our underlay address; else our previous subnet
-    /// if free; else one at random among the first hundred free. Created only if absent.
+    /// The device flannel.<VNI> found on the node (flanneld's, or ours), kept as it is
+    /// when it is as wanted in all but its MAC: its MAC becomes ours (saved), so the
+    /// device is not made anew and the lease publishes the MAC peers already hold.
+    async fn adopt_vtep(&mut self, net: &Network, underlay: &Underlay) {
+        let Ok(mtu) = self.mtu(net, underlay) else {
+            return;
+        };
+        let want = self.vtep(net, underlay, mtu);
+        let mac = match node::reusable_vtep_mac(&self.nl, &want).await {
+            Ok(Some(mac)) if mac != want.mac => mac,
+            Ok(_) => return,
+            Err(e) => {
+                log(&format!("reading {}: {e}", want.name));
+                return;
+            }
+        };
+        log(&format!(
+            "keeping {} as it is, with its VTEP MAC {}",
+            want.name,
+            format_mac(&mac)
+        ));
+        self.local.set_mac(mac);
+        if let Err(e) = self.local.save(&Local::path(&self.overlay)) {
+            log(&format!("saving our state: {e}"));
+        }
+    }
+
+    /// The device this node wants.
+    fn vtep(&self, net: &Network, underlay: &Underlay, mtu: u32) -> Vxlan {
+        Vxlan {
+            name: vtep_name(net.vni),
+            vni: net.vni,
+            port: net.port,
+            local: underlay.ip,
+            dev: underlay.link.index,
+            mac: self.local.mac(),
+            mtu,
+            learning: net.learning,
+            gbp: net.gbp,
+        }
+    }
+
+    /// How this node holds `l`, a key naming its address: None for a reservation (no
+    /// etcd lease: it stays one); else the key's own lease when the key holds the value
+    /// we would write and etcd keeps that lease with our TTL (flanneld's, or ours before
+    /// a restart: nothing is written), or ours.
+    async fn hold(
+        &mut self,
+        c: &mut Client,
+        l: &etcd::Listed,
+        plain: bool,
+        attrs: &LeaseAttrs,
+    ) -> Result<(Option<i64>, bool), Stop> {
+        if l.lease == 0 {
+            return Ok((None, plain && l.attrs.as_ref() == Some(attrs)));
+        }
+        if plain && l.attrs.as_ref() == Some(attrs) {
+            let ttl = i64::try_from(self.etcd.lease_ttl).unwrap_or(i64::MAX);
+            let (left, granted) = etcd::time_to_live(c, l.lease).await.map_err(retry)?;
+            if left > 0 && granted == ttl {
+                self.lease = Some(l.lease);
+                return Ok((Some(l.lease), true));
+            }
+        }
+        Ok((Some(self.etcd_lease(c).await?), false))
+    }
+
+    /// flanneld's order: the lease holding our underlay address (a reservation too: used
+    /// as it is, never bound to a lease); else our previous subnet if free; else one at
+    /// random among the first hundred free. Created only if absent. Returns the etcd
+    /// lease the key is bound to, None for a reservation.
     async fn claim(
         &mut self,
         c: &mut Client,
         net: &Network,
         underlay: &Underlay,
-        lease: i64,
         mut listing: etcd::Listing,
-    ) -> Result<(Ipv4Network, etcd::Listing), Stop> {
+    ) -> Result<(Ipv4Network, etcd::Listing, Option<i64>), Stop> {
         let prefix = self.etcd.prefix.clone();
-        let attrs = LeaseAttrs::vxlan(underlay.ip, net.vni, self.local.mac()).to_json();
+        let ours_attrs = LeaseAttrs::vxlan(underlay.ip, net.vni, self.local.mac());
+        let attrs = ours_attrs.to_json();
         // Subnets another node took while we tried: not tried again in this claim.
         let mut lost: Vec<Ipv4Network> = Vec::new();
         for _ in 0..CLAIM_TRIES {
@@ -407,20 +494,33 @@ impl Agent {
             // key written for us would move the node's pods to another subnet.
             let known = self.held.as_ref().map(|h| h.subnet).or(self.local.subnet);
             ours.sort_by_key(|l| (Some(l.subnet) != known, l.create_revision));
-            if let Some(l) = ours.first() {
+            if let Some(l) = ours.first().map(|l| (*l).clone()) {
                 // A dual-stack key (flanneld's) moves to the plain key we keep renewing.
                 let (from, subnet) = (l.key.clone(), l.subnet);
                 let key = lease_key(&prefix, subnet);
+                let (lease, as_is) = self.hold(c, &l, from == key, &ours_attrs).await?;
+                let what = if lease.is_none() {
+                    "reservation"
+                } else {
+                    "lease"
+                };
+                if as_is {
+                    log(&format!(
+                        "took back {subnet}: its {what} {from} names {} as we would",
+                        underlay.ip
+                    ));
+                    return Ok((subnet, listing, lease));
+                }
                 if etcd::replace(c, &from, &key, &attrs, lease, l.mod_revision)
                     .await
                     .map_err(retry)?
                 {
                     log(&format!(
-                        "took back {subnet}: its lease {from} names {}",
+                        "took back {subnet}: its {what} {from} names {}",
                         underlay.ip
                     ));
                     listing.leases.retain(|l| l.key != from || from == key);
-                    return Ok((subnet, listing));
+                    return Ok((subnet, listing, lease));
                 }
                 // Changed since listed, or its plain key is someone else's: not ours to
                 // try again in this claim (a key tried forever would be a spin).
@@ -449,6 +549,7 @@ impl Agent {
                     net.subnet_len, net.network
                 )));
             };
+            let lease = self.etcd_lease(c).await?;
             if etcd::create(c, &lease_key(&prefix, s), &attrs, lease)
                 .await
                 .map_err(retry)?
@@ -459,7 +560,7 @@ impl Agent {
                     ""
                 };
                 log(&format!("claimed {s} for {}{how}", underlay.ip));
-                return Ok((s, listing));
+                return Ok((s, listing, Some(lease)));
             }
             log(&format!(
                 "{s} was claimed by another node meanwhile; listing again"
@@ -484,15 +585,7 @@ impl Agent {
             ));
         }
         let mtu = self.mtu(&net, &underlay).map_err(Stop::Fatal)?;
-        let vtep = Vxlan {
-            name: vtep_name(net.vni),
-            vni: net.vni,
-            port: net.port,
-            local: underlay.ip,
-            dev: underlay.link.index,
-            mac: self.local.mac(),
-            mtu,
-        };
+        let vtep = self.vtep(&net, &underlay, mtu);
         // A VNI change renames the device: the old one goes, with its peers' state, also
         // when the change happened while we were stopped (the saved VNI names it).
         let old = (self.held.as_ref().map(|h| h.vtep.name.clone()))
