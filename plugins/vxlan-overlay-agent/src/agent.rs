@@ -1,5 +1,6 @@
 //! One node's agent. A session with etcd reads the network, claims this node's subnet
-//! lease (its own again after a restart), makes the VXLAN device and the subnet file,
+//! lease (its own again after a restart; a reservation or a flanneld's lease as it is),
+//! keeps a flanneld's VXLAN device as it is or makes one, writes the subnet file,
 //! lists the leases and programs every peer, then follows the watch from the listed
 //! revision while it renews the etcd lease and reconciles the kernel. When a session
 //! fails (etcd down, a compacted watch, our lease gone, the network config changed) the
@@ -378,6 +379,11 @@ impl Agent {
         Ok(mtu)
     }
 
+    /// leaseTTL, in etcd's terms.
+    fn ttl(&self) -> i64 {
+        i64::try_from(self.etcd.lease_ttl).unwrap_or(i64::MAX)
+    }
+
     /// The etcd lease our key lives under: the one we had while etcd still has it.
     async fn etcd_lease(&mut self, c: &mut Client) -> Result<i64, Stop> {
         if let Some(id) = self.lease {
@@ -385,8 +391,7 @@ impl Agent {
                 return Ok(id);
             }
         }
-        let ttl = i64::try_from(self.etcd.lease_ttl).unwrap_or(i64::MAX);
-        let id = etcd::grant(c, ttl).await.map_err(retry)?;
+        let id = etcd::grant(c, self.ttl()).await.map_err(retry)?;
         self.lease = Some(id);
         Ok(id)
     }
@@ -458,9 +463,8 @@ impl Agent {
             return Ok((None, plain && l.attrs.as_ref() == Some(attrs)));
         }
         if plain && l.attrs.as_ref() == Some(attrs) {
-            let ttl = i64::try_from(self.etcd.lease_ttl).unwrap_or(i64::MAX);
             let (left, granted) = etcd::time_to_live(c, l.lease).await.map_err(retry)?;
-            if left > 0 && granted == ttl {
+            if left > 0 && granted == self.ttl() {
                 self.lease = Some(l.lease);
                 return Ok((Some(l.lease), true));
             }
