@@ -16,7 +16,8 @@ use rtnetlink::LinkVxlan;
 use super::link::nl_err;
 use super::{format_mac, Error, Netlink};
 
-/// A VXLAN device as we make it: no multicast group, no learning.
+/// A VXLAN device as we make it: no multicast group; learning and group-based policy
+/// (GBP) only when asked (flannel's Backend options, both off by default).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Vxlan {
     pub name: String,
@@ -27,6 +28,8 @@ pub struct Vxlan {
     pub dev: u32,
     pub mac: [u8; 6],
     pub mtu: u32,
+    pub learning: bool,
+    pub gbp: bool,
 }
 
 /// What a VXLAN device has, read back.
@@ -36,6 +39,9 @@ pub struct VxlanState {
     pub port: Option<u16>,
     pub local: Option<Ipv4Addr>,
     pub learning: Option<bool>,
+    /// The underlay link it sends through.
+    pub link: Option<u32>,
+    pub gbp: bool,
 }
 
 /// A permanent entry of a device's neighbour table or FDB.
@@ -70,15 +76,15 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
 impl Netlink {
     /// Creates the device, up.
     pub async fn create_vxlan(&self, v: &Vxlan) -> Result<(), Error> {
-        let msg = LinkVxlan::new(&v.name, v.vni)
+        let mut b = LinkVxlan::new(&v.name, v.vni)
             .port(v.port)
             .local(v.local)
             .dev(v.dev)
-            .learning(false)
-            .address(v.mac.to_vec())
-            .mtu(v.mtu)
-            .up()
-            .build();
+            .learning(v.learning);
+        if v.gbp {
+            b = b.gbp();
+        }
+        let msg = b.address(v.mac.to_vec()).mtu(v.mtu).up().build();
         self.add_link(msg, || format!("creating vxlan {} (VNI {})", v.name, v.vni))
             .await
     }
@@ -114,6 +120,8 @@ impl Netlink {
                         InfoVxlan::Port(p) => s.port = Some(p),
                         InfoVxlan::Local(l) => s.local = Some(l),
                         InfoVxlan::Learning(l) => s.learning = Some(l),
+                        InfoVxlan::Link(i) => s.link = Some(i),
+                        InfoVxlan::Gbp => s.gbp = true,
                         _ => {}
                     }
                 }

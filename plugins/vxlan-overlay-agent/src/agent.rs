@@ -1,5 +1,6 @@
 //! One node's agent. A session with etcd reads the network, claims this node's subnet
-//! lease (its own again after a restart), makes the VXLAN device and the subnet file,
+//! lease (its own again after a restart; a reservation or a flanneld's lease as it is),
+//! keeps a flanneld's VXLAN device as it is or makes one, writes the subnet file,
 //! lists the leases and programs every peer, then follows the watch from the listed
 //! revision while it renews the etcd lease and reconciles the kernel. When a session
 //! fails (etcd down, a compacted watch, our lease gone, the network config changed) the
@@ -179,9 +180,9 @@ impl Agent {
             }
         };
         let net = self.judge(config.as_deref(), Some(&underlay))?;
-        let lease = self.etcd_lease(&mut c).await?;
+        self.adopt_vtep(&net, &underlay).await;
         let listing = etcd::leases(&mut c, &prefix, &net).await.map_err(retry)?;
-        let (subnet, listing) = self.claim(&mut c, &net, &underlay, lease, listing).await?;
+        let (subnet, listing, lease) = self.claim(&mut c, &net, &underlay, listing).await?;
         self.settle(net, underlay, subnet).await?;
         self.set_peers(&listing);
         self.program(None).await;
@@ -190,9 +191,17 @@ impl Agent {
         let mut watch = etcd::watch(&mut c, &prefix, listing.revision + 1)
             .await
             .map_err(retry)?;
-        let (mut keeper, mut kept) = etcd::keep_alive(&mut c, lease).await.map_err(retry)?;
+        // A reservation has no lease to keep alive.
+        let (mut keeper, mut kept) = match lease {
+            Some(id) => {
+                let (k, s) = etcd::keep_alive(&mut c, id).await.map_err(retry)?;
+                (Some(k), Some(s))
+            }
+            None => (None, None),
+        };
         log(&format!(
-            "holding {subnet}, {} peers, watching from revision {}",
+            "holding {subnet}{}, {} peers, watching from revision {}",
+            if lease.is_none() { " (reserved)" } else { "" },
             self.peers.len(),
             listing.revision + 1
         ));
@@ -212,20 +221,22 @@ impl Agent {
                         self.program(Some(&changes)).await;
                     }
                 }
-                _ = renew.tick() => {
+                _ = renew.tick(), if keeper.is_some() => {
                     // Two renewals unanswered: the lease is at risk, start over.
                     if answered.elapsed() > ttl * 2 / 3 {
                         return Err(retry(format!("etcd has not renewed our lease for {:?}", answered.elapsed())));
                     }
-                    keeper.keep_alive().await.map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?;
+                    if let Some(k) = keeper.as_mut() {
+                        k.keep_alive().await.map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?;
+                    }
                 }
-                k = kept.message() => {
+                k = etcd::next_kept(&mut kept) => {
                     let r = k
                         .map_err(|e| retry(format!("etcd lease keep-alive: {e}")))?
                         .ok_or_else(|| retry("etcd ended the lease keep-alive".into()))?;
                     if r.ttl() <= 0 {
                         self.lease = None;
-                        return Err(retry(format!("our etcd lease {lease:x} expired; claiming {subnet} again")));
+                        return Err(retry(format!("our etcd lease {:x} expired; claiming {subnet} again", r.id())));
                     }
                     answered = Instant::now();
                 }
@@ -357,17 +368,30 @@ impl Agent {
         Ok(net)
     }
 
-    /// The device's MTU: etcd's, else the plugin config's, else what the underlay carries.
+    /// The device's (and the pods') MTU: etcd's Backend.MTU, the MTU on the wire, less
+    /// VXLAN's 50 bytes (flannel's rule since v0.21.3); else the plugin config's `mtu`
+    /// (the pods'); else what the underlay carries.
     fn mtu(&self, net: &Network, underlay: &Underlay) -> Result<u32, String> {
         let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
-        let mtu = net.mtu.or(self.overlay.mtu).unwrap_or(fits);
+        let (mtu, what) = match net.wire_mtu {
+            Some(wire) => (wire - VXLAN_OVERHEAD, format!("Backend.MTU {wire}")),
+            None => match self.overlay.mtu {
+                Some(m) => (m, format!("mtu {m}")),
+                None => return Ok(fits),
+            },
+        };
         if mtu > fits {
             return Err(format!(
-                "MTU {mtu} does not fit the underlay {} (MTU {}, at most {fits} in VXLAN)",
+                "{what} does not fit the underlay {} (MTU {}, at most {fits} in VXLAN)",
                 underlay.link.name, underlay.link.mtu
             ));
         }
         Ok(mtu)
+    }
+
+    /// leaseTTL, in etcd's terms.
+    fn ttl(&self) -> i64 {
+        i64::try_from(self.etcd.lease_ttl).unwrap_or(i64::MAX)
     }
 
     /// The etcd lease our key lives under: the one we had while etcd still has it.
@@ -377,8 +401,7 @@ impl Agent {
                 return Ok(id);
             }
         }
-        let ttl = i64::try_from(self.etcd.lease_ttl).unwrap_or(i64::MAX);
-        let id = etcd::grant(c, ttl).await.map_err(retry)?;
+        let id = etcd::grant(c, self.ttl()).await.map_err(retry)?;
         self.lease = Some(id);
         Ok(id)
     }
@@ -393,21 +416,88 @@ impl Agent {
         })
     }
 
-    /// flanneld's order: the lease holding our underlay address; else our previous subnet
-    /// if free; else one at random among the first hundred free. Created only if absent.
+    /// The device flannel.<VNI> found on the node (flanneld's, or ours), kept as it is
+    /// when it is as wanted in all but its MAC: its MAC becomes ours (saved), so the
+    /// device is not made anew and the lease publishes the MAC peers already hold.
+    async fn adopt_vtep(&mut self, net: &Network, underlay: &Underlay) {
+        let Ok(mtu) = self.mtu(net, underlay) else {
+            return;
+        };
+        let want = self.vtep(net, underlay, mtu);
+        let mac = match node::reusable_vtep_mac(&self.nl, &want).await {
+            Ok(Some(mac)) if mac != want.mac => mac,
+            Ok(_) => return,
+            Err(e) => {
+                log(&format!("reading {}: {e}", want.name));
+                return;
+            }
+        };
+        log(&format!(
+            "keeping {} as it is, with its VTEP MAC {}",
+            want.name,
+            format_mac(&mac)
+        ));
+        self.local.set_mac(mac);
+        if let Err(e) = self.local.save(&Local::path(&self.overlay)) {
+            log(&format!("saving our state: {e}"));
+        }
+    }
+
+    /// The device this node wants.
+    fn vtep(&self, net: &Network, underlay: &Underlay, mtu: u32) -> Vxlan {
+        Vxlan {
+            name: vtep_name(net.vni),
+            vni: net.vni,
+            port: net.port,
+            local: underlay.ip,
+            dev: underlay.link.index,
+            mac: self.local.mac(),
+            mtu,
+            learning: net.learning,
+            gbp: net.gbp,
+        }
+    }
+
+    /// How this node holds `l`, a key naming its address: None for a reservation (no
+    /// etcd lease: it stays one); else the key's own lease when the key holds the value
+    /// we would write and etcd keeps that lease with our TTL (flanneld's, or ours before
+    /// a restart: nothing is written), or ours.
+    async fn hold(
+        &mut self,
+        c: &mut Client,
+        l: &etcd::Listed,
+        plain: bool,
+        attrs: &LeaseAttrs,
+    ) -> Result<(Option<i64>, bool), Stop> {
+        if l.lease == 0 {
+            return Ok((None, plain && l.attrs.as_ref() == Some(attrs)));
+        }
+        if plain && l.attrs.as_ref() == Some(attrs) {
+            let (left, granted) = etcd::time_to_live(c, l.lease).await.map_err(retry)?;
+            if left > 0 && granted == self.ttl() {
+                self.lease = Some(l.lease);
+                return Ok((Some(l.lease), true));
+            }
+        }
+        Ok((Some(self.etcd_lease(c).await?), false))
+    }
+
+    /// flanneld's order: the lease holding our underlay address (a reservation too: used
+    /// as it is, never bound to a lease); else our previous subnet if free; else one at
+    /// random among the first hundred free. Created only if absent. Returns the etcd
+    /// lease the key is bound to, None for a reservation.
     async fn claim(
         &mut self,
         c: &mut Client,
         net: &Network,
         underlay: &Underlay,
-        lease: i64,
         mut listing: etcd::Listing,
-    ) -> Result<(Ipv4Network, etcd::Listing), Stop> {
+    ) -> Result<(Ipv4Network, etcd::Listing, Option<i64>), Stop> {
         let prefix = self.etcd.prefix.clone();
         let public = self.select.public(underlay);
-        let mut attrs = LeaseAttrs::vxlan(public, net.vni, self.local.mac());
-        attrs.public_ipv6 = self.select.public_ipv6.map(|v6| v6.to_string());
-        let attrs = attrs.to_json();
+        let mut ours_attrs = LeaseAttrs::vxlan(public, net.vni, self.local.mac());
+        ours_attrs.public_ipv6 = self.select.public_ipv6.map(|v6| v6.to_string());
+        let attrs = ours_attrs.to_json();
         // Subnets another node took while we tried: not tried again in this claim.
         let mut lost: Vec<Ipv4Network> = Vec::new();
         for _ in 0..CLAIM_TRIES {
@@ -420,19 +510,31 @@ impl Agent {
             // key written for us would move the node's pods to another subnet.
             let known = self.held.as_ref().map(|h| h.subnet).or(self.local.subnet);
             ours.sort_by_key(|l| (Some(l.subnet) != known, l.create_revision));
-            if let Some(l) = ours.first() {
+            if let Some(l) = ours.first().map(|l| (*l).clone()) {
                 // A dual-stack key (flanneld's) moves to the plain key we keep renewing.
                 let (from, subnet) = (l.key.clone(), l.subnet);
                 let key = lease_key(&prefix, subnet);
+                let (lease, as_is) = self.hold(c, &l, from == key, &ours_attrs).await?;
+                let what = if lease.is_none() {
+                    "reservation"
+                } else {
+                    "lease"
+                };
+                if as_is {
+                    log(&format!(
+                        "took back {subnet}: its {what} {from} names {public} as we would"
+                    ));
+                    return Ok((subnet, listing, lease));
+                }
                 if etcd::replace(c, &from, &key, &attrs, lease, l.mod_revision)
                     .await
                     .map_err(retry)?
                 {
                     log(&format!(
-                        "took back {subnet}: its lease {from} names {public}"
+                        "took back {subnet}: its {what} {from} names {public}"
                     ));
                     listing.leases.retain(|l| l.key != from || from == key);
-                    return Ok((subnet, listing));
+                    return Ok((subnet, listing, lease));
                 }
                 // Changed since listed, or its plain key is someone else's: not ours to
                 // try again in this claim (a key tried forever would be a spin).
@@ -461,6 +563,7 @@ impl Agent {
                     net.subnet_len, net.network
                 )));
             };
+            let lease = self.etcd_lease(c).await?;
             if etcd::create(c, &lease_key(&prefix, s), &attrs, lease)
                 .await
                 .map_err(retry)?
@@ -471,7 +574,7 @@ impl Agent {
                     ""
                 };
                 log(&format!("claimed {s} for {public}{how}"));
-                return Ok((s, listing));
+                return Ok((s, listing, Some(lease)));
             }
             log(&format!(
                 "{s} was claimed by another node meanwhile; listing again"
@@ -496,15 +599,7 @@ impl Agent {
             ));
         }
         let mtu = self.mtu(&net, &underlay).map_err(Stop::Fatal)?;
-        let vtep = Vxlan {
-            name: vtep_name(net.vni),
-            vni: net.vni,
-            port: net.port,
-            local: underlay.ip,
-            dev: underlay.link.index,
-            mac: self.local.mac(),
-            mtu,
-        };
+        let vtep = self.vtep(&net, &underlay, mtu);
         // A VNI change renames the device: the old one goes, with its peers' state, also
         // when the change happened while we were stopped (the saved VNI names it).
         let old = (self.held.as_ref().map(|h| h.vtep.name.clone()))

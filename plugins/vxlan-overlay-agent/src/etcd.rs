@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use etcd_client::{
     Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
-    LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp, WatchOptions,
-    WatchStream,
+    LeaseKeepAliveResponse, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp,
+    WatchOptions, WatchStream,
 };
 use ipnetwork::Ipv4Network;
 use tokio::time::error::Elapsed;
@@ -158,6 +158,9 @@ pub struct Listed {
     pub mod_revision: i64,
     /// Of two keys naming one subnet, the older one holds it.
     pub create_revision: i64,
+    /// The etcd lease the key is bound to; 0: none, a reservation (flannel's: written by
+    /// an administrator, it lasts until deleted).
+    pub lease: i64,
 }
 
 /// Every lease, and the revision they were read at (the watch starts after it).
@@ -221,6 +224,7 @@ pub async fn leases(c: &mut Client, prefix: &str, net: &Network) -> Result<Listi
                     subnet,
                     mod_revision: kv.mod_revision(),
                     create_revision: kv.create_revision(),
+                    lease: kv.lease(),
                 }),
                 Some(Err(why)) => log(&format!("ignoring {key}: {why}")),
                 None => {}
@@ -239,14 +243,26 @@ pub async fn grant(c: &mut Client, ttl: i64) -> Result<i64> {
     Ok(bounded("lease grant", c.lease_grant(ttl, None)).await?.id())
 }
 
+/// Lease `id`'s remaining and granted TTL, in seconds (the remaining one is not
+/// positive once etcd has dropped it).
+pub async fn time_to_live(c: &mut Client, id: i64) -> Result<(i64, i64)> {
+    let r = bounded("lease time-to-live", c.lease_time_to_live(id, None)).await?;
+    Ok((r.ttl(), r.granted_ttl()))
+}
+
 /// Whether etcd still holds lease `id`.
 pub async fn alive(c: &mut Client, id: i64) -> Result<bool> {
-    Ok(
-        bounded("lease time-to-live", c.lease_time_to_live(id, None))
-            .await?
-            .ttl()
-            > 0,
-    )
+    Ok(time_to_live(c, id).await?.0 > 0)
+}
+
+/// The next keep-alive answer; never, when no lease is kept alive (a reservation).
+pub async fn next_kept(
+    kept: &mut Option<LeaseKeepAliveStream>,
+) -> std::result::Result<Option<LeaseKeepAliveResponse>, etcd_client::Error> {
+    match kept {
+        Some(s) => s.message().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub async fn keep_alive(c: &mut Client, id: i64) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
@@ -256,19 +272,19 @@ pub async fn keep_alive(c: &mut Client, id: i64) -> Result<(LeaseKeeper, LeaseKe
 /// Writes `key` only if no one holds it: two nodes never get one subnet.
 pub async fn create(c: &mut Client, key: &str, value: &str, lease: i64) -> Result<bool> {
     let unheld = Compare::version(key, CompareOp::Equal, 0);
-    put_if(c, vec![unheld], key, value, lease, None, "create").await
+    put_if(c, vec![unheld], key, value, Some(lease), None, "create").await
 }
 
 /// Writes `key` if `listed` is still as listed (`mod_revision`): our own lease, found by
 /// our underlay address, and not someone's newer claim. When `listed` is another key
 /// naming the subnet (flanneld's dual-stack key), it goes in the same transaction, and
-/// only if no one holds `key`.
+/// only if no one holds `key`. `lease` None: a reservation, written without a lease.
 pub async fn replace(
     c: &mut Client,
     listed: &str,
     key: &str,
     value: &str,
-    lease: i64,
+    lease: Option<i64>,
     mod_revision: i64,
 ) -> Result<bool> {
     let as_listed = Compare::mod_revision(listed, CompareOp::Equal, mod_revision);
@@ -289,18 +305,18 @@ pub async fn replace(
     .await
 }
 
-/// Puts `key` under `lease` (and runs `also`) in one transaction if `cmp` holds; whether
-/// it did.
+/// Puts `key` under `lease` (None: with no lease) and runs `also`, in one transaction if
+/// `cmp` holds; whether it did.
 async fn put_if(
     c: &mut Client,
     cmp: Vec<Compare>,
     key: &str,
     value: &str,
-    lease: i64,
+    lease: Option<i64>,
     also: Option<TxnOp>,
     what: &str,
 ) -> Result<bool> {
-    let put = TxnOp::put(key, value, Some(PutOptions::new().with_lease(lease)));
+    let put = TxnOp::put(key, value, lease.map(|l| PutOptions::new().with_lease(l)));
     let ops: Vec<TxnOp> = std::iter::once(put).chain(also).collect();
     let txn = Txn::new().when(cmp).and_then(ops);
     Ok(bounded(&format!("{what} {key}"), c.txn(txn))

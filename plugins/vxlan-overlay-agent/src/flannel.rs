@@ -9,6 +9,7 @@ use ipnetwork::{IpNetwork, Ipv4Network};
 use libcni::net::{format_mac, parse_mac};
 use serde::{Deserialize, Serialize};
 use vxlan_overlay::config::check_vni_names_a_link;
+use vxlan_overlay::node::VXLAN_OVERHEAD;
 
 /// `<prefix>/config`, as flannel reads it (names in any case, unknown ones ignored).
 #[derive(Debug, Deserialize)]
@@ -38,6 +39,10 @@ struct RawBackend {
     direct_routing: bool,
     #[serde(rename = "MTU", default)]
     mtu: Option<u32>,
+    #[serde(rename = "GBP", default)]
+    gbp: bool,
+    #[serde(default)]
+    learning: bool,
 }
 
 /// The cluster network, with flannel's defaults applied.
@@ -51,7 +56,14 @@ pub struct Network {
     /// The UDP port; flannel's 0 means the kernel's, 8472.
     pub port: u16,
     pub direct_routing: bool,
-    pub mtu: Option<u32>,
+    /// Backend.MTU: the MTU on the wire (flannel since v0.21.3): the device and the pods
+    /// get 50 less. None (absent or 0): the underlay interface's.
+    pub wire_mtu: Option<u32>,
+    /// Backend.GBP: the device's group-based policy extension.
+    pub gbp: bool,
+    /// Backend.Learning: the device learns source MACs (flannel programs the same peer
+    /// entries either way).
+    pub learning: bool,
 }
 
 fn u32_of(ip: Ipv4Addr) -> u32 {
@@ -112,8 +124,13 @@ impl Network {
         if backend.vni.is_some_and(|v| v > 0xff_ffff) {
             return Err("Backend.VNI: not a 24-bit VXLAN network identifier".into());
         }
-        if backend.mtu.is_some_and(|m| m < 576) {
-            return Err("Backend.MTU: must be at least 576".into());
+        // Pods get at least the 576 bytes every IPv4 host must take.
+        let wire_mtu = backend.mtu.filter(|m| *m != 0);
+        if wire_mtu.is_some_and(|m| m < 576 + VXLAN_OVERHEAD) {
+            return Err(format!(
+                "Backend.MTU: the MTU on the wire, at least {} (pods get {VXLAN_OVERHEAD} less)",
+                576 + VXLAN_OVERHEAD
+            ));
         }
         if let Some(vni) = backend.vni {
             check_vni_names_a_link(vni).map_err(|e| format!("Backend.VNI: {e}"))?;
@@ -126,7 +143,9 @@ impl Network {
             vni: backend.vni.unwrap_or(1),
             port: backend.port.filter(|p| *p != 0).unwrap_or(8472),
             direct_routing: backend.direct_routing,
-            mtu: backend.mtu,
+            wire_mtu,
+            gbp: backend.gbp,
+            learning: backend.learning,
         })
     }
 
@@ -311,6 +330,19 @@ mod tests {
         )
         .unwrap();
         assert_eq!((small.subnet_len, small.vni, small.port), (26, 7, 4789));
+        assert_eq!((n.wire_mtu, n.gbp, n.learning), (None, false, false));
+        let opts = Network::parse(
+            br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":1400,"GBP":true,"Learning":true}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (opts.wire_mtu, opts.gbp, opts.learning),
+            (Some(1400), true, true)
+        );
+        let zero =
+            Network::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#)
+                .unwrap();
+        assert_eq!(zero.wire_mtu, None, "0 is the underlay's");
         for bad in [
             r#"{"Network":"10.9.0.0/29","Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16","SubnetLen":31,"Backend":{"Type":"vxlan"}}"#,
@@ -318,7 +350,7 @@ mod tests {
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"udp"}}"#,
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":16777216}}"#,
             r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","VNI":10000000}}"#,
-            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":0}}"#,
+            r#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan","MTU":600}}"#,
             r#"{"Network":"10.244.0.0/16","SubnetMin":"10.244.9.0","SubnetMax":"10.244.2.0","Backend":{"Type":"vxlan"}}"#,
             r#"{"Network":"10.244.0.0/16"}"#,
         ] {

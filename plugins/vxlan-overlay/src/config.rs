@@ -79,6 +79,10 @@ pub enum Store {
     Etcd(Etcd),
 }
 
+/// flanneld's subnet lease TTL (its subnetTTL, 24 h): a node whose agent is down keeps
+/// its subnet and its peers' routes that long.
+pub const DEFAULT_LEASE_TTL: u64 = 24 * 60 * 60;
+
 /// The etcd store, with flannel's names and defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Etcd {
@@ -339,7 +343,7 @@ fn etcd(s: StoreConf) -> Result<Etcd, Error> {
             format!("{prefix:?} must start with '/' and not end with one"),
         ));
     }
-    let lease_ttl = s.lease_ttl.unwrap_or(60);
+    let lease_ttl = s.lease_ttl.unwrap_or(DEFAULT_LEASE_TTL);
     // etcd refuses leases over 9e9 s: a larger TTL would be a retry loop, not an error
     if !(2..=9_000_000_000).contains(&lease_ttl) {
         return Err(field("store.leaseTTL", "2 to 9,000,000,000 seconds"));
@@ -428,6 +432,12 @@ mod tests {
             )
         };
         assert!(Overlay::from_json(&store(9_000_000_000)).is_ok());
+        let flannels =
+            conf(json!({"store": {"type": "etcd", "endpoints": ["http://10.0.0.5:2379"]}}));
+        match Overlay::from_json(&flannels).unwrap().store {
+            Store::Etcd(e) => assert_eq!(e.lease_ttl, 86400, "flanneld's 24 h"),
+            other => panic!("{other:?}"),
+        }
         for bad in [1, 9_000_000_001] {
             assert_eq!(
                 Overlay::from_json(&store(bad)).unwrap_err().code,

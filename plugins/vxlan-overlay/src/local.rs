@@ -1,6 +1,6 @@
 //! What the agent keeps on the node across restarts: the subnet it held (to take it back,
-//! as flanneld does from its subnet file), its VTEP MAC (random once, so peers keep
-//! their FDB entries when it restarts) and the VNI of the device it made (etcd's, which
+//! as flanneld does from its subnet file), its VTEP MAC (random once, or the one of a
+//! flanneld's device it kept, so peers keep their FDB entries when it restarts) and the VNI of the device it made (etcd's, which
 //! `teardown` cannot ask), and the last `<prefix>/config` it served (so a restart while
 //! that key holds something it cannot serve keeps the node's lease and network, as a
 //! running agent does). `<dataDir>/_agent/<network>.json`, replaced whole; `_agent`
@@ -70,6 +70,12 @@ impl Local {
         let json = serde_json::to_vec(self).expect("plain data always serializes");
         files::replace(path, &json)?;
         Ok(())
+    }
+
+    /// Takes `mac`, the one of the device found on the node (flanneld's): the device and
+    /// its MAC stay as they are.
+    pub fn set_mac(&mut self, mac: [u8; 6]) {
+        self.vtep_mac = format_mac(&mac);
     }
 
     pub fn mac(&self) -> [u8; 6] {

@@ -82,11 +82,13 @@ pub fn vtep(o: &Overlay, u: &Underlay, mac: [u8; 6], mtu: u32) -> Vxlan {
         dev: u.link.index,
         mac,
         mtu,
+        learning: false,
+        gbp: false,
     }
 }
 
 /// Makes the device, or keeps the one there if it is as asked (VNI, port, local address,
-/// MAC, MTU, learning off); one that is not is made anew. Its MAC is set at creation,
+/// underlay link, MAC, MTU, learning, GBP); one that is not is made anew. Its MAC is set at creation,
 /// never after. As flannel's, it carries the node subnet's network address as a /32, the
 /// source of what the host itself sends into the overlay, and no other IPv4 address (an
 /// old subnet's would make a route via that address, now another node's, invalid).
@@ -110,15 +112,33 @@ fn own_address(subnet: Ipv4Network) -> IpNetwork {
     IpNetwork::V4(Ipv4Network::new(subnet.network(), 32).expect("/32 is valid"))
 }
 
-/// Whether the link is the VXLAN device wanted, as made (learning off).
+/// Whether the link is the VXLAN device wanted, as made.
 fn device_matches(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
+    same_settings(l, s, want) && l.mac == want.mac
+}
+
+/// Whether the link is a VXLAN device as wanted in all but its MAC.
+fn same_settings(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
     l.kind.as_deref() == Some("vxlan")
         && s.vni == Some(want.vni)
         && s.port == Some(want.port)
         && s.local == Some(want.local)
-        && s.learning == Some(false)
-        && l.mac == want.mac
+        && s.link == Some(want.dev)
+        && s.learning == Some(want.learning)
+        && s.gbp == want.gbp
         && l.mtu == want.mtu
+}
+
+/// The MAC of the device there (flanneld's, or ours made before) when it is as wanted in
+/// all but its MAC: that device is kept, as flanneld keeps it, and its MAC with it.
+pub async fn reusable_vtep_mac(nl: &Netlink, want: &Vxlan) -> Result<Option<[u8; 6]>, net::Error> {
+    let Some(l) = nl.link(&want.name).await? else {
+        return Ok(None);
+    };
+    let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
+    let mac = <[u8; 6]>::try_from(&l.mac[..]).ok();
+    let unicast = mac.filter(|m| m[0] & 1 == 0 && *m != [0; 6]);
+    Ok(unicast.filter(|_| same_settings(&l, &s, want)))
 }
 
 /// The link named like the device, and whether it is the device wanted.
@@ -152,6 +172,14 @@ async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Erro
     nl.link(&want.name)
         .await?
         .ok_or_else(|| not_found(format!("{} after its creation", want.name)))
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b {
+        "on"
+    } else {
+        "off"
+    }
 }
 
 /// Whether `p` is reached directly over the underlay (directRouting, on-link peer).
@@ -287,8 +315,9 @@ pub async fn differences(
     let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
     if !device_matches(&vtep, &s, want) {
         problems.push(format!(
-            "{} is not a VXLAN device of VNI {} port {} from {} with MTU {}, learning off",
-            want.name, want.vni, want.port, want.local, want.mtu
+            "{} is not a VXLAN device of VNI {} port {} from {} on #{} with MTU {}, learning {}, GBP {}",
+            want.name, want.vni, want.port, want.local, want.dev, want.mtu,
+            on_off(want.learning), on_off(want.gbp)
         ));
     }
     let v4: Vec<IpNetwork> = nl
