@@ -37,6 +37,15 @@ impl Delegate {
         }
     }
 
+    /// `plugin` with config bytes passed exactly as given (flannel's delegate config,
+    /// written as Go writes it and read back from its scratch file for DEL).
+    pub fn with_bytes(plugin: &str, config: Vec<u8>) -> Delegate {
+        Delegate {
+            plugin: plugin.to_string(),
+            config: Some(config),
+        }
+    }
+
     pub fn plugin(&self) -> &str {
         &self.plugin
     }

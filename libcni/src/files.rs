@@ -155,6 +155,44 @@ pub fn leftovers(dir: &Path, name: Option<&str>) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A file someone else writes for us (flannel's subnet file, a scratch config), read as
+/// CNI_NETNS is opened: without blocking and without following a symlink, and only if it
+/// is a regular file (a FIFO there would block every call, a device like /dev/zero never
+/// ends), at most `max` bytes. None when it does not exist; a symlink, a non-regular file
+/// or a larger one is a config error (code 7) naming the file.
+pub fn read_bounded(path: &Path, max: u64) -> Result<Option<Vec<u8>>, crate::spec::Error> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::new("opening", path, e).into()),
+    };
+    let kind = file
+        .metadata()
+        .map_err(|e| Error::new("examining", path, e))?
+        .file_type();
+    if !kind.is_file() {
+        return Err(crate::spec::Error::config(format!(
+            "{} is not a regular file",
+            path.display()
+        )));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| Error::new("reading", path, e))?;
+    if bytes.len() as u64 > max {
+        return Err(crate::spec::Error::config(format!(
+            "{} is larger than {max} bytes",
+            path.display()
+        )));
+    }
+    Ok(Some(bytes))
+}
+
 /// Removes `path` (a symlink itself, never its target); gone already is fine.
 pub fn remove(path: &Path) -> Result<(), Error> {
     match std::fs::remove_file(path) {
@@ -202,6 +240,18 @@ mod tests {
         replace(&planted, b"mine").unwrap();
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
         assert_eq!(read(&planted).unwrap().unwrap(), b"mine");
+
+        // read_bounded: a symlink, a FIFO and too many bytes are refused, not followed
+        let planted_again = d.join("planted-again");
+        std::os::unix::fs::symlink(&target, &planted_again).unwrap();
+        assert!(read_bounded(&planted_again, 64).is_err());
+        assert_eq!(read_bounded(&d.join("none"), 64).unwrap(), None);
+        assert_eq!(read_bounded(&f, 1).unwrap().unwrap(), b"1");
+        replace(&f, b"12").unwrap();
+        assert_eq!(read_bounded(&f, 1).unwrap_err().code, 7);
+        let fifo = d.join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(read_bounded(&fifo, 64).unwrap_err().code, 7);
 
         // a symlink where a directory should be
         let link_dir = dir.path().join("linkdir");

@@ -2,8 +2,6 @@
 //! Written by our agent or by a real flanneld; the plugin in the etcd store reads only this,
 //! so it keeps attaching containers while etcd is down.
 
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use ipnetwork::Ipv4Network;
@@ -30,7 +28,7 @@ impl SubnetEnv {
     }
 
     pub fn read(path: &Path) -> Result<SubnetEnv, Error> {
-        let text = read_bounded(path)?.ok_or_else(|| {
+        let text = files::read_bounded(path, MAX_BYTES)?.ok_or_else(|| {
             Error::new(
                 code::TRY_AGAIN,
                 format!("{} does not exist yet", path.display()),
@@ -93,46 +91,6 @@ impl SubnetEnv {
         files::replace(path, self.render().as_bytes())?;
         Ok(())
     }
-}
-
-/// The file's bytes; None when it does not exist. As CNI_NETNS: opened without blocking
-/// and without following a symlink, and read only if it is a regular file (a FIFO there
-/// would block every ADD and DEL, a device like /dev/zero never ends), at most
-/// [`MAX_BYTES`].
-fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, Error> {
-    let failed = |what: &str, e: std::io::Error| {
-        Error::new(code::IO, format!("{what} {}", path.display())).details(e.to_string())
-    };
-    let file = match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(failed("opening", e)),
-    };
-    let kind = file
-        .metadata()
-        .map_err(|e| failed("examining", e))?
-        .file_type();
-    if !kind.is_file() {
-        return Err(Error::config(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
-    }
-    let mut bytes = Vec::new();
-    file.take(MAX_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(|e| failed("reading", e))?;
-    if bytes.len() as u64 > MAX_BYTES {
-        return Err(Error::config(format!(
-            "{} is larger than {MAX_BYTES} bytes",
-            path.display()
-        )));
-    }
-    Ok(Some(bytes))
 }
 
 #[cfg(test)]
