@@ -128,7 +128,7 @@ fn the_agent_keeps_forwarding_and_masquerades_for_the_node_with_ip_masq() {
     // flanneld resyncs its rules: a lost iptables rule comes back at the next reconcile.
     let rule = "-m mark --mark 0x200000/0x200000 -m comment --comment \"cni-rs firewall: accepted by inet cni_rs\" -j ACCEPT";
     c.hosts[1].sh(&format!("iptables -D FORWARD {rule}"));
-    let back = within(Duration::from_secs(5), || {
+    let back = within(Duration::from_secs(10), || {
         c.hosts[1]
             .sh("iptables -S FORWARD")
             .contains("accepted by inet cni_rs")

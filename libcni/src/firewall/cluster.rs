@@ -120,18 +120,24 @@ fn adds(label: &Label, elements: &[(String, String)]) -> String {
         .collect()
 }
 
-/// Makes the node's elements for `network_name` exactly these (the agent, at start and at
-/// every reconcile: a flushed table or a lost iptables rule comes back). One transaction:
-/// stale elements of the network (an old subnet, masquerade turned off) go as the new
-/// ones come.
+/// Makes the node's elements for `network_name` these, and the iptables rule present (the
+/// agent: a flushed table or a lost iptables rule comes back). With `prune` (a session's
+/// start), stale elements of the network (an old subnet, masquerade turned off) go in the
+/// same transaction as the new ones come; without it (a resync) nothing is listed, so a
+/// pass costs one nft run and one iptables check per family.
 pub fn sync_cluster(
     network_name: &str,
     nets: &[ClusterNet],
     masquerade: bool,
+    prune: bool,
 ) -> Result<(), Error> {
     let label = cluster_label(network_name);
     let want = wanted(nets, masquerade);
-    let stale: Vec<_> = labelled_elements("inet", is_ours)?
+    let listed = match prune {
+        true => labelled_elements("inet", is_ours)?,
+        false => Vec::new(),
+    };
+    let stale: Vec<_> = listed
         .into_iter()
         .filter(|e| e.note == label.as_str())
         .filter(|e| !want.iter().any(|(s, k)| e.set.as_str() == s && e.key == *k))

@@ -862,10 +862,6 @@ impl Agent {
     async fn reconcile(&mut self) {
         let Some(h) = &self.held else { return };
         let (network, subnet) = (h.net.network, h.subnet);
-        (self.rules)
-            .keep(&self.overlay.name, network, subnet, self.etcd.ip_masq)
-            .await;
-        let Some(h) = &self.held else { return };
         let peers: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
         let mesh = h.mesh();
         let check = node::differences(&self.nl, &mesh, &h.underlay, &h.vtep, h.subnet, &peers);
@@ -880,6 +876,9 @@ impl Agent {
             }
             self.program(None).await;
         }
+        (self.rules)
+            .resync(&self.overlay.name, network, subnet, self.etcd.ip_masq)
+            .await;
     }
 
     /// Our key is still there and still ours (one read per reconcile).
