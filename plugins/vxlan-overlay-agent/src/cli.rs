@@ -521,7 +521,7 @@ mod tests {
     fn etcd(o: &Options) -> vxlan_overlay::config::Etcd {
         match &o.overlay.store {
             Store::Etcd(e) => e.clone(),
-            Store::Static(_) => panic!("static"),
+            other => panic!("{other:?}"),
         }
     }
 
