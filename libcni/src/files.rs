@@ -6,8 +6,10 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// A failed file operation: which path, what we were doing, and why.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +69,34 @@ fn nofollow() -> OpenOptions {
     let mut o = OpenOptions::new();
     o.custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
     o
+}
+
+/// Takes the exclusive flock of `path` (created 0600 if missing, never through a
+/// symlink), waiting at most `wait`; held until the file is dropped. None when the wait
+/// ran out (someone else holds it).
+pub fn lock_exclusive(path: &Path, wait: Duration) -> Result<Option<File>, Error> {
+    // Read-only, as the reference's host-local opens its lock: works on a read-only disk.
+    let file = nofollow()
+        .read(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| Error::new("opening", path, e))?;
+    let started = Instant::now();
+    loop {
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(Some(file));
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(Error::new("locking", path, e));
+        }
+        if started.elapsed() >= wait {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Reads a file without following a symlink; None when it does not exist.

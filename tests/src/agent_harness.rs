@@ -25,10 +25,11 @@ pub struct Agent {
     pub host: String,
 }
 
-/// The plugin config of a host: dataDir and subnetFile under `dir`.
+/// The plugin config of a host: dataDir, host-local's store and subnetFile under `dir`.
 pub fn conf(dir: &Path, etcd: &Etcd, ttl: u64, extra: Value) -> Value {
     let mut c = json!({"cniVersion": "1.1.0", "name": "cluster", "type": "vxlan-overlay",
         "dataDir": dir.join("data"), "subnetFile": dir.join("subnet.env"),
+        "ipam": {"dataDir": dir.join("data")},
         "store": {"type": "etcd", "endpoints": [etcd.url], "prefix": PREFIX, "leaseTTL": ttl}});
     merge(&mut c, extra);
     c

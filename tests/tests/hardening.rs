@@ -892,7 +892,7 @@ fn the_subnet_file_is_read_bounded_in_size_and_time() {
     let data = tempfile::tempdir().unwrap();
     let env = data.path().join("subnet.env");
     let conf = json!({"cniVersion": "1.1.0", "name": "sfnet", "type": "vxlan-overlay",
-        "dataDir": data.path(), "subnetFile": env,
+        "dataDir": data.path(), "ipam": {"dataDir": data.path()}, "subnetFile": env,
         "store": {"type": "etcd", "endpoints": ["http://192.0.2.1:2379"]}});
     let good = "FLANNEL_NETWORK=10.247.0.0/16\nFLANNEL_SUBNET=10.247.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
     let path = env.display().to_string();

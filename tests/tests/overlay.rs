@@ -17,7 +17,7 @@ fn overlay(c: &Cluster, data: &std::path::Path, extra: Value) -> Value {
         )
         .collect();
     let mut conf = json!({"cniVersion": "1.1.0", "name": "cluster", "type": "vxlan-overlay",
-        "network": "10.244.0.0/16", "dataDir": data,
+        "network": "10.244.0.0/16", "dataDir": data, "ipam": {"dataDir": data},
         "store": {"type": "static", "nodes": nodes}});
     merge(&mut conf, extra);
     conf
@@ -276,7 +276,7 @@ fn teardown_without_a_known_network_leaves_other_overlays_routes() {
     ));
     // the etcd store, no network in the config and no subnet file
     let conf = json!({"cniVersion": "1.1.0", "name": "lostnet", "type": "vxlan-overlay",
-        "dataDir": data.path(), "subnetFile": data.path().join("absent.env"),
+        "dataDir": data.path(), "ipam": {"dataDir": data.path()}, "subnetFile": data.path().join("absent.env"),
         "store": {"type": "etcd", "endpoints": [format!("http://{}:2379", c.spare_ip(2))]}});
     let out = overlay_teardown(h, &conf, false);
     let said = String::from_utf8_lossy(&out.stderr);
@@ -296,7 +296,7 @@ fn del_on_a_node_that_lost_its_subnet_file_removes_the_masquerade_by_label() {
     )
     .unwrap();
     let conf = json!({"cniVersion": "1.1.0", "name": "lostmasq", "type": "vxlan-overlay",
-        "dataDir": data.path(), "subnetFile": env,
+        "dataDir": data.path(), "ipam": {"dataDir": data.path()}, "subnetFile": env,
         "store": {"type": "etcd", "endpoints": ["http://192.0.2.1:2379"]}});
     let c = Ns::new("c");
     let r = Call::new("vxlan-overlay", "ADD", &host, &c.path(), "lm1")

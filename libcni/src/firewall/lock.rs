@@ -7,12 +7,11 @@
 //! either committed or died, then finds everything by label. The nft children also die
 //! with their parent (PR_SET_PDEATHSIG), so that wait is short.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::attachment::Label;
 use crate::names::stable_hash;
@@ -58,44 +57,15 @@ fn take(stripes: &[u64]) -> Result<(), Error> {
             continue;
         }
         let path = dir.join(format!("stripe-{n}"));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(&path)
-            .map_err(|e| {
-                Error::new(code::IO, format!("opening {}", path.display())).details(e.to_string())
-            })?;
-        lock_bounded(&file, &path)?;
+        let file = crate::files::lock_exclusive(&path, LOCK_WAIT)?.ok_or_else(|| {
+            Error::new(
+                code::TRY_AGAIN,
+                format!("{} is held by another invocation's nft", path.display()),
+            )
+        })?;
         held.push((n, file));
     }
     Ok(())
-}
-
-/// flock(LOCK_EX), waiting at most [`LOCK_WAIT`] (then code 11: try again).
-fn lock_bounded(file: &File, path: &Path) -> Result<(), Error> {
-    let started = Instant::now();
-    loop {
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(
-                Error::new(code::IO, format!("locking {}", path.display())).details(e.to_string())
-            );
-        }
-        if started.elapsed() >= LOCK_WAIT {
-            return Err(Error::new(
-                code::TRY_AGAIN,
-                format!("{} is held by another invocation's nft", path.display()),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// Run in an nft child between fork and exec: dies with its parent, and keeps the held

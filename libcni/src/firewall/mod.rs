@@ -9,12 +9,14 @@
 //! is a [`Word`] (letters, digits and `_.-~/` only, checked when made), a [`Label`], or a
 //! typed address, port or MAC. None of them can close a quote or start a statement.
 
+mod cluster;
 pub mod iptables;
 pub mod lock;
 mod mac;
 mod masq;
 mod ports;
 
+pub use cluster::*;
 pub use mac::*;
 pub use masq::*;
 pub use ports::*;

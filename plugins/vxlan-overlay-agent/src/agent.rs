@@ -24,6 +24,7 @@ use crate::etcd;
 use crate::flannel::{lease_key, LeaseAttrs, Network};
 use crate::iface::Selection;
 use crate::notify;
+use crate::rules::NodeRules;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -94,6 +95,8 @@ pub struct Agent {
     lease: Option<i64>,
     /// The last kernel failure logged (each is said once, not at every reconcile).
     kernel_trouble: Option<String>,
+    /// The forward accept and the node masquerade (flanneld's iptables rules).
+    rules: NodeRules,
     /// Why `<prefix>/config` was last refused (said once).
     config_refused: Option<String>,
     /// `<prefix>/config` as last accepted, saved with the node's state once it is held.
@@ -125,6 +128,7 @@ impl Agent {
             peers: BTreeMap::new(),
             lease: None,
             kernel_trouble: None,
+            rules: NodeRules::default(),
             config_refused: None,
             config_accepted: None,
         })
@@ -627,12 +631,17 @@ impl Agent {
         // FLANNEL_SUBNET is the gateway (the first address) with the subnet's prefix.
         let gateway = Ipv4Network::new(subnet.nth(1).unwrap_or(subnet.network()), subnet.prefix())
             .expect("a prefix from a subnet");
+        // With ipMasq (flanneld's --ip-masq) the node masquerades and the plugin does not;
+        // without it the plugin's ipMasq does, per container.
+        let ip_masq = self.etcd.ip_masq;
+        (self.rules)
+            .keep(&self.overlay.name, net.network, subnet, ip_masq)
+            .await;
         let env = SubnetEnv {
             network: net.network,
             subnet: gateway,
             mtu,
-            // Masquerade is the plugin's (ipMasq), as with flanneld without --ip-masq.
-            ip_masq: false,
+            ip_masq,
         };
         if SubnetEnv::read(&self.overlay.subnet_file).ok().as_ref() != Some(&env) {
             env.write(&self.overlay.subnet_file)
@@ -852,6 +861,7 @@ impl Agent {
     /// what it refused before).
     async fn reconcile(&mut self) {
         let Some(h) = &self.held else { return };
+        let (network, subnet) = (h.net.network, h.subnet);
         let peers: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
         let mesh = h.mesh();
         let check = node::differences(&self.nl, &mesh, &h.underlay, &h.vtep, h.subnet, &peers);
@@ -866,6 +876,9 @@ impl Agent {
             }
             self.program(None).await;
         }
+        (self.rules)
+            .resync(&self.overlay.name, network, subnet, self.etcd.ip_masq)
+            .await;
     }
 
     /// Our key is still there and still ours (one read per reconcile).

@@ -110,6 +110,8 @@ const FLAGS: &[Flag] = &[
     flag("net-config-path", Text, "/etc/kube-flannel/net-conf.json", Refuse,
         "flanneld's Kubernetes mode"),
     flag("set-node-network-unavailable", Bool, "true", Refuse, "flanneld's Kubernetes mode"),
+    flag("ip-masq", Bool, "false", Serve,
+        "setup IP masquerade rule for traffic destined outside of overlay network"),
     flag("version", Bool, "false", Serve, "print version and exit"),
     flag("config", Text, "", Serve,
         "ours: a CNI .conf or .conflist with the vxlan-overlay entry; the flags given override its fields"),
@@ -128,6 +130,7 @@ const CONF_FIELDS: &[(&str, &[&str])] = &[
     ("etcd-username", &["store", "username"]),
     ("etcd-password", &["store", "password"]),
     ("subnet-file", &["subnetFile"]),
+    ("ip-masq", &["store", "ipMasq"]),
 ];
 
 /// The network name of an agent run on flags alone (it names the agent's saved state,
@@ -377,6 +380,7 @@ impl Given {
                 // flanneld joins keys to the prefix with Go's path.Join, which drops a
                 // trailing or doubled '/'.
                 "etcd-prefix" => json!(clean_prefix(v)),
+                "ip-masq" => json!(parse_bool(v) == Some(true)),
                 _ => json!(v),
             };
             let mut at = &mut patch;
@@ -517,7 +521,7 @@ mod tests {
     fn etcd(o: &Options) -> vxlan_overlay::config::Etcd {
         match &o.overlay.store {
             Store::Etcd(e) => e.clone(),
-            Store::Static(_) => panic!("static"),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -14,6 +14,7 @@ mod flannel;
 mod healthz;
 mod iface;
 mod notify;
+mod rules;
 
 use std::io::Read;
 use std::path::Path;

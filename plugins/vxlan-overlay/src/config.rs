@@ -38,11 +38,23 @@ struct Raw {
     #[serde(default)]
     ip_masq: Option<bool>,
     #[serde(default)]
+    hairpin_mode: Option<bool>,
+    #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
     subnet_file: Option<PathBuf>,
     #[serde(default)]
     store: Option<StoreConf>,
+    #[serde(default)]
+    ipam: Option<IpamConf>,
+}
+
+/// The part of host-local's config a user may set: where its store lives.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct IpamConf {
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -68,6 +80,8 @@ struct StoreConf {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(default)]
+    ip_masq: bool,
 }
 
 /// Where the node table lives.
@@ -77,6 +91,9 @@ pub enum Store {
     Static(Vec<Node>),
     /// In etcd, in flannel's layout, kept by the agent; the plugin reads the subnet file.
     Etcd(Etcd),
+    /// No `store` in the config: the subnet file is all there is, written by a flanneld or
+    /// an agent whose config this is not (as flannel's CNI plugin, no etcd endpoints).
+    SubnetFile,
 }
 
 /// flanneld's subnet lease TTL (its subnetTTL, 24 h): a node whose agent is down keeps
@@ -97,6 +114,8 @@ pub struct Etcd {
     /// with `password` (empty when not given, as flanneld).
     pub username: Option<String>,
     pub password: Option<String>,
+    /// The agent's node masquerade (flanneld's --ip-masq; `ipMasq` in the store).
+    pub ip_masq: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -129,7 +148,12 @@ pub struct Overlay {
     pub mtu: Option<u32>,
     pub bridge: String,
     pub ip_masq: bool,
+    /// Hairpin on the containers' bridge ports (default true, as kube-flannel's conflist):
+    /// a pod reaches a Service whose only endpoint is itself.
+    pub hairpin_mode: bool,
     pub data_dir: PathBuf,
+    /// host-local's dataDir (`ipam.dataDir`); None: host-local's default, as flannel's.
+    pub ipam_data_dir: Option<PathBuf>,
     pub subnet_file: PathBuf,
     pub store: Store,
 }
@@ -220,34 +244,9 @@ impl Overlay {
         if r.mtu.is_some_and(|m| m < 576) {
             return Err(field("mtu", "must be at least 576"));
         }
-        let s = r.store.ok_or_else(|| field("store", "missing"))?;
-        let store = match s.kind.as_str() {
-            "static" => {
-                let network = network.ok_or_else(|| {
-                    field(
-                        "network",
-                        "missing (the cluster network, e.g. 10.244.0.0/16)",
-                    )
-                })?;
-                let len = subnet_len.unwrap_or(24);
-                if len <= network.prefix() {
-                    return Err(field(
-                        "subnetLen",
-                        format!(
-                            "{len} must be longer than the network's /{}",
-                            network.prefix()
-                        ),
-                    ));
-                }
-                Store::Static(nodes(&s.nodes, network, len)?)
-            }
-            "etcd" => Store::Etcd(etcd(s)?),
-            other => {
-                return Err(field(
-                    "store.type",
-                    format!("{other:?} is not a known store (static, etcd)"),
-                ))
-            }
+        let store = match r.store {
+            None => Store::SubnetFile,
+            Some(s) => store(s, network, subnet_len)?,
         };
         Ok(Overlay {
             name: r.name,
@@ -260,7 +259,9 @@ impl Overlay {
             mtu: r.mtu,
             bridge,
             ip_masq: r.ip_masq.unwrap_or(true),
+            hairpin_mode: r.hairpin_mode.unwrap_or(true),
             data_dir: r.data_dir.unwrap_or_else(|| DEFAULT_DATA_DIR.into()),
+            ipam_data_dir: r.ipam.and_then(|i| i.data_dir),
             subnet_file: r.subnet_file.unwrap_or_else(|| DEFAULT_SUBNET_FILE.into()),
             store,
         })
@@ -270,7 +271,7 @@ impl Overlay {
     pub fn nodes(&self) -> &[Node] {
         match &self.store {
             Store::Static(nodes) => nodes,
-            Store::Etcd(_) => &[],
+            Store::Etcd(_) | Store::SubnetFile => &[],
         }
     }
 
@@ -321,6 +322,42 @@ pub fn check_vni_names_a_link(vni: u32) -> Result<(), String> {
     }
 }
 
+/// The `store` section, checked.
+fn store(
+    s: StoreConf,
+    network: Option<Ipv4Network>,
+    subnet_len: Option<u8>,
+) -> Result<Store, Error> {
+    Ok(match s.kind.as_str() {
+        "static" => {
+            let network = network.ok_or_else(|| {
+                field(
+                    "network",
+                    "missing (the cluster network, e.g. 10.244.0.0/16)",
+                )
+            })?;
+            let len = subnet_len.unwrap_or(24);
+            if len <= network.prefix() {
+                return Err(field(
+                    "subnetLen",
+                    format!(
+                        "{len} must be longer than the network's /{}",
+                        network.prefix()
+                    ),
+                ));
+            }
+            Store::Static(nodes(&s.nodes, network, len)?)
+        }
+        "etcd" => Store::Etcd(etcd(s)?),
+        other => {
+            return Err(field(
+                "store.type",
+                format!("{other:?} is not a known store (static, etcd)"),
+            ))
+        }
+    })
+}
+
 fn etcd(s: StoreConf) -> Result<Etcd, Error> {
     if s.endpoints.is_empty() {
         return Err(field(
@@ -357,6 +394,7 @@ fn etcd(s: StoreConf) -> Result<Etcd, Error> {
         trusted_ca_file: s.trusted_ca_file,
         username: s.username.filter(|u| !u.is_empty()),
         password: s.password,
+        ip_masq: s.ip_masq,
     })
 }
 
@@ -459,8 +497,15 @@ mod tests {
     fn flannels_defaults() {
         let o = Overlay::from_json(&conf(json!({}))).unwrap();
         assert_eq!(
-            (o.vni, o.port, o.subnet_len, o.bridge.as_str(), o.ip_masq),
-            (1, 8472, Some(24), "cni0", true)
+            (
+                o.vni,
+                o.port,
+                o.subnet_len,
+                o.bridge.as_str(),
+                o.ip_masq,
+                o.hairpin_mode
+            ),
+            (1, 8472, Some(24), "cni0", true, true)
         );
         assert_eq!(o.vtep_name(), "flannel.1");
         let mac = o.vtep_mac("192.168.1.10".parse().unwrap());

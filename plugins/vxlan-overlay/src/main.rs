@@ -12,12 +12,13 @@ use ipnetwork::Ipv4Network;
 use libcni::attachment::bridged::{self, BridgeSpec};
 use libcni::attachment::{Attachment, Rules};
 use libcni::delegate::Delegate;
-use libcni::firewall::{self, Label};
+use libcni::firewall::{self, ClusterNet, ForwardPending, Label};
 use libcni::net::{Kernel, Netlink, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
 use vxlan_overlay::config::{vtep_name, Overlay, Store};
+use vxlan_overlay::ipam_store;
 use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
@@ -44,7 +45,7 @@ impl Here {
     fn find(k: &Kernel, overlay: Overlay) -> Result<Here, Error> {
         match &overlay.store {
             Store::Static(_) => Here::in_table(k, overlay),
-            Store::Etcd(_) => Here::from_subnet_file(overlay),
+            Store::Etcd(_) | Store::SubnetFile => Here::from_subnet_file(overlay),
         }
     }
 
@@ -123,6 +124,19 @@ impl Here {
         ))
     }
 
+    /// The static store's forward accept for the cluster network (flanneld's FLANNEL-FWD;
+    /// the etcd store's agent keeps it), started to run beside the attachment.
+    fn start_forward(&self) -> Result<Option<ForwardPending>, Error> {
+        if self.meshed.is_none() {
+            return Ok(None);
+        }
+        let net = ClusterNet {
+            network: IpNetwork::V4(self.network),
+            subnet: IpNetwork::V4(self.subnet),
+        };
+        firewall::start_cluster_forward(&self.overlay.name, &[net]).map(Some)
+    }
+
     fn mesh(&self) -> Mesh {
         Mesh {
             network: self.network,
@@ -145,17 +159,28 @@ impl Here {
             is_default_gateway: true,
             ip_masq: self.ip_masq,
             masq_exempt: Some(IpNetwork::V4(self.network)),
+            hairpin: self.overlay.hairpin_mode,
             ..BridgeSpec::default()
         }
     }
 
-    /// host-local on this node's subnet, in our data dir; the runtime's requests passed on.
-    fn ipam(&self, args: &CmdArgs) -> Delegate {
+    /// host-local on this node's subnet, in flannel's CNI's store (host-local's default)
+    /// or `ipam.dataDir`; the runtime's requests passed on. An old store of ours is moved
+    /// in first (ipam_store).
+    fn ipam(&self, args: &CmdArgs) -> Result<Delegate, Error> {
+        ipam_store::adopt_old_store(&self.overlay)?;
+        Ok(self.delegate(args))
+    }
+
+    /// host-local's config, without looking for an old store (a DEL goes on without it).
+    fn delegate(&self, args: &CmdArgs) -> Delegate {
         let mut conf = json!({
             "cniVersion": args.conf.cni_version, "name": self.overlay.name, "type": "vxlan-overlay",
-            "ipam": {"type": "host-local", "dataDir": self.overlay.data_dir,
-                     "ranges": [[{"subnet": self.subnet.to_string()}]]}
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet.to_string()}]]}
         });
+        if let Some(dir) = &self.overlay.ipam_data_dir {
+            conf["ipam"]["dataDir"] = json!(dir);
+        }
         for key in ["runtimeConfig", "args"] {
             if let Some(v) = args.raw.get(key) {
                 conf[key] = v.clone();
@@ -173,8 +198,11 @@ impl Plugin for VxlanOverlay {
         args.required_netns()?;
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
+        let forward = here.start_forward()?;
         here.program(&k)?;
-        bridged::add(&k, args, &here.bridge(), Some(&here.ipam(args)))
+        let r = bridged::add(&k, args, &here.bridge(), Some(&here.ipam(args)?))?;
+        forward.map(|f| f.wait()).transpose()?;
+        Ok(r)
     }
 
     /// Detaches the container and frees its address; the node's device and peers stay.
@@ -185,7 +213,8 @@ impl Plugin for VxlanOverlay {
             Ok(here) => (here, true),
             Err(_) => (lost(o), false),
         };
-        let detached = bridged::del(&k, args, &here.bridge(), Some(&here.ipam(args)));
+        let ipam = here.ipam(args).unwrap_or_else(|_| here.delegate(args));
+        let detached = bridged::del(&k, args, &here.bridge(), Some(&ipam));
         // prevResult's addresses are keyed with the network's prefix, which a lost node
         // can only guess: the label finds every masquerade element of the attachment.
         let unmasked = match known {
@@ -214,14 +243,14 @@ impl Plugin for VxlanOverlay {
             ))?;
             Error::check("the node's overlay state differs from the config", problems)?;
         }
-        bridged::check(&k, args, &here.bridge(), Some(&here.ipam(args)))
+        bridged::check(&k, args, &here.bridge(), Some(&here.ipam(args)?))
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
         let here = Here::find(&k, o.clone()).unwrap_or_else(|_| lost(o));
-        bridged::gc(&k, args, &here.bridge(), Some(&here.ipam(args)))
+        bridged::gc(&k, args, &here.bridge(), Some(&here.ipam(args)?))
     }
 }
 
@@ -256,19 +285,7 @@ fn teardown(force: bool) -> Result<(), Error> {
     let v: Value = serde_json::from_slice(&input)
         .map_err(|e| Error::new(code::DECODE, "decoding the config").details(e.to_string()))?;
     let o = Overlay::from_conf_or_list(&v)?;
-    let store = o.data_dir.join(&o.name);
-    let held = std::fs::read_dir(&store)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    e.file_name()
-                        .to_string_lossy()
-                        .parse::<std::net::IpAddr>()
-                        .is_ok()
-                })
-                .count()
-        })
-        .unwrap_or(0);
+    let held = ipam_store::held(&o);
     if held > 0 && !force {
         return Err(Error::new(
             code::TRY_AGAIN,
@@ -292,14 +309,8 @@ fn teardown(force: bool) -> Result<(), Error> {
     firewall::lock::hold_all()?;
     let masq = firewall::remove_labelled_masquerade(|n| n.starts_with(&prefix))?;
     firewall::apply_if_present(&masq, "removing the network's masquerade")?.wait()?;
-    match std::fs::remove_dir_all(&store) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::new(
-            code::IO,
-            format!("removing {}", store.display()),
-        )
-        .details(e.to_string())),
-        _ => Ok(()),
-    }
+    firewall::remove_cluster(&o.name)?;
+    ipam_store::remove(&o)
 }
 
 /// This node's VXLAN device: in the etcd store the agent's, made for etcd's VNI and saved
@@ -377,6 +388,7 @@ mod tests {
             "mtu",
             "bridge",
             "ipMasq",
+            "hairpinMode",
             "dataDir",
             "store",
             "nodes",
