@@ -309,9 +309,22 @@ pub fn vtep_name(vni: u32) -> String {
     format!("flannel.{vni}")
 }
 
+/// The IPv6 VXLAN device's name (dual stack), flannel's too.
+pub fn vtep6_name(vni: u32) -> String {
+    format!("flannel-v6.{vni}")
+}
+
 /// VNIs from 10,000,000 up fit 24 bits but not a link name (15 bytes) after "flannel.".
 pub fn check_vni_names_a_link(vni: u32) -> Result<(), String> {
-    let name = vtep_name(vni);
+    check_names_a_link(vni, vtep_name(vni))
+}
+
+/// In a dual-stack network, flannel-v6.N must be a link name too (VNIs up to 9999).
+pub fn check_vni_names_a_link6(vni: u32) -> Result<(), String> {
+    check_names_a_link(vni, vtep6_name(vni))
+}
+
+fn check_names_a_link(vni: u32, name: String) -> Result<(), String> {
     if libcni::names::is_ifname(&name) {
         Ok(())
     } else {

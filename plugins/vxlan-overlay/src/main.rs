@@ -2,13 +2,16 @@
 //! node table in the config. ADD finds this node in the table by its underlay address,
 //! makes sure of the VXLAN device and every peer's state (vxlan_overlay::node), then puts
 //! the container on the node bridge with libcni's bridge attachment and an address from
-//! host-local on the node's subnet. `vxlan-overlay teardown [--force]` (the config on
-//! stdin) removes this node's share of the network.
+//! host-local on the node's subnet (and its IPv6 subnet too, in a dual-stack network).
+//! `vxlan-overlay teardown [--force]` (the config on stdin) removes this node's share of
+//! the network.
 
 use std::io::Read;
 
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::attachment::bridged::{self, BridgeSpec};
 use libcni::attachment::{Attachment, Rules};
 use libcni::delegate::Delegate;
@@ -17,7 +20,7 @@ use libcni::net::{Kernel, Netlink, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
-use vxlan_overlay::config::{vtep_name, Overlay, Store};
+use vxlan_overlay::config::{vtep6_name, vtep_name, Overlay, Store};
 use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
@@ -34,6 +37,8 @@ struct Here {
     overlay: Overlay,
     network: Ipv4Network,
     subnet: Ipv4Network,
+    /// The node's IPv6 subnet in a dual-stack network (FLANNEL_IPV6_SUBNET).
+    subnet6: Option<Ipv6Network>,
     mtu: u32,
     ip_masq: bool,
     /// The static store's kernel work (the etcd store's is the agent's).
@@ -72,14 +77,15 @@ impl Here {
             .iter()
             .filter(|n| **n != me)
             .map(|n| Peer {
-                subnet: n.subnet,
-                underlay_ip: n.underlay_ip,
+                subnet: IpNetwork::V4(n.subnet),
+                underlay_ip: IpAddr::V4(n.underlay_ip),
                 mac: overlay.vtep_mac(n.underlay_ip),
             })
             .collect();
         Ok(Here {
             network: overlay.network.expect("the static store has a network"),
             subnet: me.subnet,
+            subnet6: None,
             mtu,
             ip_masq: overlay.ip_masq,
             meshed: Some(Meshed { underlay, peers }),
@@ -102,6 +108,7 @@ impl Here {
         Ok(Here {
             network: env.network,
             subnet: env.node_subnet(),
+            subnet6: env.node_subnet6(),
             mtu: overlay.mtu.unwrap_or(env.mtu),
             // As flannel's plugin: flanneld with --ip-masq masquerades itself.
             ip_masq: overlay.ip_masq && !env.ip_masq,
@@ -113,7 +120,8 @@ impl Here {
     /// The static store's device and peers, programmed.
     fn program(&self, k: &Kernel) -> Result<(), Error> {
         let Some(m) = &self.meshed else { return Ok(()) };
-        let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), self.subnet))?;
+        let subnet = IpNetwork::V4(self.subnet);
+        let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), subnet))?;
         k.run(node::program(
             k.host(),
             &self.mesh(),
@@ -125,7 +133,7 @@ impl Here {
 
     fn mesh(&self) -> Mesh {
         Mesh {
-            network: self.network,
+            network: IpNetwork::V4(self.network),
             direct_routing: self.overlay.direct_routing,
         }
     }
@@ -149,12 +157,14 @@ impl Here {
         }
     }
 
-    /// host-local on this node's subnet, in our data dir; the runtime's requests passed on.
+    /// host-local on this node's subnet (one range set per family), in our data dir; the
+    /// runtime's requests passed on.
     fn ipam(&self, args: &CmdArgs) -> Delegate {
+        let mut ranges = vec![json!([{"subnet": self.subnet.to_string()}])];
+        ranges.extend(self.subnet6.map(|s| json!([{"subnet": s.to_string()}])));
         let mut conf = json!({
             "cniVersion": args.conf.cni_version, "name": self.overlay.name, "type": "vxlan-overlay",
-            "ipam": {"type": "host-local", "dataDir": self.overlay.data_dir,
-                     "ranges": [[{"subnet": self.subnet.to_string()}]]}
+            "ipam": {"type": "host-local", "dataDir": self.overlay.data_dir, "ranges": ranges}
         });
         for key in ["runtimeConfig", "args"] {
             if let Some(v) = args.raw.get(key) {
@@ -209,7 +219,7 @@ impl Plugin for VxlanOverlay {
                 &here.mesh(),
                 &m.underlay,
                 &here.vtep(m),
-                here.subnet,
+                IpNetwork::V4(here.subnet),
                 &m.peers,
             ))?;
             Error::check("the node's overlay state differs from the config", problems)?;
@@ -237,6 +247,7 @@ fn lost(overlay: Overlay) -> Here {
     Here {
         network,
         subnet,
+        subnet6: None,
         mtu: 1500,
         ip_masq: overlay.ip_masq,
         meshed: None,
@@ -286,7 +297,19 @@ fn teardown(force: bool) -> Result<(), Error> {
             o.subnet_file.display()
         );
     }
-    k.run(node::remove(k.host(), &vtep_of(&o)?, network))?;
+    k.run(node::remove(
+        k.host(),
+        &vtep_of(&o)?,
+        network.map(IpNetwork::V4),
+    ))?;
+    // A dual-stack node's flannel-v6.N and IPv6 routes, as its subnet file names them.
+    if let Some((network6, _)) = SubnetEnv::read(&o.subnet_file).ok().and_then(|e| e.ipv6) {
+        let vni = Local::read(&Local::path(&o))?
+            .and_then(|l| l.vni)
+            .unwrap_or(o.vni);
+        let network6 = Some(IpNetwork::V6(network6));
+        k.run(node::remove(k.host(), &vtep6_name(vni), network6))?;
+    }
     k.run(delete_bridge(k.host(), &o.bridge, force))?;
     let prefix = Label::network_prefix(&o.name);
     firewall::lock::hold_all()?;
