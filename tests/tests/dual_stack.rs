@@ -166,3 +166,52 @@ fn a_node_flanneld_ran_dual_stack_is_taken_over_with_its_subnets_and_pods() {
     assert!(reaches(&pod0, &v6_1), "{}\n{}", a0.log(), a1.log());
     assert!(reaches(&pod1, &v6), "{}", a1.log());
 }
+
+/// The static store, dual stack: `ipv6Network`, and per node `underlayIPv6` and
+/// `ipv6Subnet`; ADD makes flannel-v6.1 and the IPv6 peers; CHECK finds them; teardown
+/// removes them.
+#[test]
+fn static_store_dual_stack_pods_reach_each_other_over_both_families() {
+    let c = Cluster::new(2, "192.168.95", 1500);
+    ipv6_underlay(&c, "fd00:95");
+    let data = tempfile::tempdir().unwrap();
+    let nodes: Vec<Value> = (0..2)
+        .map(|i| {
+            json!({"underlayIP": c.underlay_ip(i), "subnet": format!("10.236.{}.0/24", i + 1),
+                   "underlayIPv6": format!("fd00:95::{}", 10 + i),
+                   "ipv6Subnet": format!("fc00:236:0:{}::/64", i + 1)})
+        })
+        .collect();
+    let conf = json!({"cniVersion": "1.1.0", "name": "cluster", "type": "vxlan-overlay",
+        "network": "10.236.0.0/16", "ipv6Network": "fc00:236::/48", "dataDir": data.path(),
+        "store": {"type": "static", "nodes": nodes}});
+    let pods: Vec<(Ns, String, String)> = (0..2)
+        .map(|i| dual_pod(&c.hosts[i], &conf, &format!("st-{i}")))
+        .collect();
+    assert!(pods[0].2.starts_with("fc00:236:0:1::"), "{}", pods[0].2);
+    assert!(reaches(&pods[0].0, &pods[1].1), "IPv4 across hosts");
+    assert!(reaches(&pods[0].0, &pods[1].2), "IPv6 across hosts");
+    assert!(reaches(&pods[1].0, &pods[0].2), "IPv6 back");
+    let h0 = &c.hosts[0];
+    let dev = h0.link("flannel-v6.1").expect("flannel-v6.1");
+    let fdb = h0.sh("bridge fdb show dev flannel-v6.1");
+    assert!(fdb.contains("dst fd00:95::11 "), "{fdb}\n{dev}");
+    let check = Call::new("vxlan-overlay", "CHECK", h0, &pods[0].0.path(), "st-0");
+    let prev = json!({"cniVersion": "1.1.0", "interfaces": [], "ips": []});
+    check.run(&with_prev(&conf, &prev)).expect_ok();
+    h0.sh("ip -6 neigh del fc00:236:0:2:: dev flannel-v6.1");
+    let code = check.run(&with_prev(&conf, &prev)).code();
+    assert_eq!(code, 104, "CHECK sees the lost IPv6 neighbour");
+    for (i, (h, p)) in c.hosts.iter().zip(&pods).enumerate() {
+        Call::new("vxlan-overlay", "DEL", h, &p.0.path(), &format!("st-{i}"))
+            .run(&conf)
+            .expect_ok();
+    }
+    let out = overlay_teardown(h0, &conf, false);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        h0.link("flannel-v6.1").is_none(),
+        "teardown leaves flannel-v6.1"
+    );
+    assert_eq!(h0.sh("ip -6 route show proto 73"), "");
+}

@@ -22,13 +22,15 @@ use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
 use vxlan_overlay::config::{vtep6_name, vtep_name, Overlay, Store};
 use vxlan_overlay::local::Local;
-use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
+use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
 
-/// This node's share of the static store: its underlay and the peers to program.
+/// This node's share of the static store: its underlay and the peers to program (of
+/// each family, in a dual-stack network).
 struct Meshed {
     underlay: Underlay,
     peers: Vec<Peer>,
+    peers6: Vec<Peer>,
 }
 
 /// Where this node's containers go: its subnet in the cluster network, with what the
@@ -72,23 +74,42 @@ impl Here {
                 underlay.link.name, underlay.link.mtu
             )));
         }
-        let peers = overlay
-            .nodes()
-            .iter()
-            .filter(|n| **n != me)
+        if let Some(want) = me.underlay_ip6 {
+            if underlay.ip6.map(|a| a.ip()) != Some(want) {
+                return Err(Error::config(format!(
+                    "store.nodes: this host's underlayIPv6 {want} is not the first global IPv6 address of {} ({:?})",
+                    underlay.link.name, underlay.ip6
+                )));
+            }
+        }
+        let others = || overlay.nodes().iter().filter(|n| **n != me);
+        let peers = others()
             .map(|n| Peer {
                 subnet: IpNetwork::V4(n.subnet),
                 underlay_ip: IpAddr::V4(n.underlay_ip),
                 mac: overlay.vtep_mac(n.underlay_ip),
             })
             .collect();
+        let peers6 = others()
+            .filter_map(|n| {
+                Some(Peer {
+                    subnet: IpNetwork::V6(n.subnet6?),
+                    underlay_ip: IpAddr::V6(n.underlay_ip6?),
+                    mac: overlay.vtep_mac6(n.underlay_ip),
+                })
+            })
+            .collect();
         Ok(Here {
             network: overlay.network.expect("the static store has a network"),
             subnet: me.subnet,
-            subnet6: None,
+            subnet6: me.subnet6,
             mtu,
             ip_masq: overlay.ip_masq,
-            meshed: Some(Meshed { underlay, peers }),
+            meshed: Some(Meshed {
+                underlay,
+                peers,
+                peers6,
+            }),
             overlay,
         })
     }
@@ -128,7 +149,36 @@ impl Here {
             &m.underlay,
             &vtep,
             &m.peers,
+        ))?;
+        let Some((mesh6, vtep6, subnet6)) = self.six(m) else {
+            return Ok(());
+        };
+        let link6 = k.run(node::ensure_vtep(k.host(), &vtep6, subnet6))?;
+        k.run(node::program(
+            k.host(),
+            &mesh6,
+            &m.underlay,
+            &link6,
+            &m.peers6,
         ))
+    }
+
+    /// The static store's IPv6 side: its mesh, flannel-v6.N and this node's subnet.
+    fn six(&self, m: &Meshed) -> Option<(Mesh, Vxlan, IpNetwork)> {
+        let (network, subnet) = (self.overlay.ipv6_network?, self.subnet6?);
+        let ip6 = m.underlay.ip6?;
+        let vtep = Vxlan {
+            name: vtep6_name(self.overlay.vni),
+            local: IpAddr::V6(ip6.ip()),
+            mac: self.overlay.vtep_mac6(m.underlay.ip),
+            mtu: (self.mtu).min(m.underlay.link.mtu.saturating_sub(VXLAN6_OVERHEAD)),
+            ..self.vtep(m)
+        };
+        let mesh = Mesh {
+            network: IpNetwork::V6(network),
+            direct_routing: self.overlay.direct_routing,
+        };
+        Some((mesh, vtep, IpNetwork::V6(subnet)))
     }
 
     fn mesh(&self) -> Mesh {
@@ -214,7 +264,7 @@ impl Plugin for VxlanOverlay {
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
         if let Some(m) = &here.meshed {
-            let problems = k.run(node::differences(
+            let mut problems = k.run(node::differences(
                 k.host(),
                 &here.mesh(),
                 &m.underlay,
@@ -222,6 +272,11 @@ impl Plugin for VxlanOverlay {
                 IpNetwork::V4(here.subnet),
                 &m.peers,
             ))?;
+            if let Some((mesh6, vtep6, subnet6)) = here.six(m) {
+                let (h, u) = (k.host(), &m.underlay);
+                let six = node::differences(h, &mesh6, u, &vtep6, subnet6, &m.peers6);
+                problems.extend(k.run(six)?);
+            }
             Error::check("the node's overlay state differs from the config", problems)?;
         }
         bridged::check(&k, args, &here.bridge(), Some(&here.ipam(args)))
@@ -302,8 +357,10 @@ fn teardown(force: bool) -> Result<(), Error> {
         &vtep_of(&o)?,
         network.map(IpNetwork::V4),
     ))?;
-    // A dual-stack node's flannel-v6.N and IPv6 routes, as its subnet file names them.
-    if let Some((network6, _)) = SubnetEnv::read(&o.subnet_file).ok().and_then(|e| e.ipv6) {
+    // A dual-stack node's flannel-v6.N and IPv6 routes, as its config or subnet file
+    // names them.
+    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.ipv6.map(|(n, _)| n);
+    if let Some(network6) = o.ipv6_network.or_else(from_file) {
         let vni = Local::read(&Local::path(&o))?
             .and_then(|l| l.vni)
             .unwrap_or(o.vni);
@@ -406,6 +463,9 @@ mod tests {
             "type",
             "underlayIP",
             "subnet",
+            "ipv6Network",
+            "underlayIPv6",
+            "ipv6Subnet",
         ];
         libcni::arbitrary::probe_reading(FIELDS, |a| Overlay::load(a).map(|_| ()));
     }
