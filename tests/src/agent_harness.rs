@@ -42,8 +42,16 @@ impl Agent {
 
     /// Started on a config with `extra` merged into the vxlan-overlay entry.
     pub fn start_with(host: &Ns, etcd: &Etcd, ttl: u64, reconcile: u64, extra: Value) -> Agent {
+        let mut a = Agent::prepare(host, etcd, ttl, extra);
+        a.restart(reconcile);
+        a
+    }
+
+    /// Its directory and config, not started yet (a test puts a node's state there
+    /// first, then calls `restart`).
+    pub fn prepare(host: &Ns, etcd: &Etcd, ttl: u64, extra: Value) -> Agent {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Agent {
+        let a = Agent {
             child: None,
             dir,
             host: host.name.clone(),
@@ -51,7 +59,6 @@ impl Agent {
         let list = json!({"cniVersion": "1.1.0", "name": "cluster",
             "plugins": [conf(a.dir.path(), etcd, ttl, extra)]});
         std::fs::write(a.dir.path().join("cluster.conflist"), list.to_string()).unwrap();
-        a.restart(reconcile);
         a
     }
 
@@ -138,6 +145,25 @@ impl Agent {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("no subnet file in {secs} s; agent log:\n{}", self.log());
+    }
+
+    /// A variable of the subnet file, once the file has it (waited for at most `secs`).
+    pub fn env_var(&self, var: &str, secs: u64) -> String {
+        let prefix = format!("{var}=");
+        let found = within(Duration::from_secs(secs), || {
+            self.subnet_env()
+                .is_some_and(|e| e.lines().any(|l| l.starts_with(&prefix)))
+        });
+        assert!(
+            found.is_some(),
+            "no {var} in {secs} s; agent log:\n{}",
+            self.log()
+        );
+        let env = self.subnet_env().unwrap();
+        env.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap()
+            .to_string()
     }
 
     /// Restarted with the subnet file gone, and waited for until it holds a subnet again.
@@ -296,4 +322,23 @@ pub fn lease_value(ip: &str, mac: &str) -> String {
     format!(
         r#"{{"PublicIP":"{ip}","PublicIPv6":null,"BackendType":"vxlan","BackendData":{{"VNI":1,"VtepMAC":"{mac}"}}}}"#
     )
+}
+
+/// Gives every host of `c` the IPv6 underlay address `<prefix6>::<10+i>/64` on `ul0`
+/// (a dual-stack underlay; `prefix6` like `fd00:95`), without duplicate detection.
+pub fn ipv6_underlay(c: &Cluster, prefix6: &str) {
+    for (i, h) in c.hosts.iter().enumerate() {
+        h.sh(&format!(
+            "ip -6 addr add {prefix6}::{}/64 dev ul0 nodad",
+            10 + i
+        ));
+    }
+}
+
+/// The addresses of an ADD result, without prefix lengths.
+pub fn all_ips(r: &Value) -> Vec<String> {
+    (r["ips"].as_array().into_iter().flatten())
+        .filter_map(|i| i["address"].as_str())
+        .map(|a| a.split('/').next().unwrap_or(a).to_string())
+        .collect()
 }

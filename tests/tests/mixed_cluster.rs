@@ -609,7 +609,6 @@ fn flannel_delegate(n: &Node) -> Value {
 }
 
 #[test]
-#[ignore = "needs dual stack (issue 18)"]
 fn a_dual_stack_mixed_cluster_pings_over_ipv4_and_ipv6_across_every_pair() {
     let Some(flanneld) = flanneld_bin() else {
         return;

@@ -3,7 +3,7 @@
 //! entries that tell it, per peer, which MAC stands behind an address and which underlay
 //! address that MAC lives at.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo as NlInfo};
@@ -23,7 +23,8 @@ pub struct Vxlan {
     pub name: String,
     pub vni: u32,
     pub port: u16,
-    pub local: Ipv4Addr,
+    /// The underlay address: IPv4 (flannel.N) or IPv6 (flannel-v6.N).
+    pub local: IpAddr,
     /// The underlay link.
     pub dev: u32,
     pub mac: [u8; 6],
@@ -37,7 +38,7 @@ pub struct Vxlan {
 pub struct VxlanState {
     pub vni: Option<u32>,
     pub port: Option<u16>,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub learning: Option<bool>,
     /// The underlay link it sends through.
     pub link: Option<u32>,
@@ -76,11 +77,13 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
 impl Netlink {
     /// Creates the device, up.
     pub async fn create_vxlan(&self, v: &Vxlan) -> Result<(), Error> {
-        let mut b = LinkVxlan::new(&v.name, v.vni)
-            .port(v.port)
-            .local(v.local)
-            .dev(v.dev)
-            .learning(v.learning);
+        let b = LinkVxlan::new(&v.name, v.vni).port(v.port);
+        let mut b = match v.local {
+            IpAddr::V4(ip) => b.local(ip),
+            IpAddr::V6(ip) => b.local6(ip),
+        }
+        .dev(v.dev)
+        .learning(v.learning);
         if v.gbp {
             b = b.gbp();
         }
@@ -118,7 +121,8 @@ impl Netlink {
                     match x {
                         InfoVxlan::Id(v) => s.vni = Some(v),
                         InfoVxlan::Port(p) => s.port = Some(p),
-                        InfoVxlan::Local(l) => s.local = Some(l),
+                        InfoVxlan::Local(l) => s.local = Some(IpAddr::V4(l)),
+                        InfoVxlan::Local6(l) => s.local = Some(IpAddr::V6(l)),
                         InfoVxlan::Learning(l) => s.learning = Some(l),
                         InfoVxlan::Link(i) => s.link = Some(i),
                         InfoVxlan::Gbp => s.gbp = true,

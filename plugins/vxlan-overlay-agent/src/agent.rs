@@ -1,6 +1,7 @@
 //! One node's agent. A session with etcd reads the network, claims this node's subnet
-//! lease (its own again after a restart; a reservation or a flanneld's lease as it is),
-//! keeps a flanneld's VXLAN device as it is or makes one, writes the subnet file,
+//! lease (its own again after a restart; a reservation or a flanneld's lease as it is;
+//! in a dual-stack network an IPv6 subnet with it, in flannel's dual-stack key), keeps a
+//! flanneld's VXLAN device as it is or makes one (and flannel-v6.N), writes the subnet file,
 //! lists the leases and programs every peer, then follows the watch from the listed
 //! revision while it renews the etcd lease and reconciles the kernel. When a session
 //! fails (etcd down, a compacted watch, our lease gone, the network config changed) the
@@ -12,19 +13,22 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
+use std::net::IpAddr;
+
 use etcd_client::{Client, ConnectOptions, EventType, WatchResponse};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use libcni::net::{format_mac, Netlink, Vxlan};
-use vxlan_overlay::config::{vtep_name, Etcd, Overlay, Store};
+use vxlan_overlay::config::{vtep6_name, vtep_name, Etcd, Overlay, Store};
 use vxlan_overlay::local::Local;
-use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
+use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
 
 use crate::etcd;
-use crate::flannel::{lease_key, LeaseAttrs, Network};
+use crate::flannel::{lease_key, LeaseAttrs, Network, Subnets};
 use crate::iface::Selection;
 use crate::notify;
 use crate::rules::NodeRules;
+use libcni::firewall::ClusterNet;
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -53,16 +57,29 @@ pub fn log(msg: &str) {
 struct Held {
     net: Network,
     subnet: Ipv4Network,
+    /// In a dual-stack network, the IPv6 subnet claimed with it.
+    subnet6: Option<Ipv6Network>,
+    /// Our lease's key (flannel's dual-stack form with an IPv6 subnet).
+    key: String,
     underlay: Underlay,
     vtep: Vxlan,
+    /// flannel-v6.N, in a dual-stack network.
+    vtep6: Option<Vxlan>,
 }
 
 impl Held {
     fn mesh(&self) -> Mesh {
         Mesh {
-            network: self.net.network,
+            network: IpNetwork::V4(self.net.network),
             direct_routing: self.net.direct_routing,
         }
+    }
+
+    fn mesh6(&self) -> Option<Mesh> {
+        Some(Mesh {
+            network: IpNetwork::V6(self.net.ipv6.as_ref()?.network),
+            direct_routing: self.net.direct_routing,
+        })
     }
 }
 
@@ -72,11 +89,28 @@ struct Change {
     new: Option<Peer>,
 }
 
-/// A peer, with the key it was read from: only that key changes or removes it.
+/// A peer, with the key it was read from: only that key changes or removes it. `peer6`
+/// is its IPv6 side, in a dual-stack network, when its lease has a usable one.
 #[derive(Debug, Clone, PartialEq)]
 struct Known {
     key: String,
     peer: Peer,
+    peer6: Option<Peer>,
+}
+
+impl Known {
+    /// What programming `new` over `old` changes, per family.
+    fn changes(old: Option<&Known>, new: Option<&Known>) -> Vec<Change> {
+        let v4 = Change {
+            old: old.map(|k| k.peer.clone()),
+            new: new.map(|k| k.peer.clone()),
+        };
+        let v6 = Change {
+            old: old.and_then(|k| k.peer6.clone()),
+            new: new.and_then(|k| k.peer6.clone()),
+        };
+        [v4, v6].into_iter().filter(|c| c.old != c.new).collect()
+    }
 }
 
 pub struct Agent {
@@ -184,10 +218,22 @@ impl Agent {
             }
         };
         let net = self.judge(config.as_deref(), Some(&underlay))?;
+        let underlay = match net.ipv6 {
+            Some(_) => (node::with_ipv6(&self.nl, underlay).await)
+                .map_err(|e| retry(format!("underlay: {e}")))?,
+            None => underlay,
+        };
+        if net.ipv6.is_some() && underlay.ip6.is_none() {
+            return Err(retry(format!(
+                "{prefix}/config has EnableIPv6 but the underlay {} has no global IPv6 address",
+                underlay.link.name
+            )));
+        }
         self.adopt_vtep(&net, &underlay).await;
         let listing = etcd::leases(&mut c, &prefix, &net).await.map_err(retry)?;
-        let (subnet, listing, lease) = self.claim(&mut c, &net, &underlay, listing).await?;
-        self.settle(net, underlay, subnet).await?;
+        let (subnets, listing, lease) = self.claim(&mut c, &net, &underlay, listing).await?;
+        let (subnet, key) = (subnets.0, lease_key(&prefix, subnets.0, subnets.1));
+        self.settle(net, underlay, subnets).await?;
         self.set_peers(&listing);
         self.program(None).await;
         // The subnet file is written: what a Type=notify unit waits for.
@@ -203,8 +249,9 @@ impl Agent {
             }
             None => (None, None),
         };
+        let v6 = subnets.1.map(|s| format!(" and {s}")).unwrap_or_default();
         log(&format!(
-            "holding {subnet}{}, {} peers, watching from revision {}",
+            "holding {subnet}{v6}{}, {} peers, watching from revision {}",
             if lease.is_none() { " (reserved)" } else { "" },
             self.peers.len(),
             listing.revision + 1
@@ -246,7 +293,7 @@ impl Agent {
                 }
                 _ = reconcile.tick() => {
                     self.reconcile().await;
-                    self.own_key_present(&mut c, subnet).await?;
+                    self.own_key_present(&mut c, &key).await?;
                     self.same_network(&mut c).await?;
                 }
             }
@@ -356,14 +403,18 @@ impl Agent {
         }
         // As flanneld, a node serves the network it claimed in until it restarts: one
         // narrowed or moved live would drop peers outside it while nodes that cannot
-        // serve it keep the old one, splitting the cluster.
+        // serve it keep the old one, splitting the cluster. IPv6 turned on or off, or
+        // its network changed, likewise.
+        let v6 = |n: &Network| n.ipv6.as_ref().map(|v| (v.network, v.subnet_len));
         if let Some(h) = self.held.as_ref().filter(|h| {
             (h.net.network, h.net.subnet_len) != (net.network, net.subnet_len)
                 || !net.fits(h.subnet)
+                || v6(&h.net) != v6(&net)
+                || (h.subnet6.zip(net.ipv6.as_ref())).is_some_and(|(s, n)| !n.fits(s))
         }) {
             return Err(retry(format!(
-                "Network {} with SubnetLen {} is not the {} with SubnetLen {} this node holds {} in (a new network applies when the agent restarts)",
-                net.network, net.subnet_len, h.net.network, h.net.subnet_len, h.subnet
+                "Network {} with SubnetLen {} (IPv6 {:?}) is not the {} with SubnetLen {} (IPv6 {:?}) this node holds {} in (a new network applies when the agent restarts)",
+                net.network, net.subnet_len, v6(&net), h.net.network, h.net.subnet_len, v6(&h.net), h.subnet
             )));
         }
         if let Some(u) = underlay {
@@ -453,7 +504,7 @@ impl Agent {
             name: vtep_name(net.vni),
             vni: net.vni,
             port: net.port,
-            local: underlay.ip,
+            local: IpAddr::V4(underlay.ip),
             dev: underlay.link.index,
             mac: self.local.mac(),
             mtu,
@@ -486,28 +537,67 @@ impl Agent {
         Ok((Some(self.etcd_lease(c).await?), false))
     }
 
+    /// The IPv6 subnet this node had before, likewise (FLANNEL_IPV6_SUBNET).
+    fn previous_subnet6(&self) -> Option<Ipv6Network> {
+        self.local.subnet6.or_else(|| {
+            SubnetEnv::read(&self.overlay.subnet_file)
+                .ok()
+                .and_then(|e| e.node_subnet6())
+        })
+    }
+
     /// flanneld's order: the lease holding our underlay address (a reservation too: used
     /// as it is, never bound to a lease); else our previous subnet if free; else one at
     /// random among the first hundred free. Created only if absent. Returns the etcd
     /// lease the key is bound to, None for a reservation.
+    /// In a dual-stack network the lease holds an IPv6 subnet too, picked the same way
+    /// (flanneld's allocateSubnet): a lease of ours without one is replaced.
     async fn claim(
         &mut self,
         c: &mut Client,
         net: &Network,
         underlay: &Underlay,
         mut listing: etcd::Listing,
-    ) -> Result<(Ipv4Network, etcd::Listing, Option<i64>), Stop> {
+    ) -> Result<(Subnets, etcd::Listing, Option<i64>), Stop> {
         let prefix = self.etcd.prefix.clone();
         let public = self.select.public(underlay);
         let mut ours_attrs = LeaseAttrs::vxlan(public, net.vni, self.local.mac());
         ours_attrs.public_ipv6 = self.select.public_ipv6.map(|v6| v6.to_string());
+        if let (Some(_), Some(ip6)) = (&net.ipv6, underlay.ip6) {
+            let ip6 = self.select.public_ipv6.unwrap_or(ip6.ip());
+            ours_attrs = ours_attrs.with_v6(ip6, self.local.mac6());
+        }
         let attrs = ours_attrs.to_json();
+        // Whether a lease's IPv6 part is one this network wants of ours.
+        let fits6 = |s6: Option<Ipv6Network>| match &net.ipv6 {
+            None => true,
+            Some(n) => s6.is_some_and(|s| n.fits(s)),
+        };
         // Subnets another node took while we tried: not tried again in this claim.
         let mut lost: Vec<Ipv4Network> = Vec::new();
         for _ in 0..CLAIM_TRIES {
+            let mine = |l: &&etcd::Listed| {
+                l.attrs.as_ref().is_some_and(|a| a.public_ip == public)
+                    && !lost.contains(&l.subnet)
+                    && net.fits(l.subnet)
+            };
+            // Ours but without an IPv6 subnet of the network (a key from before
+            // EnableIPv6): replaced, as flanneld does, its IPv4 subnet kept if free.
+            let single: Vec<String> = (listing.leases.iter())
+                .filter(mine)
+                .filter(|l| !fits6(l.subnet6))
+                .map(|l| l.key.clone())
+                .collect();
+            for key in single {
+                log(&format!(
+                    "replacing our lease {key}: it holds no IPv6 subnet of the network"
+                ));
+                etcd::delete(c, &key).await.map_err(retry)?;
+                listing.leases.retain(|l| l.key != key);
+            }
             let mut ours: Vec<&etcd::Listed> = (listing.leases.iter())
-                .filter(|l| l.attrs.as_ref().is_some_and(|a| a.public_ip == public))
-                .filter(|l| !lost.contains(&l.subnet) && net.fits(l.subnet))
+                .filter(mine)
+                .filter(|l| fits6(l.subnet6))
                 .collect();
             // Several keys name our address (anyone may write one): the subnet this node
             // holds or held stays; else the oldest key. Never the first in key order, or a
@@ -515,9 +605,11 @@ impl Agent {
             let known = self.held.as_ref().map(|h| h.subnet).or(self.local.subnet);
             ours.sort_by_key(|l| (Some(l.subnet) != known, l.create_revision));
             if let Some(l) = ours.first().map(|l| (*l).clone()) {
-                // A dual-stack key (flanneld's) moves to the plain key we keep renewing.
+                // Without EnableIPv6 a dual-stack key (flanneld's) moves to the plain key
+                // we keep renewing; with it, the dual-stack key stays.
+                let subnet6 = l.subnet6.filter(|_| net.ipv6.is_some());
                 let (from, subnet) = (l.key.clone(), l.subnet);
-                let key = lease_key(&prefix, subnet);
+                let key = lease_key(&prefix, subnet, subnet6);
                 let (lease, as_is) = self.hold(c, &l, from == key, &ours_attrs).await?;
                 let what = if lease.is_none() {
                     "reservation"
@@ -528,7 +620,7 @@ impl Agent {
                     log(&format!(
                         "took back {subnet}: its {what} {from} names {public} as we would"
                     ));
-                    return Ok((subnet, listing, lease));
+                    return Ok(((subnet, subnet6), listing, lease));
                 }
                 if etcd::replace(c, &from, &key, &attrs, lease, l.mod_revision)
                     .await
@@ -538,7 +630,7 @@ impl Agent {
                         "took back {subnet}: its {what} {from} names {public}"
                     ));
                     listing.leases.retain(|l| l.key != from || from == key);
-                    return Ok((subnet, listing, lease));
+                    return Ok(((subnet, subnet6), listing, lease));
                 }
                 // Changed since listed, or its plain key is someone else's: not ours to
                 // try again in this claim (a key tried forever would be a spin).
@@ -567,8 +659,20 @@ impl Agent {
                     net.subnet_len, net.network
                 )));
             };
+            let s6 = match &net.ipv6 {
+                None => None,
+                Some(n) => {
+                    let taken6 = listing.taken6();
+                    let free = |s: &Ipv6Network| !taken6.iter().any(|t| t.contains(s.network()));
+                    let previous = self.previous_subnet6().filter(|s| n.fits(*s) && free(s));
+                    let pick = previous.or_else(|| pick_one(&n.free(&taken6, 100)));
+                    Some(pick.ok_or_else(|| {
+                        retry(format!("no free /{} left in {}", n.subnet_len, n.network))
+                    })?)
+                }
+            };
             let lease = self.etcd_lease(c).await?;
-            if etcd::create(c, &lease_key(&prefix, s), &attrs, lease)
+            if etcd::create(c, &lease_key(&prefix, s, s6), &attrs, lease)
                 .await
                 .map_err(retry)?
             {
@@ -577,8 +681,9 @@ impl Agent {
                 } else {
                     ""
                 };
-                log(&format!("claimed {s} for {public}{how}"));
-                return Ok((s, listing, Some(lease)));
+                let v6 = s6.map(|s| format!(" and {s}")).unwrap_or_default();
+                log(&format!("claimed {s}{v6} for {public}{how}"));
+                return Ok(((s, s6), listing, Some(lease)));
             }
             log(&format!(
                 "{s} was claimed by another node meanwhile; listing again"
@@ -589,12 +694,12 @@ impl Agent {
         Err(retry(format!("no subnet claimed in {CLAIM_TRIES} tries")))
     }
 
-    /// Makes the device and the subnet file match what this node holds, and saves it.
+    /// Makes the devices and the subnet file match what this node holds, and saves it.
     async fn settle(
         &mut self,
         net: Network,
         underlay: Underlay,
-        subnet: Ipv4Network,
+        (subnet, subnet6): Subnets,
     ) -> Result<(), Stop> {
         if let Some(h) = self.held.as_ref().filter(|h| h.subnet != subnet) {
             log(&format!(
@@ -604,22 +709,37 @@ impl Agent {
         }
         let mtu = self.mtu(&net, &underlay).map_err(Stop::Fatal)?;
         let vtep = self.vtep(&net, &underlay, mtu);
+        // flannel-v6.N over the underlay's IPv6 address, with a MAC of its own.
+        let vtep6 = (subnet6.zip(underlay.ip6)).map(|(_, ip6)| Vxlan {
+            name: vtep6_name(net.vni),
+            local: IpAddr::V6(ip6.ip()),
+            mac: self.local.mac6(),
+            mtu: mtu.min(underlay.link.mtu.saturating_sub(VXLAN6_OVERHEAD)),
+            ..vtep.clone()
+        });
         // A VNI change renames the device: the old one goes, with its peers' state, also
         // when the change happened while we were stopped (the saved VNI names it).
         let old = (self.held.as_ref().map(|h| h.vtep.name.clone()))
             .or(self.local.vni.map(vtep_name))
             .filter(|old| *old != vtep.name);
-        if let Some(old) = old {
+        let old_vni = (self.held.as_ref().map(|h| h.net.vni)).or(self.local.vni);
+        // The old flannel-v6.N too, and ours when this network is no longer dual stack.
+        let old6 = old_vni
+            .map(vtep6_name)
+            .filter(|old| Some(old) != vtep6.as_ref().map(|v| &v.name));
+        for old in old.into_iter().chain(old6) {
             if let Err(e) = self.nl.delete_link(&old).await {
                 log(&format!("removing the old {old}: {e}"));
             }
         }
         let config = self.config_accepted.clone().or(self.local.config.clone());
         if self.local.subnet != Some(subnet)
+            || self.local.subnet6 != subnet6
             || self.local.vni != Some(net.vni)
             || self.local.config != config
         {
             self.local.subnet = Some(subnet);
+            self.local.subnet6 = subnet6;
             self.local.vni = Some(net.vni);
             self.local.config = config;
             // Not saved: a restart claims by our address's lease first anyway, and
@@ -634,12 +754,18 @@ impl Agent {
         // With ipMasq (flanneld's --ip-masq) the node masquerades and the plugin does not;
         // without it the plugin's ipMasq does, per container.
         let ip_masq = self.etcd.ip_masq;
-        (self.rules)
-            .keep(&self.overlay.name, net.network, subnet, ip_masq)
-            .await;
+        let nets = cluster_nets(&net, subnet, subnet6);
+        (self.rules).keep(&self.overlay.name, &nets, ip_masq).await;
+        let ipv6 = (net.ipv6.as_ref().zip(subnet6)).map(|(n, s)| {
+            let first = u128::from(s.network()) + 1;
+            let gateway =
+                Ipv6Network::new(first.into(), s.prefix()).expect("a prefix from a subnet");
+            (n.network, gateway)
+        });
         let env = SubnetEnv {
             network: net.network,
             subnet: gateway,
+            ipv6,
             mtu,
             ip_masq,
         };
@@ -649,18 +775,22 @@ impl Agent {
             log(&format!("wrote {}", self.overlay.subnet_file.display()));
         }
         self.held = Some(Held {
+            key: lease_key(&self.etcd.prefix, subnet, subnet6),
             net,
             subnet,
+            subnet6,
             underlay,
             vtep,
+            vtep6,
         });
         Ok(())
     }
 
     /// The peer a lease names: another node's vxlan lease, with a unicast VTEP MAC (an
     /// all-zero one would be the device's default destination: every unknown frame would
-    /// go there). The subnet is one of the network's (`Network::lease_of_key`).
-    fn peer(&self, s: Ipv4Network, a: Option<&LeaseAttrs>) -> Result<Peer, String> {
+    /// go there). The subnet is one of the network's (`Network::lease_of_key`). Its IPv6
+    /// side is programmed when both it and this node are dual stack.
+    fn peer(&self, (s, s6): Subnets, a: Option<&LeaseAttrs>) -> Result<Known, String> {
         let h = self.held.as_ref().ok_or("no subnet held yet")?;
         if s == h.subnet {
             return Err(format!("it names this node's subnet {s}"));
@@ -674,22 +804,37 @@ impl Agent {
             return Err(format!("PublicIP {ip} is not a node's address"));
         }
         let mac = (a.vtep_mac())
-            .filter(|m| m[0] & 1 == 0 && *m != [0; 6])
+            .filter(unicast)
             .ok_or("no vxlan lease with a unicast VtepMAC")?;
-        Ok(Peer {
-            subnet: s,
-            underlay_ip: ip,
-            mac,
+        let peer6 = (h.subnet6.zip(h.underlay.ip6)).and_then(|(own, own_ip)| {
+            let s6 = s6.filter(|s6| *s6 != own)?;
+            let ip = (a.public_ipv6()).filter(|ip| {
+                *ip != own_ip.ip()
+                    && !ip.is_unspecified()
+                    && !ip.is_loopback()
+                    && !ip.is_multicast()
+            })?;
+            Some(Peer {
+                subnet: IpNetwork::V6(s6),
+                underlay_ip: IpAddr::V6(ip),
+                mac: a.vtep_mac6().filter(unicast)?,
+            })
+        });
+        Ok(Known {
+            key: String::new(),
+            peer: Peer {
+                subnet: IpNetwork::V4(s),
+                underlay_ip: IpAddr::V4(ip),
+                mac,
+            },
+            peer6,
         })
     }
 
     /// Replaces the peer table, logging each change. Of two keys naming one subnet (a
     /// dual-stack one and a plain one), the older holds it.
     fn set_peers(&mut self, listing: &etcd::Listing) {
-        let own = self
-            .held
-            .as_ref()
-            .map(|h| lease_key(&self.etcd.prefix, h.subnet));
+        let own = self.held.as_ref().map(|h| h.key.clone());
         let mut leases: Vec<&etcd::Listed> = (listing.leases.iter())
             .filter(|l| Some(&l.key) != own.as_ref())
             .collect();
@@ -700,17 +845,18 @@ impl Agent {
                 log(&format!("ignoring {}: {} holds {}", l.key, k.key, l.subnet));
                 continue;
             }
-            match self.peer(l.subnet, l.attrs.as_ref()) {
-                Ok(peer) => {
-                    let key = l.key.clone();
-                    new.insert(l.subnet, Known { key, peer });
+            match self.peer((l.subnet, l.subnet6), l.attrs.as_ref()) {
+                Ok(mut k) => {
+                    k.key = l.key.clone();
+                    held6(&new, &mut k);
+                    new.insert(l.subnet, k);
                 }
                 Err(why) => log(&format!("ignoring {}: {why}", l.key)),
             }
         }
         for (s, k) in &new {
-            if self.peers.get(s).map(|o| &o.peer) != Some(&k.peer) {
-                log(&added(&k.peer));
+            if self.peers.get(s) != Some(k) {
+                log(&added(k));
             }
         }
         for s in self.peers.keys().filter(|s| !new.contains_key(s)) {
@@ -734,7 +880,7 @@ impl Agent {
             return Ok(Vec::new());
         };
         let (net, underlay) = (h.net.clone(), h.underlay.clone());
-        let own = lease_key(&self.etcd.prefix, h.subnet);
+        let own = h.key.clone();
         let mut changes = Vec::new();
         let config = format!("{}/config", self.etcd.prefix);
         // Within one revision (a transaction), deletes first: moving a dual-stack key to
@@ -757,14 +903,15 @@ impl Agent {
                 }
                 continue;
             }
-            let s = match net.lease_of_key(&self.etcd.prefix, &key) {
+            let subnets = match net.lease_of_key(&self.etcd.prefix, &key) {
                 None => continue,
                 Some(Err(why)) => {
                     log(&format!("ignoring {key}: {why}"));
                     continue;
                 }
-                Some(Ok(s)) => s,
+                Some(Ok(subnets)) => subnets,
             };
+            let s = subnets.0;
             let attrs = put
                 .then(|| etcd::bounded_value(&key, kv.value()).and_then(LeaseAttrs::parse))
                 .flatten();
@@ -782,22 +929,18 @@ impl Agent {
                 }
                 continue;
             }
-            match self.peer(s, attrs.as_ref()) {
-                Ok(peer) => {
-                    if self.peers.get(&s).map(|k| &k.peer) != Some(&peer) {
-                        log(&added(&peer));
-                        let key = key.into_owned();
-                        let old = self.peers.insert(
-                            s,
-                            Known {
-                                key,
-                                peer: peer.clone(),
-                            },
-                        );
-                        changes.push(Change {
-                            old: old.map(|k| k.peer),
-                            new: Some(peer),
-                        });
+            match self.peer(subnets, attrs.as_ref()) {
+                Ok(mut k) => {
+                    k.key = key.into_owned();
+                    let others: BTreeMap<Ipv4Network, Known> = (self.peers.iter())
+                        .filter(|(o, _)| **o != s)
+                        .map(|(o, k)| (*o, k.clone()))
+                        .collect();
+                    held6(&others, &mut k);
+                    if self.peers.get(&s) != Some(&k) {
+                        log(&added(&k));
+                        let old = self.peers.insert(s, k.clone());
+                        changes.extend(Known::changes(old.as_ref(), Some(&k)));
                     }
                 }
                 Err(why) => {
@@ -806,10 +949,7 @@ impl Agent {
                     }
                     if let Some(k) = self.peers.remove(&s) {
                         log(&format!("peer {s} removed"));
-                        changes.push(Change {
-                            old: Some(k.peer),
-                            new: None,
-                        });
+                        changes.extend(Known::changes(Some(&k), None));
                     }
                 }
             }
@@ -823,22 +963,46 @@ impl Agent {
     /// (once) and left to the next reconcile.
     async fn program(&mut self, changes: Option<&[Change]>) {
         let Some(h) = &self.held else { return };
-        let (nl, mesh, u) = (&self.nl, h.mesh(), &h.underlay);
+        let (nl, u) = (&self.nl, &h.underlay);
         let pass = async {
-            let link = node::ensure_vtep(nl, &h.vtep, h.subnet).await?;
+            let link = node::ensure_vtep(nl, &h.vtep, IpNetwork::V4(h.subnet)).await?;
+            let six = match (&h.vtep6, h.subnet6, h.mesh6()) {
+                (Some(v), Some(s), Some(m)) => {
+                    Some((m, node::ensure_vtep(nl, v, IpNetwork::V6(s)).await?))
+                }
+                _ => None,
+            };
             let Some(changes) = changes else {
                 let peers: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
-                return node::program(nl, &mesh, u, &link, &peers).await;
+                let v4 = node::program(nl, &h.mesh(), u, &link, &peers).await;
+                if let Some((m, link6)) = &six {
+                    let peers6: Vec<Peer> = self
+                        .peers
+                        .values()
+                        .filter_map(|k| k.peer6.clone())
+                        .collect();
+                    node::program(nl, m, u, link6, &peers6).await?;
+                }
+                return v4;
             };
             for c in changes {
+                let Some(p) = c.old.as_ref().or(c.new.as_ref()) else {
+                    continue;
+                };
+                let (mesh, link) = match (&p.subnet, &six) {
+                    (IpNetwork::V4(_), _) => (h.mesh(), &link),
+                    (IpNetwork::V6(_), Some((m, link6))) => (*m, link6),
+                    (IpNetwork::V6(_), None) => continue,
+                };
                 if let Some(old) = &c.old {
                     // Its FDB entry stays while another peer (or its new self) uses it.
                     let shared = (self.peers.values())
-                        .any(|k| k.peer.mac == old.mac && k.peer.underlay_ip == old.underlay_ip);
-                    node::remove_peer(nl, &mesh, u, &link, old, shared).await?;
+                        .flat_map(|k| std::iter::once(&k.peer).chain(&k.peer6))
+                        .any(|k| k.mac == old.mac && k.underlay_ip == old.underlay_ip);
+                    node::remove_peer(nl, &mesh, u, link, old, shared).await?;
                 }
                 if let Some(new) = &c.new {
-                    node::add_peer(nl, &mesh, u, &link, new).await?;
+                    node::add_peer(nl, &mesh, u, link, new).await?;
                 }
             }
             Ok(())
@@ -861,10 +1025,23 @@ impl Agent {
     /// what it refused before).
     async fn reconcile(&mut self) {
         let Some(h) = &self.held else { return };
-        let (network, subnet) = (h.net.network, h.subnet);
+        let nets = cluster_nets(&h.net, h.subnet, h.subnet6);
         let peers: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
-        let mesh = h.mesh();
-        let check = node::differences(&self.nl, &mesh, &h.underlay, &h.vtep, h.subnet, &peers);
+        let peers6: Vec<Peer> = self
+            .peers
+            .values()
+            .filter_map(|k| k.peer6.clone())
+            .collect();
+        let (nl, u) = (&self.nl, &h.underlay);
+        let check = async {
+            let v4 = IpNetwork::V4(h.subnet);
+            let mut m = node::differences(nl, &h.mesh(), u, &h.vtep, v4, &peers).await?;
+            if let (Some(v), Some(s), Some(mesh6)) = (&h.vtep6, h.subnet6, h.mesh6()) {
+                let v6 = IpNetwork::V6(s);
+                m.extend(node::differences(nl, &mesh6, u, v, v6, &peers6).await?);
+            }
+            Ok::<_, libcni::net::Error>(m)
+        };
         let missing = match tokio::time::timeout(KERNEL_WAIT, check).await {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => vec![format!("reading the kernel: {e}")],
@@ -877,35 +1054,79 @@ impl Agent {
             self.program(None).await;
         }
         (self.rules)
-            .resync(&self.overlay.name, network, subnet, self.etcd.ip_masq)
+            .resync(&self.overlay.name, &nets, self.etcd.ip_masq)
             .await;
     }
 
     /// Our key is still there and still ours (one read per reconcile).
-    async fn own_key_present(&self, c: &mut Client, subnet: Ipv4Network) -> Result<(), Stop> {
-        let key = lease_key(&self.etcd.prefix, subnet);
-        let value = etcd::get(c, &key).await.map_err(retry)?;
+    async fn own_key_present(&self, c: &mut Client, key: &str) -> Result<(), Stop> {
+        let value = etcd::get(c, key).await.map_err(retry)?;
         let ip = self.held.as_ref().map(|h| self.select.public(&h.underlay));
         let value = value.filter(|v| v.len() <= etcd::MAX_VALUE);
         match value.as_deref().and_then(LeaseAttrs::parse) {
             Some(a) if Some(a.public_ip) == ip => Ok(()),
-            _ => Err(retry(format!("our lease {subnet} is gone; claiming again"))),
+            _ => Err(retry(format!("our lease {key} is gone; claiming again"))),
         }
     }
 }
 
-fn added(p: &Peer) -> String {
-    format!(
-        "peer {} at {} (VTEP {}) added",
-        p.subnet,
-        p.underlay_ip,
-        format_mac(&p.mac)
-    )
+/// The node's share of each family's cluster network, for the forward accept and the
+/// node masquerade.
+fn cluster_nets(
+    net: &Network,
+    subnet: Ipv4Network,
+    subnet6: Option<Ipv6Network>,
+) -> Vec<ClusterNet> {
+    let mut nets = vec![ClusterNet {
+        network: IpNetwork::V4(net.network),
+        subnet: IpNetwork::V4(subnet),
+    }];
+    if let (Some(n), Some(s)) = (&net.ipv6, subnet6) {
+        nets.push(ClusterNet {
+            network: IpNetwork::V6(n.network),
+            subnet: IpNetwork::V6(s),
+        });
+    }
+    nets
+}
+
+fn added(k: &Known) -> String {
+    let side = |p: &Peer| {
+        format!(
+            "{} at {} (VTEP {})",
+            p.subnet,
+            p.underlay_ip,
+            format_mac(&p.mac)
+        )
+    };
+    let v6 = k.peer6.as_ref().map(|p| format!(" and {}", side(p)));
+    format!("peer {}{} added", side(&k.peer), v6.unwrap_or_default())
+}
+
+/// A VTEP MAC a peer may have: unicast and not all zeroes (that would be the device's
+/// default destination: every unknown frame would go there).
+fn unicast(m: &[u8; 6]) -> bool {
+    m[0] & 1 == 0 && *m != [0; 6]
+}
+
+/// Drops `k`'s IPv6 side when another peer of `others` has its IPv6 subnet: a key
+/// written for a subnet someone holds takes nothing over.
+fn held6(others: &BTreeMap<Ipv4Network, Known>, k: &mut Known) {
+    let Some(p6) = &k.peer6 else { return };
+    if let Some(o) =
+        (others.values()).find(|o| o.peer6.as_ref().map(|p| p.subnet) == Some(p6.subnet))
+    {
+        log(&format!(
+            "ignoring the IPv6 side of {}: {} holds {}",
+            k.key, o.key, p6.subnet
+        ));
+        k.peer6 = None;
+    }
 }
 
 /// One of `free` at random (flanneld spreads claims so nodes starting together rarely
 /// race for the same subnet).
-fn pick_one(free: &[Ipv4Network]) -> Option<Ipv4Network> {
+fn pick_one<T: Copy>(free: &[T]) -> Option<T> {
     use std::hash::{BuildHasher, Hasher};
     if free.is_empty() {
         return None;

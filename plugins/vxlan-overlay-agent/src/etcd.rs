@@ -13,7 +13,7 @@ use etcd_client::{
     LeaseKeepAliveResponse, LeaseKeepAliveStream, LeaseKeeper, PutOptions, TlsOptions, Txn, TxnOp,
     WatchOptions, WatchStream,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tokio::time::error::Elapsed;
 use vxlan_overlay::config::Etcd;
 
@@ -152,6 +152,8 @@ pub struct Listed {
     /// The key as written (a dual-stack key names more than the subnet).
     pub key: String,
     pub subnet: Ipv4Network,
+    /// The IPv6 subnet of a dual-stack key.
+    pub subnet6: Option<Ipv6Network>,
     /// None when the value is not one we read (another backend's, or damaged): the
     /// subnet is taken all the same.
     pub attrs: Option<LeaseAttrs>,
@@ -172,6 +174,10 @@ pub struct Listing {
 impl Listing {
     pub fn taken(&self) -> Vec<Ipv4Network> {
         self.leases.iter().map(|l| l.subnet).collect()
+    }
+
+    pub fn taken6(&self) -> Vec<Ipv6Network> {
+        self.leases.iter().filter_map(|l| l.subnet6).collect()
     }
 }
 
@@ -218,10 +224,11 @@ pub async fn leases(c: &mut Client, prefix: &str, net: &Network) -> Result<Listi
         for kv in r.kvs() {
             let key = String::from_utf8_lossy(kv.key());
             match net.lease_of_key(prefix, &key) {
-                Some(Ok(subnet)) => leases.push(Listed {
+                Some(Ok((subnet, subnet6))) => leases.push(Listed {
                     attrs: bounded_value(&key, kv.value()).and_then(LeaseAttrs::parse),
                     key: key.into_owned(),
                     subnet,
+                    subnet6,
                     mod_revision: kv.mod_revision(),
                     create_revision: kv.create_revision(),
                     lease: kv.lease(),

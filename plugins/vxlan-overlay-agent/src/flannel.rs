@@ -2,13 +2,15 @@
 //! `<prefix>/config` (the network, written by the administrator) with flannel's defaults,
 //! and one lease per node at `<prefix>/subnets/<a.b.c.d>-<len>` holding
 //! `{"PublicIP":…,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":…,"VtepMAC":…}}`.
+//! A dual-stack network (EnableIPv6) keys a lease `<a.b.c.d>-<len>&<v6>-<len>` (the IPv6
+//! part as Go prints an address) and adds `PublicIPv6` and `BackendV6Data`.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use libcni::net::{format_mac, parse_mac};
 use serde::{Deserialize, Serialize};
-use vxlan_overlay::config::check_vni_names_a_link;
+use vxlan_overlay::config::{check_vni_names_a_link, check_vni_names_a_link6};
 use vxlan_overlay::node::VXLAN_OVERHEAD;
 
 /// `<prefix>/config`, as flannel reads it (names in any case, unknown ones ignored).
@@ -24,6 +26,18 @@ struct RawConfig {
     subnet_max: Option<String>,
     #[serde(default)]
     backend: Option<RawBackend>,
+    #[serde(rename = "EnableIPv4", default)]
+    enable_ipv4: Option<bool>,
+    #[serde(rename = "EnableIPv6", default)]
+    enable_ipv6: bool,
+    #[serde(rename = "IPv6Network", default)]
+    ipv6_network: Option<String>,
+    #[serde(rename = "IPv6SubnetLen", default)]
+    ipv6_subnet_len: u32,
+    #[serde(rename = "IPv6SubnetMin", default)]
+    ipv6_subnet_min: Option<String>,
+    #[serde(rename = "IPv6SubnetMax", default)]
+    ipv6_subnet_max: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -64,10 +78,135 @@ pub struct Network {
     /// Backend.Learning: the device learns source MACs (flannel programs the same peer
     /// entries either way).
     pub learning: bool,
+    /// The IPv6 half of a dual-stack network (EnableIPv6).
+    pub ipv6: Option<Net6>,
+}
+
+/// A dual-stack network's IPv6 part, with flannel's defaults: IPv6SubnetLen 64 for
+/// networks of /62 or wider, else two longer; the first subnet skipped, the last used.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Net6 {
+    pub network: Ipv6Network,
+    pub subnet_len: u8,
+    pub subnet_min: Ipv6Addr,
+    pub subnet_max: Ipv6Addr,
 }
 
 fn u32_of(ip: Ipv4Addr) -> u32 {
     u32::from(ip)
+}
+
+/// flannel's SubnetLen (`family` "" or "IPv6" names the fields) for a network of
+/// `prefix` in `bits`-bit addresses: `given` if it leaves room for a host (at most
+/// bits - 2) and four subnets; when not given, `default` for networks of default - 2 or
+/// wider, else two longer than the network, which then must be at most bits - 4.
+fn subnet_len(
+    given: u32,
+    prefix: u8,
+    bits: u32,
+    default: u32,
+    family: &str,
+) -> Result<u32, String> {
+    let prefix = u32::from(prefix);
+    match given {
+        0 if prefix > bits - 4 => Err(format!(
+            "{family}Network: too small, at least a /{}",
+            bits - 4
+        )),
+        0 if prefix <= default - 2 => Ok(default),
+        0 => Ok(prefix + 2),
+        n if n > bits - 2 => Err(format!("{family}SubnetLen must be less than /{}", bits - 1)),
+        n if n < prefix + 2 => Err(format!(
+            "{family}SubnetLen: the network must hold at least four subnets"
+        )),
+        n => Ok(n),
+    }
+}
+
+/// The first `n` blocks of `size` (aligned) from `min` to `max` that overlap none of
+/// `taken` (first and last address of each), in order: both families' free subnets.
+fn free_blocks(min: u128, max: u128, size: u128, taken: &[(u128, u128)], n: usize) -> Vec<u128> {
+    let mut out = Vec::new();
+    let mut at = min;
+    while at <= max && out.len() < n {
+        let end = at + (size - 1);
+        if !taken.iter().any(|(a, b)| *a <= end && at <= *b) {
+            out.push(at);
+        }
+        match at.checked_add(size) {
+            Some(next) => at = next,
+            None => break,
+        }
+    }
+    out
+}
+
+impl Net6 {
+    fn parse(raw: &RawConfig) -> Result<Option<Net6>, String> {
+        if !raw.enable_ipv6 {
+            return Ok(None);
+        }
+        let network = (raw.ipv6_network.as_deref())
+            .ok_or("EnableIPv6 without an IPv6Network")?
+            .parse::<Ipv6Network>()
+            .map_err(|e| format!("IPv6Network: {e}"))?;
+        let network =
+            Ipv6Network::new(network.network(), network.prefix()).map_err(|e| e.to_string())?;
+        // Go prints these as IPv4 addresses: no key could name such a subnet both ways.
+        if network.network().to_ipv4_mapped().is_some() {
+            return Err(format!("IPv6Network {network}: IPv4-mapped addresses"));
+        }
+        let given = raw.ipv6_subnet_len;
+        let subnet_len = subnet_len(given, network.prefix(), 128, 64, "IPv6")?;
+        let size = 1u128 << (128 - subnet_len);
+        let aligned = |key: &str, s: &Option<String>, default: u128| -> Result<Ipv6Addr, String> {
+            let ip = match s {
+                Some(s) => s.parse::<Ipv6Addr>().map_err(|e| format!("{key}: {e}"))?,
+                None => Ipv6Addr::from(default),
+            };
+            if !network.contains(ip) {
+                return Err(format!("{key} is not in the range of the IPv6Network"));
+            }
+            if !u128::from(ip).is_multiple_of(size) {
+                return Err(format!("{key} is not on a IPv6SubnetLen boundary: {ip}"));
+            }
+            Ok(ip)
+        };
+        let first = u128::from(network.network());
+        let last = u128::from(network.broadcast());
+        let subnet_min = aligned("IPv6SubnetMin", &raw.ipv6_subnet_min, first + size)?;
+        let subnet_max = aligned("IPv6SubnetMax", &raw.ipv6_subnet_max, last - size + 1)?;
+        if subnet_min > subnet_max {
+            return Err(format!(
+                "IPv6SubnetMin {subnet_min} is above IPv6SubnetMax {subnet_max}"
+            ));
+        }
+        Ok(Some(Net6 {
+            network,
+            subnet_len: subnet_len as u8,
+            subnet_min,
+            subnet_max,
+        }))
+    }
+
+    /// Whether `s` is one this network hands out.
+    pub fn fits(&self, s: Ipv6Network) -> bool {
+        s.prefix() == self.subnet_len
+            && s.network() >= self.subnet_min
+            && s.network() <= self.subnet_max
+    }
+
+    /// The first free subnets (at most `n`), in order, given those that are taken.
+    pub fn free(&self, taken: &[Ipv6Network], n: usize) -> Vec<Ipv6Network> {
+        let size = 1u128 << (128 - self.subnet_len);
+        let taken: Vec<(u128, u128)> = (taken.iter())
+            .map(|t| (u128::from(t.network()), u128::from(t.broadcast())))
+            .collect();
+        let (min, max) = (u128::from(self.subnet_min), u128::from(self.subnet_max));
+        (free_blocks(min, max, size, &taken, n).into_iter())
+            .map(|at| Ipv6Network::new(Ipv6Addr::from(at), self.subnet_len).expect("aligned"))
+            .collect()
+    }
 }
 
 impl Network {
@@ -77,20 +216,14 @@ impl Network {
     pub fn parse(json: &[u8]) -> Result<Network, String> {
         let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let raw: RawConfig = libcni::decode::from_value(&v).map_err(|e| e.to_string())?;
+        if raw.enable_ipv4 == Some(false) {
+            return Err("EnableIPv4 false (an IPv6-only network) is not served".into());
+        }
+        let ipv6 = Net6::parse(&raw)?;
         let network: Ipv4Network = raw.network.parse().map_err(|e| format!("Network: {e}"))?;
         let network =
             Ipv4Network::new(network.network(), network.prefix()).map_err(|e| e.to_string())?;
-        let prefix = u32::from(network.prefix());
-        let subnet_len = match raw.subnet_len {
-            0 if prefix > 28 => return Err("Network: too small, at least a /28".into()),
-            0 if prefix <= 22 => 24,
-            0 => prefix + 2,
-            n if n > 30 => return Err("SubnetLen must be less than /31".into()),
-            n if n < prefix + 2 => {
-                return Err("SubnetLen: the network must hold at least four subnets".into())
-            }
-            n => n,
-        };
+        let subnet_len = subnet_len(raw.subnet_len, network.prefix(), 32, 24, "")?;
         let size = 1u32 << (32 - subnet_len);
         let aligned = |key: &str, s: Option<String>, default: u32| -> Result<Ipv4Addr, String> {
             let ip = match s {
@@ -135,6 +268,10 @@ impl Network {
         if let Some(vni) = backend.vni {
             check_vni_names_a_link(vni).map_err(|e| format!("Backend.VNI: {e}"))?;
         }
+        if ipv6.is_some() {
+            check_vni_names_a_link6(backend.vni.unwrap_or(1))
+                .map_err(|e| format!("Backend.VNI: {e}"))?;
+        }
         Ok(Network {
             network,
             subnet_len: subnet_len as u8,
@@ -146,6 +283,7 @@ impl Network {
             wire_mtu,
             gbp: backend.gbp,
             learning: backend.learning,
+            ipv6,
         })
     }
 
@@ -156,54 +294,65 @@ impl Network {
             && u32_of(s.network()) <= u32_of(self.subnet_max)
     }
 
-    /// The subnet a lease key names, if it is one of this network's: inside it and of
-    /// its SubnetLen (any other is no lease of this network, whoever wrote it).
-    pub fn lease_of_key(&self, prefix: &str, key: &str) -> Option<Result<Ipv4Network, String>> {
-        Some(subnet_of_key(prefix, key)?.and_then(|s| {
-            if s.prefix() == self.subnet_len && self.network.contains(s.network()) {
-                Ok(s)
-            } else {
-                Err(format!(
+    /// The subnets a lease key names, if they are this network's: inside it and of its
+    /// SubnetLen (any other is no lease of this network, whoever wrote it); in a
+    /// dual-stack network the IPv6 part, if there is one, likewise.
+    pub fn lease_of_key(&self, prefix: &str, key: &str) -> Option<Result<Subnets, String>> {
+        Some(subnet_of_key(prefix, key)?.and_then(|(s, s6)| {
+            if s.prefix() != self.subnet_len || !self.network.contains(s.network()) {
+                return Err(format!(
                     "{s} is not a /{} of {}",
                     self.subnet_len, self.network
-                ))
+                ));
+            }
+            match (&self.ipv6, s6) {
+                (Some(n), Some(s6))
+                    if s6.prefix() != n.subnet_len || !n.network.contains(s6.network()) =>
+                {
+                    Err(format!("{s6} is not a /{} of {}", n.subnet_len, n.network))
+                }
+                _ => Ok((s, s6)),
             }
         }))
     }
 
     /// The first free subnets (at most `n`), in order, given those that are taken.
     pub fn free(&self, taken: &[Ipv4Network], n: usize) -> Vec<Ipv4Network> {
-        let size = 1u32 << (32 - self.subnet_len);
-        let mut out = Vec::new();
-        let mut at = u32_of(self.subnet_min);
-        while at <= u32_of(self.subnet_max) && out.len() < n {
-            let s = Ipv4Network::new(Ipv4Addr::from(at), self.subnet_len).expect("aligned");
-            if !taken
-                .iter()
-                .any(|t| t.contains(s.network()) || s.contains(t.network()))
-            {
-                out.push(s);
-            }
-            match at.checked_add(size) {
-                Some(next) => at = next,
-                None => break,
-            }
-        }
-        out
+        let size = 1u128 << (32 - self.subnet_len);
+        let taken: Vec<(u128, u128)> = (taken.iter())
+            .map(|t| (u32_of(t.network()).into(), u32_of(t.broadcast()).into()))
+            .collect();
+        let (min, max) = (
+            u32_of(self.subnet_min).into(),
+            u32_of(self.subnet_max).into(),
+        );
+        (free_blocks(min, max, size, &taken, n).into_iter())
+            .map(|at| {
+                Ipv4Network::new(Ipv4Addr::from(at as u32), self.subnet_len).expect("aligned")
+            })
+            .collect()
     }
 }
 
-/// A lease's key below the prefix: `subnets/10.244.1.0-24`.
-pub fn lease_key(prefix: &str, s: Ipv4Network) -> String {
-    format!("{prefix}/subnets/{}-{}", s.network(), s.prefix())
+/// What a lease key names: the IPv4 subnet, and the IPv6 one of a dual-stack key.
+pub type Subnets = (Ipv4Network, Option<Ipv6Network>);
+
+/// A lease's key below the prefix: `subnets/10.244.1.0-24`, or flannel's dual-stack
+/// `subnets/10.244.1.0-24&fc00:0:0:1::-64` (Rust prints an IPv6 address as Go does,
+/// IPv4-mapped ones aside, which a network never holds).
+pub fn lease_key(prefix: &str, s: Ipv4Network, s6: Option<Ipv6Network>) -> String {
+    let v6 = s6
+        .map(|s6| format!("&{}-{}", s6.network(), s6.prefix()))
+        .unwrap_or_default();
+    format!("{prefix}/subnets/{}-{}{v6}", s.network(), s.prefix())
 }
 
-/// The subnet a key under `<prefix>/subnets/` names: `a.b.c.d-len`, or flannel's
-/// dual-stack `a.b.c.d-len&<v6>-len` (its IPv4 part). None for a key elsewhere; an error
+/// The subnets a key under `<prefix>/subnets/` names: `a.b.c.d-len`, or flannel's
+/// dual-stack `a.b.c.d-len&<v6>-len`. None for a key elsewhere; an error
 /// for one that does not name a subnet exactly, written as flannel writes it (network
 /// address, no host bits, no leading zeros): `10.244.91.7-24` is not 10.244.91.0/24,
 /// and reading it so would let one key take over another node's subnet.
-pub fn subnet_of_key(prefix: &str, key: &str) -> Option<Result<Ipv4Network, String>> {
+pub fn subnet_of_key(prefix: &str, key: &str) -> Option<Result<Subnets, String>> {
     let rest = key.strip_prefix(prefix)?.strip_prefix("/subnets/")?;
     let (v4, v6) = match rest.split_once('&') {
         Some((v4, v6)) => (v4, Some(v6)),
@@ -234,15 +383,16 @@ pub fn subnet_of_key(prefix: &str, key: &str) -> Option<Result<Ipv4Network, Stri
         }
         Ok(net)
     };
-    let check = || -> Result<Ipv4Network, String> {
-        if let Some(v6) = v6 {
-            exact(v6, false).and_then(|n| match n {
-                IpNetwork::V6(_) => Ok(()),
-                IpNetwork::V4(_) => Err(format!("{v6:?} is not an IPv6 subnet")),
-            })?;
-        }
+    let check = || -> Result<Subnets, String> {
+        let s6 = match v6 {
+            Some(v6) => match exact(v6, false)? {
+                IpNetwork::V6(n) => Some(n),
+                IpNetwork::V4(_) => return Err(format!("{v6:?} is not an IPv6 subnet")),
+            },
+            None => None,
+        };
         match exact(v4, true)? {
-            IpNetwork::V4(n) => Ok(n),
+            IpNetwork::V4(n) => Ok((n, s6)),
             IpNetwork::V6(_) => Err(format!("{v4:?} is not an IPv4 subnet")),
         }
     };
@@ -268,6 +418,12 @@ pub struct LeaseAttrs {
         skip_serializing_if = "Option::is_none"
     )]
     pub backend_data: Option<VxlanData>,
+    #[serde(
+        rename = "BackendV6Data",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub backend_v6_data: Option<VxlanData>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,7 +444,31 @@ impl LeaseAttrs {
                 vni,
                 vtep_mac: format_mac(&mac),
             }),
+            backend_v6_data: None,
         }
+    }
+
+    /// A dual-stack node's lease: its IPv6 address and flannel-v6.N's MAC added.
+    pub fn with_v6(mut self, public_ipv6: Ipv6Addr, mac: [u8; 6]) -> LeaseAttrs {
+        self.public_ipv6 = Some(public_ipv6.to_string());
+        self.backend_v6_data = (self.backend_data.as_ref()).map(|d| VxlanData {
+            vni: d.vni,
+            vtep_mac: format_mac(&mac),
+        });
+        self
+    }
+
+    /// The node's IPv6 address, if it names one.
+    pub fn public_ipv6(&self) -> Option<Ipv6Addr> {
+        self.public_ipv6.as_deref()?.parse().ok()
+    }
+
+    /// The peer's flannel-v6.N MAC, for a dual-stack vxlan lease.
+    pub fn vtep_mac6(&self) -> Option<[u8; 6]> {
+        if !self.backend_type.eq_ignore_ascii_case("vxlan") {
+            return None;
+        }
+        parse_mac(&self.backend_v6_data.as_ref()?.vtep_mac)
     }
 
     pub fn parse(value: &[u8]) -> Option<LeaseAttrs> {
@@ -359,6 +539,36 @@ mod tests {
     }
 
     #[test]
+    fn flannels_ipv6_defaults() {
+        let n = Network::parse(br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#).unwrap();
+        let v6 = n.ipv6.unwrap();
+        assert_eq!(v6.subnet_len, 64);
+        assert_eq!(v6.subnet_min.to_string(), "fc00:0:0:1::");
+        assert_eq!(v6.subnet_max.to_string(), "fc00:0:0:ffff::");
+        let small = Network::parse(br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/120","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(small.ipv6.unwrap().subnet_len, 122);
+        let off = Network::parse(
+            br#"{"Network":"10.244.0.0/16","IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#,
+        )
+        .unwrap();
+        assert_eq!(off.ipv6, None, "EnableIPv6 is off by default");
+        for bad in [
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/125","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":127,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetLen":49,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMin":"fc00:0:0:1::1","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","IPv6SubnetMax":"fc01::","Backend":{"Type":"vxlan"}}"#,
+            r#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"::ffff:0:0/96","Backend":{"Type":"vxlan"}}"#,
+        ] {
+            assert!(Network::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+        let taken: Vec<Ipv6Network> = vec!["fc00:0:0:1::/64".parse().unwrap()];
+        let free: Vec<String> = v6.free(&taken, 2).iter().map(|s| s.to_string()).collect();
+        assert_eq!(free, ["fc00:0:0:2::/64", "fc00:0:0:3::/64"]);
+    }
+
+    #[test]
     fn free_subnets_skip_the_taken() {
         let n = Network::parse(br#"{"Network":"10.9.0.0/24","Backend":{"Type":"vxlan"}}"#).unwrap();
         let taken: Vec<Ipv4Network> = vec!["10.9.0.64/26".parse().unwrap()];
@@ -384,12 +594,34 @@ mod tests {
         assert_eq!(bare.vtep_mac(), None);
         let p = "/coreos.com/network";
         let s: Ipv4Network = "10.244.1.0/24".parse().unwrap();
-        assert_eq!(lease_key(p, s), "/coreos.com/network/subnets/10.244.1.0-24");
-        assert_eq!(subnet_of_key(p, &lease_key(p, s)), Some(Ok(s)));
+        assert_eq!(
+            lease_key(p, s, None),
+            "/coreos.com/network/subnets/10.244.1.0-24"
+        );
+        assert_eq!(
+            subnet_of_key(p, &lease_key(p, s, None)),
+            Some(Ok((s, None)))
+        );
+        let s6: Ipv6Network = "fc00::/64".parse().unwrap();
         assert_eq!(
             subnet_of_key(p, "/coreos.com/network/subnets/10.244.1.0-24&fc00::-64"),
-            Some(Ok(s))
+            Some(Ok((s, Some(s6))))
         );
+        // as flanneld writes a dual-stack node's key (Go's net.IP String())
+        let s6: Ipv6Network = "fc00:0:0:5::/64".parse().unwrap();
+        assert_eq!(
+            lease_key(p, s, Some(s6)),
+            "/coreos.com/network/subnets/10.244.1.0-24&fc00:0:0:5::-64"
+        );
+        let dual = a
+            .clone()
+            .with_v6("fd00:95::10".parse().unwrap(), [2, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            dual.to_json(),
+            r#"{"PublicIP":"192.168.1.10","PublicIPv6":"fd00:95::10","BackendType":"vxlan","BackendData":{"VNI":1,"VtepMAC":"6e:1b:5f:6a:2c:9e"},"BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:07"}}"#
+        );
+        assert_eq!(dual.vtep_mac6(), Some([2, 0, 0, 0, 0, 7]));
+        assert_eq!(dual.public_ipv6(), "fd00:95::10".parse().ok());
         assert_eq!(subnet_of_key(p, "/coreos.com/network/config"), None);
     }
 
@@ -423,11 +655,30 @@ mod tests {
             );
         }
         let s: Ipv4Network = "10.244.91.0/24".parse().unwrap();
-        assert_eq!(n.lease_of_key(p, &key("10.244.91.0-24")), Some(Ok(s)));
+        let s6: Ipv6Network = "fc00:0:0:5b::/64".parse().unwrap();
+        assert_eq!(
+            n.lease_of_key(p, &key("10.244.91.0-24")),
+            Some(Ok((s, None)))
+        );
         assert_eq!(
             n.lease_of_key(p, &key("10.244.91.0-24&fc00:0:0:5b::-64")),
-            Some(Ok(s))
+            Some(Ok((s, Some(s6))))
         );
+        // a dual-stack network checks the IPv6 part too
+        let d = Network::parse(br#"{"Network":"10.244.0.0/16","EnableIPv6":true,"IPv6Network":"fc00::/48","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert_eq!(
+            d.lease_of_key(p, &key("10.244.91.0-24&fc00:0:0:5b::-64")),
+            Some(Ok((s, Some(s6))))
+        );
+        for bad in [
+            "10.244.91.0-24&fc01:0:0:5b::-64",
+            "10.244.91.0-24&fc00:0:0:5b::-80",
+        ] {
+            assert!(
+                matches!(d.lease_of_key(p, &key(bad)), Some(Err(_))),
+                "{bad}"
+            );
+        }
         assert_eq!(n.lease_of_key(p, &format!("{p}/config")), None);
     }
 }

@@ -84,6 +84,8 @@ fn on(link: &LinkInfo, addrs: &[Ipv4Network], addr: Option<Ipv4Addr>) -> Result<
         link: link.clone(),
         ip: a.ip(),
         net: Ipv4Network::new(a.network(), a.prefix()).expect("from a valid address"),
+        // the agent reads it when the network is dual stack
+        ip6: None,
     })
 }
 

@@ -7,7 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
 use libcni::firewall::{self, ClusterNet};
 
 use crate::agent::log;
@@ -28,47 +27,25 @@ pub struct NodeRules {
 
 impl NodeRules {
     /// Adds the rules again (no pruning) when the last pass is [`RESYNC`] old or failed.
-    pub async fn resync(
-        &mut self,
-        name: &str,
-        network: Ipv4Network,
-        subnet: Ipv4Network,
-        masq: bool,
-    ) {
+    pub async fn resync(&mut self, name: &str, nets: &[ClusterNet], masq: bool) {
         if self.kept.is_some_and(|t| t.elapsed() < RESYNC) {
             return;
         }
-        self.pass(name, network, subnet, masq, false).await;
+        self.pass(name, nets, masq, false).await;
     }
 
-    /// Makes the rules of network `name` those of (network, subnet), masquerading or not,
+    /// Makes the rules of network `name` those of its cluster networks (one per family, with
+    /// this node's subnet of each), masquerading or not,
     /// and only those (a session's start: the subnet or `--ip-masq` may have changed).
-    pub async fn keep(
-        &mut self,
-        name: &str,
-        network: Ipv4Network,
-        subnet: Ipv4Network,
-        masq: bool,
-    ) {
-        self.pass(name, network, subnet, masq, true).await;
+    pub async fn keep(&mut self, name: &str, nets: &[ClusterNet], masq: bool) {
+        self.pass(name, nets, masq, true).await;
     }
 
-    async fn pass(
-        &mut self,
-        name: &str,
-        network: Ipv4Network,
-        subnet: Ipv4Network,
-        masq: bool,
-        prune: bool,
-    ) {
-        let net = ClusterNet {
-            network: IpNetwork::V4(network),
-            subnet: IpNetwork::V4(subnet),
-        };
-        let name = name.to_string();
+    async fn pass(&mut self, name: &str, nets: &[ClusterNet], masq: bool, prune: bool) {
+        let (name, nets) = (name.to_string(), nets.to_vec());
         // nft and iptables are processes: run them off the runtime's only thread.
         let pass =
-            tokio::task::spawn_blocking(move || firewall::sync_cluster(&name, &[net], masq, prune));
+            tokio::task::spawn_blocking(move || firewall::sync_cluster(&name, &nets, masq, prune));
         let outcome = match tokio::time::timeout(RULES_WAIT, pass).await {
             Ok(Ok(r)) => r.map_err(|e| e.to_string()),
             Ok(Err(e)) => Err(format!("the firewall pass failed: {e}")),

@@ -2,10 +2,10 @@
 //! and flannel's; 4789 would silently break interop with flannel nodes), checked before
 //! anything is made: every mistake is a code 7 that names its field.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::names::stable_hash;
 use libcni::skel::CmdArgs;
 use libcni::Error;
@@ -21,6 +21,8 @@ struct Raw {
     name: String,
     #[serde(default)]
     network: Option<String>,
+    #[serde(default)]
+    ipv6_network: Option<String>,
     #[serde(default)]
     subnet_len: Option<u64>,
     #[serde(default)]
@@ -124,13 +126,20 @@ struct NodeConf {
     #[serde(rename = "underlayIP")]
     underlay_ip: String,
     subnet: String,
+    #[serde(rename = "underlayIPv6", default)]
+    underlay_ipv6: Option<String>,
+    #[serde(default)]
+    ipv6_subnet: Option<String>,
 }
 
-/// A node of the cluster: where it is, and its subnet.
+/// A node of the cluster: where it is, and its subnet; in a dual-stack network its
+/// IPv6 underlay address and IPv6 subnet too.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
     pub underlay_ip: Ipv4Addr,
     pub subnet: Ipv4Network,
+    pub underlay_ip6: Option<Ipv6Addr>,
+    pub subnet6: Option<Ipv6Network>,
 }
 
 /// The network, checked. In the etcd store, `network` and `subnet_len` are the config's
@@ -140,6 +149,9 @@ pub struct Overlay {
     /// The network name (the one VTEP MACs are derived from).
     pub name: String,
     pub network: Option<Ipv4Network>,
+    /// The static store's IPv6 cluster network (dual stack); every node then has an
+    /// `underlayIPv6` and an `ipv6Subnet` in it.
+    pub ipv6_network: Option<Ipv6Network>,
     pub subnet_len: Option<u8>,
     pub vni: u32,
     pub port: u16,
@@ -244,14 +256,28 @@ impl Overlay {
         if r.mtu.is_some_and(|m| m < 576) {
             return Err(field("mtu", "must be at least 576"));
         }
+        let ipv6_network = (r.ipv6_network.as_deref())
+            .map(|n| {
+                n.parse::<Ipv6Network>()
+                    .map_err(|e| field("ipv6Network", e))
+            })
+            .transpose()?;
+        if let Some(n) = ipv6_network.filter(|n| n.network() != n.ip()) {
+            return Err(field("ipv6Network", format!("{n} has host bits set")));
+        }
+        if ipv6_network.is_some() {
+            check_vni_names_a_link6(vni as u32).map_err(|e| field("vni", e))?;
+        }
         let store = match r.store {
+            None if ipv6_network.is_some() => return Err(only_static_ipv6()),
             None => Store::SubnetFile,
-            Some(s) => store(s, network, subnet_len)?,
+            Some(s) => store(s, network, subnet_len, ipv6_network)?,
         };
         Ok(Overlay {
             name: r.name,
             subnet_len: subnet_len.or(matches!(store, Store::Static(_)).then_some(24)),
             network,
+            ipv6_network,
             vni: vni as u32,
             port: port as u16,
             underlay_interface: r.underlay_interface,
@@ -291,7 +317,16 @@ impl Overlay {
     /// A node's VTEP MAC: derived from (network, underlay address), so every node knows
     /// its peers' with no exchange, and a node gets its own back after a reboot.
     pub fn vtep_mac(&self, underlay_ip: Ipv4Addr) -> [u8; 6] {
-        let h = stable_hash(&["vtep", &self.name, &underlay_ip.to_string()]).to_be_bytes();
+        self.derived_mac("vtep", underlay_ip)
+    }
+
+    /// A node's flannel-v6.N MAC, derived likewise.
+    pub fn vtep_mac6(&self, underlay_ip: Ipv4Addr) -> [u8; 6] {
+        self.derived_mac("vtep6", underlay_ip)
+    }
+
+    fn derived_mac(&self, device: &str, underlay_ip: Ipv4Addr) -> [u8; 6] {
+        let h = stable_hash(&[device, &self.name, &underlay_ip.to_string()]).to_be_bytes();
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&h[..6]);
         mac[0] = (mac[0] & 0xfe) | 0x02;
@@ -310,9 +345,22 @@ pub fn vtep_name(vni: u32) -> String {
     format!("flannel.{vni}")
 }
 
+/// The IPv6 VXLAN device's name (dual stack), flannel's too.
+pub fn vtep6_name(vni: u32) -> String {
+    format!("flannel-v6.{vni}")
+}
+
 /// VNIs from 10,000,000 up fit 24 bits but not a link name (15 bytes) after "flannel.".
 pub fn check_vni_names_a_link(vni: u32) -> Result<(), String> {
-    let name = vtep_name(vni);
+    check_names_a_link(vni, vtep_name(vni))
+}
+
+/// In a dual-stack network, flannel-v6.N must be a link name too (VNIs up to 9999).
+pub fn check_vni_names_a_link6(vni: u32) -> Result<(), String> {
+    check_names_a_link(vni, vtep6_name(vni))
+}
+
+fn check_names_a_link(vni: u32, name: String) -> Result<(), String> {
     if libcni::names::is_ifname(&name) {
         Ok(())
     } else {
@@ -323,10 +371,19 @@ pub fn check_vni_names_a_link(vni: u32) -> Result<(), String> {
 }
 
 /// The `store` section, checked.
+/// `ipv6Network` is the static store's: elsewhere the subnet file says it.
+fn only_static_ipv6() -> Error {
+    field(
+        "ipv6Network",
+        "the static store's (etcd's <prefix>/config says IPv6Network, the subnet file FLANNEL_IPV6_NETWORK)",
+    )
+}
+
 fn store(
     s: StoreConf,
     network: Option<Ipv4Network>,
     subnet_len: Option<u8>,
+    ipv6_network: Option<Ipv6Network>,
 ) -> Result<Store, Error> {
     Ok(match s.kind.as_str() {
         "static" => {
@@ -346,8 +403,9 @@ fn store(
                     ),
                 ));
             }
-            Store::Static(nodes(&s.nodes, network, len)?)
+            nodes6(&s.nodes, &nodes(&s.nodes, network, len)?, ipv6_network)?
         }
+        "etcd" if ipv6_network.is_some() => return Err(only_static_ipv6()),
         "etcd" => Store::Etcd(etcd(s)?),
         other => {
             return Err(field(
@@ -439,9 +497,76 @@ fn nodes(confs: &[NodeConf], network: Ipv4Network, len: u8) -> Result<Vec<Node>,
         nodes.push(Node {
             underlay_ip,
             subnet,
+            underlay_ip6: None,
+            subnet6: None,
         });
     }
     Ok(nodes)
+}
+
+/// The static table's IPv6 side: with `ipv6Network`, every node's `underlayIPv6` and
+/// `ipv6Subnet` (a network in it, disjoint from the others'); without, none.
+fn nodes6(
+    confs: &[NodeConf],
+    nodes: &[Node],
+    network: Option<Ipv6Network>,
+) -> Result<Store, Error> {
+    let mut out: Vec<Node> = Vec::new();
+    for (i, (n, node)) in confs.iter().zip(nodes).enumerate() {
+        let at = |what: &str| format!("store.nodes[{i}].{what}");
+        let Some(network) = network else {
+            if n.underlay_ipv6.is_some() || n.ipv6_subnet.is_some() {
+                return Err(field(&at("ipv6Subnet"), "given without an ipv6Network"));
+            }
+            out.push(node.clone());
+            continue;
+        };
+        let (Some(ip), Some(subnet)) = (&n.underlay_ipv6, &n.ipv6_subnet) else {
+            return Err(field(
+                &at("underlayIPv6"),
+                "missing (with ipv6Network every node has underlayIPv6 and ipv6Subnet)",
+            ));
+        };
+        let ip: Ipv6Addr = (ip.parse()).map_err(|_| {
+            field(
+                &at("underlayIPv6"),
+                format!("{ip:?} is not an IPv6 address"),
+            )
+        })?;
+        let subnet: Ipv6Network = subnet.parse().map_err(|e| field(&at("ipv6Subnet"), e))?;
+        if subnet.network() != subnet.ip()
+            || subnet.prefix() <= network.prefix()
+            || subnet.prefix() > 126
+            || !network.contains(subnet.network())
+        {
+            return Err(field(
+                &at("ipv6Subnet"),
+                format!("{subnet} is not a network of at most /126 inside {network}"),
+            ));
+        }
+        let overlaps = |o: &Node| {
+            o.subnet6
+                .is_some_and(|s| s.contains(subnet.network()) || subnet.contains(s.network()))
+        };
+        if let Some(j) = out.iter().position(overlaps) {
+            return Err(field(
+                &at("ipv6Subnet"),
+                format!("{subnet} overlaps node {j}'s"),
+            ));
+        }
+        if let Some(j) = out.iter().position(|o| o.underlay_ip6 == Some(ip)) {
+            return Err(field(
+                &at("underlayIPv6"),
+                format!("{ip} is node {j}'s too"),
+            ));
+        }
+        out.push(Node {
+            underlay_ip6: Some(ip),
+            subnet6: Some(subnet),
+            ..node.clone()
+        });
+    }
+    Ok(Store::Static(out))
 }
 
 #[cfg(test)]
@@ -516,6 +641,10 @@ mod tests {
     #[test]
     fn mistakes_name_their_field() {
         let node = |ip: &str, subnet: &str| json!({"underlayIP": ip, "subnet": subnet});
+        let dual = |ip: &str, ip6: &str, subnet6: &str| {
+            let subnet = format!("10.244.{}.0/24", ip.rsplit('.').next().unwrap_or("1"));
+            json!({"underlayIP": ip, "subnet": subnet, "underlayIPv6": ip6, "ipv6Subnet": subnet6})
+        };
         for (extra, field) in [
             (json!({"vni": 16777216}), "vni"),
             (json!({"port": 0}), "port"),
@@ -547,6 +676,31 @@ mod tests {
             (
                 json!({"store": {"type": "etcd", "endpoints": ["http://e:2379"], "prefix": "x"}}),
                 "store.prefix",
+            ),
+            (json!({"ipv6Network": "fc00::1/48"}), "ipv6Network"),
+            (
+                json!({"ipv6Network": "fc00::/48", "store": {"type": "etcd", "endpoints": ["http://e:2379"]}}),
+                "ipv6Network",
+            ),
+            (
+                json!({"ipv6Network": "fc00::/48"}),
+                "store.nodes[0].underlayIPv6",
+            ),
+            (
+                json!({"store": {"type": "static", "nodes": [dual("192.168.1.10", "fd00::10", "fc00:0:0:1::/64")]}}),
+                "store.nodes[0].ipv6Subnet",
+            ),
+            (
+                json!({"ipv6Network": "fc00::/48", "store": {"type": "static", "nodes": [dual("192.168.1.10", "fd00::10", "fc01:0:0:1::/64")]}}),
+                "store.nodes[0].ipv6Subnet",
+            ),
+            (
+                json!({"ipv6Network": "fc00::/48", "store": {"type": "static", "nodes": [dual("192.168.1.10", "fd00::10", "fc00:0:0:1::/64"), dual("192.168.1.11", "fd00::11", "fc00:0:0:1::/96")]}}),
+                "store.nodes[1].ipv6Subnet",
+            ),
+            (
+                json!({"ipv6Network": "fc00::/48", "vni": 10000, "store": {"type": "static", "nodes": [dual("192.168.1.10", "fd00::10", "fc00:0:0:1::/64")]}}),
+                "vni",
             ),
         ] {
             let e = Overlay::from_json(&conf(extra.clone())).unwrap_err();

@@ -1,6 +1,7 @@
-//! What the agent keeps on the node across restarts: the subnet it held (to take it back,
-//! as flanneld does from its subnet file), its VTEP MAC (random once, or the one of a
-//! flanneld's device it kept, so peers keep their FDB entries when it restarts) and the VNI of the device it made (etcd's, which
+//! What the agent keeps on the node across restarts: the subnet it held and its IPv6
+//! subnet (to take them back, as flanneld does from its subnet file), its VTEP MACs of
+//! flannel.N and flannel-v6.N (random once, or the one of a flanneld's device it kept, so
+//! peers keep their FDB entries when it restarts) and the VNI of the device it made (etcd's, which
 //! `teardown` cannot ask), and the last `<prefix>/config` it served (so a restart while
 //! that key holds something it cannot serve keeps the node's lease and network, as a
 //! running agent does). `<dataDir>/_agent/<network>.json`, replaced whole; `_agent`
@@ -9,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::Overlay;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::net::{format_mac, parse_mac, random_mac};
 use libcni::{files, Error};
 use serde::{Deserialize, Serialize};
@@ -20,6 +21,11 @@ pub struct Local {
     pub subnet: Option<Ipv4Network>,
     #[serde(rename = "vtepMAC")]
     vtep_mac: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<Ipv6Network>,
+    /// flannel-v6.N's; made when a state saved before dual stack is loaded.
+    #[serde(rename = "vtepMACv6", default)]
+    vtep_mac6: String,
     #[serde(default)]
     pub vni: Option<u32>,
     /// `<prefix>/config` as last served, verbatim.
@@ -46,7 +52,12 @@ impl Local {
                 .ok()
                 .filter(|l| parse_mac(&l.vtep_mac).is_some());
             match saved {
-                Some(l) => return Ok(l),
+                Some(l) if parse_mac(&l.vtep_mac6).is_some() => return Ok(l),
+                Some(mut l) => {
+                    l.vtep_mac6 = format_mac(&random_mac()?);
+                    l.save(path)?;
+                    return Ok(l);
+                }
                 None => warn(&format!(
                     "{} is damaged; starting with a new VTEP MAC",
                     path.display()
@@ -56,6 +67,8 @@ impl Local {
         let local = Local {
             subnet: None,
             vtep_mac: format_mac(&random_mac()?),
+            subnet6: None,
+            vtep_mac6: format_mac(&random_mac()?),
             vni: None,
             config: None,
         };
@@ -80,6 +93,10 @@ impl Local {
 
     pub fn mac(&self) -> [u8; 6] {
         parse_mac(&self.vtep_mac).expect("checked when loaded or made")
+    }
+
+    pub fn mac6(&self) -> [u8; 6] {
+        parse_mac(&self.vtep_mac6).expect("checked when loaded or made")
     }
 }
 

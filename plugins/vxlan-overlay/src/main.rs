@@ -2,13 +2,16 @@
 //! node table in the config. ADD finds this node in the table by its underlay address,
 //! makes sure of the VXLAN device and every peer's state (vxlan_overlay::node), then puts
 //! the container on the node bridge with libcni's bridge attachment and an address from
-//! host-local on the node's subnet. `vxlan-overlay teardown [--force]` (the config on
-//! stdin) removes this node's share of the network.
+//! host-local on the node's subnet (and its IPv6 subnet too, in a dual-stack network).
+//! `vxlan-overlay teardown [--force]` (the config on stdin) removes this node's share of
+//! the network.
 
 use std::io::Read;
 
+use std::net::IpAddr;
+
 use ipnetwork::IpNetwork;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::attachment::bridged::{self, BridgeSpec};
 use libcni::attachment::{Attachment, Rules};
 use libcni::delegate::Delegate;
@@ -17,16 +20,18 @@ use libcni::net::{Kernel, Netlink, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
-use vxlan_overlay::config::{vtep_name, Overlay, Store};
+use vxlan_overlay::config::{vtep6_name, vtep_name, Overlay, Store};
 use vxlan_overlay::ipam_store;
 use vxlan_overlay::local::Local;
-use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN_OVERHEAD};
+use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
 use vxlan_overlay::subnet_env::SubnetEnv;
 
-/// This node's share of the static store: its underlay and the peers to program.
+/// This node's share of the static store: its underlay and the peers to program (of
+/// each family, in a dual-stack network).
 struct Meshed {
     underlay: Underlay,
     peers: Vec<Peer>,
+    peers6: Vec<Peer>,
 }
 
 /// Where this node's containers go: its subnet in the cluster network, with what the
@@ -35,6 +40,8 @@ struct Here {
     overlay: Overlay,
     network: Ipv4Network,
     subnet: Ipv4Network,
+    /// The node's IPv6 subnet in a dual-stack network (FLANNEL_IPV6_SUBNET).
+    subnet6: Option<Ipv6Network>,
     mtu: u32,
     ip_masq: bool,
     /// The static store's kernel work (the etcd store's is the agent's).
@@ -68,22 +75,42 @@ impl Here {
                 underlay.link.name, underlay.link.mtu
             )));
         }
-        let peers = overlay
-            .nodes()
-            .iter()
-            .filter(|n| **n != me)
+        if let Some(want) = me.underlay_ip6 {
+            if underlay.ip6.map(|a| a.ip()) != Some(want) {
+                return Err(Error::config(format!(
+                    "store.nodes: this host's underlayIPv6 {want} is not the first global IPv6 address of {} ({:?})",
+                    underlay.link.name, underlay.ip6
+                )));
+            }
+        }
+        let others = || overlay.nodes().iter().filter(|n| **n != me);
+        let peers = others()
             .map(|n| Peer {
-                subnet: n.subnet,
-                underlay_ip: n.underlay_ip,
+                subnet: IpNetwork::V4(n.subnet),
+                underlay_ip: IpAddr::V4(n.underlay_ip),
                 mac: overlay.vtep_mac(n.underlay_ip),
+            })
+            .collect();
+        let peers6 = others()
+            .filter_map(|n| {
+                Some(Peer {
+                    subnet: IpNetwork::V6(n.subnet6?),
+                    underlay_ip: IpAddr::V6(n.underlay_ip6?),
+                    mac: overlay.vtep_mac6(n.underlay_ip),
+                })
             })
             .collect();
         Ok(Here {
             network: overlay.network.expect("the static store has a network"),
             subnet: me.subnet,
+            subnet6: me.subnet6,
             mtu,
             ip_masq: overlay.ip_masq,
-            meshed: Some(Meshed { underlay, peers }),
+            meshed: Some(Meshed {
+                underlay,
+                peers,
+                peers6,
+            }),
             overlay,
         })
     }
@@ -103,6 +130,7 @@ impl Here {
         Ok(Here {
             network: env.network,
             subnet: env.node_subnet(),
+            subnet6: env.node_subnet6(),
             mtu: overlay.mtu.unwrap_or(env.mtu),
             // As flannel's plugin: flanneld with --ip-masq masquerades itself.
             ip_masq: overlay.ip_masq && !env.ip_masq,
@@ -114,13 +142,25 @@ impl Here {
     /// The static store's device and peers, programmed.
     fn program(&self, k: &Kernel) -> Result<(), Error> {
         let Some(m) = &self.meshed else { return Ok(()) };
-        let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), self.subnet))?;
+        let subnet = IpNetwork::V4(self.subnet);
+        let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), subnet))?;
         k.run(node::program(
             k.host(),
             &self.mesh(),
             &m.underlay,
             &vtep,
             &m.peers,
+        ))?;
+        let Some((mesh6, vtep6, subnet6)) = self.six(m) else {
+            return Ok(());
+        };
+        let link6 = k.run(node::ensure_vtep(k.host(), &vtep6, subnet6))?;
+        k.run(node::program(
+            k.host(),
+            &mesh6,
+            &m.underlay,
+            &link6,
+            &m.peers6,
         ))
     }
 
@@ -130,16 +170,40 @@ impl Here {
         if self.meshed.is_none() {
             return Ok(None);
         }
-        let net = ClusterNet {
+        let mut nets = vec![ClusterNet {
             network: IpNetwork::V4(self.network),
             subnet: IpNetwork::V4(self.subnet),
+        }];
+        if let (Some(network), Some(subnet)) = (self.overlay.ipv6_network, self.subnet6) {
+            nets.push(ClusterNet {
+                network: IpNetwork::V6(network),
+                subnet: IpNetwork::V6(subnet),
+            });
+        }
+        firewall::start_cluster_forward(&self.overlay.name, &nets).map(Some)
+    }
+
+    /// The static store's IPv6 side: its mesh, flannel-v6.N and this node's subnet.
+    fn six(&self, m: &Meshed) -> Option<(Mesh, Vxlan, IpNetwork)> {
+        let (network, subnet) = (self.overlay.ipv6_network?, self.subnet6?);
+        let ip6 = m.underlay.ip6?;
+        let vtep = Vxlan {
+            name: vtep6_name(self.overlay.vni),
+            local: IpAddr::V6(ip6.ip()),
+            mac: self.overlay.vtep_mac6(m.underlay.ip),
+            mtu: (self.mtu).min(m.underlay.link.mtu.saturating_sub(VXLAN6_OVERHEAD)),
+            ..self.vtep(m)
         };
-        firewall::start_cluster_forward(&self.overlay.name, &[net]).map(Some)
+        let mesh = Mesh {
+            network: IpNetwork::V6(network),
+            direct_routing: self.overlay.direct_routing,
+        };
+        Some((mesh, vtep, IpNetwork::V6(subnet)))
     }
 
     fn mesh(&self) -> Mesh {
         Mesh {
-            network: self.network,
+            network: IpNetwork::V4(self.network),
             direct_routing: self.overlay.direct_routing,
         }
     }
@@ -164,7 +228,7 @@ impl Here {
         }
     }
 
-    /// host-local on this node's subnet, in flannel's CNI's store (host-local's default)
+    /// host-local on this node's subnet (one range set per family), in flannel's CNI's store (host-local's default)
     /// or `ipam.dataDir`; the runtime's requests passed on. An old store of ours is moved
     /// in first (ipam_store).
     fn ipam(&self, args: &CmdArgs) -> Result<Delegate, Error> {
@@ -174,9 +238,11 @@ impl Here {
 
     /// host-local's config, without looking for an old store (a DEL goes on without it).
     fn delegate(&self, args: &CmdArgs) -> Delegate {
+        let mut ranges = vec![json!([{"subnet": self.subnet.to_string()}])];
+        ranges.extend(self.subnet6.map(|s| json!([{"subnet": s.to_string()}])));
         let mut conf = json!({
             "cniVersion": args.conf.cni_version, "name": self.overlay.name, "type": "vxlan-overlay",
-            "ipam": {"type": "host-local", "ranges": [[{"subnet": self.subnet.to_string()}]]}
+            "ipam": {"type": "host-local", "ranges": ranges}
         });
         if let Some(dir) = &self.overlay.ipam_data_dir {
             conf["ipam"]["dataDir"] = json!(dir);
@@ -233,14 +299,19 @@ impl Plugin for VxlanOverlay {
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
         if let Some(m) = &here.meshed {
-            let problems = k.run(node::differences(
+            let mut problems = k.run(node::differences(
                 k.host(),
                 &here.mesh(),
                 &m.underlay,
                 &here.vtep(m),
-                here.subnet,
+                IpNetwork::V4(here.subnet),
                 &m.peers,
             ))?;
+            if let Some((mesh6, vtep6, subnet6)) = here.six(m) {
+                let (h, u) = (k.host(), &m.underlay);
+                let six = node::differences(h, &mesh6, u, &vtep6, subnet6, &m.peers6);
+                problems.extend(k.run(six)?);
+            }
             Error::check("the node's overlay state differs from the config", problems)?;
         }
         bridged::check(&k, args, &here.bridge(), Some(&here.ipam(args)?))
@@ -266,6 +337,7 @@ fn lost(overlay: Overlay) -> Here {
     Here {
         network,
         subnet,
+        subnet6: None,
         mtu: 1500,
         ip_masq: overlay.ip_masq,
         meshed: None,
@@ -303,7 +375,21 @@ fn teardown(force: bool) -> Result<(), Error> {
             o.subnet_file.display()
         );
     }
-    k.run(node::remove(k.host(), &vtep_of(&o)?, network))?;
+    k.run(node::remove(
+        k.host(),
+        &vtep_of(&o)?,
+        network.map(IpNetwork::V4),
+    ))?;
+    // A dual-stack node's flannel-v6.N and IPv6 routes, as its config or subnet file
+    // names them.
+    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.ipv6.map(|(n, _)| n);
+    if let Some(network6) = o.ipv6_network.or_else(from_file) {
+        let vni = Local::read(&Local::path(&o))?
+            .and_then(|l| l.vni)
+            .unwrap_or(o.vni);
+        let network6 = Some(IpNetwork::V6(network6));
+        k.run(node::remove(k.host(), &vtep6_name(vni), network6))?;
+    }
     k.run(delete_bridge(k.host(), &o.bridge, force))?;
     let prefix = Label::network_prefix(&o.name);
     firewall::lock::hold_all()?;
@@ -395,6 +481,9 @@ mod tests {
             "type",
             "underlayIP",
             "subnet",
+            "ipv6Network",
+            "underlayIPv6",
+            "ipv6Subnet",
         ];
         libcni::arbitrary::probe_reading(FIELDS, |a| Overlay::load(a).map(|_| ()));
     }

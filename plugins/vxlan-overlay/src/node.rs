@@ -1,19 +1,20 @@
-//! One node's share of the overlay in the kernel: the underlay (its link and IPv4
-//! address), the VXLAN device, and the state of every peer, programmed with replace
-//! semantics so a second run changes nothing and whatever is no longer in the table goes.
-//! Our routes carry [`ROUTE_PROTO`], so we find them again (and only them).
+//! One node's share of the overlay in the kernel: the underlay (its link, IPv4 address
+//! and IPv6 address if it has one), the VXLAN device of one family (flannel.N over IPv4,
+//! flannel-v6.N over IPv6), and the state of every peer of that family, programmed with
+//! replace semantics so a second run changes nothing and whatever is no longer in the
+//! table goes. Our routes carry [`ROUTE_PROTO`], so we find them again (and only them).
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use libcni::net::{self, LinkInfo, Netlink, RouteSpec, Vxlan, VxlanState};
 
 use crate::config::Overlay;
 
-/// The cluster as this node programs it.
+/// The cluster as this node programs it, one family: its network says which.
 #[derive(Debug, Clone, Copy)]
 pub struct Mesh {
-    pub network: Ipv4Network,
+    pub network: IpNetwork,
     pub direct_routing: bool,
 }
 
@@ -21,6 +22,8 @@ pub struct Mesh {
 pub const ROUTE_PROTO: u8 = 73;
 /// What VXLAN over IPv4 adds to a frame: outer IP, UDP, VXLAN and inner Ethernet.
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over IPv6 (a 40-byte outer header).
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// This node's underlay.
 #[derive(Debug, Clone)]
@@ -29,13 +32,16 @@ pub struct Underlay {
     pub ip: Ipv4Addr,
     /// The underlay's on-link network (for directRouting).
     pub net: Ipv4Network,
+    /// Its first global IPv6 address, with the on-link prefix (dual stack).
+    pub ip6: Option<Ipv6Network>,
 }
 
-/// A peer node, as the kernel is told of it.
+/// A peer node in one family, as the kernel is told of it: an IPv4 subnet behind an
+/// IPv4 underlay address, or an IPv6 subnet behind an IPv6 one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Peer {
-    pub subnet: Ipv4Network,
-    pub underlay_ip: Ipv4Addr,
+    pub subnet: IpNetwork,
+    pub underlay_ip: IpAddr,
     pub mac: [u8; 6],
 }
 
@@ -43,7 +49,8 @@ fn not_found(what: String) -> net::Error {
     net::Error::io(what, std::io::ErrorKind::NotFound.into())
 }
 
-/// The underlay: `name`, or the interface of the default route; its first IPv4 address.
+/// The underlay: `name`, or the interface of the default route; its first IPv4 address
+/// and its first global IPv6 one.
 pub async fn underlay(nl: &Netlink, name: Option<&str>) -> Result<Underlay, net::Error> {
     let link = match name {
         Some(n) => nl
@@ -55,21 +62,41 @@ pub async fn underlay(nl: &Netlink, name: Option<&str>) -> Result<Underlay, net:
             .await?
             .ok_or_else(|| not_found("no underlayInterface and no default route".into()))?,
     };
-    let addr = nl
-        .addresses(link.index, &link.name)
-        .await?
-        .into_iter()
+    let addrs = nl.addresses(link.index, &link.name).await?;
+    let addr = (addrs.iter())
         .find_map(|a| match a {
-            IpNetwork::V4(v4) => Some(v4),
+            IpNetwork::V4(v4) => Some(*v4),
             IpNetwork::V6(_) => None,
         })
         .ok_or_else(|| not_found(format!("an IPv4 address on {}", link.name)))?;
     let net = Ipv4Network::new(addr.network(), addr.prefix()).expect("from a valid address");
+    let ip6 = addrs.iter().find_map(|a| match a {
+        IpNetwork::V6(v6) if !is_link_local(v6.ip()) => Some(*v6),
+        _ => None,
+    });
     Ok(Underlay {
         link,
         ip: addr.ip(),
         net,
+        ip6,
     })
+}
+
+/// `u` with its link's first global IPv6 address, if it has one (an underlay chosen by
+/// its IPv4 address, flanneld's way).
+pub async fn with_ipv6(nl: &Netlink, mut u: Underlay) -> Result<Underlay, net::Error> {
+    u.ip6 = (nl.addresses(u.link.index, &u.link.name).await?)
+        .into_iter()
+        .find_map(|a| match a {
+            IpNetwork::V6(v6) if !is_link_local(v6.ip()) => Some(v6),
+            _ => None,
+        });
+    Ok(u)
+}
+
+/// fe80::/10: every IPv6 link has one; it is neither an underlay address nor ours.
+fn is_link_local(ip: std::net::Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
 }
 
 /// The device this node's config asks for, with the MAC it keeps.
@@ -78,7 +105,7 @@ pub fn vtep(o: &Overlay, u: &Underlay, mac: [u8; 6], mtu: u32) -> Vxlan {
         name: o.vtep_name(),
         vni: o.vni,
         port: o.port,
-        local: u.ip,
+        local: IpAddr::V4(u.ip),
         dev: u.link.index,
         mac,
         mtu,
@@ -88,28 +115,38 @@ pub fn vtep(o: &Overlay, u: &Underlay, mac: [u8; 6], mtu: u32) -> Vxlan {
 }
 
 /// Makes the device, or keeps the one there if it is as asked (VNI, port, local address,
-/// underlay link, MAC, MTU, learning, GBP); one that is not is made anew. Its MAC is set at creation,
-/// never after. As flannel's, it carries the node subnet's network address as a /32, the
-/// source of what the host itself sends into the overlay, and no other IPv4 address (an
-/// old subnet's would make a route via that address, now another node's, invalid).
+/// underlay link, MAC, MTU, learning, GBP); one that is not is made anew. Its MAC is set
+/// at creation, never after. As flannel's, it carries the node subnet's network address
+/// as a /32 (a /128 for IPv6), the source of what the host itself sends into the
+/// overlay, and no other address of that family (an old subnet's would make a route via
+/// that address, now another node's, invalid); an IPv6 device keeps its link-local one.
 pub async fn ensure_vtep(
     nl: &Netlink,
     want: &Vxlan,
-    subnet: Ipv4Network,
+    subnet: IpNetwork,
 ) -> Result<LinkInfo, net::Error> {
     let l = ensure_device(nl, want).await?;
     let own = own_address(subnet);
     nl.add_address(l.index, &l.name, own).await?;
     for a in nl.addresses(l.index, &l.name).await? {
-        if a.is_ipv4() && a != own {
+        if same_family(a, own) && a != own {
             nl.delete_address(l.index, &l.name, a).await?;
         }
     }
     Ok(l)
 }
 
-fn own_address(subnet: Ipv4Network) -> IpNetwork {
-    IpNetwork::V4(Ipv4Network::new(subnet.network(), 32).expect("/32 is valid"))
+fn own_address(subnet: IpNetwork) -> IpNetwork {
+    let host = if subnet.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(subnet.network(), host).expect("a host prefix is valid")
+}
+
+/// Whether `a` is of `own`'s family and not IPv6 link-local.
+fn same_family(a: IpNetwork, own: IpNetwork) -> bool {
+    match a {
+        IpNetwork::V4(_) => own.is_ipv4(),
+        IpNetwork::V6(v6) => own.is_ipv6() && !is_link_local(v6.ip()),
+    }
 }
 
 /// Whether the link is the VXLAN device wanted, as made.
@@ -184,21 +221,25 @@ fn on_off(b: bool) -> &'static str {
 
 /// Whether `p` is reached directly over the underlay (directRouting, on-link peer).
 fn direct(m: &Mesh, u: &Underlay, p: &Peer) -> bool {
-    m.direct_routing && u.net.contains(p.underlay_ip)
+    m.direct_routing
+        && match p.underlay_ip {
+            IpAddr::V4(ip) => u.net.contains(ip),
+            IpAddr::V6(ip) => u.ip6.is_some_and(|n| n.contains(ip)),
+        }
 }
 
 /// The route to `p`'s subnet: via its underlay address, or through the device on-link
 /// via the subnet's network address (which the neighbour entry resolves).
 fn route_to(m: &Mesh, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
     let (gw, oif, onlink) = if direct(m, u, p) {
-        (IpAddr::V4(p.underlay_ip), u.link.index, false)
+        (p.underlay_ip, u.link.index, false)
     } else {
-        (IpAddr::V4(p.subnet.network()), vtep.index, true)
+        (p.subnet.network(), vtep.index, true)
     };
     RouteSpec {
         onlink,
         protocol: Some(ROUTE_PROTO),
-        ..RouteSpec::new(IpNetwork::V4(p.subnet), Some(gw), oif)
+        ..RouteSpec::new(p.subnet, Some(gw), oif)
     }
 }
 
@@ -220,8 +261,8 @@ pub async fn program(
         }
     }
     // What is ours and no longer wanted.
-    for r in nl.routes(false).await? {
-        let IpNetwork::V4(dst) = r.dst else { continue };
+    for r in nl.routes(m.network.is_ipv6()).await? {
+        let dst = r.dst;
         let ours =
             r.protocol == ROUTE_PROTO && m.network.contains(dst.network()) && dst != m.network;
         let wanted = peers.iter().any(|p| {
@@ -239,7 +280,7 @@ pub async fn program(
     for n in nl.neighbours(vtep.index).await? {
         let wanted = tunnelled
             .iter()
-            .any(|p| n.ip == Some(IpAddr::V4(p.subnet.network())) && n.mac == p.mac);
+            .any(|p| n.ip == Some(p.subnet.network()) && n.mac == p.mac);
         if let (false, Some(ip)) = (wanted, n.ip) {
             nl.delete_neighbour(vtep.index, ip).await?;
         }
@@ -247,7 +288,7 @@ pub async fn program(
     for f in nl.fdb(vtep.index).await? {
         let wanted = tunnelled
             .iter()
-            .any(|p| f.mac == p.mac && f.ip == Some(IpAddr::V4(p.underlay_ip)));
+            .any(|p| f.mac == p.mac && f.ip == Some(p.underlay_ip));
         if !wanted {
             nl.delete_fdb(vtep.index, &f).await?;
         }
@@ -264,10 +305,9 @@ pub async fn add_peer(
     p: &Peer,
 ) -> Result<(), net::Error> {
     if !direct(m, u, p) {
-        nl.replace_neighbour(vtep.index, IpAddr::V4(p.subnet.network()), &p.mac)
+        nl.replace_neighbour(vtep.index, p.subnet.network(), &p.mac)
             .await?;
-        nl.replace_fdb(vtep.index, &p.mac, IpAddr::V4(p.underlay_ip))
-            .await?;
+        nl.replace_fdb(vtep.index, &p.mac, p.underlay_ip).await?;
     }
     nl.replace_route(&route_to(m, u, vtep, p)).await
 }
@@ -286,12 +326,11 @@ pub async fn remove_peer(
     if direct(m, u, p) {
         return Ok(());
     }
-    nl.delete_neighbour(vtep.index, IpAddr::V4(p.subnet.network()))
-        .await?;
+    nl.delete_neighbour(vtep.index, p.subnet.network()).await?;
     if !shared {
         let entry = net::Entry {
             mac: p.mac.to_vec(),
-            ip: Some(IpAddr::V4(p.underlay_ip)),
+            ip: Some(p.underlay_ip),
         };
         nl.delete_fdb(vtep.index, &entry).await?;
     }
@@ -305,7 +344,7 @@ pub async fn differences(
     m: &Mesh,
     u: &Underlay,
     want: &Vxlan,
-    subnet: Ipv4Network,
+    subnet: IpNetwork,
     peers: &[Peer],
 ) -> Result<Vec<String>, net::Error> {
     let mut problems = Vec::new();
@@ -320,34 +359,31 @@ pub async fn differences(
             on_off(want.learning), on_off(want.gbp)
         ));
     }
-    let v4: Vec<IpNetwork> = nl
+    let own = own_address(subnet);
+    let held: Vec<IpNetwork> = nl
         .addresses(vtep.index, &vtep.name)
         .await?
         .into_iter()
-        .filter(IpNetwork::is_ipv4)
+        .filter(|a| same_family(*a, own))
         .collect();
-    if v4 != [own_address(subnet)] {
-        problems.push(format!(
-            "{} holds {v4:?}, not just {}",
-            want.name,
-            own_address(subnet)
-        ));
+    if held != [own] {
+        problems.push(format!("{} holds {held:?}, not just {own}", want.name));
     }
-    let routes = nl.routes(false).await?;
+    let routes = nl.routes(subnet.is_ipv6()).await?;
     let neighbours = nl.neighbours(vtep.index).await?;
     let fdb = nl.fdb(vtep.index).await?;
     for p in peers {
         let r = route_to(m, u, &vtep, p);
         if !routes
             .iter()
-            .any(|k| k.dst == IpNetwork::V4(p.subnet) && k.gw == r.gw && k.oif == Some(r.oif))
+            .any(|k| k.dst == p.subnet && k.gw == r.gw && k.oif == Some(r.oif))
         {
             problems.push(format!("route to {} is missing", p.subnet));
         }
         if direct(m, u, p) {
             continue;
         }
-        let gw = IpAddr::V4(p.subnet.network());
+        let gw = p.subnet.network();
         if !neighbours
             .iter()
             .any(|n| n.ip == Some(gw) && n.mac == p.mac)
@@ -356,7 +392,7 @@ pub async fn differences(
         }
         if !fdb
             .iter()
-            .any(|f| f.mac == p.mac && f.ip == Some(IpAddr::V4(p.underlay_ip)))
+            .any(|f| f.mac == p.mac && f.ip == Some(p.underlay_ip))
         {
             problems.push(format!("FDB entry for {} is missing", p.underlay_ip));
         }
@@ -370,15 +406,14 @@ pub async fn differences(
 pub async fn remove(
     nl: &Netlink,
     vtep: &str,
-    network: Option<Ipv4Network>,
+    network: Option<IpNetwork>,
 ) -> Result<(), net::Error> {
     nl.delete_link(vtep).await?;
     let Some(network) = network else {
         return Ok(());
     };
-    for r in nl.routes(false).await? {
-        let IpNetwork::V4(dst) = r.dst else { continue };
-        if r.protocol == ROUTE_PROTO && network.contains(dst.network()) {
+    for r in nl.routes(network.is_ipv6()).await? {
+        if r.protocol == ROUTE_PROTO && network.contains(r.dst.network()) {
             let spec = RouteSpec {
                 protocol: Some(ROUTE_PROTO),
                 ..RouteSpec::new(r.dst, r.gw, r.oif.unwrap_or_default())

@@ -1,10 +1,11 @@
 //! flannel's subnet file (`/run/flannel/subnet.env`): what a node's agent tells the plugin.
 //! Written by our agent or by a real flanneld; the plugin in the etcd store reads only this,
-//! so it keeps attaching containers while etcd is down.
+//! so it keeps attaching containers while etcd is down. A dual-stack network adds
+//! FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET after the IPv4 pair, as flanneld writes them.
 
 use std::path::Path;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::{code, files, Error};
 
 /// The most a subnet file may hold; flannel's is about 100 bytes.
@@ -17,6 +18,9 @@ pub struct SubnetEnv {
     /// FLANNEL_SUBNET: the node's subnet, written as its gateway (first address) with the
     /// subnet's prefix, e.g. 10.244.1.1/24.
     pub subnet: Ipv4Network,
+    /// FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET (the gateway, `…::1/64`), in a
+    /// dual-stack network.
+    pub ipv6: Option<(Ipv6Network, Ipv6Network)>,
     pub mtu: u32,
     pub ip_masq: bool,
 }
@@ -25,6 +29,12 @@ impl SubnetEnv {
     /// The node subnet's network.
     pub fn node_subnet(&self) -> Ipv4Network {
         Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).expect("from a valid network")
+    }
+
+    /// The node's IPv6 subnet, in a dual-stack network.
+    pub fn node_subnet6(&self) -> Option<Ipv6Network> {
+        let (_, gw) = self.ipv6?;
+        Some(Ipv6Network::new(gw.network(), gw.prefix()).expect("from a valid network"))
     }
 
     pub fn read(path: &Path) -> Result<SubnetEnv, Error> {
@@ -52,9 +62,19 @@ impl SubnetEnv {
                 .parse::<Ipv4Network>()
                 .map_err(|e| format!("{key}: {e}"))
         };
+        let net6 = |key: &str| {
+            get(key)?
+                .parse::<Ipv6Network>()
+                .map_err(|e| format!("{key}: {e}"))
+        };
+        let ipv6 = match get("FLANNEL_IPV6_NETWORK") {
+            Ok(_) => Some((net6("FLANNEL_IPV6_NETWORK")?, net6("FLANNEL_IPV6_SUBNET")?)),
+            Err(_) => None,
+        };
         let env = SubnetEnv {
             network: net("FLANNEL_NETWORK")?,
             subnet: net("FLANNEL_SUBNET")?,
+            ipv6,
             mtu: get("FLANNEL_MTU")?
                 .parse()
                 .map_err(|e| format!("FLANNEL_MTU: {e}"))?,
@@ -70,6 +90,16 @@ impl SubnetEnv {
         if env.subnet.prefix() > 30 {
             return Err(format!("FLANNEL_SUBNET {} holds no containers", env.subnet));
         }
+        if let Some((network, subnet)) = env.ipv6 {
+            if !network.contains(subnet.ip()) || subnet.prefix() < network.prefix() {
+                return Err(format!(
+                    "FLANNEL_IPV6_SUBNET {subnet} is not in FLANNEL_IPV6_NETWORK {network}"
+                ));
+            }
+            if subnet.prefix() > 126 {
+                return Err(format!("FLANNEL_IPV6_SUBNET {subnet} holds no containers"));
+            }
+        }
         if env.mtu < 576 {
             return Err(format!("FLANNEL_MTU {} is below 576", env.mtu));
         }
@@ -77,8 +107,11 @@ impl SubnetEnv {
     }
 
     pub fn render(&self) -> String {
+        let v6 = (self.ipv6)
+            .map(|(n, s)| format!("FLANNEL_IPV6_NETWORK={n}\nFLANNEL_IPV6_SUBNET={s}\n"))
+            .unwrap_or_default();
         format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\nFLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n{v6}FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
             self.network, self.subnet, self.mtu, self.ip_masq
         )
     }
@@ -106,6 +139,12 @@ mod tests {
         assert_eq!((s.mtu, s.ip_masq), (1450, true));
         assert_eq!(s.render(), text);
         assert!(SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n").is_err());
+        // flanneld's dual-stack file
+        let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.5.1/24\nFLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:5::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
+        let s = SubnetEnv::parse(text).unwrap();
+        assert_eq!(s.node_subnet6().unwrap().to_string(), "fc00:0:0:5::/64");
+        assert_eq!(s.render(), text);
+        assert!(SubnetEnv::parse(&text.replace("fc00:0:0:5::1/64", "fd00::1/64")).is_err());
         for bad in [
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/31\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
