@@ -800,6 +800,16 @@ impl Server {
         Server::spawn(ns, &script)
     }
 
+    /// The same over IPv6 only: it says the client's IPv6 address.
+    pub fn start_v6(ns: &Ns, port: u16) -> Server {
+        let script = format!(
+            "import socket\ns=socket.socket(socket.AF_INET6); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('::', {port})); s.listen(8); s.settimeout(30)\n\
+             while True:\n    c, a = s.accept(); c.sendall(b'hello from ' + a[0].encode()); c.close()\n"
+        );
+        Server::spawn(ns, &script)
+    }
+
     /// Runs a Python `script` in `ns` until dropped.
     pub fn spawn(ns: &Ns, script: &str) -> Server {
         let child = Command::new("ip")

@@ -105,6 +105,15 @@ fn dual_stack_cluster_in_flannels_format_pods_reach_each_other_over_both_familie
         agents[0].log()
     );
     assert!(reaches(&p1.0, &p0.2), "IPv6 back; {}", agents[1].log());
+    // Between pods the sender's own IPv6 address arrives: the plugin's ipMasq (on by
+    // default) exempts the IPv6 cluster network as it does the IPv4 one.
+    let _srv = Server::start_v6(&p1.0, 7413);
+    assert_eq!(
+        fetch(&p0.0, &p1.2, 7413).as_deref(),
+        Some(format!("hello from {}", p0.2).as_str()),
+        "{}",
+        c.hosts[0].nft_ruleset()
+    );
     // the v6 routes are the agent's, through flannel-v6.1
     let routes = c.hosts[0].sh("ip -6 route show proto 73");
     assert!(routes.contains("dev flannel-v6.1"), "{routes}");

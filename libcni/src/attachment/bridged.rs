@@ -21,8 +21,9 @@ pub struct BridgeSpec {
     pub is_default_gateway: bool,
     pub force_address: bool,
     pub ip_masq: bool,
-    /// Traffic to this network is not masqueraded (by default: to the container's subnet).
-    pub masq_exempt: Option<IpNetwork>,
+    /// Traffic to these networks is not masqueraded (for an address none holds: to the
+    /// container's subnet).
+    pub masq_exempt: Vec<IpNetwork>,
     pub hairpin: bool,
     pub promisc: bool,
     pub macspoofchk: bool,
@@ -40,7 +41,7 @@ impl BridgeSpec {
     fn rules(&self, a: &Attachment) -> Rules {
         Rules {
             masquerade: self.ip_masq,
-            masquerade_exempt: self.masq_exempt,
+            masquerade_exempt: self.masq_exempt.clone(),
             mac_check: self.macspoofchk.then(|| self.container_mac(a)),
         }
     }

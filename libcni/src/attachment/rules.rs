@@ -12,12 +12,12 @@ use crate::firewall::{self, Label, Pending};
 use crate::spec::{Error, IpConfig};
 
 /// Which entries an attachment has.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Rules {
     pub masquerade: bool,
-    /// Traffic to this network passes unmasqueraded (an overlay's cluster network); by
-    /// default, traffic to the address's own subnet.
-    pub masquerade_exempt: Option<IpNetwork>,
+    /// Traffic to these networks passes unmasqueraded (an overlay's cluster networks, one
+    /// per family); for an address none holds, traffic to its own subnet.
+    pub masquerade_exempt: Vec<IpNetwork>,
     /// The container MAC that alone may send from the host veth.
     pub mac_check: Option<[u8; 6]>,
 }
@@ -27,10 +27,12 @@ impl Rules {
     /// that is exempt, where one is set and holds them.
     fn keyed(&self, addrs: impl Iterator<Item = IpNetwork>) -> Vec<IpNetwork> {
         addrs
-            .map(|a| match self.masquerade_exempt {
-                Some(n) if n.contains(a.ip()) => IpNetwork::new(a.ip(), n.prefix()).unwrap_or(a),
-                _ => a,
-            })
+            .map(
+                |a| match self.masquerade_exempt.iter().find(|n| n.contains(a.ip())) {
+                    Some(n) => IpNetwork::new(a.ip(), n.prefix()).unwrap_or(a),
+                    None => a,
+                },
+            )
             .collect()
     }
 

@@ -24,7 +24,7 @@ fn spec(args: &CmdArgs) -> Result<BridgeSpec, Error> {
         is_default_gateway: c.is_default_gateway,
         force_address: c.force_address,
         ip_masq: c.ip_masq,
-        masq_exempt: None,
+        masq_exempt: Vec::new(),
         hairpin: c.hairpin_mode,
         promisc: c.promisc_mode,
         macspoofchk: c.macspoofchk,

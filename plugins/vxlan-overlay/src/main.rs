@@ -40,7 +40,9 @@ struct Here {
     overlay: Overlay,
     network: Ipv4Network,
     subnet: Ipv4Network,
-    /// The node's IPv6 subnet in a dual-stack network (FLANNEL_IPV6_SUBNET).
+    /// The cluster's IPv6 network and the node's subnet of it, in a dual-stack network
+    /// (FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET).
+    network6: Option<Ipv6Network>,
     subnet6: Option<Ipv6Network>,
     mtu: u32,
     ip_masq: bool,
@@ -103,6 +105,7 @@ impl Here {
         Ok(Here {
             network: overlay.network.expect("the static store has a network"),
             subnet: me.subnet,
+            network6: overlay.ipv6_network.filter(|_| me.subnet6.is_some()),
             subnet6: me.subnet6,
             mtu,
             ip_masq: overlay.ip_masq,
@@ -130,6 +133,7 @@ impl Here {
         Ok(Here {
             network: env.network,
             subnet: env.node_subnet(),
+            network6: env.ipv6.map(|(network, _)| network),
             subnet6: env.node_subnet6(),
             mtu: overlay.mtu.unwrap_or(env.mtu),
             // As flannel's plugin: flanneld with --ip-masq masquerades itself.
@@ -174,7 +178,7 @@ impl Here {
             network: IpNetwork::V4(self.network),
             subnet: IpNetwork::V4(self.subnet),
         }];
-        if let (Some(network), Some(subnet)) = (self.overlay.ipv6_network, self.subnet6) {
+        if let (Some(network), Some(subnet)) = (self.network6, self.subnet6) {
             nets.push(ClusterNet {
                 network: IpNetwork::V6(network),
                 subnet: IpNetwork::V6(subnet),
@@ -185,7 +189,7 @@ impl Here {
 
     /// The static store's IPv6 side: its mesh, flannel-v6.N and this node's subnet.
     fn six(&self, m: &Meshed) -> Option<(Mesh, Vxlan, IpNetwork)> {
-        let (network, subnet) = (self.overlay.ipv6_network?, self.subnet6?);
+        let (network, subnet) = (self.network6?, self.subnet6?);
         let ip6 = m.underlay.ip6?;
         let vtep = Vxlan {
             name: vtep6_name(self.overlay.vni),
@@ -214,7 +218,8 @@ impl Here {
     }
 
     /// The node bridge with the subnet's first address as every container's gateway; what
-    /// leaves the cluster network is masqueraded, traffic between nodes' subnets never.
+    /// leaves the cluster networks is masqueraded, traffic between nodes' subnets (of
+    /// either family) never.
     fn bridge(&self) -> BridgeSpec {
         BridgeSpec {
             bridge: self.overlay.bridge.clone(),
@@ -222,7 +227,9 @@ impl Here {
             is_gateway: true,
             is_default_gateway: true,
             ip_masq: self.ip_masq,
-            masq_exempt: Some(IpNetwork::V4(self.network)),
+            masq_exempt: std::iter::once(IpNetwork::V4(self.network))
+                .chain(self.network6.map(IpNetwork::V6))
+                .collect(),
             hairpin: self.overlay.hairpin_mode,
             ..BridgeSpec::default()
         }
@@ -337,6 +344,7 @@ fn lost(overlay: Overlay) -> Here {
     Here {
         network,
         subnet,
+        network6: None,
         subnet6: None,
         mtu: 1500,
         ip_masq: overlay.ip_masq,
