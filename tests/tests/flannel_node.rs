@@ -224,3 +224,39 @@ fn a_config_without_a_store_reads_the_subnet_file_alone() {
         .expect_ok();
     assert_eq!(store_allocations(&dir.path().join("ipam"), "filenet"), 0);
 }
+
+#[test]
+fn ip_masq_is_left_to_the_pods_while_the_nodes_masquerade_failed() {
+    let c = Cluster::new(1, "192.168.97", 1500);
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!(
+        "put {PREFIX}/config '{{\"Network\": \"10.226.0.0/16\", \"Backend\": {{\"Type\": \"vxlan\"}}}}'"
+    ));
+    // an nft that always fails: the node's masquerade cannot be put in place
+    let bin = tempfile::tempdir().unwrap();
+    let nft = bin.path().join("nft");
+    std::fs::write(
+        &nft,
+        "#!/bin/sh\necho 'nft: refused by the test' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.path().display());
+    let a = Agent::start_flags(
+        &c.hosts[0],
+        |d| {
+            vec![
+                format!("-etcd-endpoints={}", etcd.url),
+                format!("-etcd-prefix={PREFIX}"),
+                format!("-subnet-file={}", d.join("subnet.env").display()),
+                "-ip-masq".into(),
+            ]
+        },
+        &[("PATH", path)],
+    );
+    a.subnet(30);
+    let env = a.subnet_env().unwrap();
+    // the plugin keeps masquerading per pod: nothing would otherwise
+    assert!(env.contains("FLANNEL_IPMASQ=false"), "{env}\n{}", a.log());
+    assert!(a.log().contains("refused by the test"), "{}", a.log());
+}

@@ -752,10 +752,13 @@ impl Agent {
         let gateway = Ipv4Network::new(subnet.nth(1).unwrap_or(subnet.network()), subnet.prefix())
             .expect("a prefix from a subnet");
         // With ipMasq (flanneld's --ip-masq) the node masquerades and the plugin does not;
-        // without it the plugin's ipMasq does, per container.
-        let ip_masq = self.etcd.ip_masq;
+        // without it, or while the node's rules failed (said in the log), the plugin's
+        // ipMasq does, per container: FLANNEL_IPMASQ=true only once they are in place.
         let nets = cluster_nets(&net, subnet, subnet6);
-        (self.rules).keep(&self.overlay.name, &nets, ip_masq).await;
+        let kept = (self.rules)
+            .keep(&self.overlay.name, &nets, self.etcd.ip_masq)
+            .await;
+        let ip_masq = self.etcd.ip_masq && kept;
         let ipv6 = (net.ipv6.as_ref().zip(subnet6)).map(|(n, s)| {
             let first = u128::from(s.network()) + 1;
             let gateway =

@@ -37,8 +37,10 @@ impl NodeRules {
     /// Makes the rules of network `name` those of its cluster networks (one per family, with
     /// this node's subnet of each), masquerading or not,
     /// and only those (a session's start: the subnet or `--ip-masq` may have changed).
-    pub async fn keep(&mut self, name: &str, nets: &[ClusterNet], masq: bool) {
+    /// Whether they are in place.
+    pub async fn keep(&mut self, name: &str, nets: &[ClusterNet], masq: bool) -> bool {
         self.pass(name, nets, masq, true).await;
+        self.trouble.is_none()
     }
 
     async fn pass(&mut self, name: &str, nets: &[ClusterNet], masq: bool, prune: bool) {

@@ -54,6 +54,11 @@ pub fn adopt_old_store(o: &Overlay) -> Result<(), Error> {
     }
     std::fs::create_dir_all(&new).map_err(|e| io_err(format!("creating {}", new.display()), e))?;
     let _new_lock = lock(&new)?;
+    // Another call may have moved it while this one waited: every mover takes the new
+    // store's lock first and removes the old store before letting go.
+    if !std::fs::symlink_metadata(&old).is_ok_and(|m| m.is_dir()) {
+        return Ok(());
+    }
     let _old_lock = lock(&old)?;
     let entries =
         std::fs::read_dir(&old).map_err(|e| io_err(format!("reading {}", old.display()), e))?;
