@@ -72,6 +72,7 @@ impl Held {
         Mesh {
             network: IpNetwork::V4(self.net.network),
             direct_routing: self.net.direct_routing,
+            host_gw: self.net.host_gw,
         }
     }
 
@@ -79,7 +80,13 @@ impl Held {
         Some(Mesh {
             network: IpNetwork::V6(self.net.ipv6.as_ref()?.network),
             direct_routing: self.net.direct_routing,
+            host_gw: self.net.host_gw,
         })
+    }
+
+    /// The device to keep: none in host-gw.
+    fn vxlan(&self) -> Option<&Vxlan> {
+        Some(&self.vtep).filter(|_| !self.net.host_gw)
     }
 }
 
@@ -425,8 +432,12 @@ impl Agent {
 
     /// The device's (and the pods') MTU: etcd's Backend.MTU, the MTU on the wire, less
     /// VXLAN's 50 bytes (flannel's rule since v0.21.3); else the plugin config's `mtu`
-    /// (the pods'); else what the underlay carries.
+    /// (the pods'); else what the underlay carries. host-gw adds nothing to a packet: the
+    /// underlay's MTU, as flanneld writes it.
     fn mtu(&self, net: &Network, underlay: &Underlay) -> Result<u32, String> {
+        if net.host_gw {
+            return Ok(underlay.link.mtu);
+        }
         let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
         let (mtu, what) = match net.wire_mtu {
             Some(wire) => (wire - VXLAN_OVERHEAD, format!("Backend.MTU {wire}")),
@@ -475,9 +486,13 @@ impl Agent {
     /// when it is as wanted in all but its MAC: its MAC becomes ours (saved), so the
     /// device is not made anew and the lease publishes the MAC peers already hold.
     async fn adopt_vtep(&mut self, net: &Network, underlay: &Underlay) {
+        // host-gw keeps no device.
         let Ok(mtu) = self.mtu(net, underlay) else {
             return;
         };
+        if net.host_gw {
+            return;
+        }
         let want = self.vtep(net, underlay, mtu);
         let mac = match node::reusable_vtep_mac(&self.nl, &want).await {
             Ok(Some(mac)) if mac != want.mac => mac,
@@ -561,7 +576,10 @@ impl Agent {
     ) -> Result<(Subnets, etcd::Listing, Option<i64>), Stop> {
         let prefix = self.etcd.prefix.clone();
         let public = self.select.public(underlay);
-        let mut ours_attrs = LeaseAttrs::vxlan(public, net.vni, self.local.mac());
+        let mut ours_attrs = match net.host_gw {
+            true => LeaseAttrs::host_gw(public),
+            false => LeaseAttrs::vxlan(public, net.vni, self.local.mac()),
+        };
         ours_attrs.public_ipv6 = self.select.public_ipv6.map(|v6| v6.to_string());
         if let (Some(_), Some(ip6)) = (&net.ipv6, underlay.ip6) {
             let ip6 = self.select.public_ipv6.unwrap_or(ip6.ip());
@@ -710,7 +728,7 @@ impl Agent {
         let mtu = self.mtu(&net, &underlay).map_err(Stop::Fatal)?;
         let vtep = self.vtep(&net, &underlay, mtu);
         // flannel-v6.N over the underlay's IPv6 address, with a MAC of its own.
-        let vtep6 = (subnet6.zip(underlay.ip6)).map(|(_, ip6)| Vxlan {
+        let vtep6 = (subnet6.zip(underlay.ip6).filter(|_| !net.host_gw)).map(|(_, ip6)| Vxlan {
             name: vtep6_name(net.vni),
             local: IpAddr::V6(ip6.ip()),
             mac: self.local.mac6(),
@@ -719,9 +737,11 @@ impl Agent {
         });
         // A VNI change renames the device: the old one goes, with its peers' state, also
         // when the change happened while we were stopped (the saved VNI names it).
+        // host-gw keeps none: the device of before goes.
         let old = (self.held.as_ref().map(|h| h.vtep.name.clone()))
             .or(self.local.vni.map(vtep_name))
-            .filter(|old| *old != vtep.name);
+            .or(net.host_gw.then(|| vtep.name.clone()))
+            .filter(|old| *old != vtep.name || net.host_gw);
         let old_vni = (self.held.as_ref().map(|h| h.net.vni)).or(self.local.vni);
         // The old flannel-v6.N too, and ours when this network is no longer dual stack.
         let old6 = old_vni
@@ -806,9 +826,18 @@ impl Agent {
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
             return Err(format!("PublicIP {ip} is not a node's address"));
         }
-        let mac = (a.vtep_mac())
-            .filter(unicast)
-            .ok_or("no vxlan lease with a unicast VtepMAC")?;
+        // host-gw routes via the address alone; a lease of another backend is not
+        // reachable that way (flannel ignores it likewise).
+        let host_gw = h.net.host_gw;
+        if host_gw && !a.is_host_gw() {
+            return Err(format!("BackendType {:?} is not host-gw", a.backend_type));
+        }
+        let mac = match host_gw {
+            true => [0; 6],
+            false => (a.vtep_mac())
+                .filter(unicast)
+                .ok_or("no vxlan lease with a unicast VtepMAC")?,
+        };
         let peer6 = (h.subnet6.zip(h.underlay.ip6)).and_then(|(own, own_ip)| {
             let s6 = s6.filter(|s6| *s6 != own)?;
             let ip = (a.public_ipv6()).filter(|ip| {
@@ -820,7 +849,10 @@ impl Agent {
             Some(Peer {
                 subnet: IpNetwork::V6(s6),
                 underlay_ip: IpAddr::V6(ip),
-                mac: a.vtep_mac6().filter(unicast)?,
+                mac: match host_gw {
+                    true => [0; 6],
+                    false => a.vtep_mac6().filter(unicast)?,
+                },
             })
         });
         Ok(Known {
@@ -968,23 +1000,27 @@ impl Agent {
         let Some(h) = &self.held else { return };
         let (nl, u) = (&self.nl, &h.underlay);
         let pass = async {
-            let link = node::ensure_vtep(nl, &h.vtep, IpNetwork::V4(h.subnet)).await?;
+            let link = match h.vxlan() {
+                Some(v) => Some(node::ensure_vtep(nl, v, IpNetwork::V4(h.subnet)).await?),
+                None => None,
+            };
             let six = match (&h.vtep6, h.subnet6, h.mesh6()) {
                 (Some(v), Some(s), Some(m)) => {
-                    Some((m, node::ensure_vtep(nl, v, IpNetwork::V6(s)).await?))
+                    Some((m, Some(node::ensure_vtep(nl, v, IpNetwork::V6(s)).await?)))
                 }
+                (None, Some(_), Some(m)) if h.net.host_gw => Some((m, None)),
                 _ => None,
             };
             let Some(changes) = changes else {
                 let peers: Vec<Peer> = self.peers.values().map(|k| k.peer.clone()).collect();
-                let v4 = node::program(nl, &h.mesh(), u, &link, &peers).await;
+                let v4 = node::program(nl, &h.mesh(), u, link.as_ref(), &peers).await;
                 if let Some((m, link6)) = &six {
                     let peers6: Vec<Peer> = self
                         .peers
                         .values()
                         .filter_map(|k| k.peer6.clone())
                         .collect();
-                    node::program(nl, m, u, link6, &peers6).await?;
+                    node::program(nl, m, u, link6.as_ref(), &peers6).await?;
                 }
                 return v4;
             };
@@ -993,8 +1029,8 @@ impl Agent {
                     continue;
                 };
                 let (mesh, link) = match (&p.subnet, &six) {
-                    (IpNetwork::V4(_), _) => (h.mesh(), &link),
-                    (IpNetwork::V6(_), Some((m, link6))) => (*m, link6),
+                    (IpNetwork::V4(_), _) => (h.mesh(), link.as_ref()),
+                    (IpNetwork::V6(_), Some((m, link6))) => (*m, link6.as_ref()),
                     (IpNetwork::V6(_), None) => continue,
                 };
                 if let Some(old) = &c.old {
@@ -1038,10 +1074,13 @@ impl Agent {
         let (nl, u) = (&self.nl, &h.underlay);
         let check = async {
             let v4 = IpNetwork::V4(h.subnet);
-            let mut m = node::differences(nl, &h.mesh(), u, &h.vtep, v4, &peers).await?;
-            if let (Some(v), Some(s), Some(mesh6)) = (&h.vtep6, h.subnet6, h.mesh6()) {
-                let v6 = IpNetwork::V6(s);
-                m.extend(node::differences(nl, &mesh6, u, v, v6, &peers6).await?);
+            let mut m = node::differences(nl, &h.mesh(), u, h.vxlan(), v4, &peers).await?;
+            if let (Some(s), Some(mesh6)) = (h.subnet6, h.mesh6()) {
+                if h.vtep6.is_some() || h.net.host_gw {
+                    let v6 = IpNetwork::V6(s);
+                    let d = node::differences(nl, &mesh6, u, h.vtep6.as_ref(), v6, &peers6);
+                    m.extend(d.await?);
+                }
             }
             Ok::<_, libcni::net::Error>(m)
         };

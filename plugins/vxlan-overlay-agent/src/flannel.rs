@@ -3,7 +3,8 @@
 //! and one lease per node at `<prefix>/subnets/<a.b.c.d>-<len>` holding
 //! `{"PublicIP":…,"PublicIPv6":null,"BackendType":"vxlan","BackendData":{"VNI":…,"VtepMAC":…}}`.
 //! A dual-stack network (EnableIPv6) keys a lease `<a.b.c.d>-<len>&<v6>-<len>` (the IPv6
-//! part as Go prints an address) and adds `PublicIPv6` and `BackendV6Data`.
+//! part as Go prints an address) and adds `PublicIPv6` and `BackendV6Data`. A host-gw
+//! network's leases say `"BackendType":"host-gw"` and carry no backend data.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -80,6 +81,9 @@ pub struct Network {
     pub learning: bool,
     /// The IPv6 half of a dual-stack network (EnableIPv6).
     pub ipv6: Option<Net6>,
+    /// Backend.Type host-gw: routes via the peers' underlay addresses, no device; the
+    /// VXLAN settings above are then unused (VNI only names a device left from before).
+    pub host_gw: bool,
 }
 
 /// A dual-stack network's IPv6 part, with flannel's defaults: IPv6SubnetLen 64 for
@@ -212,7 +216,8 @@ impl Net6 {
 impl Network {
     /// Reads `<prefix>/config` with flannel's rules: SubnetLen 24 for networks of /22 or
     /// wider, else two longer; the first subnet is not handed out (SubnetMin), the last is
-    /// (SubnetMax); VNI 1; the vxlan backend only.
+    /// (SubnetMax); VNI 1; the vxlan and host-gw backends (host-gw reads no other
+    /// Backend field, as flannel's).
     pub fn parse(json: &[u8]) -> Result<Network, String> {
         let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let raw: RawConfig = libcni::decode::from_value(&v).map_err(|e| e.to_string())?;
@@ -248,9 +253,25 @@ impl Network {
             ));
         }
         let backend = raw.backend.unwrap_or_default();
+        if backend.kind.eq_ignore_ascii_case("host-gw") {
+            return Ok(Network {
+                network,
+                subnet_len: subnet_len as u8,
+                subnet_min,
+                subnet_max,
+                vni: 1,
+                port: 8472,
+                direct_routing: false,
+                wire_mtu: None,
+                gbp: false,
+                learning: false,
+                ipv6,
+                host_gw: true,
+            });
+        }
         if !backend.kind.eq_ignore_ascii_case("vxlan") {
             return Err(format!(
-                "Backend.Type {:?}: only vxlan is served",
+                "Backend.Type {:?}: only vxlan and host-gw are served",
                 backend.kind
             ));
         }
@@ -284,6 +305,7 @@ impl Network {
             gbp: backend.gbp,
             learning: backend.learning,
             ipv6,
+            host_gw: false,
         })
     }
 
@@ -448,7 +470,24 @@ impl LeaseAttrs {
         }
     }
 
-    /// A dual-stack node's lease: its IPv6 address and flannel-v6.N's MAC added.
+    /// A host-gw node's lease: its address only, no backend data.
+    pub fn host_gw(public_ip: Ipv4Addr) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip,
+            public_ipv6: None,
+            backend_type: "host-gw".into(),
+            backend_data: None,
+            backend_v6_data: None,
+        }
+    }
+
+    /// Whether the lease is a host-gw node's.
+    pub fn is_host_gw(&self) -> bool {
+        self.backend_type.eq_ignore_ascii_case("host-gw")
+    }
+
+    /// A dual-stack node's lease: its IPv6 address and flannel-v6.N's MAC added (none
+    /// for host-gw, which has no backend data).
     pub fn with_v6(mut self, public_ipv6: Ipv6Addr, mac: [u8; 6]) -> LeaseAttrs {
         self.public_ipv6 = Some(public_ipv6.to_string());
         self.backend_v6_data = (self.backend_data.as_ref()).map(|d| VxlanData {
@@ -492,6 +531,25 @@ impl LeaseAttrs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_gw() {
+        let n = Network::parse(
+            br#"{"Network":"10.244.0.0/16","Backend":{"Type":"host-gw","VNI":99999999,"MTU":1}}"#,
+        )
+        .unwrap();
+        assert!(n.host_gw, "host-gw reads no other Backend field");
+        let vxlan =
+            Network::parse(br#"{"Network":"10.244.0.0/16","Backend":{"Type":"vxlan"}}"#).unwrap();
+        assert!(!vxlan.host_gw);
+        let a = LeaseAttrs::host_gw(Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"192.168.1.2","PublicIPv6":null,"BackendType":"host-gw"}"#
+        );
+        let six = a.with_v6("fd00::2".parse().unwrap(), [2, 0, 0, 0, 0, 1]);
+        assert!(six.is_host_gw() && six.backend_v6_data.is_none() && six.vtep_mac().is_none());
+    }
 
     #[test]
     fn flannels_defaults() {

@@ -152,7 +152,7 @@ impl Here {
             k.host(),
             &self.mesh(),
             &m.underlay,
-            &vtep,
+            Some(&vtep),
             &m.peers,
         ))?;
         let Some((mesh6, vtep6, subnet6)) = self.six(m) else {
@@ -163,7 +163,7 @@ impl Here {
             k.host(),
             &mesh6,
             &m.underlay,
-            &link6,
+            Some(&link6),
             &m.peers6,
         ))
     }
@@ -201,6 +201,7 @@ impl Here {
         let mesh = Mesh {
             network: IpNetwork::V6(network),
             direct_routing: self.overlay.direct_routing,
+            host_gw: false,
         };
         Some((mesh, vtep, IpNetwork::V6(subnet)))
     }
@@ -209,6 +210,7 @@ impl Here {
         Mesh {
             network: IpNetwork::V4(self.network),
             direct_routing: self.overlay.direct_routing,
+            host_gw: false,
         }
     }
 
@@ -310,13 +312,13 @@ impl Plugin for VxlanOverlay {
                 k.host(),
                 &here.mesh(),
                 &m.underlay,
-                &here.vtep(m),
+                Some(&here.vtep(m)),
                 IpNetwork::V4(here.subnet),
                 &m.peers,
             ))?;
             if let Some((mesh6, vtep6, subnet6)) = here.six(m) {
                 let (h, u) = (k.host(), &m.underlay);
-                let six = node::differences(h, &mesh6, u, &vtep6, subnet6, &m.peers6);
+                let six = node::differences(h, &mesh6, u, Some(&vtep6), subnet6, &m.peers6);
                 problems.extend(k.run(six)?);
             }
             Error::check("the node's overlay state differs from the config", problems)?;

@@ -16,6 +16,9 @@ use crate::config::Overlay;
 pub struct Mesh {
     pub network: IpNetwork,
     pub direct_routing: bool,
+    /// Every peer is routed via its underlay address on the underlay link, with no
+    /// device (flannel's host-gw backend).
+    pub host_gw: bool,
 }
 
 /// rtm_protocol of the overlay's routes.
@@ -219,22 +222,24 @@ fn on_off(b: bool) -> &'static str {
     }
 }
 
-/// Whether `p` is reached directly over the underlay (directRouting, on-link peer).
+/// Whether `p` is reached directly over the underlay (host-gw; directRouting, on-link
+/// peer).
 fn direct(m: &Mesh, u: &Underlay, p: &Peer) -> bool {
-    m.direct_routing
-        && match p.underlay_ip {
-            IpAddr::V4(ip) => u.net.contains(ip),
-            IpAddr::V6(ip) => u.ip6.is_some_and(|n| n.contains(ip)),
-        }
+    m.host_gw
+        || m.direct_routing
+            && match p.underlay_ip {
+                IpAddr::V4(ip) => u.net.contains(ip),
+                IpAddr::V6(ip) => u.ip6.is_some_and(|n| n.contains(ip)),
+            }
 }
 
 /// The route to `p`'s subnet: via its underlay address, or through the device on-link
-/// via the subnet's network address (which the neighbour entry resolves).
-fn route_to(m: &Mesh, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
-    let (gw, oif, onlink) = if direct(m, u, p) {
-        (p.underlay_ip, u.link.index, false)
-    } else {
-        (p.subnet.network(), vtep.index, true)
+/// via the subnet's network address (which the neighbour entry resolves). Without a
+/// device (host-gw) every route is direct.
+fn route_to(m: &Mesh, u: &Underlay, vtep: Option<&LinkInfo>, p: &Peer) -> RouteSpec {
+    let (gw, oif, onlink) = match vtep.filter(|_| !direct(m, u, p)) {
+        None => (p.underlay_ip, u.link.index, false),
+        Some(vtep) => (p.subnet.network(), vtep.index, true),
     };
     RouteSpec {
         onlink,
@@ -245,12 +250,13 @@ fn route_to(m: &Mesh, u: &Underlay, vtep: &LinkInfo, p: &Peer) -> RouteSpec {
 
 /// Programs every peer (neighbour, FDB entry, route; or a direct route) and removes the
 /// overlay state of anything not among `peers`. A peer the kernel refuses does not stop
-/// the others: the first refusal is returned once everything else is done.
+/// the others: the first refusal is returned once everything else is done. `vtep` None:
+/// host-gw, routes only.
 pub async fn program(
     nl: &Netlink,
     m: &Mesh,
     u: &Underlay,
-    vtep: &LinkInfo,
+    vtep: Option<&LinkInfo>,
     peers: &[Peer],
 ) -> Result<(), net::Error> {
     let mut refused = None;
@@ -277,6 +283,9 @@ pub async fn program(
             nl.delete_route(&spec).await?;
         }
     }
+    let Some(vtep) = vtep else {
+        return refused.map_or(Ok(()), Err);
+    };
     for n in nl.neighbours(vtep.index).await? {
         let wanted = tunnelled
             .iter()
@@ -301,10 +310,10 @@ pub async fn add_peer(
     nl: &Netlink,
     m: &Mesh,
     u: &Underlay,
-    vtep: &LinkInfo,
+    vtep: Option<&LinkInfo>,
     p: &Peer,
 ) -> Result<(), net::Error> {
-    if !direct(m, u, p) {
+    if let Some(vtep) = vtep.filter(|_| !direct(m, u, p)) {
         nl.replace_neighbour(vtep.index, p.subnet.network(), &p.mac)
             .await?;
         nl.replace_fdb(vtep.index, &p.mac, p.underlay_ip).await?;
@@ -318,14 +327,14 @@ pub async fn remove_peer(
     nl: &Netlink,
     m: &Mesh,
     u: &Underlay,
-    vtep: &LinkInfo,
+    vtep: Option<&LinkInfo>,
     p: &Peer,
     shared: bool,
 ) -> Result<(), net::Error> {
     nl.delete_route(&route_to(m, u, vtep, p)).await?;
-    if direct(m, u, p) {
+    let Some(vtep) = vtep.filter(|_| !direct(m, u, p)) else {
         return Ok(());
-    }
+    };
     nl.delete_neighbour(vtep.index, p.subnet.network()).await?;
     if !shared {
         let entry = net::Entry {
@@ -338,18 +347,67 @@ pub async fn remove_peer(
 }
 
 /// What CHECK finds missing of the device (with the address of `subnet`) and the peers'
-/// state.
+/// state; `want` None: host-gw, no device, the peers' routes only.
 pub async fn differences(
     nl: &Netlink,
     m: &Mesh,
     u: &Underlay,
-    want: &Vxlan,
+    want: Option<&Vxlan>,
     subnet: IpNetwork,
     peers: &[Peer],
 ) -> Result<Vec<String>, net::Error> {
     let mut problems = Vec::new();
+    let vtep = match want {
+        None => None,
+        Some(want) => match device_differences(nl, want, subnet, &mut problems).await? {
+            Some(vtep) => Some(vtep),
+            None => return Ok(problems),
+        },
+    };
+    let routes = nl.routes(subnet.is_ipv6()).await?;
+    let (neighbours, fdb) = match &vtep {
+        Some(v) => (nl.neighbours(v.index).await?, nl.fdb(v.index).await?),
+        None => (Vec::new(), Vec::new()),
+    };
+    for p in peers {
+        let r = route_to(m, u, vtep.as_ref(), p);
+        if !routes
+            .iter()
+            .any(|k| k.dst == p.subnet && k.gw == r.gw && k.oif == Some(r.oif))
+        {
+            problems.push(format!("route to {} is missing", p.subnet));
+        }
+        let Some(vtep) = vtep.as_ref().filter(|_| !direct(m, u, p)) else {
+            continue;
+        };
+        let gw = p.subnet.network();
+        if !neighbours
+            .iter()
+            .any(|n| n.ip == Some(gw) && n.mac == p.mac)
+        {
+            problems.push(format!("neighbour {gw} of {} is missing", vtep.name));
+        }
+        if !fdb
+            .iter()
+            .any(|f| f.mac == p.mac && f.ip == Some(p.underlay_ip))
+        {
+            problems.push(format!("FDB entry for {} is missing", p.underlay_ip));
+        }
+    }
+    Ok(problems)
+}
+
+/// What differs of the device itself (its settings, its address of `subnet`); None when
+/// it is missing.
+async fn device_differences(
+    nl: &Netlink,
+    want: &Vxlan,
+    subnet: IpNetwork,
+    problems: &mut Vec<String>,
+) -> Result<Option<LinkInfo>, net::Error> {
     let Some(vtep) = nl.link(&want.name).await? else {
-        return Ok(vec![format!("VXLAN device {} is missing", want.name)]);
+        problems.push(format!("VXLAN device {} is missing", want.name));
+        return Ok(None);
     };
     let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
     if !device_matches(&vtep, &s, want) {
@@ -369,35 +427,7 @@ pub async fn differences(
     if held != [own] {
         problems.push(format!("{} holds {held:?}, not just {own}", want.name));
     }
-    let routes = nl.routes(subnet.is_ipv6()).await?;
-    let neighbours = nl.neighbours(vtep.index).await?;
-    let fdb = nl.fdb(vtep.index).await?;
-    for p in peers {
-        let r = route_to(m, u, &vtep, p);
-        if !routes
-            .iter()
-            .any(|k| k.dst == p.subnet && k.gw == r.gw && k.oif == Some(r.oif))
-        {
-            problems.push(format!("route to {} is missing", p.subnet));
-        }
-        if direct(m, u, p) {
-            continue;
-        }
-        let gw = p.subnet.network();
-        if !neighbours
-            .iter()
-            .any(|n| n.ip == Some(gw) && n.mac == p.mac)
-        {
-            problems.push(format!("neighbour {gw} of {} is missing", want.name));
-        }
-        if !fdb
-            .iter()
-            .any(|f| f.mac == p.mac && f.ip == Some(p.underlay_ip))
-        {
-            problems.push(format!("FDB entry for {} is missing", p.underlay_ip));
-        }
-    }
-    Ok(problems)
+    Ok(Some(vtep))
 }
 
 /// Removes the device (its neighbours, FDB entries and routes go with it) and our direct
