@@ -143,6 +143,7 @@ fn a_node_flanneld_ran_dual_stack_is_taken_over_with_its_subnets_and_pods() {
          ip link add flannel-v6.1 address {mac6} type vxlan id 1 local fd00:96::10 dev ul0 dstport 8472 nolearning && \
          ip link set flannel-v6.1 mtu 1430 up && ip addr add fc00:237:0:5::/128 dev flannel-v6.1 nodad"
     ));
+    let index6 = h0.link("flannel-v6.1").unwrap()["ifindex"].clone();
     let mut a0 = Agent::prepare(h0, &etcd, 60, json!({}));
     let env = "FLANNEL_NETWORK=10.237.0.0/16\nFLANNEL_SUBNET=10.237.5.1/24\nFLANNEL_IPV6_NETWORK=fc00:237::/48\nFLANNEL_IPV6_SUBNET=fc00:237:0:5::1/64\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n";
     std::fs::write(a0.dir.path().join("subnet.env"), env).unwrap();
@@ -168,7 +169,18 @@ fn a_node_flanneld_ran_dual_stack_is_taken_over_with_its_subnets_and_pods() {
     let got = etcd.ctl(&format!("get --print-value-only '{key0}'"));
     let lease: Value = serde_json::from_str(got.trim()).unwrap();
     assert_eq!(lease["PublicIPv6"], "fd00:96::10", "{lease}");
-    assert!(lease["BackendV6Data"]["VtepMAC"].is_string(), "{lease}");
+    // both devices kept as they are, with their MACs, which the lease keeps saying
+    assert_eq!(lease["BackendData"]["VtepMAC"], mac, "{lease}");
+    assert_eq!(
+        lease["BackendV6Data"]["VtepMAC"],
+        mac6,
+        "{lease}\n{}",
+        a0.log()
+    );
+    let dev6 = h0.link("flannel-v6.1").unwrap();
+    assert_eq!(dev6["address"], mac6, "{}", a0.log());
+    assert_eq!(dev6["ifindex"], index6, "flannel-v6.1 was made again");
+    assert_eq!(h0.link("flannel.1").unwrap()["address"], mac);
     // the pod from before reaches a new pod on the other node over both families
     let (pod1, v4_1, v6_1) = dual_pod(&c.hosts[1], &a1.conf(&etcd), "fl-1");
     assert!(reaches(&pod0, &v4_1), "{}", a0.log());

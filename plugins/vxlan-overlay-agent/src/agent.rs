@@ -494,23 +494,40 @@ impl Agent {
             return;
         }
         let want = self.vtep(net, underlay, mtu);
-        let mac = match node::reusable_vtep_mac(&self.nl, &want).await {
-            Ok(Some(mac)) if mac != want.mac => mac,
-            Ok(_) => return,
-            Err(e) => {
-                log(&format!("reading {}: {e}", want.name));
-                return;
-            }
-        };
-        log(&format!(
-            "keeping {} as it is, with its VTEP MAC {}",
-            want.name,
-            format_mac(&mac)
-        ));
-        self.local.set_mac(mac);
-        if let Err(e) = self.local.save(&Local::path(&self.overlay)) {
-            log(&format!("saving our state: {e}"));
+        let mut kept = false;
+        if let Some(mac) = reusable_mac(&self.nl, &want).await {
+            self.local.set_mac(mac);
+            kept = true;
         }
+        // flannel-v6.N, in a dual-stack network: its own MAC, kept the same way.
+        if let Some(want6) = self.vtep6(net, underlay, &want) {
+            if let Some(mac) = reusable_mac(&self.nl, &want6).await {
+                self.local.set_mac6(mac);
+                kept = true;
+            }
+        }
+        if kept {
+            if let Err(e) = self.local.save(&Local::path(&self.overlay)) {
+                log(&format!("saving our state: {e}"));
+            }
+        }
+    }
+
+    /// flannel-v6.N over the underlay's IPv6 address, with a MAC of its own: in a
+    /// dual-stack vxlan network on an underlay with an IPv6 address.
+    fn vtep6(&self, net: &Network, underlay: &Underlay, vtep: &Vxlan) -> Option<Vxlan> {
+        let ip6 = underlay
+            .ip6
+            .filter(|_| net.ipv6.is_some() && !net.host_gw)?;
+        Some(Vxlan {
+            name: vtep6_name(net.vni),
+            local: IpAddr::V6(ip6.ip()),
+            mac: self.local.mac6(),
+            mtu: vtep
+                .mtu
+                .min(underlay.link.mtu.saturating_sub(VXLAN6_OVERHEAD)),
+            ..vtep.clone()
+        })
     }
 
     /// The device this node wants.
@@ -727,14 +744,7 @@ impl Agent {
         }
         let mtu = self.mtu(&net, &underlay).map_err(Stop::Fatal)?;
         let vtep = self.vtep(&net, &underlay, mtu);
-        // flannel-v6.N over the underlay's IPv6 address, with a MAC of its own.
-        let vtep6 = (subnet6.zip(underlay.ip6).filter(|_| !net.host_gw)).map(|(_, ip6)| Vxlan {
-            name: vtep6_name(net.vni),
-            local: IpAddr::V6(ip6.ip()),
-            mac: self.local.mac6(),
-            mtu: mtu.min(underlay.link.mtu.saturating_sub(VXLAN6_OVERHEAD)),
-            ..vtep.clone()
-        });
+        let vtep6 = subnet6.and_then(|_| self.vtep6(&net, &underlay, &vtep));
         // A VNI change renames the device: the old one goes, with its peers' state, also
         // when the change happened while we were stopped (the saved VNI names it).
         // host-gw keeps none: the device of before goes.
@@ -1108,6 +1118,26 @@ impl Agent {
         match value.as_deref().and_then(LeaseAttrs::parse) {
             Some(a) if Some(a.public_ip) == ip => Ok(()),
             _ => Err(retry(format!("our lease {key} is gone; claiming again"))),
+        }
+    }
+}
+
+/// The MAC of the device `want` names when the device there (flanneld's) is as wanted in
+/// all but its MAC: it stays as it is, with its MAC.
+async fn reusable_mac(nl: &Netlink, want: &Vxlan) -> Option<[u8; 6]> {
+    match node::reusable_vtep_mac(nl, want).await {
+        Ok(Some(mac)) if mac != want.mac => {
+            log(&format!(
+                "keeping {} as it is, with its VTEP MAC {}",
+                want.name,
+                format_mac(&mac)
+            ));
+            Some(mac)
+        }
+        Ok(_) => None,
+        Err(e) => {
+            log(&format!("reading {}: {e}", want.name));
+            None
         }
     }
 }

@@ -91,6 +91,11 @@ impl Local {
         self.vtep_mac = format_mac(&mac);
     }
 
+    /// The same for flannel-v6.N's.
+    pub fn set_mac6(&mut self, mac: [u8; 6]) {
+        self.vtep_mac6 = format_mac(&mac);
+    }
+
     pub fn mac(&self) -> [u8; 6] {
         parse_mac(&self.vtep_mac).expect("checked when loaded or made")
     }
