@@ -85,6 +85,7 @@ fn backend_mtu_is_the_mtu_on_the_wire_as_flannels() {
         a.exited(),
         a.log()
     );
+    let before = h.link("flannel.1").unwrap();
     etcd.ctl(&format!("put {PREFIX}/config '{}'", net(1400)));
     assert!(
         settled(1350),
@@ -94,6 +95,11 @@ fn backend_mtu_is_the_mtu_on_the_wire_as_flannels() {
         a.log()
     );
     assert!(a.exited().is_none(), "{}", a.log());
+    // The MTU is set in place: the device (flanneld's on a migrated node) and its MAC stay.
+    let after = h.link("flannel.1").unwrap();
+    for field in ["ifindex", "address"] {
+        assert_eq!(after[field], before[field], "{field}; log:\n{}", a.log());
+    }
 }
 
 #[test]

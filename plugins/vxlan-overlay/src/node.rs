@@ -7,7 +7,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use libcni::net::{self, LinkInfo, Netlink, RouteSpec, Vxlan, VxlanState};
+use libcni::net::{self, LinkInfo, LinkTuning, Netlink, RouteSpec, Vxlan, VxlanState};
 
 use crate::config::Overlay;
 
@@ -118,8 +118,8 @@ pub fn vtep(o: &Overlay, u: &Underlay, mac: [u8; 6], mtu: u32) -> Vxlan {
 }
 
 /// Makes the device, or keeps the one there if it is as asked (VNI, port, local address,
-/// underlay link, MAC, MTU, learning, GBP); one that is not is made anew. Its MAC is set
-/// at creation, never after. As flannel's, it carries the node subnet's network address
+/// underlay link, MAC, learning, GBP; its MTU is set in place, as a changed Backend.MTU
+/// asks); one that is not is made anew. Its MAC is set at creation, never after. As flannel's, it carries the node subnet's network address
 /// as a /32 (a /128 for IPv6), the source of what the host itself sends into the
 /// overlay, and no other address of that family (an old subnet's would make a route via
 /// that address, now another node's, invalid); an IPv6 device keeps its link-local one.
@@ -154,11 +154,12 @@ fn same_family(a: IpNetwork, own: IpNetwork) -> bool {
 
 /// Whether the link is the VXLAN device wanted, as made.
 fn device_matches(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
-    same_settings(l, s, want) && l.mac == want.mac
+    same_device(l, s, want) && l.mac == want.mac && l.mtu == want.mtu
 }
 
-/// Whether the link is a VXLAN device as wanted in all but its MAC.
-fn same_settings(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
+/// Whether the link is a VXLAN device as wanted in all but its MAC and MTU, the two
+/// settings a device is kept through (the MAC kept, the MTU set in place).
+fn same_device(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
     l.kind.as_deref() == Some("vxlan")
         && s.vni == Some(want.vni)
         && s.port == Some(want.port)
@@ -166,11 +167,11 @@ fn same_settings(l: &LinkInfo, s: &VxlanState, want: &Vxlan) -> bool {
         && s.link == Some(want.dev)
         && s.learning == Some(want.learning)
         && s.gbp == want.gbp
-        && l.mtu == want.mtu
 }
 
 /// The MAC of the device there (flanneld's, or ours made before) when it is as wanted in
-/// all but its MAC: that device is kept, as flanneld keeps it, and its MAC with it.
+/// all but its MAC and MTU: that device is kept, as flanneld keeps it, and its MAC with
+/// it.
 pub async fn reusable_vtep_mac(nl: &Netlink, want: &Vxlan) -> Result<Option<[u8; 6]>, net::Error> {
     let Some(l) = nl.link(&want.name).await? else {
         return Ok(None);
@@ -178,22 +179,47 @@ pub async fn reusable_vtep_mac(nl: &Netlink, want: &Vxlan) -> Result<Option<[u8;
     let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
     let mac = <[u8; 6]>::try_from(&l.mac[..]).ok();
     let unicast = mac.filter(|m| m[0] & 1 == 0 && *m != [0; 6]);
-    Ok(unicast.filter(|_| same_settings(&l, &s, want)))
+    Ok(unicast.filter(|_| same_device(&l, &s, want)))
 }
 
-/// The link named like the device, and whether it is the device wanted.
-async fn existing(nl: &Netlink, want: &Vxlan) -> Result<Option<(LinkInfo, bool)>, net::Error> {
+/// How a link named like the device serves.
+enum Fit {
+    /// It is the device wanted.
+    Exact,
+    /// It is, once its MTU is set.
+    Mtu,
+    /// It is something else.
+    Other,
+}
+
+/// The link named like the device, and how it serves.
+async fn existing(nl: &Netlink, want: &Vxlan) -> Result<Option<(LinkInfo, Fit)>, net::Error> {
     let Some(l) = nl.link(&want.name).await? else {
         return Ok(None);
     };
     let s = nl.vxlan_state(&want.name).await?.unwrap_or_default();
-    let matches = device_matches(&l, &s, want);
-    Ok(Some((l, matches)))
+    let fit = if device_matches(&l, &s, want) {
+        Fit::Exact
+    } else if same_device(&l, &s, want) && l.mac == want.mac {
+        Fit::Mtu
+    } else {
+        Fit::Other
+    };
+    Ok(Some((l, fit)))
 }
 
 async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Error> {
-    if let Some((l, matches)) = existing(nl, want).await? {
-        if matches {
+    if let Some((mut l, fit)) = existing(nl, want).await? {
+        if let Fit::Mtu = fit {
+            // Re-creating it would drop every peer's FDB and neighbour entry on it.
+            let mtu = LinkTuning {
+                mtu: Some(want.mtu),
+                ..LinkTuning::default()
+            };
+            nl.tune_link(l.index, &l.name, &mtu).await?;
+            l.mtu = want.mtu;
+        }
+        if let Fit::Exact | Fit::Mtu = fit {
             if !l.up {
                 nl.set_up(l.index, &l.name).await?;
             }
@@ -205,7 +231,7 @@ async fn ensure_device(nl: &Netlink, want: &Vxlan) -> Result<LinkInfo, net::Erro
         // Concurrent ADDs on a node without the device all make it; the first wins, and
         // what it made serves the others if it is the device they want.
         return match existing(nl, want).await? {
-            Some((l, true)) if e.errno() == Some(libc::EEXIST) => Ok(l),
+            Some((l, Fit::Exact)) if e.errno() == Some(libc::EEXIST) => Ok(l),
             _ => Err(e),
         };
     }
