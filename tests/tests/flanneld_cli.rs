@@ -279,3 +279,44 @@ fn kubernetes_mode_flags_stop_the_agent_naming_the_flag() {
         );
     }
 }
+
+/// flanneld's newer firewall and route flags: `-iptables-forward-rules=false` leaves the
+/// FORWARD accept out, `-ip-masq-fully-random-disable` masquerades without fully random
+/// ports, `-ip-blackhole-route` adds a blackhole route for the node's subnet.
+#[test]
+fn forward_rules_off_masquerade_not_fully_random_and_a_blackhole_route() {
+    let c = Cluster::new(1, "192.168.93", 1500);
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!("put {PREFIX}/config '{NET}'"));
+    let h = &c.hosts[0];
+    let more = [
+        "-ip-masq",
+        "-ip-masq-fully-random-disable",
+        "-iptables-forward-rules=false",
+        "--ip-blackhole-route",
+    ]
+    .map(String::from);
+    let a = Agent::start_flags(h, |d| flanneld(&etcd, d, &more), &[]);
+    let s = a.subnet(30);
+    let env = within(Duration::from_secs(10), || {
+        a.subnet_env()
+            .is_some_and(|e| e.contains("FLANNEL_IPMASQ=true"))
+    });
+    assert!(env.is_some(), "{}", a.log());
+    let set = |name: &str| h.sh(&format!("nft list set inet cni_rs {name}"));
+    let net = "10.234.0.0/16";
+    assert!(set("nodemasq4_plain").contains(net), "{}", h.nft_ruleset());
+    assert!(!set("nodemasq4").contains(net), "{}", h.nft_ruleset());
+    assert!(!set("cluster4").contains(net), "{}", h.nft_ruleset());
+    let routes: Value = serde_json::from_str(&h.sh("ip -j route show type blackhole")).unwrap();
+    let held = routes
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["dst"] == s.as_str());
+    assert!(
+        held,
+        "no blackhole route for {s}: {routes}; log:\n{}",
+        a.log()
+    );
+}

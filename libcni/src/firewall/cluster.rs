@@ -12,8 +12,9 @@
 //! Masquerade, in flanneld's order: nothing marked by kube-proxy for its own masquerade
 //! (0x4000), nothing from the cluster network to itself (never between pods); what the
 //! cluster network sends elsewhere, multicast excepted, is masqueraded (fully random
-//! ports, as flanneld's `--random-fully`); what comes from outside to this node's subnet
-//! is not; what the host sends to other nodes' pods is.
+//! ports, as flanneld's `--random-fully`, unless `--ip-masq-fully-random-disable`: then
+//! the network is in the `_plain` set instead); what comes from outside to this node's
+//! subnet is not; what the host sends to other nodes' pods is.
 
 use ipnetwork::IpNetwork;
 
@@ -35,6 +36,15 @@ const FAMILIES: [(&str, &str, &str, &str); 2] = [
 pub struct ClusterNet {
     pub network: IpNetwork,
     pub subnet: IpNetwork,
+}
+
+/// What a node keeps for its cluster networks: flanneld's `--iptables-forward-rules`
+/// (default true), `--ip-masq` and `--ip-masq-fully-random-disable` (inverted).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClusterRules {
+    pub forward: bool,
+    pub masquerade: bool,
+    pub fully_random: bool,
 }
 
 /// The label of a network's node-level elements ("~" is in no container ID).
@@ -62,13 +72,16 @@ fn key(n: &IpNetwork) -> String {
 }
 
 /// The (set, key) pairs a node holding `nets` needs.
-fn wanted(nets: &[ClusterNet], masquerade: bool) -> Vec<(String, String)> {
+fn wanted(nets: &[ClusterNet], r: ClusterRules) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for c in nets {
         let (f, n, s) = (suffix(&c.network), key(&c.network), key(&c.subnet));
-        out.push((format!("cluster{f}"), n.clone()));
-        if masquerade {
-            out.push((format!("nodemasq{f}"), n.clone()));
+        if r.forward {
+            out.push((format!("cluster{f}"), n.clone()));
+        }
+        if r.masquerade {
+            let plain = if r.fully_random { "" } else { "_plain" };
+            out.push((format!("nodemasq{f}{plain}"), n.clone()));
             out.push((format!("nodemasq{f}_within"), format!("{n} . {n}")));
             out.push((format!("nodemasq{f}_subnet"), s));
         }
@@ -98,14 +111,17 @@ pub fn cluster_setup() -> String {
         s += &format!(
             "add set inet {INET_TABLE} {c} {{ type {kind}; flags interval; }}\n\
              add set inet {INET_TABLE} {nm} {{ type {kind}; flags interval; }}\n\
+             add set inet {INET_TABLE} {nm}_plain {{ type {kind}; flags interval; }}\n\
              add set inet {INET_TABLE} {nm}_within {{ type {kind} . {kind}; flags interval; }}\n\
              add set inet {INET_TABLE} {nm}_subnet {{ type {kind}; flags interval; }}\n\
              add rule inet {INET_TABLE} cluster-forward {fam} saddr @{c} {accept}\n\
              add rule inet {INET_TABLE} cluster-forward {fam} daddr @{c} {accept}\n\
              add rule inet {INET_TABLE} cluster-postrouting {fam} saddr . {fam} daddr @{nm}_within return\n\
              add rule inet {INET_TABLE} cluster-postrouting {fam} saddr @{nm} {fam} daddr != {mcast} masquerade fully-random\n\
+             add rule inet {INET_TABLE} cluster-postrouting {fam} saddr @{nm}_plain {fam} daddr != {mcast} masquerade\n\
              add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm}_subnet return\n\
-             add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm} masquerade fully-random\n"
+             add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm} masquerade fully-random\n\
+             add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm}_plain masquerade\n"
         );
     }
     s
@@ -120,19 +136,19 @@ fn adds(label: &Label, elements: &[(String, String)]) -> String {
         .collect()
 }
 
-/// Makes the node's elements for `network_name` these, and the iptables rule present (the
-/// agent: a flushed table or a lost iptables rule comes back). With `prune` (a session's
+/// Makes the node's elements for `network_name` these, and the iptables rule present when
+/// forwarding is accepted (the agent: a flushed table or a lost iptables rule comes back). With `prune` (a session's
 /// start), stale elements of the network (an old subnet, masquerade turned off) go in the
 /// same transaction as the new ones come; without it (a resync) nothing is listed, so a
 /// pass costs one nft run and one iptables check per family.
 pub fn sync_cluster(
     network_name: &str,
     nets: &[ClusterNet],
-    masquerade: bool,
+    rules: ClusterRules,
     prune: bool,
 ) -> Result<(), Error> {
     let label = cluster_label(network_name);
-    let want = wanted(nets, masquerade);
+    let want = wanted(nets, rules);
     let listed = match prune {
         true => labelled_elements("inet", is_ours)?,
         false => Vec::new(),
@@ -145,7 +161,10 @@ pub fn sync_cluster(
     let script = delete_elements("inet", &stale) + &adds(&label, &want);
     let what = format!("keeping the cluster network rules of {network_name}");
     apply_with_setup(&script, cluster_setup(), what)?.wait()?;
-    iptables::accept_marked()
+    match rules.forward {
+        true => iptables::accept_marked(),
+        false => Ok(()),
+    }
 }
 
 /// An ADD's share in the static store, where no agent runs: the forward accept for the
@@ -156,7 +175,12 @@ pub fn start_cluster_forward(
     nets: &[ClusterNet],
 ) -> Result<ForwardPending, Error> {
     let label = cluster_label(network_name);
-    let script = adds(&label, &wanted(nets, false));
+    let forward = ClusterRules {
+        forward: true,
+        masquerade: false,
+        fully_random: true,
+    };
+    let script = adds(&label, &wanted(nets, forward));
     let what = format!("accepting the forwarded traffic of the cluster network {network_name}");
     Ok(ForwardPending(apply_with_setup(
         &script,
@@ -206,7 +230,12 @@ mod tests {
                 subnet: "fd00:97:0:3::/64".parse().unwrap(),
             },
         ];
-        let fwd = wanted(&nets, false);
+        let rules = |masquerade, fully_random| ClusterRules {
+            forward: true,
+            masquerade,
+            fully_random,
+        };
+        let fwd = wanted(&nets, rules(false, true));
         assert_eq!(
             fwd,
             vec![
@@ -214,12 +243,22 @@ mod tests {
                 ("cluster6".into(), "fd00:97::/56".into())
             ]
         );
-        let all = wanted(&nets, true);
+        let all = wanted(&nets, rules(true, true));
         assert!(all.contains(&(
             "nodemasq4_within".into(),
             "10.226.0.0/16 . 10.226.0.0/16".into()
         )));
         assert!(all.contains(&("nodemasq6_subnet".into(), "fd00:97:0:3::/64".into())));
+        let plain = wanted(&nets, rules(true, false));
+        assert!(plain.contains(&("nodemasq4_plain".into(), "10.226.0.0/16".into())));
+        assert!(!plain.iter().any(|(set, _)| set == "nodemasq4"));
+        let no_forward = ClusterRules {
+            forward: false,
+            ..rules(true, true)
+        };
+        assert!(!wanted(&nets, no_forward)
+            .iter()
+            .any(|(set, _)| set.starts_with("cluster")));
         assert_eq!(key(&"10.1.2.3/32".parse().unwrap()), "10.1.2.3");
         let s = cluster_setup();
         assert!(s.contains("meta mark & 0x4000 == 0x4000 return"), "{s}");

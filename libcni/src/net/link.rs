@@ -12,7 +12,7 @@ use netlink_packet_route::link::{
     LinkMessage,
 };
 use netlink_packet_route::route::{
-    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope,
+    RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
@@ -78,6 +78,8 @@ pub struct RouteSpec {
     pub src: Option<IpAddr>,
     /// Who made the route (rtm_protocol), so its maker can find its routes again.
     pub protocol: Option<u8>,
+    /// A blackhole route: what it matches is dropped (no gateway, no link).
+    pub blackhole: bool,
 }
 
 impl RouteSpec {
@@ -97,6 +99,9 @@ impl RouteSpec {
     }
 
     fn describe(&self, op: &str) -> String {
+        if self.blackhole {
+            return format!("{op} blackhole route {}", self.dst());
+        }
         let via = self.gw.map_or(String::new(), |g| format!(" via {g}"));
         format!("{op} route {}{via} dev #{}", self.dst(), self.oif)
     }
@@ -106,8 +111,11 @@ impl RouteSpec {
         let dst = self.dst();
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix())
-            .map_err(|e| bad(e.to_string()))?
-            .output_interface(self.oif);
+            .map_err(|e| bad(e.to_string()))?;
+        b = match self.blackhole {
+            true => b.kind(RouteType::BlackHole),
+            false => b.output_interface(self.oif),
+        };
         if let Some(gw) = self.gw {
             b = b.gateway(gw).map_err(|e| bad(e.to_string()))?;
         }

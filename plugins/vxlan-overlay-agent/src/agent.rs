@@ -17,7 +17,7 @@ use std::net::IpAddr;
 
 use etcd_client::{Client, ConnectOptions, EventType, WatchResponse};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use libcni::net::{format_mac, Netlink, Vxlan};
+use libcni::net::{format_mac, Netlink, RouteSpec, Vxlan};
 use vxlan_overlay::config::{vtep6_name, vtep_name, Etcd, Overlay, Store};
 use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
@@ -28,7 +28,7 @@ use crate::flannel::{lease_key, LeaseAttrs, Network, Subnets};
 use crate::iface::Selection;
 use crate::notify;
 use crate::rules::NodeRules;
-use libcni::firewall::ClusterNet;
+use libcni::firewall::{ClusterNet, ClusterRules};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -434,6 +434,32 @@ impl Agent {
     /// VXLAN's 50 bytes (flannel's rule since v0.21.3); else the plugin config's `mtu`
     /// (the pods'); else what the underlay carries. host-gw adds nothing to a packet: the
     /// underlay's MTU, as flanneld writes it.
+    /// flanneld's firewall flags, as the store gives them.
+    fn cluster_rules(&self) -> ClusterRules {
+        ClusterRules {
+            forward: self.etcd.forward_rules,
+            masquerade: self.etcd.ip_masq,
+            fully_random: !self.etcd.ip_masq_fully_random_disable,
+        }
+    }
+
+    /// flanneld's `--ip-blackhole-route`: a blackhole route for each subnet of this node,
+    /// so what is sent to its unassigned addresses is dropped here instead of following
+    /// the default route (nodes where no bridge holds the subnet, Canal's). As flanneld's:
+    /// the kernel's defaults (one there already is fine), never removed, a failure
+    /// logged.
+    async fn blackhole(&self, nets: &[ClusterNet]) {
+        for n in nets {
+            let r = RouteSpec {
+                blackhole: true,
+                ..RouteSpec::new(n.subnet, None, 0)
+            };
+            if let Err(e) = self.nl.add_route(&r).await {
+                log(&format!("adding the blackhole route for {}: {e}", n.subnet));
+            }
+        }
+    }
+
     fn mtu(&self, net: &Network, underlay: &Underlay) -> Result<u32, String> {
         if net.host_gw {
             return Ok(underlay.link.mtu);
@@ -786,9 +812,12 @@ impl Agent {
         // ipMasq does, per container: FLANNEL_IPMASQ=true only once they are in place.
         let nets = cluster_nets(&net, subnet, subnet6);
         let kept = (self.rules)
-            .keep(&self.overlay.name, &nets, self.etcd.ip_masq)
+            .keep(&self.overlay.name, &nets, self.cluster_rules())
             .await;
         let ip_masq = self.etcd.ip_masq && kept;
+        if self.etcd.blackhole_route {
+            self.blackhole(&nets).await;
+        }
         let ipv6 = (net.ipv6.as_ref().zip(subnet6)).map(|(n, s)| {
             let first = u128::from(s.network()) + 1;
             let gateway =
@@ -1106,7 +1135,7 @@ impl Agent {
             self.program(None).await;
         }
         (self.rules)
-            .resync(&self.overlay.name, &nets, self.etcd.ip_masq)
+            .resync(&self.overlay.name, &nets, self.cluster_rules())
             .await;
     }
 

@@ -33,8 +33,8 @@ enum Kind {
 enum Role {
     Serve,
     /// Accepted so a flanneld unit starts, with no effect here (klog's level flags: the
-    /// agent logs every change it makes; iptables' resync period: it keeps no iptables
-    /// rules of flanneld's).
+    /// agent logs every change it makes; iptables' resync period: the rules are checked
+    /// at every reconcile, at most every 5 s).
     Accept,
     /// A flag of flanneld's Kubernetes mode: set to anything but its default, it stops
     /// the agent (exit code 2) naming the flag.
@@ -98,7 +98,14 @@ const FLAGS: &[Flag] = &[
         "subnet lease renewal margin, in minutes, ranging from 1 to 1439"),
     flag("healthz-ip", Text, "0.0.0.0", Serve, "the IP address for healthz server to listen"),
     flag("healthz-port", Int, "0", Serve, "the port for healthz server to listen (0 to disable)"),
-    flag("iptables-resync", Int, "5", Accept, "resync period for iptables rules, in seconds"),
+    flag("iptables-resync", Int, "5", Accept,
+        "resync period for iptables rules, in seconds (ours: every reconcile, at most every 5 s)"),
+    flag("iptables-forward-rules", Bool, "true", Serve,
+        "add default accept rules to FORWARD chain in iptables"),
+    flag("ip-masq-fully-random-disable", Bool, "false", Serve,
+        "disable fully-random mode for MASQUERADE"),
+    flag("ip-blackhole-route", Bool, "false", Serve,
+        "add blackhole route on the node for the local podCIDR"),
     flag("v", Text, "0", Accept, "klog's verbosity"),
     flag("vmodule", Text, "", Accept, "klog's per-file verbosity"),
     flag("log_backtrace_at", Text, "", Accept, "klog's backtrace location"),
@@ -131,6 +138,12 @@ const CONF_FIELDS: &[(&str, &[&str])] = &[
     ("etcd-password", &["store", "password"]),
     ("subnet-file", &["subnetFile"]),
     ("ip-masq", &["store", "ipMasq"]),
+    (
+        "ip-masq-fully-random-disable",
+        &["store", "ipMasqFullyRandomDisable"],
+    ),
+    ("iptables-forward-rules", &["store", "iptablesForwardRules"]),
+    ("ip-blackhole-route", &["store", "ipBlackholeRoute"]),
 ];
 
 /// The network name of an agent run on flags alone (it names the agent's saved state,
@@ -380,7 +393,7 @@ impl Given {
                 // flanneld joins keys to the prefix with Go's path.Join, which drops a
                 // trailing or doubled '/'.
                 "etcd-prefix" => json!(clean_prefix(v)),
-                "ip-masq" => json!(parse_bool(v) == Some(true)),
+                _ if lookup(name).is_some_and(|f| f.kind == Bool) => json!(parse_bool(v)),
                 _ => json!(v),
             };
             let mut at = &mut patch;

@@ -84,6 +84,12 @@ struct StoreConf {
     password: Option<String>,
     #[serde(default)]
     ip_masq: bool,
+    #[serde(default)]
+    ip_masq_fully_random_disable: bool,
+    #[serde(default)]
+    iptables_forward_rules: Option<bool>,
+    #[serde(default)]
+    ip_blackhole_route: bool,
 }
 
 /// Where the node table lives.
@@ -118,6 +124,15 @@ pub struct Etcd {
     pub password: Option<String>,
     /// The agent's node masquerade (flanneld's --ip-masq; `ipMasq` in the store).
     pub ip_masq: bool,
+    /// Its ports not fully random (--ip-masq-fully-random-disable;
+    /// `ipMasqFullyRandomDisable`).
+    pub ip_masq_fully_random_disable: bool,
+    /// The forward accept for the cluster network (--iptables-forward-rules, default
+    /// true; `iptablesForwardRules`).
+    pub forward_rules: bool,
+    /// A blackhole route for the node's subnet of each family (--ip-blackhole-route;
+    /// `ipBlackholeRoute`), for nodes without a bridge holding it (Canal's).
+    pub blackhole_route: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -453,6 +468,9 @@ fn etcd(s: StoreConf) -> Result<Etcd, Error> {
         username: s.username.filter(|u| !u.is_empty()),
         password: s.password,
         ip_masq: s.ip_masq,
+        ip_masq_fully_random_disable: s.ip_masq_fully_random_disable,
+        forward_rules: s.iptables_forward_rules.unwrap_or(true),
+        blackhole_route: s.ip_blackhole_route,
     })
 }
 
