@@ -60,7 +60,10 @@ pub fn add(
     let a = Attachment::of(args);
     let mut pending = ipam.map(|i| PendingLease::start(i, args)).transpose()?;
     let mut undo = Undo::new();
-    let bridge = k.run(ensure_bridge(k.host(), spec))?;
+    // As the reference: a gateway bridge's MAC is fixed before the port joins, so the
+    // containers' gateway MAC never changes under them.
+    let pin = spec.is_gateway && ipam.is_some();
+    let bridge = k.run(ensure_bridge(k.host(), spec, pin))?;
     let mac = spec.container_mac(&a);
     let host = claim(
         k,
@@ -188,9 +191,10 @@ fn addrs(r: &CniResult) -> Vec<IpNetwork> {
     r.ips.iter().map(|i| i.address).collect()
 }
 
-/// The bridge, made if missing; a link of that name that is not a bridge is refused.
-async fn ensure_bridge(nl: &Netlink, spec: &BridgeSpec) -> Result<LinkInfo, Error> {
-    let bridge = nl.ensure_bridge(&spec.bridge, spec.mtu).await?;
+/// The bridge, made if missing, its MAC fixed with `pin`; a link of that name that is
+/// not a bridge is refused.
+async fn ensure_bridge(nl: &Netlink, spec: &BridgeSpec, pin: bool) -> Result<LinkInfo, Error> {
+    let mut bridge = nl.ensure_bridge(&spec.bridge, spec.mtu).await?;
     if bridge.kind.as_deref() != Some("bridge") {
         return Err(Error::config(format!(
             "{:?} already exists but is not a bridge",
@@ -199,6 +203,9 @@ async fn ensure_bridge(nl: &Netlink, spec: &BridgeSpec) -> Result<LinkInfo, Erro
     }
     if spec.promisc && !bridge.promisc {
         nl.set_promisc(bridge.index, &bridge.name).await?;
+    }
+    if pin {
+        bridge = nl.pin_bridge_mac(bridge).await?;
     }
     Ok(bridge)
 }

@@ -270,6 +270,27 @@ impl Netlink {
         Ok(l)
     }
 
+    /// Fixes the MAC of `bridge` where the kernel does not keep it yet, so it no longer
+    /// follows its lowest port's as ports come and go (as a MAC given at creation does):
+    /// the MAC it has now, or a random one for the all-zero MAC of a bridge whose ports
+    /// all left. Only then: setting a MAC, even the same, flushes the link's neighbours.
+    pub async fn pin_bridge_mac(&self, bridge: LinkInfo) -> Result<LinkInfo, Error> {
+        if mac_is_set(&bridge) == Some(true) {
+            return Ok(bridge);
+        }
+        let mac = if bridge.mac.iter().all(|b| *b == 0) {
+            random_mac()?
+        } else {
+            bridge.mac.clone()
+        };
+        let msg = LinkUnspec::new_with_index(bridge.index)
+            .address(mac.clone())
+            .build();
+        self.set_link(msg, || format!("fixing the MAC of bridge {}", bridge.name))
+            .await?;
+        Ok(LinkInfo { mac, ..bridge })
+    }
+
     /// Creates a veth pair whose peer, with MAC `peer_mac`, is born inside `peer_ns` (no
     /// move afterwards).
     pub async fn create_veth(
@@ -331,7 +352,9 @@ impl Netlink {
     }
 
     /// Moves link `index` into `ns`, down, under the name `name` (and `alias`, if given),
-    /// in one request.
+    /// in one request. The kernel moves it under its current name when that is free in
+    /// `ns` and renames it there after: `name` must be known free in `ns` (else see
+    /// [`Netlink::move_link_renamed_first`]).
     pub async fn move_link(
         &self,
         index: u32,
@@ -351,6 +374,48 @@ impl Netlink {
             format!("moving link #{index} to {} as {name}", ns.path().display())
         })
         .await
+    }
+
+    /// Moves `link` into `ns` as `name`, all or nothing: down and renamed here first, then
+    /// moved under that name, which fails cleanly where `ns` has a link of that name; then
+    /// it gets its name and state back here. (In one request the kernel moves a link
+    /// under its current name when that is free there and fails only at the rename after,
+    /// leaving the link moved under the wrong name.)
+    pub async fn move_link_renamed_first(
+        &self,
+        link: &LinkInfo,
+        name: &str,
+        ns: &Netns,
+    ) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(link.index)
+            .down()
+            .name(name.to_string())
+            .build();
+        self.set_link(msg, || format!("renaming {} to {name}", link.name))
+            .await?;
+        let msg = LinkUnspec::new_with_index(link.index)
+            .setns_by_fd(ns.fd())
+            .build();
+        let moved = self
+            .set_link(msg, || {
+                format!("moving {name} to {}", ns.path().display())
+            })
+            .await;
+        if moved.is_err() {
+            let mut back = LinkUnspec::new_with_index(link.index).name(link.name.clone());
+            if link.up {
+                back = back.up();
+            }
+            let undone = self
+                .set_link(back.build(), || {
+                    format!("giving {name} its name {} back", link.name)
+                })
+                .await;
+            if let Err(e) = undone {
+                eprintln!("{e}");
+            }
+        }
+        moved
     }
 
     /// The interface of this namespace's IPv4 default route (the reference's choice of
@@ -767,6 +832,22 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
 }
 
 /// A random locally administered unicast MAC.
+/// Whether the kernel keeps `link`'s MAC as set (addr_assign_type NET_ADDR_SET, which
+/// netlink does not report), as sysfs says where its entry is this link: /sys may be
+/// another namespace's, so its index and MAC must match. None: cannot tell.
+fn mac_is_set(link: &LinkInfo) -> Option<bool> {
+    // The kernel's name of a link: no '/', never "." or "..".
+    let dir = std::path::Path::new("/sys/class/net").join(&link.name);
+    let read = |f: &str| {
+        std::fs::read_to_string(dir.join(f))
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    let same = read("ifindex")? == link.index.to_string()
+        && read("address")? == super::format_mac(&link.mac);
+    same.then(|| read("addr_assign_type").as_deref() == Some("3"))
+}
+
 pub fn random_mac() -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let mut mac = vec![0u8; 6];

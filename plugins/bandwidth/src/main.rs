@@ -57,7 +57,8 @@ struct RuntimeConfig {
 
 impl Conf {
     /// The limits to apply: the config's own when it names any, else the capability's
-    /// (as the reference, which ignores the capability then).
+    /// (as the reference, which ignores the capability then). Named means the key is
+    /// there, null included: Go makes the reference's entry for any key of it.
     fn load(args: &CmdArgs) -> Result<(Conf, Limits), Error> {
         let c: Conf = args.parse_conf()?;
         if !c.unshaped_subnets.is_empty() || !c.shaped_subnets.is_empty() {
@@ -66,14 +67,15 @@ impl Conf {
                 "unshapedSubnets/shapedSubnets are not supported",
             ));
         }
-        let own = [
-            c.ingress_rate,
-            c.ingress_burst,
-            c.egress_rate,
-            c.egress_burst,
-        ];
+        let named = args.raw.as_object().is_some_and(|m| {
+            m.keys().any(|k| {
+                ["ingressRate", "ingressBurst", "egressRate", "egressBurst"]
+                    .iter()
+                    .any(|f| k.eq_ignore_ascii_case(f))
+            })
+        });
         let limits = match c.runtime_config.bandwidth {
-            Some(cap) if own.iter().all(Option::is_none) => cap,
+            Some(cap) if !named => cap,
             _ => Limits {
                 ingress_rate: c.ingress_rate.unwrap_or(0),
                 ingress_burst: c.ingress_burst.unwrap_or(0),

@@ -370,10 +370,16 @@ impl Plugin for HostDevice {
         restored.and(ipam.map(|_| ()))
     }
 
+    /// The IPAM plugin's CHECK, then the container's interface against prevResult; a
+    /// device bound to a userspace driver has no interface to look at (as the reference).
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
+        let (_, device) = Conf::load(args)?;
         let prev = args.required_prev_result()?;
         if let Some(i) = Delegate::ipam(args) {
             i.run("CHECK", args)?;
+        }
+        if device.is_dpdk() {
+            return Ok(());
         }
         let k = Kernel::new()?;
         let inside = k.connect_in(args.required_netns()?)?;
@@ -410,7 +416,7 @@ fn give_back(k: &Kernel, inside: &Netlink, saved: &Saved) -> Result<bool, Error>
         return Ok(false);
     };
     let host = this_netns()?;
-    k.run(inside.move_link(link.index, &id.name, None, &host))?;
+    k.run(inside.move_link_renamed_first(&link, &id.name, &host))?;
     restore(k, &id.name, saved)?;
     Ok(true)
 }
@@ -432,7 +438,7 @@ fn give_back_by_alias(k: &Kernel, inside: &Netlink, ifname: &str) -> Result<bool
         return Ok(false);
     }
     let host = this_netns()?;
-    k.run(inside.move_link(link.index, name, None, &host))?;
+    k.run(inside.move_link_renamed_first(&link, name, &host))?;
     eprintln!("{ifname} went back as {name}, as its alias says, without addresses: no record of the device");
     Ok(true)
 }

@@ -24,7 +24,38 @@ struct Conf {
     #[serde(default)]
     mtu: u32,
     #[serde(default)]
-    dns: Option<Dns>,
+    dns: DnsConf,
+}
+
+/// The config's `dns` as Go reads it: a list given, even empty, is set; a missing or
+/// null one is not.
+#[derive(Debug, Default, Deserialize)]
+struct DnsConf {
+    #[serde(default)]
+    nameservers: Option<Vec<String>>,
+    #[serde(default)]
+    domain: String,
+    #[serde(default)]
+    search: Option<Vec<String>>,
+    #[serde(default)]
+    options: Option<Vec<String>>,
+}
+
+impl DnsConf {
+    /// The DNS that replaces IPAM's in the result, as the reference's dnsConfSet: any
+    /// field set replaces all of it (empty lists included); none set keeps IPAM's.
+    fn replacement(&self) -> Option<Dns> {
+        let set = self.nameservers.is_some()
+            || self.search.is_some()
+            || self.options.is_some()
+            || !self.domain.is_empty();
+        set.then(|| Dns {
+            nameservers: self.nameservers.clone().unwrap_or_default(),
+            domain: self.domain.clone(),
+            search: self.search.clone().unwrap_or_default(),
+            options: self.options.clone().unwrap_or_default(),
+        })
+    }
 }
 
 impl Conf {
@@ -167,8 +198,8 @@ impl Plugin for Ptp {
             Interface::host(&host.name, &host.mac),
             Interface::container(a.ifname(), &a.container_mac(), &args.netns),
         ];
-        if let Some(dns) = conf.dns.as_ref().filter(|d| !d.is_empty()) {
-            r.dns = dns.clone();
+        if let Some(dns) = conf.dns.replacement() {
+            r.dns = dns;
         }
         undo.commit();
         lease.commit();

@@ -221,10 +221,12 @@ impl Plugin for Tuning {
             k.run(nl.tune_link(link.index, a.ifname(), &tuning))?;
         }
         if let Some(mac) = &tuning.mac {
+            // As the reference, by name: prevResult may say the sandbox otherwise than
+            // CNI_NETNS does; a host interface of that name is another link.
             for i in result
                 .interfaces
                 .iter_mut()
-                .filter(|i| i.name == args.ifname && i.sandbox == args.netns)
+                .filter(|i| i.name == args.ifname && !i.sandbox.is_empty())
             {
                 i.mac = format_mac(mac);
             }
