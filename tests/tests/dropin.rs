@@ -430,3 +430,271 @@ fn a_plugin_run_by_hand_says_what_it_is_without_reading_stdin() {
         }
     }
 }
+
+// ---- Issue 19, behaviour: the bridge's MAC, ptp's dns, bandwidth's config over
+// runtimeConfig, tuning's mac from the config, host-device's DEL and DPDK CHECK. ----
+
+/// One call of `plugin` from `dir` in `host` for the container `c`.
+fn call_in(
+    dir: &std::path::Path,
+    plugin: &str,
+    cmd: &str,
+    host: &Ns,
+    c: &Ns,
+    id: &str,
+    conf: &Value,
+) -> Outcome {
+    let mut call = Call::new(plugin, cmd, host, &c.path(), id);
+    call.bin_dir = dir.to_path_buf();
+    call.run(conf)
+}
+
+/// A gateway bridge made without a MAC of its own (as the reference's ensureBridge and
+/// `ip link add` make it) keeps the MAC it had while containers come and go, so their
+/// gateway MAC does not change under them (upstream's "creates a bridge with a stable
+/// MAC addresses").
+#[test]
+fn a_gateway_bridge_keeps_its_mac_while_ports_join_and_leave() {
+    for (side, dir) in sides() {
+        let host = Ns::new("h");
+        host.sh("ip link add cnistab0 type bridge");
+        let mac = || host.link("cnistab0").unwrap()["address"].clone();
+        let before = mac();
+        let data = tempfile::tempdir().unwrap();
+        let mut conf = bridge_conf("1.0.0", data.path(), "10.100.0.0/24", json!({}));
+        conf["bridge"] = json!("cnistab0");
+        let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+        let r = call_in(&dir, "bridge", "ADD", &host, &c1, "st1", &conf).expect_ok();
+        assert_eq!(mac(), before, "{side}: the first port joined");
+        assert_eq!(r["interfaces"][0]["mac"], before, "{side}: {r}");
+        call_in(&dir, "bridge", "ADD", &host, &c2, "st2", &conf).expect_ok();
+        assert_eq!(mac(), before, "{side}: the second port joined");
+        call_in(&dir, "bridge", "DEL", &host, &c1, "st1", &conf).expect_ok();
+        assert_eq!(mac(), before, "{side}: the first port left");
+        call_in(&dir, "bridge", "DEL", &host, &c2, "st2", &conf).expect_ok();
+        assert_eq!(mac(), before, "{side}: the last port left");
+    }
+}
+
+/// A bridge whose ports all left has the MAC 00:00:00:00:00:00, which no bridge can be
+/// given: the reference fails there ("could not set bridge's mac"); ours fixes a random
+/// one, which then stays.
+#[test]
+fn a_gateway_bridge_left_without_ports_gets_a_mac_that_stays() {
+    for (side, dir) in sides() {
+        let host = Ns::new("h");
+        host.sh(
+            "ip link add cnizero0 type bridge && ip link add zp0 type veth peer name zp1 && \
+             ip link set zp0 master cnizero0 && ip link del zp0",
+        );
+        let mac = || host.link("cnizero0").unwrap()["address"].clone();
+        assert_eq!(mac(), "00:00:00:00:00:00");
+        let data = tempfile::tempdir().unwrap();
+        let mut conf = bridge_conf("1.0.0", data.path(), "10.101.0.0/24", json!({}));
+        conf["bridge"] = json!("cnizero0");
+        let c = Ns::new("c");
+        let added = call_in(&dir, "bridge", "ADD", &host, &c, "z1", &conf);
+        if side == "reference" {
+            assert!(!added.ok, "{side}: {}", added.stdout);
+            continue;
+        }
+        let r = added.expect_ok();
+        let fixed = mac();
+        assert_ne!(fixed, "00:00:00:00:00:00");
+        assert_eq!(r["interfaces"][0]["mac"], fixed, "{side}: {r}");
+        call_in(&dir, "bridge", "DEL", &host, &c, "z1", &conf).expect_ok();
+        assert_eq!(mac(), fixed, "{side}: the last port left");
+    }
+}
+
+/// ptp's `dns` replaces IPAM's in the result when it gives any field, even an empty list;
+/// absent or null, IPAM's stays.
+#[test]
+fn ptp_dns_in_the_config_replaces_ipams_also_with_empty_lists() {
+    let resolv = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        resolv.path(),
+        "nameserver 10.102.0.53\ndomain ipam.test\nsearch ipam.test\noptions ndots:2\n",
+    )
+    .unwrap();
+    let cases = [
+        None,
+        Some(json!({"nameservers": null})),
+        Some(json!({"nameservers": [], "search": [], "options": []})),
+        Some(json!({"domain": "ptp.test"})),
+        Some(json!({"nameservers": ["10.102.0.54"]})),
+    ];
+    for dns in cases {
+        let seen: Vec<Value> = sides()
+            .iter()
+            .map(|(side, dir)| {
+                let host = Ns::new("h");
+                let c = Ns::new("c");
+                let data = tempfile::tempdir().unwrap();
+                let mut conf = json!({"cniVersion": "1.0.0", "name": "ptpdns", "type": "ptp",
+                    "ipam": {"type": "host-local", "dataDir": data.path(), "resolvConf": resolv.path(),
+                             "ranges": [[{"subnet": "10.102.0.0/24"}]]}});
+                if let Some(d) = &dns {
+                    conf["dns"] = d.clone();
+                }
+                let r = call_in(dir, "ptp", "ADD", &host, &c, "p1", &conf).expect_ok();
+                call_in(dir, "ptp", "DEL", &host, &c, "p1", &conf).expect_ok();
+                eprintln!("{side} {dns:?}: {r}");
+                // Go prints an empty DNS as {}, we leave it out
+                r.get("dns").cloned().unwrap_or(json!({}))
+            })
+            .collect();
+        assert_eq!(seen[0], seen[1], "{dns:?}: ours, then the reference's");
+        if dns.is_none() {
+            assert_eq!(seen[0]["nameservers"], json!(["10.102.0.53"]), "IPAM's DNS");
+        }
+    }
+}
+
+/// The rate of the tbf on `dev` in `ns`, as tc shows it, or None.
+fn tbf_rate(ns: &Ns, dev: &str) -> Option<String> {
+    let out = ns.sh(&format!("tc qdisc show dev {dev}"));
+    let line = out.lines().find(|l| l.contains("tbf"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "rate")?;
+    words.next().map(str::to_string)
+}
+
+/// bandwidth: the config's own rates win over runtimeConfig's when the config names any
+/// of them, null included (Go makes the reference's entry for any key of it).
+#[test]
+fn bandwidth_config_rates_win_over_runtime_config_whenever_named() {
+    let cases = [
+        (
+            json!({"ingressRate": 4000000, "ingressBurst": 40000}),
+            Some("4Mbit"),
+        ),
+        (json!({"ingressRate": null}), None),
+        (json!({}), Some("8Mbit")),
+    ];
+    for (own, want) in cases {
+        for (side, dir) in sides() {
+            let host = Ns::new("h");
+            let c = Ns::new("c");
+            host.sh(&format!(
+                "ip link add bwh0 type veth peer name eth0 netns {} && ip link set bwh0 up",
+                c.name
+            ));
+            c.sh("ip link set eth0 up");
+            let mut conf = json!({"cniVersion": "1.0.0", "name": "bwnet", "type": "bandwidth",
+                "runtimeConfig": {"bandwidth": {"ingressRate": 8000000, "ingressBurst": 80000}},
+                "prevResult": {"cniVersion": "1.0.0",
+                    "interfaces": [{"name": "bwh0"}, {"name": "eth0", "sandbox": c.path()}],
+                    "ips": [{"address": "10.103.0.2/24", "interface": 1}]}});
+            merge(&mut conf, own.clone());
+            call_in(&dir, "bandwidth", "ADD", &host, &c, "b1", &conf).expect_ok();
+            assert_eq!(tbf_rate(&host, "bwh0").as_deref(), want, "{side} {own}");
+            call_in(&dir, "bandwidth", "DEL", &host, &c, "b1", &conf).expect_ok();
+        }
+    }
+}
+
+/// tuning's `mac` from the config file is set and is in the result, for the interface
+/// prevResult names, whatever sandbox path it gives; DEL puts the old MAC back.
+#[test]
+fn tuning_mac_from_the_config_file_is_in_the_result() {
+    for (side, dir) in sides() {
+        let host = Ns::new("h");
+        let c = Ns::new("c");
+        c.sh("ip link add eth0 type veth peer name tpeer0");
+        let before = c.link("eth0").unwrap()["address"].clone();
+        let data = tempfile::tempdir().unwrap();
+        let mac = "c2:11:22:33:44:55";
+        let conf = json!({"cniVersion": "1.0.0", "name": "tunemac", "type": "tuning",
+            "mac": mac, "dataDir": data.path(),
+            "prevResult": {"cniVersion": "1.0.0",
+                "interfaces": [{"name": "eth0", "sandbox": "netns"}],
+                "ips": [{"address": "10.104.0.2/24", "gateway": "10.104.0.1", "interface": 0}]}});
+        let r = call_in(&dir, "tuning", "ADD", &host, &c, "t1", &conf).expect_ok();
+        assert_eq!(r["interfaces"][0]["mac"], mac, "{side}: {r}");
+        assert_eq!(c.link("eth0").unwrap()["address"], mac, "{side}");
+        call_in(&dir, "tuning", "DEL", &host, &c, "t1", &conf).expect_ok();
+        assert_eq!(c.link("eth0").unwrap()["address"], before, "{side}");
+    }
+}
+
+/// host-device: a DEL that cannot give the device back (the host has a link of its name
+/// meanwhile) fails and leaves it in the container as it was; once the name is free a DEL
+/// gives it back (upstream's "ensures CmdDel is idempotent"); ours succeeds again after.
+#[test]
+fn host_device_del_is_retried_after_a_name_conflict() {
+    for (side, dir) in sides() {
+        let host = Ns::new("h");
+        let c = Ns::new("c");
+        host.sh("ip link add hdev0 type veth peer name hdpeer0 && ip link set hdev0 up");
+        let mac = host.link("hdev0").unwrap()["address"].clone();
+        let data = tempfile::tempdir().unwrap();
+        let conf = json!({"cniVersion": "1.0.0", "name": "hdnet", "type": "host-device",
+            "device": "hdev0", "dataDir": data.path()});
+        call_in(&dir, "host-device", "ADD", &host, &c, "hd1", &conf).expect_ok();
+        host.sh("ip link add hdev0 type veth peer name hdpeer1 && ip link set hdev0 up");
+        let del = call_in(&dir, "host-device", "DEL", &host, &c, "hd1", &conf);
+        assert!(!del.ok, "{side}: DEL with hdev0 taken on the host");
+        let inside = c.link("eth0");
+        let inside = inside.unwrap_or_else(|| panic!("{side}: eth0 left the container"));
+        assert_eq!(inside["address"], mac, "{side}");
+        assert!(
+            inside["flags"].as_array().unwrap().contains(&json!("UP")),
+            "{side}: {inside}"
+        );
+        host.sh("ip link del hdev0");
+        call_in(&dir, "host-device", "DEL", &host, &c, "hd1", &conf).expect_ok();
+        assert_eq!(host.link("hdev0").unwrap()["address"], mac, "{side}");
+        assert!(c.link("eth0").is_none(), "{side}");
+        if side == "ours" {
+            // the reference fails here: it looks for eth0 in the container
+            call_in(&dir, "host-device", "DEL", &host, &c, "hd1", &conf).expect_ok();
+        }
+    }
+}
+
+/// host-device with `pciBusID` naming a device bound to a userspace driver (DPDK): no
+/// interface moves, and CHECK looks for none. The device is faked: each call runs in a
+/// mount namespace of its own (`ip netns exec` makes one) with a tmpfs over
+/// /sys/bus/pci holding 0000:00:00.1 bound to vfio-pci, as upstream's test fakes it.
+#[test]
+fn host_device_check_of_a_dpdk_device_looks_for_no_interface() {
+    for (side, dir) in sides() {
+        let fake = tempfile::tempdir().unwrap();
+        let script = format!(
+            "#!/bin/sh\nset -e\nmount -t tmpfs cni-test /sys/bus/pci\n\
+             mkdir -p /sys/bus/pci/devices/0000:00:00.1 /sys/bus/pci/drivers/vfio-pci\n\
+             ln -s ../../../../bus/pci/drivers/vfio-pci /sys/bus/pci/devices/0000:00:00.1/driver\n\
+             exec {} \"$@\"\n",
+            dir.join("host-device").display()
+        );
+        let wrapper = fake.path().join("host-device");
+        std::fs::write(&wrapper, script).unwrap();
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink(dir.join("static"), fake.path().join("static")).unwrap();
+        let host = Ns::new("h");
+        let c = Ns::new("c");
+        let conf = json!({"cniVersion": "1.0.0", "name": "dpdknet", "type": "host-device",
+            "pciBusID": "0000:00:00.1",
+            "ipam": {"type": "static", "addresses": [{"address": "10.105.0.1/24", "gateway": "10.105.0.254"}]}});
+        let r = call_in(fake.path(), "host-device", "ADD", &host, &c, "dp1", &conf).expect_ok();
+        assert_eq!(r["ips"][0]["address"], "10.105.0.1/24", "{side}: {r}");
+        assert!(c.link("eth0").is_none(), "{side}");
+        let check = with_prev(&conf, &r);
+        let checked = call_in(
+            fake.path(),
+            "host-device",
+            "CHECK",
+            &host,
+            &c,
+            "dp1",
+            &check,
+        );
+        assert!(checked.ok, "{side}: {} {}", checked.stdout, checked.stderr);
+        call_in(fake.path(), "host-device", "DEL", &host, &c, "dp1", &check).expect_ok();
+    }
+}
