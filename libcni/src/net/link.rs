@@ -397,9 +397,7 @@ impl Netlink {
             .setns_by_fd(ns.fd())
             .build();
         let moved = self
-            .set_link(msg, || {
-                format!("moving {name} to {}", ns.path().display())
-            })
+            .set_link(msg, || format!("moving {name} to {}", ns.path().display()))
             .await;
         if moved.is_err() {
             let mut back = LinkUnspec::new_with_index(link.index).name(link.name.clone());
