@@ -160,8 +160,16 @@ mod tests {
         }
         assert!(store.ips_of("c2", "eth0").unwrap().is_empty());
         // the reference's text: what no set took, after the sets took theirs
-        let asked = [ip("10.9.0.5"), ip("10.9.0.6"), ip("10.8.0.1"), ip("10.9.0.5")];
+        let asked = [
+            ip("10.9.0.5"),
+            ip("10.9.0.6"),
+            ip("10.8.0.1"),
+            ip("10.9.0.5"),
+        ];
         let e = allocate(&store, &s, "c2", "eth0", &asked).unwrap_err();
-        assert_eq!(e.msg, "failed to allocate all requested IPs: 10.9.0.6 10.8.0.1");
+        assert_eq!(
+            e.msg,
+            "failed to allocate all requested IPs: 10.9.0.6 10.8.0.1"
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! `static` IPAM: hands out exactly the addresses (with their gateways), routes and DNS of
 //! the config, as the reference does: CNI_ARGS `IP=` (CIDR, comma-separated) adds
-//! addresses and `GATEWAY=` sets the gateway of those whose subnet holds it; `args.cni.ips`
-//! and then runtimeConfig `ips` replace them. Nothing is persisted.
+//! addresses and `GATEWAY=` sets the gateway of those of them whose subnet holds it;
+//! `args.cni.ips` and then runtimeConfig `ips` replace them. Nothing is persisted.
 
 use std::net::IpAddr;
 
