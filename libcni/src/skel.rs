@@ -281,18 +281,20 @@ pub fn dispatch(
         .map_err(|e| Error::new(code::DECODE, "decoding network config").details(e.to_string()))?;
     let conf: NetConf = crate::decode::from_value(&raw)
         .map_err(|e| Error::config("invalid network config").details(e.to_string()))?;
-    let version = Version::supported_of(&conf.cni_version, plugin.versions())?;
-    let allowed = match command {
-        Command::Check => version.has_check(),
-        Command::Status | Command::Gc => version.has_status_and_gc(),
+    // As the reference: a command the config's version lacks is refused (with its text,
+    // which callers compare) before the plugin's own versions are looked at.
+    let allowed = |v: Version| match command {
+        Command::Check => v.has_check(),
+        Command::Status | Command::Gc => v.has_status_and_gc(),
         _ => true,
     };
-    if !allowed {
+    if Version::parse(&conf.cni_version).is_some_and(|v| !allowed(v)) {
         return Err(Error::new(
             code::INCOMPATIBLE_VERSION,
-            format!("config version {} does not allow {cmd_s}", conf.cni_version),
+            format!("config version does not allow {cmd_s}"),
         ));
     }
+    let version = Version::supported_of(&conf.cni_version, plugin.versions())?;
     // As the reference's skel: every command but VERSION, DEL included.
     names::network_name(&conf.name)?;
     let netns = env("CNI_NETNS").unwrap_or_default();

@@ -384,10 +384,11 @@ impl CniResult {
             ip6: of(false),
             dns: self.dns.clone(),
         };
+        // 0.1.0/0.2.0 results need an address; the reference's text for a layer 2 one.
         if old.ip4.is_none() && old.ip6.is_none() {
             return Err(Error::new(
                 code::INCOMPATIBLE_VERSION,
-                format!("cannot convert the result to version {version}: it has no IP address"),
+                "cannot convert: no valid IP addresses",
             ));
         }
         serde_json::to_value(old).map_err(|e| Error::new(code::INTERNAL, e.to_string()))

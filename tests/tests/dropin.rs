@@ -698,3 +698,328 @@ fn host_device_check_of_a_dpdk_device_looks_for_no_interface() {
         call_in(fake.path(), "host-device", "DEL", &host, &c, "dp1", &check).expect_ok();
     }
 }
+
+// ---- Issue 19, errors a caller sees (layer 2 on 0.1.0/0.2.0, CHECK before 0.4.0, static's
+// CIDRs, bandwidth's rate and burst, host-local's requests and too small subnets): the
+// reference's exact text; ours keeps its own code where it has one (the README says so).
+
+/// Runs `plugin` `command` with `conf` and CNI_ARGS `cni_args` on each side, in fresh
+/// namespaces where `setup` prepared the host one: (ours, the reference's).
+fn on_both(
+    plugin: &str,
+    command: &str,
+    conf: &Value,
+    cni_args: &str,
+    setup: impl Fn(&Ns),
+) -> [Outcome; 2] {
+    sides().map(|(_, dir)| {
+        let host = Ns::new("h");
+        setup(&host);
+        let c = Ns::new("c");
+        let mut call =
+            Call::new(plugin, command, &host, &c.path(), "i19").env("CNI_ARGS", cni_args);
+        call.bin_dir = dir;
+        call.run(conf)
+    })
+}
+
+/// Both sides refused with the same msg, ours with `ours_code`, the reference with
+/// `reference_code`; the msg.
+#[track_caller]
+fn refused_alike(what: &str, outs: &[Outcome; 2], ours_code: u64, reference_code: u64) -> String {
+    let [ours, reference] = outs;
+    assert!(
+        !reference.ok,
+        "{what}: the reference accepted: {}",
+        reference.stdout
+    );
+    assert!(!ours.ok, "{what}: ours accepted: {}", ours.stdout);
+    assert_eq!(
+        reference.code(),
+        reference_code,
+        "{what}: {}",
+        reference.stdout
+    );
+    assert_eq!(
+        ours.json["msg"], reference.json["msg"],
+        "{what}: ours, then the reference's"
+    );
+    assert_eq!(ours.code(), ours_code, "{what}: {}", ours.stdout);
+    ours.json["msg"].as_str().unwrap_or_default().to_string()
+}
+
+/// The interface stays after the refused ADD, as the reference leaves it (upstream's
+/// specs look for it, with the MAC asked for), and DEL removes it.
+#[test]
+fn layer_2_results_on_0_1_0_and_0_2_0_are_refused_as_the_reference() {
+    let mac = "c2:11:22:33:44:55";
+    for v in ["0.1.0", "0.2.0", "0.3.1"] {
+        let bridge = json!({"cniVersion": v, "name": "l2", "type": "bridge", "bridge": "cnil2b0"});
+        let podman_none = json!({"cniVersion": v, "name": "l2", "type": "bridge",
+            "bridge": "cnil2b0", "ipam": {}});
+        let macvlan = json!({"cniVersion": v, "name": "l2", "type": "macvlan",
+            "master": "i19par0", "ipam": {}});
+        for (plugin, conf) in [
+            ("bridge", bridge),
+            ("bridge", podman_none),
+            ("macvlan", macvlan),
+        ] {
+            let what = format!("{plugin} {v} {conf}");
+            let mut outs = Vec::new();
+            for (side, dir) in sides() {
+                let host = Ns::new("h");
+                host.sh(
+                    "ip link add i19par0 type veth peer name i19par1 && ip link set i19par0 up",
+                );
+                let c = Ns::new("c");
+                let call = |cmd| {
+                    let mut call = Call::new(plugin, cmd, &host, &c.path(), "l2")
+                        .env("CNI_ARGS", &format!("IgnoreUnknown=true;MAC={mac}"));
+                    call.bin_dir = dir.clone();
+                    call.run(&conf)
+                };
+                outs.push(call("ADD"));
+                let link = c
+                    .link("eth0")
+                    .unwrap_or_else(|| panic!("{side} {what}: no eth0"));
+                if plugin == "macvlan" {
+                    assert_eq!(link["address"], mac, "{side} {what}");
+                }
+                assert!(c.addrs("eth0").is_empty(), "{side} {what}");
+                call("DEL").expect_ok();
+                assert!(c.link("eth0").is_none(), "{side} {what}: DEL left eth0");
+            }
+            let outs: [Outcome; 2] = outs.try_into().unwrap();
+            if v == "0.3.1" {
+                // the same config is fine where a result may have no address
+                assert!(outs.iter().all(|o| o.ok), "{what}: {outs:?}");
+                continue;
+            }
+            let msg = refused_alike(&what, &outs, 1, 999);
+            assert_eq!(msg, "cannot convert: no valid IP addresses", "{what}");
+        }
+    }
+}
+
+#[test]
+fn check_before_0_4_0_is_refused_as_the_reference() {
+    for v in ["0.1.0", "0.2.0", "0.3.0", "0.3.1"] {
+        for plugin in [
+            "bridge",
+            "macvlan",
+            "ptp",
+            "host-local",
+            "static",
+            "bandwidth",
+        ] {
+            let conf = json!({"cniVersion": v, "name": "chk", "type": plugin, "master": "eth0",
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.111.0.0/24"}]]}});
+            let what = format!("{plugin} {v}");
+            let msg = refused_alike(&what, &on_both(plugin, "CHECK", &conf, "", |_| ()), 1, 1);
+            assert_eq!(msg, "config version does not allow CHECK", "{what}");
+        }
+    }
+}
+
+#[test]
+fn static_names_the_field_and_value_of_an_address_without_prefix() {
+    let conf = |extra: Value| {
+        let mut c = json!({"cniVersion": "1.0.0", "name": "st", "type": "bridge",
+            "ipam": {"type": "static", "routes": [{"dst": "0.0.0.0/0"}]}});
+        merge(&mut c, extra);
+        c
+    };
+    let cases = [
+        (
+            conf(json!({"ipam": {"type": "static", "addresses": [{"address": "10.112.0.1"}]}})),
+            "",
+            "the 'address' field is expected to be in CIDR notation, got: '10.112.0.1'",
+        ),
+        (
+            conf(json!({})),
+            "IP=10.112.0.1",
+            "the 'ip' field is expected to be in CIDR notation, got: '10.112.0.1'",
+        ),
+        (
+            conf(json!({})),
+            "IP=10.112.0.1/24,",
+            "the 'ip' field is expected to be in CIDR notation, got: ''",
+        ),
+        (
+            conf(json!({"args": {"cni": {"ips": ["10.112.0.1"]}}})),
+            "",
+            "an entry in the 'ips' field is NOT in CIDR notation, got: '10.112.0.1'",
+        ),
+        (
+            conf(json!({"RuntimeConfig": {"ips": ["fd00:112::1"]}})),
+            "",
+            "an entry in the 'ips' field is NOT in CIDR notation, got: 'fd00:112::1'",
+        ),
+        // CNI_ARGS are read before the config's own addresses
+        (
+            conf(json!({"ipam": {"type": "static", "addresses": [{"address": "bad"}]}})),
+            "IP=worse",
+            "the 'ip' field is expected to be in CIDR notation, got: 'worse'",
+        ),
+    ];
+    for (conf, cni_args, want) in cases {
+        let what = format!("{conf} {cni_args}");
+        let msg = refused_alike(
+            &what,
+            &on_both("static", "ADD", &conf, cni_args, |_| ()),
+            7,
+            999,
+        );
+        assert_eq!(msg, want, "{what}");
+    }
+    // addresses the runtime's `ips` replace are not read, so a bad one fails neither
+    let replaced = conf(
+        json!({"ipam": {"type": "static", "addresses": [{"address": "bad"}]},
+        "runtimeConfig": {"ips": ["10.112.0.9/24"]}}),
+    );
+    let [ours, reference] = on_both("static", "ADD", &replaced, "", |_| ());
+    assert!(reference.ok && ours.ok, "{reference:?} {ours:?}");
+    assert_eq!(ours.json["ips"], reference.json["ips"]);
+    // GATEWAY= sets the gateway of CNI_ARGS' addresses only, as the reference reads it
+    let own =
+        conf(json!({"ipam": {"type": "static", "addresses": [{"address": "10.112.1.2/24"}]}}));
+    let args = "IP=10.112.2.2/24;GATEWAY=10.112.1.1,10.112.2.1";
+    let [ours, reference] = on_both("static", "ADD", &own, args, |_| ());
+    assert!(reference.ok && ours.ok, "{reference:?} {ours:?}");
+    assert_eq!(ours.json["ips"], reference.json["ips"]);
+}
+
+#[test]
+fn bandwidth_rate_and_burst_are_refused_as_the_reference() {
+    let prev = json!({"cniVersion": "1.0.0", "interfaces": [{"name": "veth0"},
+        {"name": "eth0", "sandbox": "/x"}],
+        "ips": [{"address": "10.113.0.2/24", "interface": 1}]});
+    let cases = [
+        (
+            json!({"ingressRate": 0, "ingressBurst": 123, "egressRate": 123, "egressBurst": 123}),
+            "if burst is set, rate must also be set",
+        ),
+        (
+            json!({"egressBurst": 800}),
+            "if burst is set, rate must also be set",
+        ),
+        (
+            json!({"ingressRate": 8000}),
+            "if rate is set, burst must also be set",
+        ),
+        (
+            json!({"runtimeConfig": {"bandwidth": {"egressRate": 8000}}}),
+            "if rate is set, burst must also be set",
+        ),
+        (
+            json!({"ingressRate": 8000, "ingressBurst": 34359738360u64}),
+            "burst cannot be more than 4GB",
+        ),
+    ];
+    for (fields, want) in cases {
+        let mut conf = json!({"cniVersion": "1.0.0", "name": "bw", "type": "bandwidth",
+            "prevResult": prev});
+        merge(&mut conf, fields);
+        let what = conf.to_string();
+        let msg = refused_alike(
+            &what,
+            &on_both("bandwidth", "ADD", &conf, "", |_| ()),
+            7,
+            999,
+        );
+        assert_eq!(msg, want, "{what}");
+    }
+}
+
+#[test]
+fn host_local_names_the_requests_it_could_not_satisfy_as_the_reference() {
+    let data = tempfile::tempdir().unwrap();
+    let conf = |args: Value| {
+        json!({"cniVersion": "1.0.0", "name": "req", "type": "bridge", "args": args,
+            "ipam": {"type": "host-local", "dataDir": data.path(),
+                     "ranges": [[{"subnet": "10.114.2.0/24"}], [{"subnet": "10.114.3.0/24"}]]}})
+    };
+    // outside every range: one left over, in CNI_ARGS and in args
+    for (args, cni_args) in [
+        (json!({}), "IP=10.115.0.5"),
+        (json!({"cni": {"ips": ["10.114.2.5", "10.115.0.5"]}}), ""),
+    ] {
+        let c = conf(args);
+        let what = format!("{c} {cni_args}");
+        let msg = refused_alike(
+            &what,
+            &on_both("host-local", "ADD", &c, cni_args, |_| ()),
+            7,
+            999,
+        );
+        assert_eq!(
+            msg, "failed to allocate all requested IPs: 10.115.0.5",
+            "{what}"
+        );
+        assert_eq!(
+            store_allocations(data.path(), "req"),
+            0,
+            "{what}: nothing stays taken"
+        );
+    }
+    // two in one range set: the set takes one (the reference picks at random), the other
+    // is named (upstream's "fails if a requested custom IP is not used")
+    let c = conf(json!({"cni": {"ips": ["10.114.2.88", "10.114.2.77"]}}));
+    let [ours, reference] = on_both("host-local", "ADD", &c, "", |_| ());
+    assert_eq!((ours.code(), reference.code()), (7, 999));
+    for out in [ours, reference] {
+        let msg = out.json["msg"].as_str().unwrap_or_default();
+        let left = msg.strip_prefix("failed to allocate all requested IPs: ");
+        assert!(matches!(left, Some("10.114.2.88" | "10.114.2.77")), "{msg}");
+    }
+}
+
+#[test]
+fn host_local_refuses_a_subnet_too_small_as_the_reference() {
+    let data = tempfile::tempdir().unwrap();
+    let conf = |ipam: Value| {
+        let mut c = json!({"cniVersion": "1.0.0", "name": "small", "type": "bridge",
+            "bridge": "cnismall0", "isGateway": true,
+            "ipam": {"type": "host-local", "dataDir": data.path()}});
+        merge(&mut c["ipam"], ipam);
+        c
+    };
+    let cases = [
+        (
+            json!({"ranges": [[{"subnet": "10.116.0.0/31"}]]}),
+            0,
+            "10.116.0.0/31",
+        ),
+        (
+            json!({"ranges": [[{"subnet": "10.116.0.1/31"}]]}),
+            0,
+            "10.116.0.1/31",
+        ),
+        (
+            json!({"ranges": [[{"subnet": "10.116.0.7/32"}]]}),
+            0,
+            "10.116.0.7/32",
+        ),
+        (json!({"subnet": "10.116.0.0/31"}), 0, "10.116.0.0/31"),
+        (
+            json!({"ranges": [[{"subnet": "10.116.1.0/24"}], [{"subnet": "fd00:116::/127"}]]}),
+            1,
+            "fd00:116::/127",
+        ),
+        (
+            json!({"ranges": [[{"subnet": "fd00:116::1/128"}]]}),
+            0,
+            "fd00:116::1/128",
+        ),
+    ];
+    for (ipam, set, net) in cases {
+        let c = conf(ipam);
+        let want = format!("invalid range set {set}: Network {net} too small to allocate from");
+        // alone, and through the bridge as podman runs it (its user sees this text)
+        for plugin in ["host-local", "bridge"] {
+            let what = format!("{plugin} {c}");
+            let msg = refused_alike(&what, &on_both(plugin, "ADD", &c, "", |_| ()), 7, 999);
+            assert_eq!(msg, want, "{what}");
+        }
+    }
+}

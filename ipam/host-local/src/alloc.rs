@@ -19,24 +19,23 @@ pub fn allocate(
     ifname: &str,
     requested: &[IpAddr],
 ) -> Result<Vec<IpConfig>, Error> {
-    if let Some(ip) = requested
-        .iter()
-        .find(|ip| !sets.iter().any(|s| s.contains(**ip)))
-    {
-        return Err(Error::config(format!(
-            "failed to allocate all requested IPs: {ip} is in no configured range"
-        )));
+    // As the reference: each set takes the first request it holds; a request no set took
+    // (outside every range, or a second one in a set) fails the call after the sets did.
+    let mut left: Vec<IpAddr> = Vec::new();
+    for ip in requested {
+        if !left.contains(ip) {
+            left.push(*ip);
+        }
     }
     let held = store.ips_of(cid, ifname)?;
     let mut chosen: Vec<(usize, IpAddr)> = Vec::new();
     for (i, set) in sets.iter().enumerate() {
-        let asked: Vec<IpAddr> = requested
+        let asked = left
             .iter()
-            .copied()
-            .filter(|ip| set.contains(*ip))
-            .collect();
-        let ip = match asked[..] {
-            [] => {
+            .position(|ip| set.contains(*ip))
+            .map(|p| left.remove(p));
+        let ip = match asked {
+            None => {
                 if let Some(h) = held.iter().find(|ip| set.contains(**ip)) {
                     return Err(Error::new(
                         code::ADDRESS_IN_USE,
@@ -47,14 +46,16 @@ pub fn allocate(
                 }
                 next_free(store, set, i)?
             }
-            [ip] => take_requested(store, set, i, ip)?,
-            _ => {
-                return Err(Error::config(format!(
-                    "failed to allocate all requested IPs: {asked:?} are all in range set {i}, which gives one address"
-                )))
-            }
+            Some(ip) => take_requested(store, set, i, ip)?,
         };
         chosen.push((i, ip));
+    }
+    if !left.is_empty() {
+        let ips: Vec<String> = left.iter().map(IpAddr::to_string).collect();
+        return Err(Error::config(format!(
+            "failed to allocate all requested IPs: {}",
+            ips.join(" ")
+        )));
     }
     store.reserve(cid, ifname, &chosen)?;
     Ok(chosen
@@ -158,5 +159,17 @@ mod tests {
             assert_eq!(e.code, code, "{bad:?}: {}", e.msg);
         }
         assert!(store.ips_of("c2", "eth0").unwrap().is_empty());
+        // the reference's text: what no set took, after the sets took theirs
+        let asked = [
+            ip("10.9.0.5"),
+            ip("10.9.0.6"),
+            ip("10.8.0.1"),
+            ip("10.9.0.5"),
+        ];
+        let e = allocate(&store, &s, "c2", "eth0", &asked).unwrap_err();
+        assert_eq!(
+            e.msg,
+            "failed to allocate all requested IPs: 10.9.0.6 10.8.0.1"
+        );
     }
 }

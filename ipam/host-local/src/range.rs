@@ -53,9 +53,11 @@ impl Range {
             Error::config(format!("invalid subnet {}", c.subnet)).details(e.to_string())
         })?;
         let bits = if subnet.is_ipv4() { 32 } else { 128 };
+        // The reference's text (podman shows it), with the subnet as written.
         if subnet.prefix() >= bits - 1 {
             return Err(Error::config(format!(
-                "subnet {subnet} is too small to allocate from"
+                "Network {} too small to allocate from",
+                c.subnet
             )));
         }
         let v6 = subnet.is_ipv6();
@@ -199,11 +201,15 @@ pub fn build_sets(confs: &[Vec<RangeConf>]) -> Result<Vec<RangeSet>, Error> {
         ));
     }
     let mut sets = Vec::new();
-    for set in confs {
+    for (i, set) in confs.iter().enumerate() {
         let ranges = set
             .iter()
             .map(Range::from_conf)
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|mut e| {
+                e.msg = format!("invalid range set {i}: {}", e.msg);
+                e
+            })?;
         let Some(first) = ranges.first() else {
             return Err(Error::config("ipam range set is empty"));
         };

@@ -1,12 +1,12 @@
 //! `static` IPAM: hands out exactly the addresses (with their gateways), routes and DNS of
 //! the config, as the reference does: CNI_ARGS `IP=` (CIDR, comma-separated) adds
-//! addresses and `GATEWAY=` sets the gateway of those whose subnet holds it; `args.cni.ips`
-//! and then runtimeConfig `ips` replace them. Nothing is persisted.
+//! addresses and `GATEWAY=` sets the gateway of those of them whose subnet holds it;
+//! `args.cni.ips` and then runtimeConfig `ips` replace them. Nothing is persisted.
 
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use libcni::ipam::{parse_cidr, Requests};
+use libcni::ipam::Requests;
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, IpConfig, Route, Version};
 use libcni::{CniResult, Error};
@@ -34,37 +34,64 @@ struct AddressConf {
     gateway: Option<IpAddr>,
 }
 
-/// The addresses to hand out, with the routes and DNS.
+/// An address with its prefix, "10.0.0.5/24", or what the reference says of `what`.
+fn cidr(s: &str, what: &str) -> Result<IpNetwork, Error> {
+    s.contains('/')
+        .then(|| s.parse::<IpNetwork>().ok())
+        .flatten()
+        .ok_or_else(|| Error::config(format!("{what}, got: '{s}'")))
+}
+
+const NOT_CIDR_IP: &str = "the 'ip' field is expected to be in CIDR notation";
+const NOT_CIDR_IPS: &str = "an entry in the 'ips' field is NOT in CIDR notation";
+const NOT_CIDR_ADDRESS: &str = "the 'address' field is expected to be in CIDR notation";
+
+/// One address of the config or of a request; the config's are read only if no request
+/// replaced them, as the reference reads them.
+enum Entry<'a> {
+    Conf(&'a AddressConf),
+    Parsed(IpConfig),
+}
+
+/// The addresses to hand out, with the routes and DNS; the reference's order, so the
+/// first bad entry is the one it names.
 fn load(args: &CmdArgs) -> Result<(Vec<IpConfig>, Vec<Route>, Dns), Error> {
     let n: NetConf = args.parse_conf()?;
     let ipam = n
         .ipam
         .ok_or_else(|| Error::config("IPAM config missing 'ipam' key"))?;
-    let mut addrs: Vec<IpConfig> = ipam
-        .addresses
-        .iter()
-        .map(|a| Ok(ip_config(parse_cidr(&a.address)?, a.gateway)))
-        .collect::<Result<_, Error>>()?;
+    let mut entries: Vec<Entry> = ipam.addresses.iter().map(Entry::Conf).collect();
     let r = Requests::of(args, true)?;
     for s in &r.cni_args {
-        addrs.push(ip_config(parse_cidr(s)?, None));
+        entries.push(Entry::Parsed(ip_config(cidr(s, NOT_CIDR_IP)?, None)));
     }
     for g in &r.gateways {
         let gw: IpAddr = g
             .parse()
             .map_err(|_| Error::config(format!("invalid gateway address: {g}")))?;
-        for a in addrs.iter_mut().filter(|a| a.address.contains(gw)) {
-            a.gateway = Some(gw);
+        for e in &mut entries {
+            if let Entry::Parsed(a) = e {
+                if a.address.contains(gw) {
+                    a.gateway = Some(gw);
+                }
+            }
         }
     }
     for replacing in [&r.args, &r.runtime_config] {
         if !replacing.is_empty() {
-            addrs = replacing
+            entries = replacing
                 .iter()
-                .map(|s| Ok(ip_config(parse_cidr(s)?, None)))
+                .map(|s| Ok(Entry::Parsed(ip_config(cidr(s, NOT_CIDR_IPS)?, None))))
                 .collect::<Result<_, Error>>()?;
         }
     }
+    let addrs = entries
+        .into_iter()
+        .map(|e| match e {
+            Entry::Conf(a) => Ok(ip_config(cidr(&a.address, NOT_CIDR_ADDRESS)?, a.gateway)),
+            Entry::Parsed(a) => Ok(a),
+        })
+        .collect::<Result<Vec<_>, Error>>()?;
     let v4 = addrs.iter().filter(|a| a.address.is_ipv4()).count();
     if args.version < Version(0, 3, 0) && (v4 > 1 || addrs.len() - v4 > 1) {
         return Err(Error::config(format!(

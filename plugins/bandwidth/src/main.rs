@@ -87,13 +87,15 @@ impl Conf {
             ("ingress", limits.ingress_rate, limits.ingress_burst),
             ("egress", limits.egress_rate, limits.egress_burst),
         ] {
-            if (rate == 0) != (burst == 0) {
-                return Err(Error::config(format!(
-                    "{what}Rate and {what}Burst must be set together"
-                )));
+            // The reference's texts, which its callers compare.
+            if rate != 0 && burst == 0 {
+                return Err(Error::config("if rate is set, burst must also be set"));
+            }
+            if rate == 0 && burst != 0 {
+                return Err(Error::config("if burst is set, rate must also be set"));
             }
             if burst / 8 >= u64::from(u32::MAX) {
-                return Err(Error::config(format!("{what}Burst cannot be 4 GB or more")));
+                return Err(Error::config("burst cannot be more than 4GB"));
             }
             // A token bucket of 0 bytes per second, or of 0 bytes, passes nothing.
             if rate > 0 && (rate / 8 == 0 || burst / 8 == 0) {
