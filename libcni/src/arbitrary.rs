@@ -179,15 +179,17 @@ pub fn check_dispatch(
 /// config, prevResult and CNI_ARGS reading) and never touches the kernel.
 struct Probe<F>(F);
 
-impl<F: Fn(&crate::skel::CmdArgs) -> Result<(), crate::Error>> crate::skel::Plugin for Probe<F> {
-    fn add(&self, a: &crate::skel::CmdArgs) -> Result<crate::CniResult, crate::Error> {
+impl<F: Fn(&crate::skel::CmdArgs) -> Result<(), crate::spec::Error>> crate::skel::Plugin
+    for Probe<F>
+{
+    fn add(&self, a: &crate::skel::CmdArgs) -> Result<crate::spec::CniResult, crate::spec::Error> {
         (self.0)(a)?;
         Ok(a.prev_result()?.unwrap_or_default())
     }
-    fn del(&self, a: &crate::skel::CmdArgs) -> Result<(), crate::Error> {
+    fn del(&self, a: &crate::skel::CmdArgs) -> Result<(), crate::spec::Error> {
         (self.0)(a)
     }
-    fn check(&self, a: &crate::skel::CmdArgs) -> Result<(), crate::Error> {
+    fn check(&self, a: &crate::skel::CmdArgs) -> Result<(), crate::spec::Error> {
         (self.0)(a)
     }
 }
@@ -197,7 +199,7 @@ impl<F: Fn(&crate::skel::CmdArgs) -> Result<(), crate::Error>> crate::skel::Plug
 /// rejection an error object.
 pub fn probe_reading(
     fields: &'static [&'static str],
-    read: impl Fn(&crate::skel::CmdArgs) -> Result<(), crate::Error>,
+    read: impl Fn(&crate::skel::CmdArgs) -> Result<(), crate::spec::Error>,
 ) {
     let commands = prop::sample::select(&["ADD", "DEL", "CHECK", "GC", "STATUS"][..]);
     let input = (

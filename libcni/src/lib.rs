@@ -13,6 +13,7 @@ pub mod exec;
 pub mod files;
 pub mod firewall;
 pub mod ipam;
+pub mod mac;
 pub mod names;
 pub mod net;
 pub mod runtime;

@@ -167,14 +167,6 @@ pub trait Plugin {
 /// 1 with an error object. Without CNI_COMMAND (a person at a terminal) it says what it
 /// is on stderr and exits 0 without reading stdin, as the reference's skel does.
 pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
-    // Started by our own DEL to delete a retired veth pair (attachment::veth).
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).take(3).collect();
-    if let [flag, name] = argv.as_slice() {
-        if flag.to_str() == Some(crate::attachment::veth::REAP_ARG) {
-            std::process::exit(crate::attachment::veth::reap(name.to_str().unwrap_or("")));
-        }
-    }
-    crate::attachment::veth::this_binary_reaps();
     // Whatever the caller's umask, what we create is ours alone.
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };

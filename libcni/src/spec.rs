@@ -182,7 +182,7 @@ impl Interface {
     pub fn host(name: &str, mac: &[u8]) -> Interface {
         Interface {
             name: name.to_string(),
-            mac: crate::net::format_mac(mac),
+            mac: crate::mac::format_mac(mac),
             ..Default::default()
         }
     }

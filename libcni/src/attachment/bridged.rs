@@ -170,10 +170,12 @@ pub fn gc(
     ipam: Option<&Delegate>,
 ) -> Result<(), Error> {
     let valid = args.valid_attachments()?;
-    k.run(
-        k.host()
-            .delete_stale_attachments("veth", &args.conf.name, &valid),
-    )?;
+    k.run(super::delete_stale(
+        k.host(),
+        "veth",
+        &args.conf.name,
+        &valid,
+    ))?;
     // Any attachment's rules carry the MAC check's set entries, whatever its MAC.
     let rules = Rules {
         mac_check: spec.macspoofchk.then_some([0; 6]),

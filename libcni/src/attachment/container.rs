@@ -8,7 +8,8 @@ use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 
-use crate::net::{self, format_mac, sysctl_set, Kernel, Netlink, Netns, RouteSpec};
+use crate::mac::format_mac;
+use crate::net::{self, sysctl_set, Kernel, Netlink, Netns, RouteSpec};
 use crate::skel::CmdArgs;
 use crate::spec::{CniResult, Error, IpConfig, Route};
 

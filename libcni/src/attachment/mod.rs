@@ -18,7 +18,11 @@ pub use lease::{claim, Lease, PendingLease};
 pub use rules::Rules;
 pub use undo::Undo;
 
+use std::collections::HashSet;
+
+use crate::firewall::Label;
 use crate::names::{short_part, stable_hash};
+use crate::net::{self, Netlink};
 use crate::skel::CmdArgs;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -96,29 +100,30 @@ impl Attachment {
     }
 }
 
-/// "network/containerID" on rules and set elements, each part shortened when long: at
-/// most 121 bytes of letters, digits and `_.-~/`, so it fits an nft comment as it is.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Label(String);
-
-impl Label {
-    /// From a validated network name and container ID.
-    pub fn new(network: &str, container_id: &str) -> Label {
-        Label(format!(
-            "{}/{}",
-            short_part(network),
-            short_part(container_id)
-        ))
+/// Deletes the links of `kind` whose alias names an attachment of `network` that is not
+/// among `valid` (containerID, ifname), and its retired veths whose deletion never ran
+/// (GC); returns how many it deleted.
+pub async fn delete_stale(
+    nl: &Netlink,
+    kind: &str,
+    network: &str,
+    valid: &HashSet<(String, String)>,
+) -> Result<usize, net::Error> {
+    let keep: HashSet<String> = valid
+        .iter()
+        .map(|(cid, ifname)| Attachment::new(network, cid, ifname).alias())
+        .collect();
+    let mut deleted = 0;
+    for link in nl.links().await? {
+        let alias = link.alias.as_deref();
+        let ours = alias.is_some_and(|a| Attachment::alias_in_network(a, network));
+        let kept = alias.is_some_and(|a| keep.contains(a)) && !veth::is_retired(&link.name);
+        let stale = link.kind.as_deref() == Some(kind) && ours && !kept;
+        if stale && nl.delete_link(&link.name).await? {
+            deleted += 1;
+        }
     }
-
-    /// What every label of `network` starts with.
-    pub fn network_prefix(network: &str) -> String {
-        format!("{}/", short_part(network))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+    Ok(deleted)
 }
 
 #[cfg(test)]

@@ -47,7 +47,8 @@ impl Rules {
             setup += &firewall::masquerade_setup();
         }
         if let Some(mac) = self.mac_check {
-            script += &firewall::mac_spoof_check(a, mac);
+            let port = firewall::Word::ifname(&a.host_veth())?;
+            script += &firewall::mac_spoof_check(&port, &a.label(), mac);
             setup += &firewall::mac_spoof_setup();
         }
         if script.is_empty() {
@@ -82,10 +83,12 @@ impl Rules {
                 firewall::remove_labelled_masquerade(|n| n == label.as_str())?
             }
         };
-        let mac = self
-            .mac_check
-            .map(|mac| firewall::remove_mac_spoof_check(a, mac))
-            .unwrap_or_default();
+        let mac = match self.mac_check {
+            Some(mac) => {
+                firewall::remove_mac_spoof_check(&firewall::Word::ifname(&a.host_veth())?, mac)
+            }
+            None => String::new(),
+        };
         let what = format!("removing the rules of {}", a.container_id());
         // Separate transactions: either table may be missing, which fails only its own.
         let pending: Vec<Pending> = [masq, mac]

@@ -18,13 +18,22 @@ use super::Attachment;
 use crate::net::{self, Kernel, LinkInfo, Netlink, Netns};
 
 /// The argument that makes a plugin binary the reaper of one retired pair.
-pub const REAP_ARG: &str = "--reap-link";
+const REAP_ARG: &str = "--reap-link";
 
-/// Set by the skeleton: this binary answers [`REAP_ARG`]. A binary that does not (libcni
-/// used elsewhere) deletes pairs in line.
+/// Set by [`serve_reaper`]: this binary answers [`REAP_ARG`]. A binary that does not
+/// (libcni used elsewhere) deletes pairs in line.
 static REAPER: AtomicBool = AtomicBool::new(false);
 
-pub fn this_binary_reaps() {
+/// Makes this binary the reaper of the pairs its DELs retire; a plugin that retires pairs
+/// calls it first in `main`. Started as `<binary> --reap-link <name>` (by such a DEL) it
+/// deletes that pair and exits; otherwise it returns.
+pub fn serve_reaper() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).take(3).collect();
+    if let [flag, name] = argv.as_slice() {
+        if flag.to_str() == Some(REAP_ARG) {
+            std::process::exit(reap(name.to_str().unwrap_or("")));
+        }
+    }
     REAPER.store(true, Ordering::Relaxed);
 }
 
@@ -146,7 +155,7 @@ fn reap_later(name: &str) -> std::io::Result<()> {
 }
 
 /// The reaper: deletes the retired pair `name` in the namespace it was started in.
-pub fn reap(name: &str) -> i32 {
+fn reap(name: &str) -> i32 {
     if !is_retired(name) {
         return 2;
     }

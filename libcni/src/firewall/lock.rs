@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::attachment::Label;
+use super::Label;
 use crate::names::stable_hash;
 use crate::spec::{code, Error};
 

@@ -1,8 +1,7 @@
 //! `macspoofchk`: one shared bridge chain and sets of (port, MAC) pairs.
 
-use super::{delete_elements, labelled_elements, BRIDGE_TABLE};
-use crate::attachment::Attachment;
-use crate::net::format_mac;
+use super::{delete_elements, labelled_elements, Label, Word, BRIDGE_TABLE};
+use crate::mac::format_mac;
 use crate::spec::Error;
 
 /// Script: the shared MAC spoof check, made once: a chain on the bridge prerouting hook
@@ -19,21 +18,21 @@ pub fn mac_spoof_setup() -> String {
     )
 }
 
-/// Script: only `mac` (the container's) may send from the attachment's host veth. Adds set
-/// elements only, so it fails while the shared check is missing: apply it with
-/// [`super::apply_with_setup`] and [`mac_spoof_setup`].
-pub fn mac_spoof_check(a: &Attachment, mac: [u8; 6]) -> String {
-    let (host_veth, mac, note) = (a.host_veth(), format_mac(&mac), a.label());
+/// Script: only `mac` (the container's) may send from the bridge port `host_veth`, the
+/// attachment labelled `note`. Adds set elements only, so it fails while the shared check
+/// is missing: apply it with [`super::apply_with_setup`] and [`mac_spoof_setup`].
+pub fn mac_spoof_check(host_veth: &Word, note: &Label, mac: [u8; 6]) -> String {
+    let (host_veth, mac, note) = (host_veth.as_str(), format_mac(&mac), note.as_str());
     format!(
         "add element bridge {BRIDGE_TABLE} ports {{ \"{host_veth}\" comment \"{note}\" }}\n\
          add element bridge {BRIDGE_TABLE} pairs {{ \"{host_veth}\" . {mac} comment \"{note}\" }}\n"
     )
 }
 
-/// Script: lift the check of the attachment's host veth; fails only when the shared sets
+/// Script: lift the check of the bridge port `host_veth`; fails only when the shared sets
 /// are missing (apply it with [`super::apply_if_present`]).
-pub fn remove_mac_spoof_check(a: &Attachment, mac: [u8; 6]) -> String {
-    let (host_veth, mac) = (a.host_veth(), format_mac(&mac));
+pub fn remove_mac_spoof_check(host_veth: &Word, mac: [u8; 6]) -> String {
+    let (host_veth, mac) = (host_veth.as_str(), format_mac(&mac));
     let mut s = String::new();
     for (set, key) in [
         ("ports", format!("\"{host_veth}\"")),

@@ -1,5 +1,5 @@
 //! Our nftables state in the host namespace, and what every user of it shares: the table
-//! names, the labels (an attachment's [`Label`]) on rules and set elements, listing them,
+//! names, the labels ([`Label`]: network and container) on rules and set elements, listing them,
 //! and applying scripts as one `nft -f -` transaction each ([`apply`] starts one; the
 //! caller waits when it needs to, since nft and the kernel take milliseconds the caller
 //! can spend elsewhere). The rules themselves are in one module per concern; [`lock`]
@@ -11,12 +11,14 @@
 
 mod cluster;
 pub mod iptables;
+mod label;
 pub mod lock;
 mod mac;
 mod masq;
 mod ports;
 
 pub use cluster::*;
+pub use label::Label;
 pub use mac::*;
 pub use masq::*;
 pub use ports::*;
@@ -25,7 +27,6 @@ use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
-pub use crate::attachment::Label;
 use crate::spec::{code, Error};
 
 /// Our table for NAT of IP traffic (both families).
@@ -74,12 +75,6 @@ impl From<&Label> for Word {
     fn from(l: &Label) -> Word {
         // A label is made of checked names, '/' and '~' only.
         Word(l.as_str().to_string())
-    }
-}
-
-impl std::fmt::Display for Label {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -171,8 +166,8 @@ fn key_part(s: &str) -> Option<String> {
     if let Ok(ip) = s.parse::<std::net::IpAddr>() {
         return Some(ip.to_string());
     }
-    if let Some(mac) = crate::net::parse_mac(s) {
-        return Some(crate::net::format_mac(&mac));
+    if let Some(mac) = crate::mac::parse_mac(s) {
+        return Some(crate::mac::format_mac(&mac));
     }
     Word::new(s).map(|w| format!("\"{w}\""))
 }

@@ -22,7 +22,6 @@ use rtnetlink::{
 
 use super::libc_errno::{EADDRNOTAVAIL, EEXIST, EHOSTUNREACH, ENETUNREACH, ESRCH};
 use super::{Error, Netns};
-use crate::attachment::Attachment;
 
 /// What we read back about a link.
 #[derive(Debug, Clone, PartialEq)]
@@ -449,35 +448,6 @@ impl Netlink {
             None => format!("labelling {name} and setting it up"),
         })
         .await
-    }
-
-    /// Deletes the links of `kind` whose alias names an attachment of `network` that is
-    /// not among `valid` (containerID, ifname), and its retired veths whose deletion never
-    /// ran; returns how many it deleted.
-    pub async fn delete_stale_attachments(
-        &self,
-        kind: &str,
-        network: &str,
-        valid: &std::collections::HashSet<(String, String)>,
-    ) -> Result<usize, Error> {
-        let keep: std::collections::HashSet<String> = valid
-            .iter()
-            .map(|(cid, ifname)| Attachment::new(network, cid, ifname).alias())
-            .collect();
-        let mut deleted = 0;
-        for link in self.links().await? {
-            let ours = link
-                .alias
-                .as_deref()
-                .is_some_and(|a| Attachment::alias_in_network(a, network));
-            let kept = link.alias.as_deref().is_some_and(|a| keep.contains(a))
-                && !crate::attachment::veth::is_retired(&link.name);
-            let stale = link.kind.as_deref() == Some(kind) && ours && !kept;
-            if stale && self.delete_link(&link.name).await? {
-                deleted += 1;
-            }
-        }
-        Ok(deleted)
     }
 
     pub async fn set_up(&self, index: u32, name: &str) -> Result<(), Error> {

@@ -14,7 +14,8 @@ use netlink_packet_route::AddressFamily;
 use rtnetlink::LinkVxlan;
 
 use super::link::nl_err;
-use super::{format_mac, Error, Netlink};
+use super::{Error, Netlink};
+use crate::mac::format_mac;
 
 /// A VXLAN device as we make it: no multicast group; learning and group-based policy
 /// (GBP) only when asked (flannel's Backend options, both off by default).

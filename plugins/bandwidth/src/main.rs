@@ -5,7 +5,7 @@
 //! bits per second and bursts in bits, from the config or the `bandwidth` capability.
 //! The ifb carries the attachment in its alias, so GC finds those of gone containers.
 
-use libcni::attachment::{Attachment, Undo};
+use libcni::attachment::{self, Attachment, Undo};
 use libcni::net::{Kernel, LinkInfo, Netlink, Qdisc, Tbf};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::Interface;
@@ -204,7 +204,7 @@ impl Plugin for Bandwidth {
             undo.commit();
             result.interfaces.push(Interface {
                 name: ifb.clone(),
-                mac: libcni::net::format_mac(&mac),
+                mac: libcni::mac::format_mac(&mac),
                 ..Default::default()
             });
         }
@@ -223,10 +223,12 @@ impl Plugin for Bandwidth {
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
         let valid = args.valid_attachments()?;
         let k = Kernel::new()?;
-        k.run(
-            k.host()
-                .delete_stale_attachments("ifb", &args.conf.name, &valid),
-        )
+        k.run(attachment::delete_stale(
+            k.host(),
+            "ifb",
+            &args.conf.name,
+            &valid,
+        ))
         .map(|_| ())
     }
 

@@ -1,6 +1,6 @@
 //! The bridge config, with the reference plugin's field names and defaults.
 
-use libcni::net::parse_mac;
+use libcni::mac::parse_mac;
 use libcni::skel::CmdArgs;
 use libcni::spec::Dns;
 use libcni::{code, Error};

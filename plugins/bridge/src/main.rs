@@ -6,6 +6,7 @@
 mod config;
 
 use libcni::attachment::bridged::{self, BridgeSpec};
+use libcni::attachment::veth;
 use libcni::delegate::Delegate;
 use libcni::net::Kernel;
 use libcni::skel::{self, CmdArgs, Plugin};
@@ -79,6 +80,7 @@ impl Plugin for Bridge {
 }
 
 fn main() {
+    veth::serve_reaper();
     skel::run(&Bridge, "CNI bridge plugin (cni-rs)")
 }
 

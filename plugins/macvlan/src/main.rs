@@ -5,7 +5,8 @@
 
 use libcni::attachment::{claim, container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
-use libcni::net::{parse_mac, Kernel, LinkInfo, MacVlanMode, Netlink};
+use libcni::mac::parse_mac;
+use libcni::net::{Kernel, LinkInfo, MacVlanMode, Netlink};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface};
 use libcni::{code, CniResult, Error};

@@ -4,7 +4,7 @@
 //! all traffic goes through the host's routing. `ipMasq` and `mtu` as the reference's.
 
 use ipnetwork::IpNetwork;
-use libcni::attachment::{claim, container, veth, Attachment, PendingLease, Rules, Undo};
+use libcni::attachment::{self, claim, container, veth, Attachment, PendingLease, Rules, Undo};
 use libcni::delegate::Delegate;
 use libcni::net::{self, Kernel, LinkInfo, Netlink, RouteSpec};
 use libcni::skel::{self, CmdArgs, Plugin};
@@ -252,10 +252,12 @@ impl Plugin for Ptp {
         let (conf, ipam) = Conf::load(args)?;
         let valid = args.valid_attachments()?;
         let k = Kernel::new()?;
-        k.run(
-            k.host()
-                .delete_stale_attachments("veth", &args.conf.name, &valid),
-        )?;
+        k.run(attachment::delete_stale(
+            k.host(),
+            "veth",
+            &args.conf.name,
+            &valid,
+        ))?;
         // IPAM first: the rules' removal holds every nft stripe until this process exits.
         ipam.run("GC", args)?;
         conf.rules()
@@ -264,6 +266,7 @@ impl Plugin for Ptp {
 }
 
 fn main() {
+    veth::serve_reaper();
     skel::run(&Ptp, "CNI ptp plugin (cni-rs)")
 }
 

@@ -9,7 +9,8 @@ use std::path::PathBuf;
 
 use libcni::attachment::backup::Backups;
 use libcni::attachment::Attachment;
-use libcni::net::{self, format_mac, parse_mac, Kernel, LinkInfo, LinkTuning};
+use libcni::mac::{format_mac, parse_mac};
+use libcni::net::{self, Kernel, LinkInfo, LinkTuning};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde::{Deserialize, Serialize};

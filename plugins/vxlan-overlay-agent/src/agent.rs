@@ -17,7 +17,8 @@ use std::net::IpAddr;
 
 use etcd_client::{Client, ConnectOptions, EventType, WatchResponse};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use libcni::net::{format_mac, Netlink, RouteSpec, Vxlan};
+use libcni::mac::format_mac;
+use libcni::net::{Netlink, RouteSpec, Vxlan};
 use vxlan_overlay::config::{vtep6_name, vtep_name, Etcd, Overlay, Store};
 use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
@@ -26,6 +27,7 @@ use vxlan_overlay::subnet_env::SubnetEnv;
 use crate::etcd;
 use crate::flannel::{lease_key, LeaseAttrs, Network, Subnets};
 use crate::iface::Selection;
+use crate::log::log;
 use crate::notify;
 use crate::rules::NodeRules;
 use libcni::firewall::{ClusterNet, ClusterRules};
@@ -47,10 +49,6 @@ pub enum Stop {
 
 fn retry(e: String) -> Stop {
     Stop::Retry(e)
-}
-
-pub fn log(msg: &str) {
-    eprintln!("vxlan-overlay-agent: {msg}");
 }
 
 /// What this node holds once a session has claimed its lease.

@@ -17,8 +17,8 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use tokio::time::error::Elapsed;
 use vxlan_overlay::config::Etcd;
 
-use crate::agent::log;
 use crate::flannel::{LeaseAttrs, Network};
+use crate::log::log;
 
 /// No single call waits longer; an etcd that does not answer is an outage.
 pub const CALL_WAIT: Duration = Duration::from_secs(5);

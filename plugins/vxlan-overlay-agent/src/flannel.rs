@@ -9,7 +9,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
-use libcni::net::{format_mac, parse_mac};
+use libcni::mac::{format_mac, parse_mac};
 use serde::{Deserialize, Serialize};
 use vxlan_overlay::config::{check_vni_names_a_link, check_vni_names_a_link6};
 use vxlan_overlay::node::VXLAN_OVERHEAD;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::agent::log;
+use crate::log::log;
 
 /// A request head larger than this, or slower than READ_WAIT, gets no answer.
 const MAX_HEAD: usize = 8 << 10;

@@ -13,6 +13,7 @@ mod etcd;
 mod flannel;
 mod healthz;
 mod iface;
+mod log;
 mod notify;
 mod rules;
 
@@ -22,8 +23,9 @@ use std::process::ExitCode;
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use agent::{log, Agent};
+use agent::Agent;
 use cli::Options;
+use log::log;
 
 /// A config file as JSON (its vxlan-overlay entry is read after the flags are merged in).
 fn read_config(path: &Path) -> Result<serde_json::Value, String> {

@@ -7,7 +7,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::agent::log;
+use crate::log::log;
 
 static SENT: AtomicBool = AtomicBool::new(false);
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use libcni::firewall::{self, ClusterNet, ClusterRules};
 
-use crate::agent::log;
+use crate::log::log;
 
 /// No nft or iptables run of one pass takes longer (each is bounded at 30 s itself).
 const RULES_WAIT: Duration = Duration::from_secs(70);

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Overlay;
 use ipnetwork::{Ipv4Network, Ipv6Network};
-use libcni::net::{format_mac, parse_mac, random_mac};
+use libcni::mac::{format_mac, parse_mac};
+use libcni::net::random_mac;
 use libcni::{files, Error};
 use serde::{Deserialize, Serialize};
 

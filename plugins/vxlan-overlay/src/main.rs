@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::attachment::bridged::{self, BridgeSpec};
-use libcni::attachment::{Attachment, Rules};
+use libcni::attachment::{veth, Attachment, Rules};
 use libcni::delegate::Delegate;
 use libcni::firewall::{self, ClusterNet, ForwardPending, Label};
 use libcni::net::{Kernel, Netlink, Vxlan};
@@ -454,6 +454,7 @@ async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libc
 }
 
 fn main() {
+    veth::serve_reaper();
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("teardown") {
         let force = argv.iter().skip(2).any(|a| a == "--force");
