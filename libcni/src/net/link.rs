@@ -799,7 +799,6 @@ fn route_info(m: &RouteMessage) -> Option<RouteInfo> {
     })
 }
 
-/// A random locally administered unicast MAC.
 /// Whether the kernel keeps `link`'s MAC as set (addr_assign_type NET_ADDR_SET, which
 /// netlink does not report), as sysfs says where its entry is this link: /sys may be
 /// another namespace's, so its index and MAC must match. None: cannot tell.
@@ -812,10 +811,11 @@ fn mac_is_set(link: &LinkInfo) -> Option<bool> {
             .map(|s| s.trim().to_string())
     };
     let same = read("ifindex")? == link.index.to_string()
-        && read("address")? == super::format_mac(&link.mac);
+        && read("address")? == crate::mac::format_mac(&link.mac);
     same.then(|| read("addr_assign_type").as_deref() == Some("3"))
 }
 
+/// A random locally administered unicast MAC.
 pub fn random_mac() -> Result<Vec<u8>, Error> {
     use std::io::Read;
     let mut mac = vec![0u8; 6];
