@@ -16,7 +16,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
+    Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
     RouteMessageBuilder,
 };
 
@@ -416,6 +416,29 @@ impl Netlink {
         moved
     }
 
+    /// Creates a dummy link with `mac` in this connection's namespace. A kernel without the dummy
+    /// driver answers EOPNOTSUPP ("Unknown device type").
+    pub async fn create_dummy(&self, name: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let msg = LinkDummy::new(name).address(mac.to_vec()).build();
+        self.add_link(msg, || format!("creating dummy {name}")).await
+    }
+
+    /// Makes link `index` a port of `controller` (a bridge of the same namespace).
+    pub async fn set_controller(
+        &self,
+        index: u32,
+        name: &str,
+        controller: &LinkInfo,
+    ) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(controller.index)
+            .build();
+        self.set_link(msg, || {
+            format!("making {name} a port of {}", controller.name)
+        })
+        .await
+    }
+
     /// The interface of this namespace's IPv4 default route (the reference's choice of
     /// a master or underlay when none is named).
     pub async fn default_route_link(&self) -> Result<Option<LinkInfo>, Error> {
@@ -786,7 +809,7 @@ fn address_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpNet
     IpNetwork::new(ip, m.header.prefix_len).ok()
 }
 
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+pub(super) fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),

@@ -97,6 +97,14 @@ impl Netns {
         &self.path
     }
 
+    /// Takes the exclusive flock of the namespace file, as the reference's sbr does to
+    /// serialise its invocations on one namespace (so ours and its exclude each other);
+    /// held while this handle is open. False when `wait` ran out.
+    pub fn lock(&self, wait: std::time::Duration) -> Result<bool, Error> {
+        crate::files::flock_exclusive(&self.file, wait)
+            .map_err(|e| Error::io(format!("locking netns {}", self.path.display()), e))
+    }
+
     /// Runs `f` with this thread inside the namespace, then puts the thread back.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T, Error> {
         let own = File::open("/proc/thread-self/ns/net")
