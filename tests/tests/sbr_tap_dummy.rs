@@ -22,13 +22,11 @@ fn call<'a>(dir: &PathBuf, plugin: &'a str, cmd: &'a str, host: &'a Ns, c: &Ns) 
 /// 10.130.1.5/24 and fd00:130::5/64, default routes via .1 and ::1.
 fn container() -> Ns {
     let c = Ns::new("c");
-    c.sh(
-        "ip link add eth0 type veth peer name p0 && \
+    c.sh("ip link add eth0 type veth peer name p0 && \
          ip addr add 10.130.1.5/24 dev eth0 && ip addr add fd00:130::5/64 dev eth0 nodad && \
          ip link set eth0 up && ip link set p0 up && \
          ip route add default via 10.130.1.1 dev eth0 && \
-         ip -6 route add default via fd00:130::1 dev eth0",
-    );
+         ip -6 route add default via fd00:130::1 dev eth0");
     for _ in 0..100 {
         if c.sh("ip -6 route show dev eth0").contains("fe80::/64") {
             break;
@@ -89,7 +87,10 @@ fn sbr_routes_each_address_through_its_own_table_as_the_reference() {
         let (host, c) = (Ns::new("h"), container());
         let conf = sbr_conf(json!({}), &c);
         let r = call(&dir, "sbr", "ADD", &host, &c).run(&conf).expect_ok();
-        assert_eq!(r["ips"], conf["prevResult"]["ips"], "{side}: passes prevResult on");
+        assert_eq!(
+            r["ips"], conf["prevResult"]["ips"],
+            "{side}: passes prevResult on"
+        );
         let state = routing(&c);
         assert!(
             has(&state, &[r#""src":"10.130.1.5""#, r#""table":"100""#])
@@ -97,9 +98,21 @@ fn sbr_routes_each_address_through_its_own_table_as_the_reference() {
             "{side}: {state:#?}"
         );
         assert!(
-            has(&state, &["route", r#""dst":"default""#, r#""gateway":"10.130.1.1""#, r#""table":"100""#])
-                && has(&state, &["route", r#""dst":"10.130.1.0/24""#, r#""table":"100""#])
-                && has(&state, &["route", r#""gateway":"fd00:130::1""#, r#""table":"101""#]),
+            has(
+                &state,
+                &[
+                    "route",
+                    r#""dst":"default""#,
+                    r#""gateway":"10.130.1.1""#,
+                    r#""table":"100""#
+                ]
+            ) && has(
+                &state,
+                &["route", r#""dst":"10.130.1.0/24""#, r#""table":"100""#]
+            ) && has(
+                &state,
+                &["route", r#""gateway":"fd00:130::1""#, r#""table":"101""#]
+            ),
             "{side}: {state:#?}"
         );
         assert!(
@@ -149,7 +162,10 @@ fn sbr_del_removes_the_rules_as_the_reference() {
                 && !has(&state, &["rule", r#""src":"fd00:130::5""#]),
             "{side}: {state:#?}"
         );
-        assert!(has(&state, &["route", r#""table":"100""#]), "{side}: {state:#?}");
+        assert!(
+            has(&state, &["route", r#""table":"100""#]),
+            "{side}: {state:#?}"
+        );
         seen.push(state);
     }
     assert_eq!(seen[0], seen[1], "ours, then the reference's");
@@ -168,7 +184,10 @@ fn sbr_needs_a_prev_result_with_addresses_as_the_reference() {
             "{side}: {}",
             out.stdout
         );
-        let conf = sbr_conf(json!({"prevResult": {"cniVersion": "1.0.0", "ips": []}}), &c);
+        let conf = sbr_conf(
+            json!({"prevResult": {"cniVersion": "1.0.0", "ips": []}}),
+            &c,
+        );
         let out = call(&dir, "sbr", "ADD", &host, &c).run(&conf);
         assert!(
             !out.ok && out.json["msg"] == "No IP addresses supplied on interface: eth0",
@@ -191,17 +210,30 @@ fn sbr_table_field_adds_only_the_rules() {
     call(&dir, "sbr", "ADD", &host, &c).run(&conf).expect_ok();
     let state = routing(&c);
     assert!(
-        has(&state, &["rule", r#""src":"10.130.1.5""#, r#""table":"300""#])
-            && has(&state, &["rule", r#""src":"fd00:130::5""#, r#""table":"300""#]),
+        has(
+            &state,
+            &["rule", r#""src":"10.130.1.5""#, r#""table":"300""#]
+        ) && has(
+            &state,
+            &["rule", r#""src":"fd00:130::5""#, r#""table":"300""#]
+        ),
         "{state:#?}"
     );
-    let routes = |s: &[String]| s.iter().filter(|l| l.starts_with("route")).cloned().collect::<Vec<_>>();
+    let routes = |s: &[String]| {
+        s.iter()
+            .filter(|l| l.starts_with("route"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
     assert_eq!(routes(&state), routes(&before), "routes untouched");
     call(&dir, "sbr", "DEL", &host, &c).run(&conf).expect_ok();
     let state = routing(&c);
     assert!(!has(&state, &["rule", r#""table":"300""#]), "{state:#?}");
     assert!(
-        has(&state, &["rule", r#""src":"10.130.1.5""#, r#""table":"400""#]),
+        has(
+            &state,
+            &["rule", r#""src":"10.130.1.5""#, r#""table":"400""#]
+        ),
         "another table's rule stays: {state:#?}"
     );
 }
@@ -213,11 +245,15 @@ fn sbr_skips_a_table_holding_routes() {
     let (host, c) = (Ns::new("h"), container());
     c.sh("ip route add 10.130.7.0/24 dev p0 table 100");
     let conf = sbr_conf(json!({}), &c);
-    call(&bin_dir(), "sbr", "ADD", &host, &c).run(&conf).expect_ok();
+    call(&bin_dir(), "sbr", "ADD", &host, &c)
+        .run(&conf)
+        .expect_ok();
     let state = routing(&c);
     assert!(
-        has(&state, &["rule", r#""src":"10.130.1.5""#, r#""table":"101""#])
-            && !has(&state, &["route", "10.130.1.0/24", r#""table":"100""#]),
+        has(
+            &state,
+            &["rule", r#""src":"10.130.1.5""#, r#""table":"101""#]
+        ) && !has(&state, &["route", "10.130.1.0/24", r#""table":"100""#]),
         "{state:#?}"
     );
 }
@@ -232,7 +268,13 @@ fn sbr_del_without_the_interface_or_namespace_succeeds() {
     call(&dir, "sbr", "ADD", &host, &c).run(&conf).expect_ok();
     c.sh("ip link del eth0");
     call(&dir, "sbr", "DEL", &host, &c).run(&conf).expect_ok();
-    let gone = Call::new("sbr", "DEL", &host, "/var/run/netns/cni-rs-no-such-ns", "sbr1");
+    let gone = Call::new(
+        "sbr",
+        "DEL",
+        &host,
+        "/var/run/netns/cni-rs-no-such-ns",
+        "sbr1",
+    );
     gone.run(&conf).expect_ok();
 }
 
@@ -273,7 +315,11 @@ fn tap_layer2_with_its_fields() {
     assert_eq!(info["multi_queue"], true, "{l}");
     assert_eq!(info["persist"], true, "{l}");
     // Numbers, as no user or group of the machine has these IDs.
-    assert_eq!((info["user"].clone(), info["group"].clone()), (json!(54321), json!(54322)), "{l}");
+    assert_eq!(
+        (info["user"].clone(), info["group"].clone()),
+        (json!(54321), json!(54322)),
+        "{l}"
+    );
     assert_eq!(l["mtu"], 1400, "{l}");
     assert_eq!(l["address"], "02:13:10:00:00:05", "{l}");
     assert!(l["flags"].as_array().unwrap().contains(&json!("UP")), "{l}");
@@ -297,7 +343,9 @@ fn tap_with_ipam_on_a_bridge_checks_and_deletes() {
     assert_eq!(c.addrs("eth0"), vec!["10.131.0.2/24".to_string()]);
     let l = c.link("eth0").unwrap();
     assert_eq!(l["master"], "tapbr0", "{l}");
-    assert!(c.routes("-4").contains(&"10.131.8.0/24 via 10.131.0.1".to_string()));
+    assert!(c
+        .routes("-4")
+        .contains(&"10.131.8.0/24 via 10.131.0.1".to_string()));
     let checked = with_prev(&conf, &r);
     tap_call("CHECK", &host, &c).run(&checked).expect_ok();
     c.sh("ip addr del 10.131.0.2/24 dev eth0");

@@ -420,7 +420,8 @@ impl Netlink {
     /// driver answers EOPNOTSUPP ("Unknown device type").
     pub async fn create_dummy(&self, name: &str, mac: [u8; 6]) -> Result<(), Error> {
         let msg = LinkDummy::new(name).address(mac.to_vec()).build();
-        self.add_link(msg, || format!("creating dummy {name}")).await
+        self.add_link(msg, || format!("creating dummy {name}"))
+            .await
     }
 
     /// Makes link `index` a port of `controller` (a bridge of the same namespace).
@@ -746,21 +747,30 @@ impl Netlink {
 
     /// Routes of the main table for one address family.
     pub async fn routes(&self, v6: bool) -> Result<Vec<RouteInfo>, Error> {
+        let msgs = self.route_messages(v6).await?;
+        Ok(msgs.iter().filter_map(route_info).collect())
+    }
+
+    /// Every route of one address family, of every table, as the kernel lists them.
+    pub(super) async fn route_messages(&self, v6: bool) -> Result<Vec<RouteMessage>, Error> {
         let mut filter = RouteMessage::default();
         filter.header.address_family = if v6 {
             AddressFamily::Inet6
         } else {
             AddressFamily::Inet
         };
-        let msgs: Vec<_> = self
-            .handle
+        self.handle
             .route()
             .get(filter)
             .execute()
             .try_collect()
             .await
-            .map_err(|e| nl_err("listing routes", e))?;
-        Ok(msgs.iter().filter_map(route_info).collect())
+            .map_err(|e| {
+                nl_err(
+                    format!("listing {} routes", if v6 { "IPv6" } else { "IPv4" }),
+                    e,
+                )
+            })
     }
 }
 

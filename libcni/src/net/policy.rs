@@ -135,20 +135,8 @@ impl Netlink {
     }
 
     async fn all_routes(&self) -> Result<Vec<RouteMessage>, Error> {
-        let mut all = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut filter = RouteMessage::default();
-            filter.header.address_family = family;
-            let msgs: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(filter)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| nl_err("listing routes of every table", e))?;
-            all.extend(msgs);
-        }
+        let mut all = self.route_messages(false).await?;
+        all.extend(self.route_messages(true).await?);
         Ok(all)
     }
 

@@ -52,20 +52,16 @@ impl Plugin for Dummy {
                 made => made.map(Ok),
             }
         };
-        let live = async { Ok(inside.link(a.ifname()).await?.is_some_and(|l| is_ours(&l, &a))) };
+        let live = async {
+            Ok(inside
+                .link(a.ifname())
+                .await?
+                .is_some_and(|l| is_ours(&l, &a)))
+        };
         claim(&k, &mut pending, create, live)??;
         undo.delete_link(&k, &inside, a.ifname());
         let lease = pending.expect("kept unless the claim failed").wait()?;
-        let mut r = lease.result().clone();
-        if r.ips.is_empty() {
-            return Err(Error::new(
-                code::DELEGATE,
-                "IPAM plugin returned missing IP config",
-            ));
-        }
-        for ip in &mut r.ips {
-            ip.interface = Some(0);
-        }
+        let mut r = lease.addressed(0)?;
         k.run(container::configure(&inside, netns, a.ifname(), &r))?;
         r.interfaces = vec![Interface::container(
             a.ifname(),
@@ -86,10 +82,7 @@ impl Plugin for Dummy {
         };
         let k = Kernel::new()?;
         let inside = k.connect_in(ns)?;
-        match k.run(inside.link(a.ifname()))? {
-            Some(l) if is_ours(&l, &a) => k.run(inside.delete_link(a.ifname())).map(|_| ()),
-            _ => Ok(()),
-        }
+        container::delete_own(&k, &inside, a.ifname(), |l| is_ours(l, &a))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {

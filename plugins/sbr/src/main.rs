@@ -190,16 +190,14 @@ impl Plugin for Sbr {
             .iter()
             .filter(|ip| {
                 !rules.iter().any(|r| {
-                    r.src.is_some_and(|s| s.ip() == ip.address.ip() && is_host(s))
+                    r.src
+                        .is_some_and(|s| s.ip() == ip.address.ip() && is_host(s))
                         && conf.table.is_none_or(|t| t == r.table)
                 })
             })
             .map(|ip| format!("no rule from {}", ip.address.ip()))
             .collect();
-        Error::check(
-            &format!("source-based routing of {}", args.ifname),
-            missing,
-        )
+        Error::check(&format!("source-based routing of {}", args.ifname), missing)
     }
 }
 

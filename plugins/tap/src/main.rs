@@ -51,10 +51,19 @@ impl Tap {
     fn load(args: &CmdArgs) -> Result<Tap, Error> {
         let mut conf: Conf = args.parse_conf()?;
         let mut mac = conf.mac.take().filter(|m| !m.is_empty());
-        if let Some((_, m)) = args.cni_args(&["MAC"])?.pop().filter(|(_, m)| !m.is_empty()) {
+        if let Some((_, m)) = args
+            .cni_args(&["MAC"])?
+            .pop()
+            .filter(|(_, m)| !m.is_empty())
+        {
             mac = Some(m);
         }
-        mac = conf.runtime_config.mac.take().filter(|m| !m.is_empty()).or(mac);
+        mac = conf
+            .runtime_config
+            .mac
+            .take()
+            .filter(|m| !m.is_empty())
+            .or(mac);
         let mac = mac
             .map(|m| parse_mac(&m).ok_or_else(|| Error::config(format!("invalid mac {m:?}"))))
             .transpose()?;
@@ -63,7 +72,11 @@ impl Tap {
                 return Err(Error::config(format!("invalid bridge {b:?}")));
             }
         }
-        if conf.selinux_context.as_deref().is_some_and(|c| !c.is_empty()) {
+        if conf
+            .selinux_context
+            .as_deref()
+            .is_some_and(|c| !c.is_empty())
+        {
             // The reference labels the tap by running `ip` under that exec label, which
             // needs SELinux; we never run `ip`, and this host has no SELinux to test it.
             return Err(Error::new(
@@ -110,14 +123,16 @@ impl Plugin for TapPlugin {
         let k = Kernel::new()?;
         let inside = k.connect_in(netns)?;
         let ipam = Delegate::ipam(args);
-        let mut pending = ipam
-            .as_ref()
-            .map(|i| PendingLease::start(i, args))
-            .transpose()?;
+        let mut pending = PendingLease::start_if(ipam.as_ref(), args)?;
         let mut undo = Undo::new();
         let options = t.options();
         let create = async { netns.run(|| net::create_tap(a.ifname(), &options))? };
-        let live = async { Ok(inside.link(a.ifname()).await?.is_some_and(|l| is_ours(&l, mac))) };
+        let live = async {
+            Ok(inside
+                .link(a.ifname())
+                .await?
+                .is_some_and(|l| is_ours(&l, mac)))
+        };
         claim(&k, &mut pending, create, live)?;
         undo.delete_link(&k, &inside, a.ifname());
         let tap = k
@@ -135,20 +150,7 @@ impl Plugin for TapPlugin {
             })?;
             k.run(inside.set_controller(tap.index, a.ifname(), &bridge))?;
         }
-        let lease = pending.map(|p| p.wait()).transpose()?;
-        let mut r = lease
-            .as_ref()
-            .map(|l| l.result().clone())
-            .unwrap_or_default();
-        if ipam.is_some() && r.ips.is_empty() {
-            return Err(Error::new(
-                code::DELEGATE,
-                "IPAM plugin returned missing IP config",
-            ));
-        }
-        for ip in &mut r.ips {
-            ip.interface = Some(0);
-        }
+        let (lease, mut r) = PendingLease::addressed(pending, 0)?;
         // Addresses, routes and up; without IPAM only up.
         k.run(container::configure(&inside, netns, a.ifname(), &r))?;
         r.interfaces = vec![Interface::container(a.ifname(), &mac, &args.netns)];
@@ -171,12 +173,7 @@ impl Plugin for TapPlugin {
         };
         let k = Kernel::new()?;
         let inside = k.connect_in(ns)?;
-        match k.run(inside.link(a.ifname()))? {
-            Some(l) if is_ours(&l, t.mac_of(&a)) => {
-                k.run(inside.delete_link(a.ifname())).map(|_| ())
-            }
-            _ => Ok(()),
-        }
+        container::delete_own(&k, &inside, a.ifname(), |l| is_ours(l, t.mac_of(&a)))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -217,19 +214,11 @@ impl Plugin for TapPlugin {
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), Error> {
-        delegate_plain(args, "STATUS")
+        Delegate::run_ipam("STATUS", args)
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
-        delegate_plain(args, "GC")
-    }
-}
-
-/// STATUS and GC are the IPAM plugin's (the taps live in namespaces we cannot list).
-fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
-    match Delegate::ipam(args) {
-        Some(i) => i.run(command, args).map(|_| ()),
-        None => Ok(()),
+        Delegate::run_ipam("GC", args)
     }
 }
 
