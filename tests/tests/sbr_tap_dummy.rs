@@ -3,7 +3,7 @@
 //! DEL without the interface); `tap` (added after 1.1.1) and `dummy` against the kernel,
 //! which here lacks the dummy link kind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use cni_tests::*;
 use serde_json::Value;
@@ -12,9 +12,9 @@ fn sides() -> [(&'static str, PathBuf); 2] {
     [("ours", bin_dir()), ("reference", reference_dir())]
 }
 
-fn call<'a>(dir: &PathBuf, plugin: &'a str, cmd: &'a str, host: &'a Ns, c: &Ns) -> Call<'a> {
+fn call<'a>(dir: &Path, plugin: &'a str, cmd: &'a str, host: &'a Ns, c: &Ns) -> Call<'a> {
     let mut call = Call::new(plugin, cmd, host, &c.path(), "sbr1");
-    call.bin_dir = dir.clone();
+    call.bin_dir = dir.to_path_buf();
     call
 }
 
