@@ -421,3 +421,21 @@ fn dummy_requires_ipam() {
         out.stdout
     );
 }
+
+/// A failed ADD (here a gateway the interface cannot reach, after the first rule and
+/// table are made) leaves the rules and routes as they were; the reference leaves its
+/// rule behind.
+#[test]
+fn sbr_failed_add_leaves_nothing() {
+    let (host, c) = (Ns::new("h"), container());
+    let before = routing(&c);
+    let mut conf = sbr_conf(json!({}), &c);
+    conf["prevResult"]["ips"][1]["gateway"] = json!("fd00:139::1");
+    let out = call(&bin_dir(), "sbr", "ADD", &host, &c).run(&conf);
+    assert!(
+        !out.ok && out.stdout.contains("fd00:139::1"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(routing(&c), before);
+}

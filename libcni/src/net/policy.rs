@@ -122,6 +122,21 @@ impl Netlink {
         res.map_err(|e| nl_err(what(), e))
     }
 
+    /// Deletes the rule `from <src>/32 (/128) lookup <table>`; one already gone is fine.
+    pub async fn delete_source_rule(&self, src: IpAddr, table: u32) -> Result<(), Error> {
+        let mut msg = RuleMessage::default();
+        msg.header.family = match src {
+            IpAddr::V4(_) => AddressFamily::Inet,
+            IpAddr::V6(_) => AddressFamily::Inet6,
+        };
+        msg.header.src_len = if src.is_ipv4() { 32 } else { 128 };
+        msg.header.action = RuleAction::ToTable;
+        msg.attributes.push(RuleAttribute::Source(src));
+        msg.attributes.push(RuleAttribute::Table(table));
+        let src = IpNetwork::new(src, msg.header.src_len).ok();
+        self.delete_rule(&Rule { table, src, msg }).await
+    }
+
     /// Deletes a listed rule; one already gone is fine.
     pub async fn delete_rule(&self, r: &Rule) -> Result<(), Error> {
         let what = format!("deleting rule from {:?} lookup {}", r.src, r.table);
@@ -176,6 +191,18 @@ impl Netlink {
             .execute()
             .await
             .map_err(|e| nl_err(format!("copying route {} to table {table}", r.dst), e))
+    }
+
+    /// Deletes every route of `table` out of link `oif`.
+    pub async fn flush_table(&self, table: u32, oif: u32) -> Result<(), Error> {
+        for m in self.all_routes().await? {
+            if route_table(&m) == table && m.attributes.contains(&RouteAttribute::Oif(oif)) {
+                if let Some(r) = table_route(m) {
+                    self.delete_listed_route(&r).await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Deletes a listed route; one already gone is fine.

@@ -11,12 +11,15 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use libcni::attachment::Undo;
 use libcni::net::{Kernel, Netlink, Netns};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::IpConfig;
 use libcni::{code, CniResult, Error};
 use serde::Deserialize;
 
+/// The main routing table (RT_TABLE_MAIN).
+const MAIN_TABLE: u32 = 254;
 /// The reference's first table.
 const FIRST_TABLE: u32 = 100;
 /// How long an invocation waits for another one on the same namespace.
@@ -81,35 +84,64 @@ fn free_table(used: &HashSet<u32>, from: u32) -> Result<u32, Error> {
 
 /// A table per address: its rule, its default route, the interface's routes that belong
 /// to it; then those routes leave the main table (only at the end, so two addresses of
-/// one subnet both get them).
-async fn route_by_source(nl: &Netlink, ifname: &str, ips: &[IpConfig]) -> Result<(), Error> {
-    let used = nl.tables_in_use().await?;
-    let link = nl.link(ifname).await?.ok_or_else(|| {
+/// one subnet both get them). What it did is undone unless the call commits.
+fn route_by_source<'a>(
+    k: &'a Kernel,
+    nl: &'a Netlink,
+    undo: &mut Undo<'a>,
+    ifname: &str,
+    ips: &[IpConfig],
+) -> Result<(), Error> {
+    let used = k.run(nl.tables_in_use())?;
+    let link = k.run(nl.link(ifname))?.ok_or_else(|| {
         Error::new(
             code::UNKNOWN_CONTAINER,
             format!("Cannot find network interface {ifname}"),
         )
     })?;
-    let routes = nl.main_routes_of(link.index).await?;
+    let routes = k.run(nl.main_routes_of(link.index))?;
     let mut from = Some(FIRST_TABLE);
     for ip in ips {
         let table = free_table(&used, from.ok_or_else(no_table)?)?;
         from = table.checked_add(1);
-        nl.add_source_rule(ip.address.ip(), table).await?;
+        add_rule(k, nl, undo, ip.address.ip(), table)?;
+        // The table was unused: what is in it through this link is ours.
+        let index = link.index;
+        undo.push(format!("emptying table {table}"), move || {
+            k.run(nl.flush_table(table, index))
+        });
         if let Some(gw) = ip.gateway {
-            nl.add_table_default_route(gw, link.index, table).await?;
+            k.run(nl.add_table_default_route(gw, link.index, table))?;
         }
         let belongs = |a: Option<IpAddr>| a.is_some_and(|a| ip.address.contains(a));
         for r in &routes {
             // A route with neither source nor gateway is the interface's in general.
             if belongs(r.src) || belongs(r.gw) || (r.src.is_none() && r.gw.is_none()) {
-                nl.copy_route(r, table).await?;
+                k.run(nl.copy_route(r, table))?;
             }
         }
     }
-    for r in &routes {
-        nl.delete_listed_route(r).await?;
+    for r in routes {
+        k.run(nl.delete_listed_route(&r))?;
+        undo.push(format!("putting route {} back", r.dst), move || {
+            k.run(nl.copy_route(&r, MAIN_TABLE))
+        });
     }
+    Ok(())
+}
+
+/// Adds the rule `from <src> lookup <table>`, removed again unless the call commits.
+fn add_rule<'a>(
+    k: &'a Kernel,
+    nl: &'a Netlink,
+    undo: &mut Undo<'a>,
+    src: IpAddr,
+    table: u32,
+) -> Result<(), Error> {
+    k.run(nl.add_source_rule(src, table))?;
+    undo.push(format!("removing rule from {src}"), move || {
+        k.run(nl.delete_source_rule(src, table))
+    });
     Ok(())
 }
 
@@ -155,14 +187,16 @@ impl Plugin for Sbr {
         locked(netns)?;
         let k = Kernel::new()?;
         let inside = k.connect_in(netns)?;
+        let mut undo = Undo::new();
         match conf.table {
             Some(table) => {
                 for ip in &ips {
-                    k.run(inside.add_source_rule(ip.address.ip(), table))?;
+                    add_rule(&k, &inside, &mut undo, ip.address.ip(), table)?;
                 }
             }
-            None => k.run(route_by_source(&inside, &args.ifname, &ips))?,
+            None => route_by_source(&k, &inside, &mut undo, &args.ifname, &ips)?,
         }
+        undo.commit();
         Ok(prev)
     }
 
