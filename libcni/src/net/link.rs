@@ -416,8 +416,8 @@ impl Netlink {
         moved
     }
 
-    /// Creates a dummy link with `mac` in this connection's namespace. A kernel without the dummy
-    /// driver answers EOPNOTSUPP ("Unknown device type").
+    /// Creates a dummy link with `mac` in this connection's namespace. A kernel without
+    /// the dummy driver answers EOPNOTSUPP ("Unknown device type").
     pub async fn create_dummy(&self, name: &str, mac: [u8; 6]) -> Result<(), Error> {
         let msg = LinkDummy::new(name).address(mac.to_vec()).build();
         self.add_link(msg, || format!("creating dummy {name}"))
