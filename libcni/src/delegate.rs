@@ -61,6 +61,15 @@ impl Delegate {
     pub fn run(&self, command: &str, args: &CmdArgs) -> Result<Option<Value>, Error> {
         self.start(command, args)?.wait()
     }
+
+    /// Runs `command` through the config's IPAM plugin, if it has one: STATUS and GC of
+    /// a plugin whose interfaces live in namespaces it cannot list.
+    pub fn run_ipam(command: &str, args: &CmdArgs) -> Result<(), Error> {
+        match Delegate::ipam(args) {
+            Some(i) => i.run(command, args).map(|_| ()),
+            None => Ok(()),
+        }
+    }
 }
 
 /// The result a delegated ADD printed, version-neutral; one without a version is read in

@@ -82,18 +82,28 @@ pub fn lock_exclusive(path: &Path, wait: Duration) -> Result<Option<File>, Error
         .custom_flags(libc::O_CREAT | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
         .map_err(|e| Error::new("opening", path, e))?;
+    match flock_exclusive(&file, wait) {
+        Ok(true) => Ok(Some(file)),
+        Ok(false) => Ok(None),
+        Err(e) => Err(Error::new("locking", path, e)),
+    }
+}
+
+/// Takes the exclusive flock of an open file, waiting at most `wait`; false when the
+/// wait ran out. Held until every descriptor of that open file is closed.
+pub fn flock_exclusive(file: &impl AsRawFd, wait: Duration) -> io::Result<bool> {
     let started = Instant::now();
     loop {
-        // SAFETY: flock on a descriptor we own.
+        // SAFETY: flock on a descriptor the caller keeps open for the call.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-            return Ok(Some(file));
+            return Ok(true);
         }
         let e = io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
-            return Err(Error::new("locking", path, e));
+            return Err(e);
         }
         if started.elapsed() >= wait {
-            return Ok(None);
+            return Ok(false);
         }
         std::thread::sleep(Duration::from_millis(1));
     }

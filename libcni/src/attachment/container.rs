@@ -9,7 +9,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 
 use crate::mac::format_mac;
-use crate::net::{self, sysctl_set, Kernel, Netlink, Netns, RouteSpec};
+use crate::net::{self, sysctl_set, Kernel, LinkInfo, Netlink, Netns, RouteSpec};
 use crate::skel::CmdArgs;
 use crate::spec::{CniResult, Error, IpConfig, Route};
 
@@ -48,6 +48,20 @@ pub fn route_spec(rt: &Route, ips: &[IpConfig], oif: u32) -> RouteSpec {
         table: rt.table,
         scope: rt.scope.and_then(|s| u8::try_from(s).ok()),
         ..RouteSpec::new(rt.dst, None, oif)
+    }
+}
+
+/// DEL of a link born in the container (macvlan, tap, dummy): deletes `ifname` when
+/// `ours` says the link there is the one ADD made; nothing there is fine.
+pub fn delete_own(
+    k: &Kernel,
+    inside: &Netlink,
+    ifname: &str,
+    ours: impl Fn(&LinkInfo) -> bool,
+) -> Result<(), Error> {
+    match k.run(inside.link(ifname))? {
+        Some(l) if ours(&l) => k.run(inside.delete_link(ifname)).map(|_| ()),
+        _ => Ok(()),
     }
 }
 

@@ -13,7 +13,7 @@ use crate::delegate::{self, Delegate};
 use crate::exec::Running;
 use crate::net::{self, libc_errno::EEXIST, Kernel};
 use crate::skel::CmdArgs;
-use crate::spec::{CniResult, Error};
+use crate::spec::{code, CniResult, Error};
 
 /// An IPAM ADD under way, started so the plugin can build links meanwhile.
 pub struct PendingLease<'a> {
@@ -37,6 +37,27 @@ impl<'a> PendingLease<'a> {
             args,
             running: Some(ipam.start("ADD", args)?),
         })
+    }
+
+    /// The IPAM ADD under way, if the config names an IPAM plugin (layer 2 otherwise).
+    pub fn start_if(
+        ipam: Option<&'a Delegate>,
+        args: &'a CmdArgs,
+    ) -> Result<Option<PendingLease<'a>>, Error> {
+        ipam.map(|i| PendingLease::start(i, args)).transpose()
+    }
+
+    /// The lease, if one was under way, and the result the ADD of one container
+    /// interface starts from ([`Lease::addressed`]; empty for layer 2).
+    pub fn addressed(
+        pending: Option<PendingLease<'a>>,
+        index: usize,
+    ) -> Result<(Option<Lease<'a>>, CniResult), Error> {
+        let Some(lease) = pending.map(|p| p.wait()).transpose()? else {
+            return Ok((None, CniResult::default()));
+        };
+        let r = lease.addressed(index)?;
+        Ok((Some(lease), r))
     }
 
     /// The lease, once the IPAM plugin answered.
@@ -98,6 +119,22 @@ impl Drop for PendingLease<'_> {
 impl Lease<'_> {
     pub fn result(&self) -> &CniResult {
         &self.result
+    }
+
+    /// The result the ADD of one container interface starts from: the IPAM plugin's,
+    /// every address on interface `index`; refused (as by the reference) without one.
+    pub fn addressed(&self, index: usize) -> Result<CniResult, Error> {
+        let mut r = self.result.clone();
+        if r.ips.is_empty() {
+            return Err(Error::new(
+                code::DELEGATE,
+                "IPAM plugin returned missing IP config",
+            ));
+        }
+        for ip in &mut r.ips {
+            ip.interface = Some(index);
+        }
+        Ok(r)
     }
 
     /// The ADD succeeded: the addresses stay with the attachment.

@@ -16,7 +16,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
+    Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
     RouteMessageBuilder,
 };
 
@@ -415,6 +415,30 @@ impl Netlink {
         moved
     }
 
+    /// Creates a dummy link with `mac` in this connection's namespace. A kernel without
+    /// the dummy driver answers EOPNOTSUPP ("Unknown device type").
+    pub async fn create_dummy(&self, name: &str, mac: [u8; 6]) -> Result<(), Error> {
+        let msg = LinkDummy::new(name).address(mac.to_vec()).build();
+        self.add_link(msg, || format!("creating dummy {name}"))
+            .await
+    }
+
+    /// Makes link `index` a port of `controller` (a bridge of the same namespace).
+    pub async fn set_controller(
+        &self,
+        index: u32,
+        name: &str,
+        controller: &LinkInfo,
+    ) -> Result<(), Error> {
+        let msg = LinkUnspec::new_with_index(index)
+            .controller(controller.index)
+            .build();
+        self.set_link(msg, || {
+            format!("making {name} a port of {}", controller.name)
+        })
+        .await
+    }
+
     /// The interface of this namespace's IPv4 default route (the reference's choice of
     /// a master or underlay when none is named).
     pub async fn default_route_link(&self) -> Result<Option<LinkInfo>, Error> {
@@ -693,21 +717,30 @@ impl Netlink {
 
     /// Routes of the main table for one address family.
     pub async fn routes(&self, v6: bool) -> Result<Vec<RouteInfo>, Error> {
+        let msgs = self.route_messages(v6).await?;
+        Ok(msgs.iter().filter_map(route_info).collect())
+    }
+
+    /// Every route of one address family, of every table, as the kernel lists them.
+    pub(super) async fn route_messages(&self, v6: bool) -> Result<Vec<RouteMessage>, Error> {
         let mut filter = RouteMessage::default();
         filter.header.address_family = if v6 {
             AddressFamily::Inet6
         } else {
             AddressFamily::Inet
         };
-        let msgs: Vec<_> = self
-            .handle
+        self.handle
             .route()
             .get(filter)
             .execute()
             .try_collect()
             .await
-            .map_err(|e| nl_err("listing routes", e))?;
-        Ok(msgs.iter().filter_map(route_info).collect())
+            .map_err(|e| {
+                nl_err(
+                    format!("listing {} routes", if v6 { "IPv6" } else { "IPv4" }),
+                    e,
+                )
+            })
     }
 }
 
@@ -756,7 +789,7 @@ fn address_of(m: &netlink_packet_route::address::AddressMessage) -> Option<IpNet
     IpNetwork::new(ip, m.header.prefix_len).ok()
 }
 
-fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+pub(super) fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
     match a {
         RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),

@@ -3,14 +3,18 @@
 pub mod conntrack;
 mod link;
 mod netns;
+mod policy;
 mod tc;
+mod tuntap;
 mod vxlan;
 
 use std::io;
 
 pub use link::{random_mac, LinkInfo, LinkTuning, MacVlanMode, Netlink, RouteInfo, RouteSpec};
 pub use netns::{Netns, OpenError};
+pub use policy::{Rule, TableRoute};
 pub use tc::{Qdisc, Tbf};
+pub use tuntap::{create_tap, TapOptions};
 pub use vxlan::{Entry, Vxlan, VxlanState};
 
 use crate::spec::{code, Error as CniError};

@@ -126,10 +126,7 @@ impl Plugin for MacvlanPlugin {
         let inside = k.connect_in(netns)?;
         let (master, parent) = m.master_in(&k, &inside)?;
         let ipam = Delegate::ipam(args);
-        let mut pending = ipam
-            .as_ref()
-            .map(|i| PendingLease::start(i, args))
-            .transpose()?;
+        let mut pending = PendingLease::start_if(ipam.as_ref(), args)?;
         let mut undo = Undo::new();
         let mtu = (m.conf.mtu != 0).then_some(m.conf.mtu);
         let create = parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns);
@@ -142,20 +139,7 @@ impl Plugin for MacvlanPlugin {
         };
         claim(&k, &mut pending, create, live)?;
         undo.delete_link(&k, &inside, a.ifname());
-        let lease = pending.map(|p| p.wait()).transpose()?;
-        let mut r = lease
-            .as_ref()
-            .map(|l| l.result().clone())
-            .unwrap_or_default();
-        if ipam.is_some() && r.ips.is_empty() {
-            return Err(Error::new(
-                code::DELEGATE,
-                "IPAM plugin returned missing IP config",
-            ));
-        }
-        for ip in &mut r.ips {
-            ip.interface = Some(0);
-        }
+        let (lease, mut r) = PendingLease::addressed(pending, 0)?;
         k.run(container::configure(&inside, netns, a.ifname(), &r))?;
         let link = k
             .run(inside.link(a.ifname()))?
@@ -178,12 +162,7 @@ impl Plugin for MacvlanPlugin {
         let link = args.netns().map(|ns| {
             let k = Kernel::new()?;
             let inside = k.connect_in(ns)?;
-            match k.run(inside.link(a.ifname()))? {
-                Some(l) if is_ours(&l, m.mac_of(&a)) => {
-                    k.run(inside.delete_link(a.ifname())).map(|_| ())
-                }
-                _ => Ok(()),
-            }
+            container::delete_own(&k, &inside, a.ifname(), |l| is_ours(l, m.mac_of(&a)))
         });
         let ipam = ipam.map(|r| r.wait()).transpose();
         link.unwrap_or(Ok(())).and(ipam.map(|_| ()))
@@ -215,25 +194,17 @@ impl Plugin for MacvlanPlugin {
     }
 
     fn status(&self, args: &CmdArgs) -> Result<(), Error> {
-        delegate_plain(args, "STATUS")
+        Delegate::run_ipam("STATUS", args)
     }
 
     fn gc(&self, args: &CmdArgs) -> Result<(), Error> {
-        delegate_plain(args, "GC")
+        Delegate::run_ipam("GC", args)
     }
 }
 
 /// A macvlan with the MAC we gave it (any macvlan, for passthru, which keeps its master's).
 fn is_ours(l: &LinkInfo, mac: Option<[u8; 6]>) -> bool {
     l.kind.as_deref() == Some("macvlan") && mac.is_none_or(|m| l.mac == m)
-}
-
-/// STATUS and GC are the IPAM plugin's (the macvlans live in namespaces we cannot list).
-fn delegate_plain(args: &CmdArgs, command: &str) -> Result<(), Error> {
-    match Delegate::ipam(args) {
-        Some(i) => i.run(command, args).map(|_| ()),
-        None => Ok(()),
-    }
 }
 
 fn main() {

@@ -9,7 +9,7 @@ use libcni::delegate::Delegate;
 use libcni::net::{self, Kernel, LinkInfo, Netlink, RouteSpec};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface, IpConfig};
-use libcni::{code, CniResult, Error};
+use libcni::{CniResult, Error};
 use serde::Deserialize;
 
 /// Route scopes (linux/rtnetlink.h).
@@ -164,16 +164,9 @@ impl Plugin for Ptp {
                 .label_and_up(host.index, &host.name, &a.alias(), None),
         )?;
         let lease = pending.expect("kept unless the claim failed").wait()?;
-        let mut r = lease.result().clone();
-        if r.ips.is_empty() {
-            return Err(Error::new(
-                code::DELEGATE,
-                "IPAM plugin returned missing IP config",
-            ));
-        }
+        let mut r = lease.addressed(1)?;
         for ip in &mut r.ips {
             ip.gateway = ip.gateway.or_else(|| container::first_address(ip.address));
-            ip.interface = Some(1);
         }
         enable_forwarding(&r.ips)?;
         if r.ips.iter().any(|i| i.address.is_ipv6()) {
