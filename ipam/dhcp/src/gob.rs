@@ -19,7 +19,7 @@ pub enum Value {
     Uint(u64),
     Float(f64),
     /// A string or a []byte (the same on the wire), or the payload of a type that
-    /// marshals itself (net.IP is a TextMarshaler).
+    /// marshals itself.
     Bytes(Vec<u8>),
     Struct(Vec<(String, Value)>),
     Slice(Vec<Value>),
@@ -372,8 +372,6 @@ pub enum Schema {
     Uint,
     Bytes,
     String,
-    /// A type that marshals itself as text (net.IP), with its Go name.
-    Text(&'static str),
     Struct(&'static str, Vec<(&'static str, Schema)>),
     Slice(Box<Schema>),
 }
@@ -381,7 +379,7 @@ pub enum Schema {
 impl Schema {
     fn key(&self) -> String {
         match self {
-            Schema::Text(n) | Schema::Struct(n, _) => n.to_string(),
+            Schema::Struct(n, _) => n.to_string(),
             Schema::Slice(e) => format!("[]{}", e.key()),
             other => format!("{other:?}"),
         }
@@ -451,10 +449,6 @@ impl<W: Write> Encoder<W> {
             ])
         };
         let (slot, body) = match s {
-            Schema::Text(name) => (
-                "TextMarshalerT",
-                Value::Struct(vec![("CommonType".into(), common(name))]),
-            ),
             Schema::Slice(elem) => {
                 let e = self.type_id(elem)?;
                 (
@@ -549,7 +543,7 @@ fn put_value(out: &mut Vec<u8>, s: &Schema, v: &Value) -> Result<(), Error> {
     match (s, v) {
         (Schema::Int, Value::Int(i)) => put_int(out, *i),
         (Schema::Uint, Value::Uint(u)) => put_uint(out, *u),
-        (Schema::Bytes | Schema::String | Schema::Text(_), Value::Bytes(b)) => {
+        (Schema::Bytes | Schema::String, Value::Bytes(b)) => {
             put_uint(out, b.len() as u64);
             out.extend_from_slice(b);
         }
@@ -591,7 +585,7 @@ mod tests {
 
     #[test]
     fn what_we_write_reads_back() {
-        let ip = Schema::Text("net.IP");
+        let ip = Schema::Bytes;
         let s = Schema::Struct(
             "Outer",
             vec![

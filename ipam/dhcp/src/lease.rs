@@ -139,7 +139,7 @@ fn run(p: Params, tx: mpsc::Sender<Result<Arc<Lease>, String>>) {
         }
     };
     let stop_never = || false;
-    let started = set_up(&ns, &p.ifname)
+    let started = wait_for_link(&ns, &p.ifname, p.timing.timeout)
         .and_then(|_| Link::open(&ns, &p.ifname))
         .and_then(|link| client::acquire(&link, &p.timing, &p.options, &stop_never).map(|b| (link, b)));
     let (link, bound) = match started {
@@ -216,6 +216,20 @@ fn link_exists(ns: &Netns, ifindex: i32) -> bool {
         !libc::if_indextoname(ifindex as u32, buf.as_mut_ptr()).is_null()
     })
     .unwrap_or(false)
+}
+
+/// The plugin that calls us may still be creating the interface (ours start IPAM and the
+/// link together): wait for it, bounded, then bring it up.
+fn wait_for_link(ns: &Netns, ifname: &str, wait: Duration) -> Result<(), String> {
+    let end = Instant::now() + wait;
+    loop {
+        match set_up(ns, ifname) {
+            Err(e) if Instant::now() < end && e.contains("no such interface") => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Brings the interface up if it is down, as the reference does before a DHCP exchange.

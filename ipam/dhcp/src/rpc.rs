@@ -87,10 +87,10 @@ fn response_schema() -> Schema {
     )
 }
 
-/// The parts of current.Result (types/100) the daemon fills: net.IP marshals itself as
-/// text, net.IPMask is bytes.
+/// The parts of current.Result (types/100) the daemon fills: gob sends net.IP and
+/// net.IPMask as their bytes.
 fn result_schema() -> Schema {
-    let ip = || Schema::Text("net.IP");
+    let ip = || Schema::Bytes;
     let ipnet = || Schema::Struct("IPNet", vec![("IP", ip()), ("Mask", Schema::Bytes)]);
     Schema::Struct(
         "Result",
@@ -125,13 +125,17 @@ fn ipnet_value(n: &IpNetwork) -> Value {
         IpAddr::V6(m) => m.octets().to_vec(),
     };
     Value::Struct(vec![
-        ("IP".into(), Value::string(&n.ip().to_string())),
+        ("IP".into(), ip_value(Some(n.ip()))),
         ("Mask".into(), Value::Bytes(mask)),
     ])
 }
 
 fn ip_value(ip: Option<IpAddr>) -> Value {
-    Value::string(&ip.map(|i| i.to_string()).unwrap_or_default())
+    Value::Bytes(match ip {
+        Some(IpAddr::V4(a)) => a.octets().to_vec(),
+        Some(IpAddr::V6(a)) => a.octets().to_vec(),
+        None => Vec::new(),
+    })
 }
 
 fn result_value(r: &CniResult) -> Value {
@@ -166,7 +170,7 @@ fn result_value(r: &CniResult) -> Value {
 
 fn parse_ipnet(v: Option<&Value>) -> Option<IpNetwork> {
     let v = v?;
-    let ip: IpAddr = v.str("IP").parse().ok()?;
+    let ip = parse_ip(v, "IP")?;
     let mask = v.bytes("Mask");
     let prefix = ipnetwork::ip_mask_to_prefix(match (ip, mask.len()) {
         (IpAddr::V4(_), 4) => IpAddr::from(<[u8; 4]>::try_from(&mask[..]).ok()?),
@@ -178,8 +182,17 @@ fn parse_ipnet(v: Option<&Value>) -> Option<IpNetwork> {
     IpNetwork::new(ip, prefix).ok()
 }
 
+/// A net.IP: 4 bytes, or 16 (an IPv4 address in its IPv6-mapped form comes back IPv4).
 fn parse_ip(v: &Value, name: &str) -> Option<IpAddr> {
-    v.str(name).parse().ok()
+    let b = v.bytes(name);
+    match b.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(&b[..]).ok()?)),
+        16 => {
+            let a = std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&b[..]).ok()?);
+            Some(a.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(a)))
+        }
+        _ => None,
+    }
 }
 
 /// Reads the Result a daemon (ours or the reference's) sent.
@@ -259,6 +272,10 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Vec<String>> {
         let mut line = Vec::new();
         let n = r.by_ref().take((MAX_HEAD - total) as u64 + 1).read_until(b'\n', &mut line)?;
         total += n;
+        if total == 0 {
+            // Closed before a word: someone checking that the socket answers.
+            return Ok(lines);
+        }
         if n == 0 || total > MAX_HEAD {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no complete HTTP head"));
         }
@@ -281,6 +298,9 @@ pub fn serve(stream: UnixStream, service: &dyn Service) -> Result<(), gob::Error
     let mut r = BufReader::new(stream.try_clone().map_err(io)?);
     let mut w = std::io::BufWriter::new(stream);
     let head = read_head(&mut r).map_err(io)?;
+    if head.is_empty() {
+        return Ok(());
+    }
     let request = head.first().cloned().unwrap_or_default();
     let mut parts = request.split(' ');
     if parts.next() != Some("CONNECT") || parts.next() != Some(RPC_PATH) {
