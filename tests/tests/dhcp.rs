@@ -82,6 +82,8 @@ impl Lab {
             .arg(bin.join("dhcp"))
             .args(["daemon", "-socketpath"])
             .arg(&socket)
+            .arg("-pidfile")
+            .arg(self.dir.path().join(format!("{name}.pid")))
             .args(["-timeout", "2s"])
             // The reference 1.1.1 has no -resendtimeout.
             .args(if name == "reference" { &[][..] } else { &["-resendtimeout", "20s"][..] })
@@ -145,6 +147,9 @@ fn dhcp_acquires_renews_and_releases_through_our_daemon() {
     let mut lab = Lab::new(1, &["--dhcp-option=58,3", "--dhcp-option=59,5"]);
     let bin = bin_dir();
     let socket = lab.daemon(&bin, "ours");
+    // `ip netns exec` execs the daemon: the child's PID is the daemon's.
+    let pid = std::fs::read_to_string(lab.dir.path().join("ours.pid")).unwrap_or_default();
+    assert_eq!(pid, lab.children[1].id().to_string());
     let c = Ns::new("dhc");
     let id = unique("ctr");
     let conf = lab.conf("1.0.0", &socket, json!({}));
@@ -226,6 +231,16 @@ fn dhcp_provides_and_requests_options() {
     assert!(!out.ok && out.stdout.contains("Can not parse option"), "{}", out.stdout);
     call(&bin, "DEL", &lab.host, &c, &id).run(&conf).expect_ok();
     assert!(lab.until(5, || lab.lease_of(&ip).is_none()), "{:?}", lab.leases());
+    // STATUS: ready while the daemon answers, 50 without one; DEL without a daemon
+    // has nothing to release.
+    let status = |socket: &str| {
+        Call::new("dhcp", "STATUS", &lab.host, "", "")
+            .run(&lab.conf("1.1.0", socket, json!({})))
+    };
+    assert!(status(&socket).ok);
+    let none = lab.dir.path().join("none.sock").to_string_lossy().into_owned();
+    assert_eq!(status(&none).code(), 50);
+    call(&bin, "DEL", &lab.host, &c, &id).run(&lab.conf("1.1.0", &none, json!({}))).expect_ok();
 }
 
 #[test]

@@ -151,7 +151,8 @@ impl Daemon {
         let ipam = conf.ipam.unwrap_or_default();
         let id = conf::client_id(&args.container_id, &conf.name, &args.ifname);
         let options = conf::options(&id, &args.args, &ipam)?;
-        let existing = self.leases().get(&id).cloned();
+        // A lease whose maintenance ended is acquired anew.
+        let existing = self.leases().get(&id).filter(|l| l.alive()).cloned();
         let lease = match existing {
             Some(l) => {
                 l.check();
@@ -166,7 +167,7 @@ impl Daemon {
                     timing: self.timing,
                 })?;
                 let mut leases = self.leases();
-                match leases.get(&id).cloned() {
+                match leases.get(&id).filter(|l| l.alive()).cloned() {
                     // A concurrent call for the same client won: keep one lease.
                     Some(other) => {
                         drop(leases);

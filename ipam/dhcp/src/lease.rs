@@ -67,6 +67,16 @@ impl Lease {
         }
     }
 
+    /// Whether the lease is still kept (its thread ends when the lease expired unrenewed
+    /// or the interface went away).
+    pub fn alive(&self) -> bool {
+        self.thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
+    }
+
     /// Wakes the maintenance loop (the reference's Check on a repeated ADD or CHECK).
     pub fn check(&self) {
         self.signal(|s| s.check = true);
