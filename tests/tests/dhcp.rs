@@ -33,7 +33,9 @@ impl Lab {
             "ip link add srv0 type veth peer name srv netns {} && ip link set srv0 master br0 up",
             server.name
         ));
-        server.sh(&format!("ip addr add {net}.1/24 dev srv && ip link set srv up"));
+        server.sh(&format!(
+            "ip addr add {net}.1/24 dev srv && ip link set srv up"
+        ));
         let mut lab = Lab {
             host,
             _server: server,
@@ -44,15 +46,24 @@ impl Lab {
         let leases = lab.leases_path();
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &lab._server.name, "dnsmasq", "--no-daemon"])
-            .args(["--conf-file=/dev/null", "--port=0", "--user=root", "--group=root"])
+            .args([
+                "--conf-file=/dev/null",
+                "--port=0",
+                "--user=root",
+                "--group=root",
+            ])
             .args(["--interface=srv", "--bind-interfaces", "--log-dhcp"])
-            .arg(format!("--dhcp-range={0}.50,{0}.60,255.255.255.0,2m", lab.net))
+            .arg(format!(
+                "--dhcp-range={0}.50,{0}.60,255.255.255.0,2m",
+                lab.net
+            ))
             .arg(format!("--dhcp-option=3,{}.1", lab.net))
             .arg(format!("--dhcp-leasefile={}", leases.display()))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(lab.dir.path().join("dnsmasq.log")).unwrap());
-        lab.children.push(dies_with_test(&mut cmd).spawn().expect("starting dnsmasq"));
+        lab.children
+            .push(dies_with_test(&mut cmd).spawn().expect("starting dnsmasq"));
         lab
     }
 
@@ -70,7 +81,9 @@ impl Lab {
     }
 
     fn lease_of(&self, addr: &str) -> Option<Vec<String>> {
-        self.leases().into_iter().find(|l| l.get(2).map(String::as_str) == Some(addr))
+        self.leases()
+            .into_iter()
+            .find(|l| l.get(2).map(String::as_str) == Some(addr))
     }
 
     /// Starts `dhcp daemon` from `bin` in the host namespace on `<dir>/<name>.sock`.
@@ -86,15 +99,27 @@ impl Lab {
             .arg(self.dir.path().join(format!("{name}.pid")))
             .args(["-timeout", "2s"])
             // The reference 1.1.1 has no -resendtimeout.
-            .args(if name == "reference" { &[][..] } else { &["-resendtimeout", "20s"][..] })
+            .args(if name == "reference" {
+                &[][..]
+            } else {
+                &["-resendtimeout", "20s"][..]
+            })
             .stdout(Stdio::null())
             .stderr(log);
-        self.children.push(dies_with_test(&mut cmd).spawn().expect("starting the dhcp daemon"));
+        self.children.push(
+            dies_with_test(&mut cmd)
+                .spawn()
+                .expect("starting the dhcp daemon"),
+        );
         let t = Instant::now();
         while !socket.exists() && t.elapsed() < Duration::from_secs(5) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        assert!(socket.exists(), "the {name} daemon made no socket: {}", self.log(name));
+        assert!(
+            socket.exists(),
+            "the {name} daemon made no socket: {}",
+            self.log(name)
+        );
         socket.to_string_lossy().into_owned()
     }
 
@@ -108,6 +133,18 @@ impl Lab {
             i[k] = v.clone();
         }
         json!({"cniVersion": version, "name": "dhnet", "type": "bridge", "bridge": "br0", "ipam": i})
+    }
+
+    /// ADD of a new container by `bin`'s bridge with the daemon at `socket`: the address
+    /// is on its interface and leased at the server.
+    fn add(&self, bin: &Path, version: &str, socket: &str) -> (Ns, String, Value, Value) {
+        let (c, id) = (Ns::new("dhc"), unique("ctr"));
+        let conf = self.conf(version, socket, json!({}));
+        let r = call(bin, "ADD", &self.host, &c, &id).run(&conf).expect_ok();
+        let ip = address(&r).split('/').next().unwrap().to_string();
+        assert!(self.lease_of(&ip).is_some(), "{r} {:?}", self.leases());
+        assert!(c.addrs("eth0").contains(&address(&r)), "{r}");
+        (c, id, conf, r)
     }
 
     /// Waits up to `secs` for `f`.
@@ -138,7 +175,10 @@ fn call<'a>(bin: &Path, command: &'a str, host: &'a Ns, c: &Ns, id: &str) -> Cal
 }
 
 fn address(r: &Value) -> String {
-    r["ips"][0]["address"].as_str().unwrap_or_default().to_string()
+    r["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[test]
@@ -156,13 +196,21 @@ fn dhcp_acquires_renews_and_releases_through_our_daemon() {
     let r = call(&bin, "ADD", &lab.host, &c, &id).run(&conf).expect_ok();
     let addr = address(&r);
     let ip = addr.split('/').next().unwrap().to_string();
-    assert!(addr.starts_with(&format!("{}.", lab.net)) && addr.ends_with("/24"), "{r}");
+    assert!(
+        addr.starts_with(&format!("{}.", lab.net)) && addr.ends_with("/24"),
+        "{r}"
+    );
     assert_eq!(r["ips"][0]["gateway"], format!("{}.1", lab.net), "{r}");
-    assert_eq!(r["routes"], json!([{"dst": "0.0.0.0/0", "gw": format!("{}.1", lab.net)}]));
+    assert_eq!(
+        r["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": format!("{}.1", lab.net)}])
+    );
     assert!(c.addrs("eth0").contains(&addr), "{:?}", c.addrs("eth0"));
     assert!(c.ping(&format!("{}.1", lab.net)));
     // The server knows the lease under the reference's client ID.
-    let lease = lab.lease_of(&ip).unwrap_or_else(|| panic!("no lease for {ip}: {:?}", lab.leases()));
+    let lease = lab
+        .lease_of(&ip)
+        .unwrap_or_else(|| panic!("no lease for {ip}: {:?}", lab.leases()));
     let want_id: Vec<String> = std::iter::once(0u8)
         .chain(format!("{id}/dhnet/eth0").bytes())
         .map(|b| format!("{b:02x}"))
@@ -171,7 +219,9 @@ fn dhcp_acquires_renews_and_releases_through_our_daemon() {
     // Renewal moves the lease's expiry on.
     let first_expiry: u64 = lease[0].parse().unwrap();
     assert!(
-        lab.until(15, || lab.lease_of(&ip).is_some_and(|l| l[0].parse::<u64>().unwrap() > first_expiry)),
+        lab.until(15, || lab
+            .lease_of(&ip)
+            .is_some_and(|l| l[0].parse::<u64>().unwrap() > first_expiry)),
         "the lease was not renewed: {:?}\n{}",
         lab.leases(),
         lab.log("ours")
@@ -179,7 +229,9 @@ fn dhcp_acquires_renews_and_releases_through_our_daemon() {
     assert!(lab.log("ours").contains("renewed"), "{}", lab.log("ours"));
     // CHECK finds the lease the daemon keeps; ADD again returns it.
     let prev = cni_tests::with_prev(&conf, &r);
-    call(&bin, "CHECK", &lab.host, &c, &id).run(&prev).expect_ok();
+    call(&bin, "CHECK", &lab.host, &c, &id)
+        .run(&prev)
+        .expect_ok();
     // DEL releases it at the server.
     call(&bin, "DEL", &lab.host, &c, &id).run(&conf).expect_ok();
     assert!(
@@ -195,7 +247,10 @@ fn dhcp_acquires_renews_and_releases_through_our_daemon() {
 #[test]
 fn dhcp_provides_and_requests_options() {
     // Classless routes (121) when asked for; the host name the config provides.
-    let mut lab = Lab::new(2, &["--dhcp-option=121,10.141.0.0/16,10.140.2.2,0.0.0.0/0,10.140.2.1"]);
+    let mut lab = Lab::new(
+        2,
+        &["--dhcp-option=121,10.141.0.0/16,10.140.2.2,0.0.0.0/0,10.140.2.1"],
+    );
     let bin = bin_dir();
     let socket = lab.daemon(&bin, "ours");
     let c = Ns::new("dhc");
@@ -223,24 +278,45 @@ fn dhcp_provides_and_requests_options() {
         "{r}"
     );
     let ip = address(&r).split('/').next().unwrap().to_string();
-    let lease = lab.lease_of(&ip).unwrap_or_else(|| panic!("no lease: {:?}", lab.leases()));
+    let lease = lab
+        .lease_of(&ip)
+        .unwrap_or_else(|| panic!("no lease: {:?}", lab.leases()));
     assert_eq!(lease[3], "web-1", "{lease:?}");
     // An option name the reference does not know is refused.
-    let bad = lab.conf("1.0.0", &socket, json!({"request": [{"option": "no-such-option"}]}));
+    let bad = lab.conf(
+        "1.0.0",
+        &socket,
+        json!({"request": [{"option": "no-such-option"}]}),
+    );
     let out = call(&bin, "ADD", &lab.host, &Ns::new("dhc"), &unique("ctr")).run(&bad);
-    assert!(!out.ok && out.stdout.contains("Can not parse option"), "{}", out.stdout);
+    assert_eq!(out.code(), 7);
+    assert!(
+        out.stdout.contains("Can not parse option"),
+        "{}",
+        out.stdout
+    );
     call(&bin, "DEL", &lab.host, &c, &id).run(&conf).expect_ok();
-    assert!(lab.until(5, || lab.lease_of(&ip).is_none()), "{:?}", lab.leases());
+    assert!(
+        lab.until(5, || lab.lease_of(&ip).is_none()),
+        "{:?}",
+        lab.leases()
+    );
     // STATUS: ready while the daemon answers, 50 without one; DEL without a daemon
     // has nothing to release.
     let status = |socket: &str| {
-        Call::new("dhcp", "STATUS", &lab.host, "", "")
-            .run(&lab.conf("1.1.0", socket, json!({})))
+        Call::new("dhcp", "STATUS", &lab.host, "", "").run(&lab.conf("1.1.0", socket, json!({})))
     };
     assert!(status(&socket).ok);
-    let none = lab.dir.path().join("none.sock").to_string_lossy().into_owned();
+    let none = lab
+        .dir
+        .path()
+        .join("none.sock")
+        .to_string_lossy()
+        .into_owned();
     assert_eq!(status(&none).code(), 50);
-    call(&bin, "DEL", &lab.host, &c, &id).run(&lab.conf("1.1.0", &none, json!({}))).expect_ok();
+    call(&bin, "DEL", &lab.host, &c, &id)
+        .run(&lab.conf("1.1.0", &none, json!({})))
+        .expect_ok();
 }
 
 #[test]
@@ -251,33 +327,39 @@ fn dhcp_interoperates_with_the_reference_daemon_and_plugin() {
     let ref_socket = lab.daemon(&reference, "reference");
 
     // The reference's plugin (run by the reference's bridge) with our daemon.
-    let c1 = Ns::new("dhc");
-    let id1 = unique("ctr");
-    let conf1 = lab.conf("0.4.0", &our_socket, json!({}));
-    let r1 = call(&reference, "ADD", &lab.host, &c1, &id1).run(&conf1).expect_ok();
-    let ip1 = address(&r1).split('/').next().unwrap().to_string();
-    assert!(lab.lease_of(&ip1).is_some(), "{r1} {:?}", lab.leases());
-    assert!(c1.addrs("eth0").contains(&address(&r1)));
+    let (c1, id1, conf1, r1) = lab.add(&reference, "0.4.0", &our_socket);
     assert_eq!(r1["ips"][0]["gateway"], "10.140.3.1", "{r1}");
     // The reference's bridge deletes the interface before its IPAM DEL, so no RELEASE
     // can be sent (nor by the reference's daemon): the daemon stops keeping the lease.
-    call(&reference, "DEL", &lab.host, &c1, &id1).run(&conf1).expect_ok();
+    call(&reference, "DEL", &lab.host, &c1, &id1)
+        .run(&conf1)
+        .expect_ok();
 
     // Our plugin (run by our bridge) with the reference's daemon.
-    let c2 = Ns::new("dhc");
-    let id2 = unique("ctr");
-    let conf2 = lab.conf("1.0.0", &ref_socket, json!({}));
-    let r2 = call(&ours, "ADD", &lab.host, &c2, &id2).run(&conf2).expect_ok();
+    let (c2, id2, conf2, r2) = lab.add(&ours, "1.0.0", &ref_socket);
     let ip2 = address(&r2).split('/').next().unwrap().to_string();
-    assert!(lab.lease_of(&ip2).is_some(), "{r2} {:?}", lab.leases());
-    assert_eq!(r2["routes"], json!([{"dst": "0.0.0.0/0", "gw": "10.140.3.1"}]), "{r2}");
-    assert!(c2.addrs("eth0").contains(&address(&r2)));
+    assert_eq!(
+        r2["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.140.3.1"}]),
+        "{r2}"
+    );
     // Our bridge runs IPAM DEL first: the reference's daemon releases.
-    call(&ours, "DEL", &lab.host, &c2, &id2).run(&conf2).expect_ok();
+    call(&ours, "DEL", &lab.host, &c2, &id2)
+        .run(&conf2)
+        .expect_ok();
     assert!(
         lab.until(5, || lab.lease_of(&ip2).is_none()),
         "{:?}\n{}",
         lab.leases(),
         lab.log("reference")
     );
+
+    // Side by side, each with its own daemon: the same shape of result.
+    let shape = |r: &Value| {
+        let a = address(r);
+        json!([a.rsplit('/').next(), r["ips"][0]["gateway"], r["routes"]])
+    };
+    let (_c3, _, _, theirs) = lab.add(&reference, "1.0.0", &ref_socket);
+    let (_c4, _, _, mine) = lab.add(&ours, "1.0.0", &our_socket);
+    assert_eq!(shape(&mine), shape(&theirs), "{mine}\n{theirs}");
 }

@@ -44,7 +44,8 @@ impl Link {
     }
 
     fn open_here(ifname: &str) -> Result<Link, String> {
-        let name = std::ffi::CString::new(ifname).map_err(|_| format!("bad interface name {ifname:?}"))?;
+        let name =
+            std::ffi::CString::new(ifname).map_err(|_| format!("bad interface name {ifname:?}"))?;
         // SAFETY: a plain socket call; the fd is owned right after.
         let raw = unsafe {
             libc::socket(
@@ -93,7 +94,13 @@ impl Link {
         Ok(Link { fd, ifindex, mac })
     }
 
-    fn send(&self, to_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, m: &Message) -> Result<(), String> {
+    fn send(
+        &self,
+        to_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        m: &Message,
+    ) -> Result<(), String> {
         let p = packet::frame(src, dst, &m.encode());
         let sll = sockaddr_ll(self.ifindex, to_mac);
         // SAFETY: p and sll outlive the call; sizes are theirs.
@@ -115,7 +122,11 @@ impl Link {
 
     /// The first server message until `deadline` that `want` accepts, with the MAC it
     /// came from.
-    fn recv(&self, deadline: Instant, want: &dyn Fn(&Message) -> bool) -> Option<(Message, [u8; 6])> {
+    fn recv(
+        &self,
+        deadline: Instant,
+        want: &dyn Fn(&Message) -> bool,
+    ) -> Option<(Message, [u8; 6])> {
         let mut buf = vec![0u8; 4096];
         loop {
             let left = deadline.checked_duration_since(Instant::now())?;
@@ -125,7 +136,8 @@ impl Link {
                 revents: 0,
             };
             // SAFETY: one pollfd, valid for the call.
-            let ready = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 60_000) as i32) };
+            let ready =
+                unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 60_000) as i32) };
             if ready <= 0 {
                 continue;
             }
@@ -143,7 +155,7 @@ impl Link {
                     &mut len,
                 )
             };
-            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING as u8 {
+            if n <= 0 || from.sll_pkttype == libc::PACKET_OUTGOING {
                 continue;
             }
             let Some(m) = packet::unframe(&buf[..n as usize]).and_then(Message::decode) else {
@@ -238,19 +250,38 @@ fn message(link: &Link, kind: u8, xid: u32, t: &Timing, opts: &Options) -> Messa
 }
 
 /// DISCOVER, OFFER, REQUEST, ACK.
-pub fn acquire(link: &Link, t: &Timing, opts: &Options, stop: &dyn Fn() -> bool) -> Result<Bound, String> {
+pub fn acquire(
+    link: &Link,
+    t: &Timing,
+    opts: &Options,
+    stop: &dyn Fn() -> bool,
+) -> Result<Bound, String> {
     with_resends(t, stop, || {
         let xid = random_u32();
         let discover = message(link, packet::DISCOVER, xid, t, opts);
-        link.send(BROADCAST_MAC, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &discover)?;
+        link.send(
+            BROADCAST_MAC,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            &discover,
+        )?;
         let (offer, _) = link
-            .recv(Instant::now() + t.timeout, &|m| m.xid == xid && m.kind() == Some(packet::OFFER))
+            .recv(Instant::now() + t.timeout, &|m| {
+                m.xid == xid && m.kind() == Some(packet::OFFER)
+            })
             .ok_or("no DHCPOFFER before the timeout")?;
-        let server = offer.addr(packet::OPT_SERVER_ID).ok_or("DHCPOFFER without a server identifier")?;
+        let server = offer
+            .addr(packet::OPT_SERVER_ID)
+            .ok_or("DHCPOFFER without a server identifier")?;
         let mut request = message(link, packet::REQUEST, xid, t, opts);
         request.set(packet::OPT_REQUESTED_IP, offer.yiaddr.octets().to_vec());
         request.set(packet::OPT_SERVER_ID, server.octets().to_vec());
-        link.send(BROADCAST_MAC, Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, &request)?;
+        link.send(
+            BROADCAST_MAC,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::BROADCAST,
+            &request,
+        )?;
         answer(link, t, xid, server)
     })
 }
@@ -276,7 +307,14 @@ fn answer(link: &Link, t: &Timing, xid: u32, server: Ipv4Addr) -> Result<Bound, 
 
 /// REQUEST for the address we hold: to the server that gave it (renewing) or to any
 /// server (rebinding).
-pub fn renew(link: &Link, t: &Timing, opts: &Options, held: &Bound, rebinding: bool, stop: &dyn Fn() -> bool) -> Result<Bound, String> {
+pub fn renew(
+    link: &Link,
+    t: &Timing,
+    opts: &Options,
+    held: &Bound,
+    rebinding: bool,
+    stop: &dyn Fn() -> bool,
+) -> Result<Bound, String> {
     with_resends(t, stop, || {
         let xid = random_u32();
         let mut request = message(link, packet::REQUEST, xid, t, opts);
@@ -293,7 +331,8 @@ pub fn renew(link: &Link, t: &Timing, opts: &Options, held: &Bound, rebinding: b
 /// RELEASE, sent once: the server does not answer it.
 pub fn release(link: &Link, t: &Timing, opts: &Options, held: &Bound) -> Result<(), String> {
     let mut m = message(link, packet::RELEASE, random_u32(), t, opts);
-    m.options.retain(|(c, _)| *c == packet::OPT_MESSAGE_TYPE || *c == packet::OPT_CLIENT_ID);
+    m.options
+        .retain(|(c, _)| *c == packet::OPT_MESSAGE_TYPE || *c == packet::OPT_CLIENT_ID);
     m.ciaddr = held.addr;
     m.set(packet::OPT_SERVER_ID, held.server.octets().to_vec());
     link.send(held.server_mac, held.addr, held.server, &m)

@@ -108,7 +108,10 @@ pub fn options(client_id: &str, cni_args: &str, ipam: &IpamConf) -> Result<Optio
         let code = option_code(&p.option)?;
         if !p.value.is_empty() {
             if p.value.len() > 255 {
-                return Err(format!("value too long for option {:?}: {:?}", p.option, p.value));
+                return Err(format!(
+                    "value too long for option {:?}: {:?}",
+                    p.option, p.value
+                ));
             }
             set(code, p.value.as_bytes().to_vec());
         }
@@ -163,9 +166,11 @@ mod tests {
         assert!(o.contains(&(12, b"web-1".to_vec())));
         assert!(o.contains(&(60, b"cni".to_vec())));
         assert!(o.contains(&(55, vec![121, 3, 1])));
-        let skip: IpamConf =
-            serde_json::from_str(r#"{"request":[{"skipDefault":true}]}"#).unwrap();
-        assert!(!options("x", "", &skip).unwrap().iter().any(|(c, _)| *c == 55));
+        let skip: IpamConf = serde_json::from_str(r#"{"request":[{"skipDefault":true}]}"#).unwrap();
+        assert!(!options("x", "", &skip)
+            .unwrap()
+            .iter()
+            .any(|(c, _)| *c == 55));
         let bad: IpamConf = serde_json::from_str(r#"{"request":[{"option":"nope"}]}"#).unwrap();
         assert!(options("x", "", &bad).is_err());
     }

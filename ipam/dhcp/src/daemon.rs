@@ -28,8 +28,12 @@ pub struct Flags {
 
 impl PartialEq for Timing {
     fn eq(&self, o: &Timing) -> bool {
-        (self.timeout, self.resend_max, self.resend_timeout, self.broadcast)
-            == (o.timeout, o.resend_max, o.resend_timeout, o.broadcast)
+        (
+            self.timeout,
+            self.resend_max,
+            self.resend_timeout,
+            self.broadcast,
+        ) == (o.timeout, o.resend_max, o.resend_timeout, o.broadcast)
     }
 }
 
@@ -87,7 +91,8 @@ pub fn parse_flags(args: &[String]) -> Result<Flags, String> {
                 .ok_or_else(|| format!("flag needs an argument: -{name}\n{USAGE}"))?,
         };
         let dur = |v: &str| {
-            go_duration(v).ok_or_else(|| format!("invalid value {v:?} for flag -{name}: parse error"))
+            go_duration(v)
+                .ok_or_else(|| format!("invalid value {v:?} for flag -{name}: parse error"))
         };
         match name {
             "pidfile" => f.pidfile = value,
@@ -119,7 +124,9 @@ pub fn go_duration(s: &str) -> Option<Duration> {
         let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
         let n: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let scale = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -207,14 +214,22 @@ impl Service for Daemon {
 
 /// The socket systemd passed (LISTEN_PID is us, LISTEN_FDS=1: fd 3), else our own.
 fn listener(path: &str) -> Result<UnixListener, String> {
-    let ours = std::env::var("LISTEN_PID").ok().and_then(|p| p.parse::<u32>().ok()) == Some(std::process::id());
-    let fds = std::env::var("LISTEN_FDS").ok().and_then(|n| n.parse::<u32>().ok()).unwrap_or(0);
+    let ours = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        == Some(std::process::id());
+    let fds = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
     if ours && fds == 1 {
         // SAFETY: systemd hands us fd 3, a listening socket we own from here on.
         return Ok(unsafe { UnixListener::from_raw_fd(3) });
     }
     if ours && fds > 1 {
-        return Err(format!("Too many ({fds}) FDs passed through socket activation"));
+        return Err(format!(
+            "Too many ({fds}) FDs passed through socket activation"
+        ));
     }
     let p = std::path::Path::new(path);
     if let Some(dir) = p.parent() {
@@ -226,10 +241,14 @@ fn listener(path: &str) -> Result<UnixListener, String> {
             .map_err(|e| format!("creating {}: {e}", dir.display()))?;
     }
     // A socket left by a daemon that died: nobody answers on it.
-    if UnixStream::connect(p).is_err() && std::fs::symlink_metadata(p).map(|m| {
-        use std::os::unix::fs::FileTypeExt;
-        m.file_type().is_socket()
-    }).unwrap_or(false) {
+    if UnixStream::connect(p).is_err()
+        && std::fs::symlink_metadata(p)
+            .map(|m| {
+                use std::os::unix::fs::FileTypeExt;
+                m.file_type().is_socket()
+            })
+            .unwrap_or(false)
+    {
         let _ = std::fs::remove_file(p);
     }
     UnixListener::bind(p).map_err(|e| format!("listen unix {path}: {e}"))
@@ -288,11 +307,13 @@ pub fn run(args: &[String]) -> i32 {
     for conn in l.incoming() {
         let Ok(stream) = conn else { continue };
         let d = daemon.clone();
-        let spawned = std::thread::Builder::new().name("rpc".into()).spawn(move || {
-            if let Err(e) = rpc::serve(stream, d.as_ref()) {
-                eprintln!("rpc: {e}");
-            }
-        });
+        let spawned = std::thread::Builder::new()
+            .name("rpc".into())
+            .spawn(move || {
+                if let Err(e) = rpc::serve(stream, d.as_ref()) {
+                    eprintln!("rpc: {e}");
+                }
+            });
         if let Err(e) = spawned {
             eprintln!("starting an rpc thread: {e}");
         }
@@ -307,7 +328,10 @@ mod tests {
     #[test]
     fn flags_read_as_go_reads_them() {
         let a = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
-        let f = parse_flags(&a("-socketpath /tmp/x.sock --timeout=2s -resendmax 1m2s -broadcast -pidfile=/p")).unwrap();
+        let f = parse_flags(&a(
+            "-socketpath /tmp/x.sock --timeout=2s -resendmax 1m2s -broadcast -pidfile=/p",
+        ))
+        .unwrap();
         assert_eq!(f.socketpath, "/tmp/x.sock");
         assert_eq!(f.timing.timeout, Duration::from_secs(2));
         assert_eq!(f.timing.resend_max, Duration::from_secs(62));

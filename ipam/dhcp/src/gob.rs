@@ -145,13 +145,19 @@ fn bootstrap() -> HashMap<i64, WireType> {
                 ("TextMarshalerT", g),
             ]),
         ),
-        (17, s(&[("CommonType", 18), ("Elem", T_INT), ("Len", T_INT)])),
+        (
+            17,
+            s(&[("CommonType", 18), ("Elem", T_INT), ("Len", T_INT)]),
+        ),
         (18, s(&[("Name", T_STRING), ("Id", T_INT)])),
         (19, s(&[("CommonType", 18), ("Elem", T_INT)])),
         (20, s(&[("CommonType", 18), ("Field", 22)])),
         (21, s(&[("Name", T_STRING), ("Id", T_INT)])),
         (22, WireType::Slice(21)),
-        (23, s(&[("CommonType", 18), ("Key", T_INT), ("Elem", T_INT)])),
+        (
+            23,
+            s(&[("CommonType", 18), ("Key", T_INT), ("Elem", T_INT)]),
+        ),
         (g, s(&[("CommonType", 18)])),
     ])
 }
@@ -240,7 +246,10 @@ struct Msg<'a> {
 
 impl Msg<'_> {
     fn byte(&mut self) -> Result<u8, Error> {
-        let b = *self.b.get(self.at).ok_or(Error("message too short".into()))?;
+        let b = *self
+            .b
+            .get(self.at)
+            .ok_or(Error("message too short".into()))?;
         self.at += 1;
         Ok(b)
     }
@@ -291,7 +300,12 @@ impl Msg<'_> {
         Ok(n as usize)
     }
 
-    fn value(&mut self, types: &HashMap<i64, WireType>, id: i64, depth: usize) -> Result<Value, Error> {
+    fn value(
+        &mut self,
+        types: &HashMap<i64, WireType>,
+        id: i64,
+        depth: usize,
+    ) -> Result<Value, Error> {
         if depth > MAX_DEPTH {
             return err("value nested too deep");
         }
@@ -330,7 +344,9 @@ impl Msg<'_> {
                             break;
                         }
                         field = field.saturating_add(delta.min(i64::MAX as u64) as i64);
-                        let Some((name, t)) = usize::try_from(field).ok().and_then(|i| fields.get(i)) else {
+                        let Some((name, t)) =
+                            usize::try_from(field).ok().and_then(|i| fields.get(i))
+                        else {
                             return err(format!("field {field} of a struct with {}", fields.len()));
                         };
                         out.push((name.clone(), self.value(types, *t, depth + 1)?));
@@ -480,7 +496,11 @@ impl<W: Write> Encoder<W> {
         };
         let mut m = Vec::new();
         put_int(&mut m, -id);
-        put_value(&mut m, &wire_type_schema(), &Value::Struct(vec![(slot.into(), body)]))?;
+        put_value(
+            &mut m,
+            &wire_type_schema(),
+            &Value::Struct(vec![(slot.into(), body)]),
+        )?;
         self.message(&m)?;
         Ok(id)
     }
@@ -491,10 +511,16 @@ fn wire_type_schema() -> Schema {
     let common = || {
         (
             "CommonType",
-            Schema::Struct("CommonType", vec![("Name", Schema::String), ("Id", Schema::Int)]),
+            Schema::Struct(
+                "CommonType",
+                vec![("Name", Schema::String), ("Id", Schema::Int)],
+            ),
         )
     };
-    let field = Schema::Struct("fieldType", vec![("Name", Schema::String), ("Id", Schema::Int)]);
+    let field = Schema::Struct(
+        "fieldType",
+        vec![("Name", Schema::String), ("Id", Schema::Int)],
+    );
     Schema::Struct(
         "wireType",
         vec![
@@ -511,9 +537,18 @@ fn wire_type_schema() -> Schema {
                 ),
             ),
             ("MapT", Schema::Struct("mapType", vec![])),
-            ("GobEncoderT", Schema::Struct("gobEncoderType", vec![common()])),
-            ("BinaryMarshalerT", Schema::Struct("gobEncoderType", vec![common()])),
-            ("TextMarshalerT", Schema::Struct("gobEncoderType", vec![common()])),
+            (
+                "GobEncoderT",
+                Schema::Struct("gobEncoderType", vec![common()]),
+            ),
+            (
+                "BinaryMarshalerT",
+                Schema::Struct("gobEncoderType", vec![common()]),
+            ),
+            (
+                "TextMarshalerT",
+                Schema::Struct("gobEncoderType", vec![common()]),
+            ),
         ],
     )
 }
@@ -606,8 +641,11 @@ mod tests {
         ]);
         let mut buf = Vec::new();
         let mut e = Encoder::new(&mut buf);
-        e.encode(&request_schema(), &Value::Struct(vec![("Seq".into(), Value::Uint(70000))]))
-            .unwrap();
+        e.encode(
+            &request_schema(),
+            &Value::Struct(vec![("Seq".into(), Value::Uint(70000))]),
+        )
+        .unwrap();
         e.encode(&s, &v).unwrap();
         e.encode(&s, &v).unwrap();
         let mut d = Decoder::new(&buf[..]);
@@ -633,7 +671,12 @@ mod tests {
 
     #[test]
     fn hostile_bytes_are_errors() {
-        for b in [&[0xf0u8][..], &[0x05, 0x02, 0x01][..], &[0x7f, 0x00][..], &[0x03, 0xff, 0x81, 0x00][..]] {
+        for b in [
+            &[0xf0u8][..],
+            &[0x05, 0x02, 0x01][..],
+            &[0x7f, 0x00][..],
+            &[0x03, 0xff, 0x81, 0x00][..],
+        ] {
             assert!(Decoder::new(b).decode().is_err(), "{b:?}");
         }
     }

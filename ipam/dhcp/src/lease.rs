@@ -122,7 +122,10 @@ impl Lease {
     }
 
     fn latest(&self) -> Bound {
-        self.latest.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The plugin's result from the latest ACK; route metrics from `priority`.
@@ -151,7 +154,9 @@ fn run(p: Params, tx: mpsc::Sender<Result<Arc<Lease>, String>>) {
     let stop_never = || false;
     let started = wait_for_link(&ns, &p.ifname, p.timing.timeout)
         .and_then(|_| Link::open(&ns, &p.ifname))
-        .and_then(|link| client::acquire(&link, &p.timing, &p.options, &stop_never).map(|b| (link, b)));
+        .and_then(|link| {
+            client::acquire(&link, &p.timing, &p.options, &stop_never).map(|b| (link, b))
+        });
     let (link, bound) = match started {
         Ok(v) => v,
         Err(e) => {
@@ -182,7 +187,10 @@ fn maintain(lease: &Lease, ns: &Netns, link: &Link, p: &Params) {
     let stopping = || lease.stopping();
     loop {
         if !link_exists(ns, link.ifindex) {
-            eprintln!("{id}: interface {} no longer exists, ending lease maintenance", p.ifname);
+            eprintln!(
+                "{id}: interface {} no longer exists, ending lease maintenance",
+                p.ifname
+            );
             return;
         }
         let held = lease.latest();
@@ -208,7 +216,11 @@ fn maintain(lease: &Lease, ns: &Netns, link: &Link, p: &Params) {
                 }
             }
         }
-        let next = if Instant::now() < t1 { t1 } else { Instant::now() + Duration::from_secs(1) };
+        let next = if Instant::now() < t1 {
+            t1
+        } else {
+            Instant::now() + Duration::from_secs(1)
+        };
         if lease.sleep(next) {
             break;
         }
@@ -251,7 +263,8 @@ fn set_up(ns: &Netns, ifname: &str) -> Result<(), String> {
         .map_err(|e| format!("error looking up {ifname:?}: {e}"))?
         .ok_or_else(|| format!("error looking up {ifname:?}: no such interface"))?;
     if !link.up {
-        k.run(nl.set_up(link.index, ifname)).map_err(|e| e.to_string())?;
+        k.run(nl.set_up(link.index, ifname))
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -260,7 +273,8 @@ fn set_down(ns: &Netns, ifname: &str) -> Result<(), String> {
     let k = Kernel::new().map_err(|e| e.to_string())?;
     let nl = k.connect_in(ns).map_err(|e| e.to_string())?;
     if let Some(link) = k.run(nl.link(ifname)).map_err(|e| e.to_string())? {
-        k.run(nl.set_down(link.index, ifname)).map_err(|e| e.to_string())?;
+        k.run(nl.set_down(link.index, ifname))
+            .map_err(|e| e.to_string())?;
     }
     Ok(())
 }
@@ -270,16 +284,24 @@ pub fn result_of(ack: &Message, priority: i64) -> Result<CniResult, String> {
     let mask = ack
         .addr(packet::OPT_SUBNET_MASK)
         .ok_or("DHCP option Subnet Mask not found in DHCPACK")?;
-    let prefix = ipnetwork::ipv4_mask_to_prefix(mask).map_err(|e| format!("DHCP subnet mask {mask}: {e}"))?;
+    let prefix = ipnetwork::ipv4_mask_to_prefix(mask)
+        .map_err(|e| format!("DHCP subnet mask {mask}: {e}"))?;
     let address = Ipv4Network::new(ack.yiaddr, prefix).map_err(|e| e.to_string())?;
     let gateway = ack.addr(packet::OPT_ROUTER).map(IpAddr::V4);
     let mut routes = Vec::new();
-    let classless = ack.get(packet::OPT_CLASSLESS_ROUTES).map(classless_routes).unwrap_or_default();
+    let classless = ack
+        .get(packet::OPT_CLASSLESS_ROUTES)
+        .map(classless_routes)
+        .unwrap_or_default();
     if !classless.is_empty() {
         // RFC 3442: these replace the static routes and the router.
         routes = classless;
     } else {
-        for pair in ack.get(packet::OPT_STATIC_ROUTES).unwrap_or(&[]).chunks_exact(8) {
+        for pair in ack
+            .get(packet::OPT_STATIC_ROUTES)
+            .unwrap_or(&[])
+            .chunks_exact(8)
+        {
             let dst = Ipv4Addr::new(pair[0], pair[1], pair[2], pair[3]);
             let gw = Ipv4Addr::new(pair[4], pair[5], pair[6], pair[7]);
             let prefix = match pair[0] {
@@ -293,7 +315,10 @@ pub fn result_of(ack: &Message, priority: i64) -> Result<CniResult, String> {
             }
         }
         if let Some(gw) = gateway {
-            routes.push(Route::new("0.0.0.0/0".parse().expect("a literal network"), Some(gw)));
+            routes.push(Route::new(
+                "0.0.0.0/0".parse().expect("a literal network"),
+                Some(gw),
+            ));
         }
     }
     if priority > 0 {
@@ -357,7 +382,13 @@ mod tests {
         let r = result_of(&ack(&[(1, &[255, 255, 255, 0]), (3, &[10, 140, 1, 1])]), 0).unwrap();
         assert_eq!(r.ips[0].address.to_string(), "10.140.1.50/24");
         assert_eq!(r.ips[0].gateway, Some("10.140.1.1".parse().unwrap()));
-        assert_eq!(r.routes, vec![Route::new("0.0.0.0/0".parse().unwrap(), Some("10.140.1.1".parse().unwrap()))]);
+        assert_eq!(
+            r.routes,
+            vec![Route::new(
+                "0.0.0.0/0".parse().unwrap(),
+                Some("10.140.1.1".parse().unwrap())
+            )]
+        );
         assert!(result_of(&ack(&[]), 0).is_err());
     }
 
@@ -367,7 +398,10 @@ mod tests {
             &ack(&[
                 (1, &[255, 255, 255, 0]),
                 (3, &[10, 140, 1, 1]),
-                (121, &[16, 10, 141, 10, 140, 1, 2, 24, 10, 142, 7, 0, 0, 0, 0]),
+                (
+                    121,
+                    &[16, 10, 141, 10, 140, 1, 2, 24, 10, 142, 7, 0, 0, 0, 0],
+                ),
             ]),
             7,
         )

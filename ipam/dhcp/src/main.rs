@@ -26,6 +26,10 @@ struct Dhcp;
 impl Dhcp {
     fn call(&self, method: &str, args: &CmdArgs) -> Result<Option<CniResult>, Error> {
         let conf = conf::parse(&args.stdin).map_err(Error::config)?;
+        // A config the daemon would refuse is a config error here (7).
+        if let Some(ipam) = &conf.ipam {
+            conf::options("", &args.cni_args, ipam).map_err(Error::config)?;
+        }
         // The daemon may run in another working directory.
         let netns = if args.netns.is_empty() || args.netns.starts_with('/') {
             args.netns.clone()
@@ -64,8 +68,14 @@ impl Plugin for Dhcp {
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = conf::parse(&args.stdin).map_err(Error::config)?;
         if let Err(e) = std::os::unix::net::UnixStream::connect(conf.socket_path()) {
-            if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) {
-                eprintln!("no DHCP daemon at {}: {e}; nothing to release", conf.socket_path());
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) {
+                eprintln!(
+                    "no DHCP daemon at {}: {e}; nothing to release",
+                    conf.socket_path()
+                );
                 return Ok(());
             }
         }

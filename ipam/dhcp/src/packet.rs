@@ -68,7 +68,10 @@ impl Message {
     }
 
     pub fn get(&self, code: u8) -> Option<&[u8]> {
-        self.options.iter().find(|(c, _)| *c == code).map(|(_, v)| v.as_slice())
+        self.options
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, v)| v.as_slice())
     }
 
     pub fn kind(&self) -> Option<u8> {
@@ -82,7 +85,11 @@ impl Message {
     /// An option holding addresses (routers: the first is the gateway).
     pub fn addrs(&self, code: u8) -> Vec<Ipv4Addr> {
         self.get(code)
-            .map(|v| v.chunks_exact(4).map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3])).collect())
+            .map(|v| {
+                v.chunks_exact(4)
+                    .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

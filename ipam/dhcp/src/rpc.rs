@@ -156,7 +156,10 @@ fn result_value(r: &CniResult) -> Value {
             Value::Struct(vec![
                 ("Dst".into(), ipnet_value(&rt.dst)),
                 ("GW".into(), ip_value(rt.gw)),
-                ("Priority".into(), Value::Int(rt.priority.unwrap_or(0) as i64)),
+                (
+                    "Priority".into(),
+                    Value::Int(rt.priority.unwrap_or(0) as i64),
+                ),
                 ("Scope".into(), Value::Int(rt.scope.unwrap_or(0) as i64)),
             ])
         })
@@ -212,7 +215,10 @@ fn result_from_value(v: &Value) -> Result<CniResult, Error> {
             parse_ipnet(r.field("Dst")).ok_or_else(|| bad("route"))?,
             parse_ip(r, "GW"),
         );
-        route.priority = r.int("Priority").and_then(|p| u32::try_from(p).ok()).filter(|p| *p != 0);
+        route.priority = r
+            .int("Priority")
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|p| *p != 0);
         route.scope = r.int("Scope").and_then(|p| u32::try_from(p).ok());
         out.routes.push(route);
     }
@@ -228,7 +234,12 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 /// The plugin side: one call to the daemon at `socket`, bounded by `wait`.
-pub fn call(socket: &str, method: &str, args: &CmdArgs, wait: Duration) -> Result<Option<CniResult>, Error> {
+pub fn call(
+    socket: &str,
+    method: &str,
+    args: &CmdArgs,
+    wait: Duration,
+) -> Result<Option<CniResult>, Error> {
     let stream = UnixStream::connect(socket).map_err(dial)?;
     stream.set_read_timeout(Some(wait)).map_err(dial)?;
     stream.set_write_timeout(Some(wait)).map_err(dial)?;
@@ -249,14 +260,18 @@ pub fn call(socket: &str, method: &str, args: &CmdArgs, wait: Duration) -> Resul
         ("Seq".into(), Value::Uint(0)),
     ]);
     enc.encode(&request_schema(), &req).map_err(calling)?;
-    enc.encode(&CmdArgs::schema(), &args.to_value()).map_err(calling)?;
+    enc.encode(&CmdArgs::schema(), &args.to_value())
+        .map_err(calling)?;
     enc.flush().map_err(calling)?;
     let mut dec = Decoder::new(r);
     let resp = dec.decode().map_err(calling)?;
     let body = dec.decode().map_err(calling)?;
     let error = resp.str("Error");
     if !error.is_empty() {
-        return Err(Error::new(code::TRY_AGAIN, format!("error calling {method}: {error}")));
+        return Err(Error::new(
+            code::TRY_AGAIN,
+            format!("error calling {method}: {error}"),
+        ));
     }
     if method == "DHCP.Release" {
         return Ok(None);
@@ -270,16 +285,24 @@ fn read_head(r: &mut impl BufRead) -> std::io::Result<Vec<String>> {
     let mut total = 0;
     loop {
         let mut line = Vec::new();
-        let n = r.by_ref().take((MAX_HEAD - total) as u64 + 1).read_until(b'\n', &mut line)?;
+        let n = r
+            .by_ref()
+            .take((MAX_HEAD - total) as u64 + 1)
+            .read_until(b'\n', &mut line)?;
         total += n;
         if total == 0 {
             // Closed before a word: someone checking that the socket answers.
             return Ok(lines);
         }
         if n == 0 || total > MAX_HEAD {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "no complete HTTP head"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no complete HTTP head",
+            ));
         }
-        let text = String::from_utf8_lossy(&line).trim_end_matches(['\r', '\n']).to_string();
+        let text = String::from_utf8_lossy(&line)
+            .trim_end_matches(['\r', '\n'])
+            .to_string();
         if text.is_empty() {
             return Ok(lines);
         }
@@ -363,9 +386,14 @@ mod tests {
             gateway: Some("10.140.1.1".parse().unwrap()),
             interface: None,
         });
-        r.routes.push(Route::new("0.0.0.0/0".parse().unwrap(), Some("10.140.1.1".parse().unwrap())));
+        r.routes.push(Route::new(
+            "0.0.0.0/0".parse().unwrap(),
+            Some("10.140.1.1".parse().unwrap()),
+        ));
         let mut buf = Vec::new();
-        Encoder::new(&mut buf).encode(&result_schema(), &result_value(&r)).unwrap();
+        Encoder::new(&mut buf)
+            .encode(&result_schema(), &result_value(&r))
+            .unwrap();
         let back = result_from_value(&Decoder::new(&buf[..]).decode().unwrap()).unwrap();
         assert_eq!(back.ips, r.ips);
         assert_eq!(back.routes, r.routes);
