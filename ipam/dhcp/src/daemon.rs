@@ -213,7 +213,7 @@ impl Service for Daemon {
 }
 
 /// The socket systemd passed (LISTEN_PID is us, LISTEN_FDS=1: fd 3), else our own.
-fn listener(path: &str) -> Result<UnixListener, String> {
+fn listener(path: &str) -> Result<(UnixListener, String), String> {
     let ours = std::env::var("LISTEN_PID")
         .ok()
         .and_then(|p| p.parse::<u32>().ok())
@@ -224,7 +224,8 @@ fn listener(path: &str) -> Result<UnixListener, String> {
         .unwrap_or(0);
     if ours && fds == 1 {
         // SAFETY: systemd hands us fd 3, a listening socket we own from here on.
-        return Ok(unsafe { UnixListener::from_raw_fd(3) });
+        let l = unsafe { UnixListener::from_raw_fd(3) };
+        return Ok((l, "the socket systemd passed".into()));
     }
     if ours && fds > 1 {
         return Err(format!(
@@ -251,7 +252,9 @@ fn listener(path: &str) -> Result<UnixListener, String> {
     {
         let _ = std::fs::remove_file(p);
     }
-    UnixListener::bind(p).map_err(|e| format!("listen unix {path}: {e}"))
+    UnixListener::bind(p)
+        .map(|l| (l, path.to_string()))
+        .map_err(|e| format!("listen unix {path}: {e}"))
 }
 
 /// Runs the daemon until SIGINT or SIGTERM; returns the exit code.
@@ -282,7 +285,7 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     let socket = format!("{}{}", f.hostprefix, f.socketpath);
-    let l = match listener(&socket) {
+    let (l, listening) = match listener(&socket) {
         Ok(l) => l,
         Err(e) => {
             eprintln!("Error getting listener: {e}");
@@ -303,7 +306,7 @@ pub fn run(args: &[String]) -> i32 {
         hostprefix: f.hostprefix,
         timing: f.timing,
     });
-    eprintln!("dhcp daemon listening on {socket}");
+    eprintln!("dhcp daemon listening on {listening}");
     for conn in l.incoming() {
         let Ok(stream) = conn else { continue };
         let d = daemon.clone();

@@ -377,6 +377,19 @@ pub fn serve(stream: UnixStream, service: &dyn Service) -> Result<(), gob::Error
 mod tests {
     use super::*;
 
+    /// What Go 1.19's gob writes for struct{Address net.IPNet; Gateway net.IP} holding
+    /// 10.1.2.3/24 and 10.1.2.1: net.IP goes as its 16 bytes, not as text.
+    #[test]
+    fn reads_addresses_as_go_writes_them() {
+        let go: &[u8] = b"(\xff\x81\x03\x01\x01\x01R\x01\xff\x82\x00\x01\x02\x01\x07Address\x01\xff\x84\x00\x01\x07Gateway\x01\n\x00\x00\x00#\xff\x83\x03\x01\x01\x05IPNet\x01\xff\x84\x00\x01\x02\x01\x02IP\x01\n\x00\x01\x04Mask\x01\n\x00\x00\x00/\xff\x82\x01\x01\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\n\x01\x02\x03\x01\x04\xff\xff\xff\x00\x00\x01\x10\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\n\x01\x02\x01\x00";
+        let v = Decoder::new(go).decode().unwrap();
+        assert_eq!(
+            parse_ipnet(v.field("Address")).unwrap().to_string(),
+            "10.1.2.3/24"
+        );
+        assert_eq!(parse_ip(&v, "Gateway"), Some("10.1.2.1".parse().unwrap()));
+    }
+
     #[test]
     fn a_result_survives_the_wire() {
         let mut r = CniResult::default();
