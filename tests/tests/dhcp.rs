@@ -363,3 +363,31 @@ fn dhcp_interoperates_with_the_reference_daemon_and_plugin() {
     let (_c4, _, _, mine) = lab.add(&ours, "1.0.0", &our_socket);
     assert_eq!(shape(&mine), shape(&theirs), "{mine}\n{theirs}");
 }
+
+#[test]
+fn dhcp_leases_for_a_macvlan_and_releases_before_it_goes() {
+    let mut lab = Lab::new(4, &[]);
+    let bin = bin_dir();
+    let socket = lab.daemon(&bin, "ours");
+    let c = Ns::new("dhc");
+    let id = unique("ctr");
+    let mut conf = lab.conf("1.0.0", &socket, json!({}));
+    conf["type"] = json!("macvlan");
+    conf["master"] = json!("br0");
+    let mut add = Call::new("macvlan", "ADD", &lab.host, &c.path(), &id);
+    add.bin_dir = bin.clone();
+    let r = add.run(&conf).expect_ok();
+    let ip = address(&r).split('/').next().unwrap().to_string();
+    assert!(address(&r).starts_with("10.140.4."), "{r}");
+    assert!(c.addrs("eth0").contains(&address(&r)));
+    assert!(lab.lease_of(&ip).is_some(), "{:?}", lab.leases());
+    let mut del = Call::new("macvlan", "DEL", &lab.host, &c.path(), &id);
+    del.bin_dir = bin;
+    del.run(&conf).expect_ok();
+    assert!(
+        lab.until(5, || lab.lease_of(&ip).is_none()),
+        "{:?}\n{}",
+        lab.leases(),
+        lab.log("ours")
+    );
+}
