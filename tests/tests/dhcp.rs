@@ -242,6 +242,10 @@ fn dhcp_acquires_renews_and_releases_through_our_daemon() {
     );
     // A second DEL is fine.
     call(&bin, "DEL", &lab.host, &c, &id).run(&conf).expect_ok();
+    // SIGTERM: the daemon removes its socket and pidfile.
+    assert!(stop_child(&mut lab.children[1], Duration::from_secs(3)).is_some());
+    assert!(!Path::new(&socket).exists());
+    assert!(!lab.dir.path().join("ours.pid").exists());
 }
 
 #[test]

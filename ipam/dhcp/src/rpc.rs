@@ -17,6 +17,8 @@ use crate::gob::{self, Decoder, Encoder, Schema, Value};
 
 const RPC_PATH: &str = "/_goRPC_";
 const CONNECTED: &str = "200 Connected to Go RPC";
+/// How long the daemon waits for the next bytes of a client.
+const IDLE_CLIENT: Duration = Duration::from_secs(60);
 /// The HTTP head of a CONNECT is a few lines; more is not a client of ours.
 const MAX_HEAD: usize = 4096;
 
@@ -318,6 +320,8 @@ pub trait Service {
 /// The daemon side: serves the calls of one connection until the client hangs up.
 pub fn serve(stream: UnixStream, service: &dyn Service) -> Result<(), gob::Error> {
     let io = |e: std::io::Error| gob::Error(e.to_string());
+    // A client that stops talking does not hold its thread for ever.
+    stream.set_read_timeout(Some(IDLE_CLIENT)).map_err(io)?;
     let mut r = BufReader::new(stream.try_clone().map_err(io)?);
     let mut w = std::io::BufWriter::new(stream);
     let head = read_head(&mut r).map_err(io)?;
