@@ -669,6 +669,44 @@ mod tests {
         assert_eq!(v.uint("Seq"), 0);
     }
 
+    /// Random bytes, and a real stream with bytes flipped: errors or values, never a
+    /// panic or a hang.
+    #[test]
+    fn any_bytes_decode_or_fail() {
+        let mut real = Vec::new();
+        let mut e = Encoder::new(&mut real);
+        let s = Schema::Struct(
+            "T",
+            vec![
+                ("A", Schema::Slice(Box::new(request_schema()))),
+                ("B", Schema::Bytes),
+            ],
+        );
+        let item = Value::Struct(vec![("ServiceMethod".into(), Value::string("x"))]);
+        let v = Value::Struct(vec![
+            ("A".into(), Value::Slice(vec![item.clone(), item])),
+            ("B".into(), Value::Bytes(vec![1, 2, 3])),
+        ]);
+        e.encode(&s, &v).unwrap();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..20_000 {
+            let mut b = real.clone();
+            for _ in 0..(next() % 4 + 1) {
+                let i = (next() % b.len() as u64) as usize;
+                b[i] = next() as u8;
+            }
+            let _ = Decoder::new(&b[..]).decode();
+            let random: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
+            let _ = Decoder::new(&random[..]).decode();
+        }
+    }
+
     #[test]
     fn hostile_bytes_are_errors() {
         for b in [

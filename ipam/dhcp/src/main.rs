@@ -108,3 +108,36 @@ fn main() {
     }
     skel::run(&Dhcp, "CNI dhcp plugin (cni-rs)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the plugin and the daemon read of a config: never a panic.
+    #[test]
+    fn reading_any_input_never_panics() {
+        const FIELDS: &[&str] = &[
+            "ipam",
+            "daemonSocketPath",
+            "provide",
+            "option",
+            "value",
+            "fromArg",
+            "request",
+            "skipDefault",
+            "priority",
+        ];
+        libcni::arbitrary::probe_reading(FIELDS, |a| {
+            let conf = conf::parse(&a.stdin).map_err(Error::config)?;
+            if let Some(ipam) = &conf.ipam {
+                conf::options(
+                    &conf::client_id(&a.container_id, &conf.name, &a.ifname),
+                    &a.cni_args,
+                    ipam,
+                )
+                .map_err(Error::config)?;
+            }
+            Ok(())
+        });
+    }
+}
