@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dest=${1:-/opt/cni/bin}
-plugins=(bridge macvlan ptp host-device host-local static loopback tuning portmap firewall bandwidth vxlan-overlay flannel sbr tap dummy)
+plugins=(bridge macvlan ptp host-device host-local static dhcp loopback tuning portmap firewall bandwidth vxlan-overlay flannel sbr tap dummy)
 . scripts/build.sh
 mkdir -p "$dest"
 for p in "${plugins[@]}"; do

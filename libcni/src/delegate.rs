@@ -50,6 +50,12 @@ impl Delegate {
         &self.plugin
     }
 
+    /// An IPAM plugin that speaks on the container's interface (dhcp sends its RELEASE
+    /// there): its DEL must end before the interface goes, as the reference orders it.
+    pub fn needs_interface_on_del(&self) -> bool {
+        self.plugin == "dhcp"
+    }
+
     /// Starts `command`; wait for it with [`Running::wait`].
     pub fn start(&self, command: &str, args: &CmdArgs) -> Result<Running, Error> {
         let bin = exec::find(&self.plugin, &args.path)?;

@@ -121,7 +121,9 @@ pub fn del(
     ipam: Option<&Delegate>,
 ) -> Result<(), Error> {
     let a = Attachment::of(args);
-    let ipam = ipam.map(|i| i.start("DEL", args)).transpose()?;
+    let first = ipam.is_some_and(Delegate::needs_interface_on_del);
+    let mut ipam = ipam.map(|i| i.start("DEL", args)).transpose()?;
+    let released = first.then(|| ipam.take().map(|r| r.wait()).transpose());
     let prev_addrs = args.prev_result().ok().flatten().map(|r| addrs(&r));
     let rules = spec.rules(&a).start_removal(&a, prev_addrs.as_deref());
     let links = args
@@ -137,7 +139,7 @@ pub fn del(
                 spec.container_mac(&a),
             ))
         });
-    let ipam = ipam.map(|r| r.wait()).transpose();
+    let ipam = released.unwrap_or_else(|| ipam.map(|r| r.wait()).transpose());
     let rules = rules.and_then(|r| r.wait());
     links.and(rules).and(ipam.map(|_| ()))
 }

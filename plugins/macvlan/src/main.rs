@@ -156,15 +156,18 @@ impl Plugin for MacvlanPlugin {
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let m = Macvlan::load(args)?;
         let a = Attachment::of(args);
-        let ipam = Delegate::ipam(args)
-            .map(|i| i.start("DEL", args))
-            .transpose()?;
+        let delegate = Delegate::ipam(args);
+        let first = delegate
+            .as_ref()
+            .is_some_and(Delegate::needs_interface_on_del);
+        let mut ipam = delegate.map(|i| i.start("DEL", args)).transpose()?;
+        let released = first.then(|| ipam.take().map(|r| r.wait()).transpose());
         let link = args.netns().map(|ns| {
             let k = Kernel::new()?;
             let inside = k.connect_in(ns)?;
             container::delete_own(&k, &inside, a.ifname(), |l| is_ours(l, m.mac_of(&a)))
         });
-        let ipam = ipam.map(|r| r.wait()).transpose();
+        let ipam = released.unwrap_or_else(|| ipam.map(|r| r.wait()).transpose());
         link.unwrap_or(Ok(())).and(ipam.map(|_| ()))
     }
 
