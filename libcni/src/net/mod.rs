@@ -8,7 +8,9 @@ mod vxlan;
 
 use std::io;
 
-pub use link::{random_mac, LinkInfo, LinkTuning, MacVlanMode, Netlink, RouteInfo, RouteSpec};
+pub use link::{
+    random_mac, LinkInfo, LinkTuning, MacVlanMode, MacvlanSettings, Netlink, RouteInfo, RouteSpec,
+};
 pub use netns::{Netns, OpenError};
 pub use tc::{Qdisc, Tbf};
 pub use vxlan::{Entry, Vxlan, VxlanState};

@@ -1,11 +1,11 @@
 //! `macvlan`: puts the container straight on a NIC (`master`, default the interface of the
 //! default route) through a macvlan link born inside the container, addressed by the IPAM
 //! delegate (or up without an address when there is none). `linkInContainer`: the master
-//! is a link of the container's own namespace. The steps are libcni's attachment layer.
+//! is a link of the container's own namespace; `bcqueuelen` sizes its broadcast queue. The steps are libcni's attachment layer.
 
 use libcni::attachment::{claim, container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
-use libcni::net::{parse_mac, Kernel, LinkInfo, MacVlanMode, Netlink};
+use libcni::net::{self, parse_mac, Kernel, LinkInfo, MacVlanMode, MacvlanSettings, Netlink};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface};
 use libcni::{code, CniResult, Error};
@@ -24,6 +24,9 @@ struct Conf {
     mac: Option<String>,
     #[serde(default)]
     link_in_container: bool,
+    /// v1.5+: the broadcast queue length (0: the kernel's).
+    #[serde(default, rename = "bcqueuelen")]
+    bc_queue_len: u32,
     #[serde(default)]
     dns: Option<Dns>,
     #[serde(default)]
@@ -131,7 +134,12 @@ impl Plugin for MacvlanPlugin {
             .transpose()?;
         let mut undo = Undo::new();
         let mtu = (m.conf.mtu != 0).then_some(m.conf.mtu);
-        let create = parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns);
+        let settings = MacvlanSettings {
+            mac: m.mac_of(&a),
+            mtu,
+            bc_queue_len: (m.conf.bc_queue_len != 0).then_some(m.conf.bc_queue_len),
+        };
+        let create = parent.create_macvlan(a.ifname(), &master, m.mode, &settings, netns);
         let mac = m.mac_of(&a);
         let live = async {
             Ok(inside
@@ -154,6 +162,11 @@ impl Plugin for MacvlanPlugin {
         }
         for ip in &mut r.ips {
             ip.interface = Some(0);
+        }
+        if r.ips.iter().any(|i| i.address.is_ipv6()) {
+            // Neighbours learn the new link's IPv6 addresses at once (reference v1.3).
+            let key = format!("net/ipv6/conf/{}/ndisc_notify", a.ifname());
+            netns.run(|| net::sysctl_set(&key, "1"))??;
         }
         k.run(container::configure(&inside, netns, a.ifname(), &r))?;
         let link = k
@@ -251,6 +264,7 @@ mod tests {
             "mtu",
             "mac",
             "linkInContainer",
+            "bcqueuelen",
             "ipam",
             "dns",
             "runtimeConfig",
