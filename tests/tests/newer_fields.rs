@@ -297,3 +297,21 @@ fn bridge_result_dns_is_ipams_unless_the_config_gives_one() {
         .expect_ok();
     assert_eq!(r2["dns"], json!({"nameservers": ["10.120.10.54"]}), "{r2}");
 }
+
+#[test]
+fn host_local_routes_keep_their_cni_1_1_fields() {
+    let net = Bridged::new();
+    let mut conf = net.conf("10.120.11.0/24", json!({"isDefaultGateway": false}));
+    conf["ipam"]["routes"] = json!([
+        {"dst": "10.120.12.0/24", "priority": 77},
+        {"dst": "10.120.13.0/24", "table": 120},
+    ]);
+    let c = Ns::new("c");
+    let r = net.call("bridge", "ADD", &c, "rt1").run(&conf).expect_ok();
+    assert_eq!(r["routes"][0]["priority"], 77, "{r}");
+    assert_eq!(r["routes"][1]["table"], 120, "{r}");
+    let main = c.ip_json("-4 route show 10.120.12.0/24");
+    assert_eq!(main[0]["metric"], 77, "{main}");
+    let t = c.ip_json("-4 route show table 120");
+    assert_eq!(t[0]["dst"], "10.120.13.0/24", "{t}");
+}
