@@ -315,3 +315,70 @@ fn host_local_routes_keep_their_cni_1_1_fields() {
     let t = c.ip_json("-4 route show table 120");
     assert_eq!(t[0]["dst"], "10.120.13.0/24", "{t}");
 }
+
+/// Removes the node's tuning allowlist this test wrote, also when it fails.
+struct Allowlist(&'static str);
+
+impl Allowlist {
+    fn write(text: &str) -> Allowlist {
+        let path = "/etc/cni/tuning/allowlist.conf";
+        assert!(
+            !std::path::Path::new(path).exists(),
+            "{path} exists already; not replacing it"
+        );
+        std::fs::create_dir_all("/etc/cni/tuning").unwrap();
+        std::fs::write(path, text).unwrap();
+        Allowlist(path)
+    }
+}
+
+impl Drop for Allowlist {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(self.0);
+        let _ = std::fs::remove_dir("/etc/cni/tuning");
+    }
+}
+
+#[test]
+fn tuning_refuses_duplicate_sysctls_and_keys_outside_the_allowlist() {
+    let host = Ns::new("h");
+    let c = Ns::new("c");
+    let data = tempfile::tempdir().unwrap();
+    let prev = json!({"cniVersion": "1.1.0", "interfaces": [{"name": "lo", "sandbox": c.path()}],
+                      "ips": [{"address": "10.120.14.2/24", "interface": 0}]});
+    let call = |cmd| Call::new("tuning", cmd, &host, &c.path(), "tu1").ifname("lo");
+    let raw = format!(
+        r#"{{"cniVersion": "1.1.0", "name": "tu", "type": "tuning", "dataDir": {:?},
+            "sysctl": {{"net.ipv4.conf.IFNAME.arp_ignore": "1", "net.ipv4.conf.IFNAME.arp_ignore": "2"}},
+            "prevResult": {prev}}}"#,
+        data.path()
+    );
+    let out = call("ADD").run_raw(raw.as_bytes());
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert_eq!(out.json["msg"], "duplicated sysctl keys are not allowed");
+    assert_eq!(
+        c.sh("cat /proc/sys/net/ipv4/conf/lo/arp_ignore").trim(),
+        "0"
+    );
+
+    let conf = json!({"cniVersion": "1.1.0", "name": "tu", "type": "tuning", "dataDir": data.path(),
+        "sysctl": {"net.ipv4.conf.IFNAME.arp_ignore": "1", "net.core.somaxconn": "999"},
+        "prevResult": prev});
+    let list = Allowlist::write("^net\\.ipv4\\.conf\\.IFNAME\\.[a-z_]*$\n\n");
+    let out = call("ADD").run(&conf);
+    assert_eq!(out.code(), 7, "{}", out.stdout);
+    assert_eq!(
+        out.json["msg"],
+        "Sysctl net.core.somaxconn is not allowed. Only the following sysctls are allowed: [^net\\.ipv4\\.conf\\.IFNAME\\.[a-z_]*$]"
+    );
+    assert_ne!(c.sh("cat /proc/sys/net/core/somaxconn").trim(), "999");
+    let mut allowed = conf.clone();
+    allowed["sysctl"] = json!({"net.ipv4.conf.IFNAME.arp_ignore": "1"});
+    call("ADD").run(&allowed).expect_ok();
+    assert_eq!(
+        c.sh("cat /proc/sys/net/ipv4/conf/lo/arp_ignore").trim(),
+        "1"
+    );
+    call("DEL").run(&allowed).expect_ok();
+    drop(list);
+}
