@@ -388,10 +388,11 @@ fn host_device_refuses_a_runtime_device_id_no_bus_has() {
     let host = Ns::new("h");
     host.sh("ip link add nic0 type veth peer name nic1");
     let c = Ns::new("c");
+    let data = tempfile::tempdir().unwrap();
     for id in ["mlx5_core.sf.4", "0000:ff:1f.7", "../../devices"] {
         let conf = json!({"cniVersion": "1.1.0", "name": "hd", "type": "host-device",
-            "device": "nic0", "runtimeConfig": {"deviceID": id}});
-        let out = Call::new("host-device", "ADD", &host, &c.path(), "hd1").run(&conf);
+            "device": "nic0", "dataDir": data.path(), "runtimeConfig": {"deviceID": id}});
+        let out = Call::new("host-device", "ADD", &host, &c.path(), "nfhd1").run(&conf);
         assert_eq!(out.code(), 7, "{id}: {}", out.stdout);
         assert_eq!(
             out.json["msg"],
