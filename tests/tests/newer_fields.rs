@@ -401,3 +401,37 @@ fn host_device_refuses_a_runtime_device_id_no_bus_has() {
         assert!(host.link("nic0").is_some(), "{id}: nic0 stays on the host");
     }
 }
+
+#[test]
+fn add_and_del_refuse_the_plugins_own_namespace_unless_overridden() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let conf = json!({"cniVersion": "1.1.0", "name": "own", "type": "ptp",
+        "ipam": {"type": "host-local", "dataDir": data.path(), "ranges": [[{"subnet": "10.120.15.0/24"}]]}});
+    let msg = "plugin's netns and netns from CNI_NETNS should not be the same";
+    let out = Call::new("ptp", "ADD", &host, &host.path(), "own1").run(&conf);
+    assert_eq!(out.code(), 8, "{}", out.stdout);
+    assert_eq!(out.json["msg"], msg);
+    assert!(
+        !host.link_names().iter().any(|n| n.starts_with("veth")),
+        "nothing made"
+    );
+    assert_eq!(store_allocations(data.path(), "own"), 0);
+    let out = Call::new("ptp", "DEL", &host, &host.path(), "own1").run(&conf);
+    assert_eq!(out.code(), 8, "{}", out.stdout);
+
+    // loopback, told it is intended: brings up the namespace's lo, as asked.
+    let lo = json!({"cniVersion": "1.1.0", "name": "own", "type": "loopback"});
+    for over in ["true", "TRUE", "1"] {
+        Call::new("loopback", "ADD", &host, &host.path(), "own2")
+            .ifname("lo")
+            .env("CNI_NETNS_OVERRIDE", over)
+            .run(&lo)
+            .expect_ok();
+    }
+    let out = Call::new("loopback", "ADD", &host, &host.path(), "own2")
+        .ifname("lo")
+        .env("CNI_NETNS_OVERRIDE", "yes")
+        .run(&lo);
+    assert_eq!(out.code(), 8, "{}", out.stdout);
+}
