@@ -453,8 +453,10 @@ mod tests {
         let mut m: HashMap<String, String> = [
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "abc"),
-            // The test's own namespace: a real one, which Echo does not touch.
+            // The test's own namespace: a real one, which Echo does not touch (hence
+            // the override).
             ("CNI_NETNS", "/proc/self/ns/net"),
+            ("CNI_NETNS_OVERRIDE", "1"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/opt/cni/bin"),
         ]
@@ -472,6 +474,24 @@ mod tests {
     }
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"n","type":"echo"}"#;
+
+    #[test]
+    fn own_namespace_is_refused_on_add_and_del_unless_overridden() {
+        for cmd in ["ADD", "DEL"] {
+            let e = call(&[("CNI_COMMAND", cmd), ("CNI_NETNS_OVERRIDE", "")], CONF).unwrap_err();
+            assert_eq!(e.code, code::INVALID_NETNS, "{cmd}");
+            let no = call(&[("CNI_COMMAND", cmd), ("CNI_NETNS_OVERRIDE", "yes")], CONF);
+            assert!(no.is_err(), "{cmd}");
+            assert!(call(
+                &[("CNI_COMMAND", cmd), ("CNI_NETNS_OVERRIDE", "True")],
+                CONF
+            )
+            .is_ok());
+        }
+        let check = [("CNI_COMMAND", "CHECK"), ("CNI_NETNS_OVERRIDE", "")];
+        let v04 = r#"{"cniVersion":"0.4.0","name":"n","type":"echo","prevResult":{"cniVersion":"0.4.0"}}"#;
+        assert!(call(&check, v04).is_ok());
+    }
 
     #[test]
     fn add_prints_result_in_config_version() {

@@ -88,7 +88,7 @@ pub fn remove_labelled_masquerade(gone: impl Fn(&str) -> bool) -> Result<String,
     Ok(delete_elements("inet", &mine))
 }
 
-/// The reference's `ipMasqBackend` (v1.2+): `iptables` or `nftables` (absent: its own
+/// The reference's `ipMasqBackend` (v1.6+): `iptables` or `nftables` (absent: its own
 /// pick). Either means this masquerade; anything else is refused with its message.
 pub fn check_masq_backend(backend: Option<&str>) -> Result<(), Error> {
     match backend {

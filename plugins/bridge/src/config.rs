@@ -19,7 +19,7 @@ pub struct BridgeConf {
     pub force_address: bool,
     #[serde(default)]
     pub ip_masq: bool,
-    /// v1.2+: `iptables` or `nftables`; both mean our nftables masquerade (checked by
+    /// v1.6+: `iptables` or `nftables`; both mean our nftables masquerade (checked by
     /// `load` when `ipMasq` is on, where the reference reads it).
     #[serde(default)]
     ip_masq_backend: Option<String>,
@@ -32,13 +32,13 @@ pub struct BridgeConf {
     pub promisc_mode: bool,
     #[serde(default)]
     pub macspoofchk: bool,
-    /// v1.0+ (Go tag `enabledad`): DAD on the container's IPv6 addresses.
+    /// Already in 1.1.1 (Go tag `enabledad`): DAD on the container's IPv6 addresses.
     #[serde(default, rename = "enabledad")]
     pub enable_dad: bool,
-    /// v1.4+: the container interface is left down (layer 2 only).
+    /// v1.4.1+: the container interface is left down (layer 2 only).
     #[serde(default)]
     pub disable_container_interface: bool,
-    /// v1.6+: the host port is an isolated bridge port.
+    /// v1.7+: the host port is an isolated bridge port.
     #[serde(default)]
     pub port_isolation: bool,
     #[serde(default)]
@@ -53,7 +53,7 @@ pub struct BridgeConf {
     vlan: u16,
     #[serde(default, rename = "vlanTrunk")]
     vlan_trunk: Vec<serde_json::Value>,
-    /// v1.6+: only acts on the VLANs above; accepted alone, as the reference does.
+    /// v1.3+: only acts on the VLANs above; accepted alone, as the reference does.
     #[serde(default, rename = "preserveDefaultVlan")]
     _preserve_default_vlan: bool,
     /// The container MAC the runtime asked for, if any (resolved by `load`).
@@ -86,7 +86,7 @@ impl BridgeConf {
         if c.vlan != 0 || !c.vlan_trunk.is_empty() {
             return Err(Error::new(
                 code::UNSUPPORTED_FIELD,
-                "bridge VLANs (\"vlan\", \"vlanTrunk\") are not supported",
+                "bridge VLANs (\"vlan\", \"vlanTrunk\") are not supported: this kernel has no 8021q nor bridge VLAN filtering",
             ));
         }
         if c.hairpin_mode && c.promisc_mode {

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 const DEFAULT_DATA_DIR: &str = "/run/cni/host-device";
 const USERSPACE_DRIVERS: &[&str] = &["vfio-pci", "uio_pci_generic", "igb_uio"];
 const SYS_PCI: &str = "/sys/bus/pci/devices";
-/// Sub-functions and other devices of the auxiliary bus (reference v1.4).
+/// Sub-functions and other devices of the auxiliary bus (reference v1.5).
 const SYS_AUX: &str = "/sys/bus/auxiliary/devices";
 
 #[derive(Debug, Deserialize)]

@@ -24,7 +24,7 @@ struct Conf {
     mac: Option<String>,
     #[serde(default)]
     link_in_container: bool,
-    /// v1.5+: the broadcast queue length (0: the kernel's).
+    /// v1.6+: the broadcast queue length (0: the kernel's).
     #[serde(default, rename = "bcqueuelen")]
     bc_queue_len: u32,
     #[serde(default)]
@@ -164,7 +164,7 @@ impl Plugin for MacvlanPlugin {
             ip.interface = Some(0);
         }
         if r.ips.iter().any(|i| i.address.is_ipv6()) {
-            // Neighbours learn the new link's IPv6 addresses at once (reference v1.3).
+            // Neighbours learn the new link's IPv6 addresses at once (reference v1.4).
             let key = format!("net/ipv6/conf/{}/ndisc_notify", a.ifname());
             netns.run(|| net::sysctl_set(&key, "1"))??;
         }

@@ -22,7 +22,7 @@ struct Conf {
     snat: Option<bool>,
     #[serde(default)]
     masq_all: bool,
-    /// v1.5+: `iptables` or `nftables`; both are our nftables chains (checked by `load`
+    /// v1.6+: `iptables` or `nftables`; both are our nftables chains (checked by `load`
     /// with the reference's rules about backend-specific fields).
     #[serde(default)]
     backend: Option<String>,

@@ -21,7 +21,7 @@ const SCOPE_ANY: u8 = 255;
 struct Conf {
     #[serde(default)]
     ip_masq: bool,
-    /// v1.2+: `iptables` or `nftables`, both our nftables masquerade.
+    /// v1.6+: `iptables` or `nftables`, both our nftables masquerade.
     #[serde(default)]
     ip_masq_backend: Option<String>,
     #[serde(default)]
