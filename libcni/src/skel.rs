@@ -315,14 +315,39 @@ pub fn dispatch(
     };
     match command {
         Command::Add => {
+            // Refused before anything is made (the reference's skel checks after ADD).
+            own_netns_refused(&args.netns, env("CNI_NETNS_OVERRIDE")).map_err(tag)?;
             let r = plugin.add(&args).map_err(tag)?;
             r.to_json(&args.conf.cni_version).map(Some).map_err(tag)
         }
-        Command::Del => plugin.del(&args).map_err(tag).map(|_| None),
+        Command::Del => {
+            plugin.del(&args).map_err(tag)?;
+            own_netns_refused(&args.netns, env("CNI_NETNS_OVERRIDE")).map_err(tag)?;
+            Ok(None)
+        }
         Command::Check => plugin.check(&args).map_err(tag).map(|_| None),
         Command::Status => plugin.status(&args).map_err(tag).map(|_| None),
         Command::Gc => plugin.gc(&args).map_err(tag).map(|_| None),
         Command::Version => unreachable!("answered above"),
+    }
+}
+
+/// The CNI library's rule since 1.2 (reference plugins v1.4): ADD and DEL fail when
+/// CNI_NETNS is the plugin's own network namespace (a runtime's mistake that would
+/// configure the host), unless CNI_NETNS_OVERRIDE is `true` (any case) or `1`.
+fn own_netns_refused(netns: &str, over: Option<String>) -> Result<(), Error> {
+    use std::os::unix::fs::MetadataExt;
+    if over.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1") || netns.is_empty() {
+        return Ok(());
+    }
+    // stat only: nothing at the path is opened (a FIFO there cannot block us).
+    let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    match (id(netns), id("/proc/self/ns/net")) {
+        (Some(a), Some(b)) if a == b => Err(Error::new(
+            code::INVALID_NETNS,
+            "plugin's netns and netns from CNI_NETNS should not be the same",
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -422,8 +447,10 @@ mod tests {
         let mut m: HashMap<String, String> = [
             ("CNI_COMMAND", "ADD"),
             ("CNI_CONTAINERID", "abc"),
-            // The test's own namespace: a real one, which Echo does not touch.
+            // The test's own namespace: a real one, which Echo does not touch (hence
+            // the override).
             ("CNI_NETNS", "/proc/self/ns/net"),
+            ("CNI_NETNS_OVERRIDE", "1"),
             ("CNI_IFNAME", "eth0"),
             ("CNI_PATH", "/opt/cni/bin"),
         ]
@@ -441,6 +468,24 @@ mod tests {
     }
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"n","type":"echo"}"#;
+
+    #[test]
+    fn own_namespace_is_refused_on_add_and_del_unless_overridden() {
+        for cmd in ["ADD", "DEL"] {
+            let e = call(&[("CNI_COMMAND", cmd), ("CNI_NETNS_OVERRIDE", "")], CONF).unwrap_err();
+            assert_eq!(e.code, code::INVALID_NETNS, "{cmd}");
+            let no = call(&[("CNI_COMMAND", cmd), ("CNI_NETNS_OVERRIDE", "yes")], CONF);
+            assert!(no.is_err(), "{cmd}");
+            assert!(call(
+                &[("CNI_COMMAND", cmd), ("CNI_NETNS_OVERRIDE", "True")],
+                CONF
+            )
+            .is_ok());
+        }
+        let check = [("CNI_COMMAND", "CHECK"), ("CNI_NETNS_OVERRIDE", "")];
+        let v04 = r#"{"cniVersion":"0.4.0","name":"n","type":"echo","prevResult":{"cniVersion":"0.4.0"}}"#;
+        assert!(call(&check, v04).is_ok());
+    }
 
     #[test]
     fn add_prints_result_in_config_version() {

@@ -23,6 +23,8 @@ pub mod code {
     pub const IO: u32 = 5;
     pub const DECODE: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
+    /// CNI_NETNS names the plugin's own namespace (the CNI library's ErrInvalidNetNS).
+    pub const INVALID_NETNS: u32 = 8;
     pub const TRY_AGAIN: u32 = 11;
     /// STATUS: the plugin cannot serve ADD now.
     pub const NOT_AVAILABLE: u32 = 50;

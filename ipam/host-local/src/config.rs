@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use ipnetwork::IpNetwork;
 use libcni::ipam::{self, Requests};
 use libcni::skel::CmdArgs;
-use libcni::spec::Version;
+use libcni::spec::{Route, Version};
 use libcni::Error;
 use serde::Deserialize;
 
@@ -49,25 +49,18 @@ struct IpamConf {
     #[serde(default)]
     gateway: Option<IpAddr>,
     #[serde(default)]
-    routes: Vec<RouteConf>,
+    routes: Vec<Route>,
     #[serde(default)]
     data_dir: Option<PathBuf>,
     #[serde(default)]
     resolv_conf: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct RouteConf {
-    pub dst: IpNetwork,
-    #[serde(default)]
-    pub gw: Option<IpAddr>,
-}
-
 /// Everything host-local needs, checked.
 #[derive(Debug)]
 pub struct Config {
     pub sets: Vec<RangeSet>,
-    pub routes: Vec<RouteConf>,
+    pub routes: Vec<Route>,
     /// `<dataDir>/<network name>`
     pub dir: PathBuf,
     pub resolv_conf: Option<PathBuf>,

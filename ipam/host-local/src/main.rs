@@ -8,7 +8,6 @@ mod range;
 mod store;
 
 use libcni::skel::{self, CmdArgs, Plugin};
-use libcni::spec::Route;
 use libcni::{code, CniResult, Error};
 
 use config::Config;
@@ -37,11 +36,9 @@ impl Plugin for HostLocal {
             &args.ifname,
             &conf.requested,
         )?;
-        let routes = conf
-            .routes
-            .iter()
-            .map(|r| Route::new(r.dst, r.gw))
-            .collect();
+        // Whole, with the CNI 1.1 fields (mtu, advmss, priority, table, scope), as the
+        // reference passes them on since v1.6.
+        let routes = conf.routes.clone();
         Ok(CniResult {
             ips,
             routes,

@@ -27,6 +27,13 @@ pub struct BridgeSpec {
     pub hairpin: bool,
     pub promisc: bool,
     pub macspoofchk: bool,
+    /// `enabledad`: the container's IPv6 addresses go through DAD (ADD waits for it).
+    pub enable_dad: bool,
+    /// `disableContainerInterface`: the container end stays down (layer 2 only).
+    pub container_down: bool,
+    /// `portIsolation`: the host end is an isolated port (isolated ports reach only
+    /// non-isolated ones).
+    pub port_isolation: bool,
     /// The container MAC the runtime asked for; otherwise the attachment's own.
     pub mac: Option<[u8; 6]>,
     /// The result's `dns` (the config's, as the reference reports it).
@@ -87,7 +94,16 @@ pub fn add(
         });
     }
     let inside = k.connect_in(netns)?;
-    k.run(container::configure(&inside, netns, a.ifname(), &r))?;
+    if !spec.container_down {
+        let dad = container::Dad::from_flag(spec.enable_dad);
+        k.run(container::configure_with(
+            &inside,
+            netns,
+            a.ifname(),
+            &r,
+            dad,
+        ))?;
+    }
     if spec.is_gateway {
         k.run(set_gateways(k.host(), spec, &bridge, &r.ips))?;
         enable_forwarding(&r.ips)?;
@@ -106,7 +122,10 @@ pub fn add(
     for ip in &mut r.ips {
         ip.interface = Some(2);
     }
-    r.dns = spec.dns.clone().unwrap_or_default();
+    // The config's DNS when it gives any (else IPAM's), as the reference from v1.2.
+    if let Some(d) = spec.dns.as_ref().filter(|d| !d.is_empty()) {
+        r.dns = d.clone();
+    }
     undo.commit();
     lease.map(|l| l.commit());
     Ok(r)
@@ -226,6 +245,9 @@ async fn attach(
         .await?;
     if spec.hairpin {
         nl.set_hairpin(host.index, &host.name).await?;
+    }
+    if spec.port_isolation {
+        nl.set_isolated(host.index, &host.name).await?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! with prevResult.
 
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
@@ -65,6 +66,29 @@ pub fn delete_own(
     }
 }
 
+/// Duplicate address detection on the container's IPv6 addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dad {
+    /// Skipped: the addresses are usable at once (the reference's accept_dad 0).
+    Off,
+    /// Done (the bridge's `enabledad`: accept_dad and enhanced_dad 1), and waited for.
+    On,
+}
+
+impl Dad {
+    pub fn from_flag(on: bool) -> Dad {
+        if on {
+            Dad::On
+        } else {
+            Dad::Off
+        }
+    }
+}
+
+/// How long ADD waits for DAD to finish, and how often it looks (the reference's).
+const DAD_SETTLE: Duration = Duration::from_secs(5);
+const DAD_POLL: Duration = Duration::from_millis(50);
+
 /// Configures `ifname` inside the container from the result `r`.
 pub async fn configure(
     nl: &Netlink,
@@ -72,25 +96,77 @@ pub async fn configure(
     ifname: &str,
     r: &CniResult,
 ) -> Result<(), net::Error> {
+    configure_with(nl, netns, ifname, r, Dad::Off).await
+}
+
+/// [`configure`], with or without DAD on the IPv6 addresses.
+pub async fn configure_with(
+    nl: &Netlink,
+    netns: &Netns,
+    ifname: &str,
+    r: &CniResult,
+    dad: Dad,
+) -> Result<(), net::Error> {
     let link = nl.link(ifname).await?.ok_or_else(|| gone(ifname))?;
     if r.ips.iter().any(|i| i.address.is_ipv4()) {
         // Neighbours learn a moved address at once (the reference's arp_notify).
         let key = format!("net/ipv4/conf/{}/arp_notify", link.name);
         netns.run(|| sysctl_set(&key, "1"))??;
     }
-    if r.ips.iter().any(|i| i.address.is_ipv6()) {
-        // Usable at once, its link-local address too (the reference's accept_dad 0).
-        let key = format!("net/ipv6/conf/{}/accept_dad", link.name);
-        netns.run(|| sysctl_set(&key, "0"))??;
+    let v6 = r.ips.iter().any(|i| i.address.is_ipv6());
+    if v6 {
+        let conf = format!("net/ipv6/conf/{}", link.name);
+        let settings: &[(&str, &str)] = match dad {
+            Dad::Off => &[("accept_dad", "0")],
+            Dad::On => &[("enhanced_dad", "1"), ("accept_dad", "1")],
+        };
+        // keep_addr_on_down: the addresses survive the link going down (reference v1.7).
+        for (key, value) in settings.iter().chain(&[("keep_addr_on_down", "1")]) {
+            let key = format!("{conf}/{key}");
+            netns.run(|| sysctl_set(&key, value))??;
+        }
     }
     for ip in &r.ips {
-        nl.add_address(link.index, ifname, ip.address).await?;
+        nl.add_address_dad(link.index, ifname, ip.address, dad == Dad::On)
+            .await?;
     }
     nl.set_up(link.index, ifname).await?;
+    if v6 && dad == Dad::On {
+        settle(nl, link.index, ifname).await?;
+    }
     for rt in &r.routes {
         nl.add_route(&route_spec(rt, &r.ips, link.index)).await?;
     }
     Ok(())
+}
+
+/// Waits (bounded) until no IPv6 address of the link is tentative; one that failed DAD
+/// is an error, as with the reference.
+async fn settle(nl: &Netlink, index: u32, ifname: &str) -> Result<(), net::Error> {
+    let deadline = Instant::now() + DAD_SETTLE;
+    loop {
+        let (tentative, failed) = nl.unsettled_addresses(index, ifname).await?;
+        if let Some(a) = failed.first() {
+            return Err(net::Error::io(
+                format!("duplicate address detection on {ifname}: {a} is in use"),
+                std::io::ErrorKind::AddrInUse.into(),
+            ));
+        }
+        if tentative.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(net::Error::io(
+                format!(
+                    "duplicate address detection on {ifname}: {} still tentative after {}s",
+                    tentative[0],
+                    DAD_SETTLE.as_secs()
+                ),
+                std::io::ErrorKind::TimedOut.into(),
+            ));
+        }
+        tokio::time::sleep(DAD_POLL).await;
+    }
 }
 
 /// What differs between `ifname` in the container and prevResult (empty: nothing).

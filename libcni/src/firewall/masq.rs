@@ -88,6 +88,15 @@ pub fn remove_labelled_masquerade(gone: impl Fn(&str) -> bool) -> Result<String,
     Ok(delete_elements("inet", &mine))
 }
 
+/// The reference's `ipMasqBackend` (v1.6+): `iptables` or `nftables` (absent: its own
+/// pick). Either means this masquerade; anything else is refused with its message.
+pub fn check_masq_backend(backend: Option<&str>) -> Result<(), Error> {
+    match backend {
+        None | Some("iptables") | Some("nftables") => Ok(()),
+        Some(other) => Err(Error::config(format!("unknown ipmasq backend {other:?}"))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,11 +5,11 @@ use std::net::IpAddr;
 
 use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
-use netlink_packet_route::address::{AddressAttribute, AddressFlags};
+use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 pub use netlink_packet_route::link::MacVlanMode;
 use netlink_packet_route::link::{
-    InfoBridgePort, InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo as NlInfo,
-    LinkMessage,
+    InfoBridgePort, InfoData, InfoKind, InfoMacVlan, InfoVeth, LinkAttribute, LinkFlags,
+    LinkInfo as NlInfo, LinkMessage,
 };
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
@@ -39,6 +39,15 @@ pub struct LinkInfo {
     pub alias: Option<String>,
     /// For a veth, its peer's index (in the peer's namespace).
     pub peer: Option<u32>,
+}
+
+/// A new macvlan's own settings; `None`: the kernel's default.
+#[derive(Debug, Clone, Default)]
+pub struct MacvlanSettings {
+    pub mac: Option<[u8; 6]>,
+    pub mtu: Option<u32>,
+    /// Broadcast/multicast queue length (`bcqueuelen`).
+    pub bc_queue_len: Option<u32>,
 }
 
 /// Link settings to change; `None` leaves a setting alone.
@@ -323,21 +332,23 @@ impl Netlink {
     }
 
     /// Creates a macvlan on `master` (a link of this connection's namespace) named `name`
-    /// and born inside `ns` (no move afterwards), with `mac` when given.
+    /// and born inside `ns` (no move afterwards), with the settings given.
     pub async fn create_macvlan(
         &self,
         name: &str,
         master: &LinkInfo,
         mode: MacVlanMode,
-        mac: Option<[u8; 6]>,
-        mtu: Option<u32>,
+        set: &MacvlanSettings,
         ns: &Netns,
     ) -> Result<(), Error> {
         let mut b = LinkMacVlan::new(name, master.index, mode).setns_by_fd(ns.fd());
-        if let Some(mac) = mac {
+        if let Some(q) = set.bc_queue_len {
+            b = b.append_info_data(InfoMacVlan::BcQueueLen(q));
+        }
+        if let Some(mac) = set.mac {
             b = b.address(mac.to_vec());
         }
-        if let Some(mtu) = mtu {
+        if let Some(mtu) = set.mtu {
             b = b.mtu(mtu);
         }
         self.add_link(b.build(), || {
@@ -566,6 +577,19 @@ impl Netlink {
             .map_err(|e| nl_err(format!("setting hairpin on {name}"), e))
     }
 
+    /// Makes a bridge port isolated: it exchanges frames with non-isolated ports only.
+    pub async fn set_isolated(&self, index: u32, name: &str) -> Result<(), Error> {
+        let msg = LinkBridgePort::new(index)
+            .append_info_data(InfoBridgePort::Isolated(true))
+            .build();
+        self.handle
+            .link()
+            .set_port(msg)
+            .execute()
+            .await
+            .map_err(|e| nl_err(format!("setting {name} isolated"), e))
+    }
+
     /// Deletes a link by name; `Ok(false)` when it was already gone.
     pub async fn delete_link(&self, name: &str) -> Result<bool, Error> {
         let Some(l) = self.link(name).await? else {
@@ -592,8 +616,19 @@ impl Netlink {
         name: &str,
         addr: IpNetwork,
     ) -> Result<bool, Error> {
+        self.add_address_dad(index, name, addr, false).await
+    }
+
+    /// [`Self::add_address`], an IPv6 address going through DAD when `dad`.
+    pub async fn add_address_dad(
+        &self,
+        index: u32,
+        name: &str,
+        addr: IpNetwork,
+        dad: bool,
+    ) -> Result<bool, Error> {
         let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
-        if addr.is_ipv6() {
+        if addr.is_ipv6() && !dad {
             let flags = AddressAttribute::Flags(AddressFlags::Nodad);
             req.message_mut().attributes.push(flags);
         }
@@ -634,6 +669,40 @@ impl Netlink {
 
     /// Addresses on a link, with their prefix lengths.
     pub async fn addresses(&self, index: u32, name: &str) -> Result<Vec<IpNetwork>, Error> {
+        Ok(self
+            .address_messages(index, name)
+            .await?
+            .iter()
+            .filter_map(address_of)
+            .collect())
+    }
+
+    /// The IPv6 addresses of a link still in duplicate address detection, and those
+    /// that failed it.
+    pub async fn unsettled_addresses(
+        &self,
+        index: u32,
+        name: &str,
+    ) -> Result<(Vec<IpNetwork>, Vec<IpNetwork>), Error> {
+        let (mut tentative, mut failed) = (Vec::new(), Vec::new());
+        for m in self.address_messages(index, name).await? {
+            let Some(a) = address_of(&m).filter(IpNetwork::is_ipv6) else {
+                continue;
+            };
+            if m.header.flags.contains(AddressHeaderFlags::Dadfailed) {
+                failed.push(a);
+            } else if m.header.flags.contains(AddressHeaderFlags::Tentative) {
+                tentative.push(a);
+            }
+        }
+        Ok((tentative, failed))
+    }
+
+    async fn address_messages(
+        &self,
+        index: u32,
+        name: &str,
+    ) -> Result<Vec<netlink_packet_route::address::AddressMessage>, Error> {
         let req = self
             .handle
             .address()
@@ -645,9 +714,8 @@ impl Netlink {
             .await
             .map_err(|e| nl_err(format!("listing addresses of {name}"), e))?;
         Ok(msgs
-            .iter()
+            .into_iter()
             .filter(|m| m.header.index == index)
-            .filter_map(address_of)
             .collect())
     }
 

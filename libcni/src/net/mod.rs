@@ -10,7 +10,9 @@ mod vxlan;
 
 use std::io;
 
-pub use link::{random_mac, LinkInfo, LinkTuning, MacVlanMode, Netlink, RouteInfo, RouteSpec};
+pub use link::{
+    random_mac, LinkInfo, LinkTuning, MacVlanMode, MacvlanSettings, Netlink, RouteInfo, RouteSpec,
+};
 pub use netns::{Netns, OpenError};
 pub use policy::{Rule, TableRoute};
 pub use tc::{Qdisc, Tbf};

@@ -19,6 +19,10 @@ pub struct BridgeConf {
     pub force_address: bool,
     #[serde(default)]
     pub ip_masq: bool,
+    /// v1.6+: `iptables` or `nftables`; both mean our nftables masquerade (checked by
+    /// `load` when `ipMasq` is on, where the reference reads it).
+    #[serde(default)]
+    ip_masq_backend: Option<String>,
     /// 0 or absent: the kernel's default.
     #[serde(default)]
     pub mtu: u32,
@@ -28,6 +32,15 @@ pub struct BridgeConf {
     pub promisc_mode: bool,
     #[serde(default)]
     pub macspoofchk: bool,
+    /// Already in 1.1.1 (Go tag `enabledad`): DAD on the container's IPv6 addresses.
+    #[serde(default, rename = "enabledad")]
+    pub enable_dad: bool,
+    /// v1.4.1+: the container interface is left down (layer 2 only).
+    #[serde(default)]
+    pub disable_container_interface: bool,
+    /// v1.7+: the host port is an isolated bridge port.
+    #[serde(default)]
+    pub port_isolation: bool,
     #[serde(default)]
     pub dns: Option<Dns>,
     #[serde(default)]
@@ -40,6 +53,9 @@ pub struct BridgeConf {
     vlan: u16,
     #[serde(default, rename = "vlanTrunk")]
     vlan_trunk: Vec<serde_json::Value>,
+    /// v1.3+: only acts on the VLANs above; accepted alone, as the reference does.
+    #[serde(default, rename = "preserveDefaultVlan")]
+    _preserve_default_vlan: bool,
     /// The container MAC the runtime asked for, if any (resolved by `load`).
     #[serde(skip)]
     pub mac: Option<[u8; 6]>,
@@ -70,7 +86,7 @@ impl BridgeConf {
         if c.vlan != 0 || !c.vlan_trunk.is_empty() {
             return Err(Error::new(
                 code::UNSUPPORTED_FIELD,
-                "bridge VLANs (\"vlan\", \"vlanTrunk\") are not supported",
+                "bridge VLANs (\"vlan\", \"vlanTrunk\") are not supported: this kernel has no 8021q nor bridge VLAN filtering",
             ));
         }
         if c.hairpin_mode && c.promisc_mode {
@@ -95,6 +111,19 @@ impl BridgeConf {
             .map(|m| parse_mac(&m).ok_or_else(|| Error::config(format!("invalid mac {m:?}"))))
             .transpose()?;
         Ok(c)
+    }
+
+    /// What the reference refuses only on ADD (a DEL or CHECK of such a config runs).
+    pub fn check_for_add(&self, args: &CmdArgs) -> Result<(), Error> {
+        if self.disable_container_interface && libcni::delegate::Delegate::ipam(args).is_some() {
+            return Err(Error::config(
+                "cannot use IPAM when DisableContainerInterface flag is set",
+            ));
+        }
+        if self.ip_masq {
+            libcni::firewall::check_masq_backend(self.ip_masq_backend.as_deref())?;
+        }
+        Ok(())
     }
 
     pub fn mtu(&self) -> Option<u32> {

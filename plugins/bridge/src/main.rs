@@ -17,7 +17,10 @@ use config::BridgeConf;
 struct Bridge;
 
 fn spec(args: &CmdArgs) -> Result<BridgeSpec, Error> {
-    let c = BridgeConf::load(args)?;
+    spec_of(BridgeConf::load(args)?)
+}
+
+fn spec_of(c: BridgeConf) -> Result<BridgeSpec, Error> {
     Ok(BridgeSpec {
         mtu: c.mtu(),
         bridge: c.bridge,
@@ -29,6 +32,9 @@ fn spec(args: &CmdArgs) -> Result<BridgeSpec, Error> {
         hairpin: c.hairpin_mode,
         promisc: c.promisc_mode,
         macspoofchk: c.macspoofchk,
+        enable_dad: c.enable_dad,
+        container_down: c.disable_container_interface,
+        port_isolation: c.port_isolation,
         mac: c.mac,
         dns: c.dns,
     })
@@ -36,10 +42,12 @@ fn spec(args: &CmdArgs) -> Result<BridgeSpec, Error> {
 
 impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+        let c = BridgeConf::load(args)?;
+        c.check_for_add(args)?;
         bridged::add(
             &Kernel::new()?,
             args,
-            &spec(args)?,
+            &spec_of(c)?,
             Delegate::ipam(args).as_ref(),
         )
     }
@@ -100,6 +108,11 @@ mod tests {
             "hairpinMode",
             "promiscMode",
             "macspoofchk",
+            "enabledad",
+            "disableContainerInterface",
+            "portIsolation",
+            "ipMasqBackend",
+            "preserveDefaultVlan",
             "ipam",
             "dns",
             "vlan",

@@ -1,5 +1,5 @@
 //! `host-device`: hands a link of the host (named by `device`, `hwaddr`, `kernelpath` or
-//! `pciBusID`/runtimeConfig `deviceID`) to the container under CNI_IFNAME, addressed by the
+//! `pciBusID`/runtimeConfig `deviceID`, a PCI address or an auxiliary-bus device) to the container under CNI_IFNAME, addressed by the
 //! IPAM delegate if there is one, and back to the host under its old name on DEL. As the
 //! reference, the old name travels in the link's alias; the host addresses the kernel
 //! drops on the move, the old name and what makes the device known again in the container
@@ -25,6 +25,8 @@ use serde::{Deserialize, Serialize};
 const DEFAULT_DATA_DIR: &str = "/run/cni/host-device";
 const USERSPACE_DRIVERS: &[&str] = &["vfio-pci", "uio_pci_generic", "igb_uio"];
 const SYS_PCI: &str = "/sys/bus/pci/devices";
+/// Sub-functions and other devices of the auxiliary bus (reference v1.5).
+const SYS_AUX: &str = "/sys/bus/auxiliary/devices";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -59,6 +61,8 @@ enum Device {
     /// A `/sys/devices/...` path whose `net/` holds the link.
     KernelPath(PathBuf),
     Pci(String),
+    /// A device of the auxiliary bus, by its name there.
+    Aux(String),
 }
 
 /// What DEL puts back on the host link, and on which link.
@@ -113,14 +117,30 @@ fn is_pci_address(s: &str) -> bool {
         && (b'0'..=b'7').contains(&b[11])
 }
 
+/// runtimeConfig `deviceID`: a PCI address the PCI bus has, or a device of the auxiliary
+/// bus (the reference's order); anything else is refused with the reference's message.
+fn runtime_device(id: &str) -> Result<Device, Error> {
+    if is_pci_address(id) && Path::new(SYS_PCI).join(id).exists() {
+        return Ok(Device::Pci(id.to_string()));
+    }
+    // One plain path component only: the name is joined to a sysfs directory.
+    let plain = id.len() <= 255 && !id.contains('/') && id != "." && id != "..";
+    if plain && Path::new(SYS_AUX).join(id).exists() {
+        return Ok(Device::Aux(id.to_string()));
+    }
+    Err(Error::config(format!(
+        "runtime config DeviceID {id} not found or unsupported"
+    )))
+}
+
 impl Conf {
     fn load(args: &CmdArgs) -> Result<(Conf, Device), Error> {
         let c: Conf = args.parse_conf()?;
-        let pci = if c.runtime_config.device_id.is_empty() {
-            c.pci_bus_id.clone()
-        } else {
-            c.runtime_config.device_id.clone()
-        };
+        // As the reference: read (and refused when unknown) whatever else is given.
+        let from_runtime = (!c.runtime_config.device_id.is_empty())
+            .then(|| runtime_device(&c.runtime_config.device_id))
+            .transpose()?;
+        let pci = c.pci_bus_id.clone();
         let device = if !c.device.is_empty() {
             if !libcni::names::is_ifname(&c.device) {
                 return Err(Error::config(format!("invalid device {:?}", c.device)));
@@ -145,6 +165,8 @@ impl Conf {
                 )));
             }
             Device::KernelPath(p.to_path_buf())
+        } else if let Some(d) = from_runtime {
+            d
         } else if !pci.is_empty() {
             if !is_pci_address(&pci) {
                 return Err(Error::config(format!("invalid PCI address {pci:?}")));
@@ -177,6 +199,7 @@ impl Device {
     fn sysfs_names(&self) -> Vec<String> {
         let dirs: Vec<PathBuf> = match self {
             Device::KernelPath(p) => vec![p.join("net")],
+            Device::Aux(name) => vec![Path::new(SYS_AUX).join(name).join("net")],
             Device::Pci(pci) => {
                 let base = Path::new(SYS_PCI).join(pci);
                 let mut d = vec![base.join("net")];

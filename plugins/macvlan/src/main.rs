@@ -1,12 +1,12 @@
 //! `macvlan`: puts the container straight on a NIC (`master`, default the interface of the
 //! default route) through a macvlan link born inside the container, addressed by the IPAM
 //! delegate (or up without an address when there is none). `linkInContainer`: the master
-//! is a link of the container's own namespace. The steps are libcni's attachment layer.
+//! is a link of the container's own namespace; `bcqueuelen` sizes its broadcast queue. The steps are libcni's attachment layer.
 
 use libcni::attachment::{claim, container, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
 use libcni::mac::parse_mac;
-use libcni::net::{Kernel, LinkInfo, MacVlanMode, Netlink};
+use libcni::net::{self, Kernel, LinkInfo, MacVlanMode, MacvlanSettings, Netlink};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::spec::{Dns, Interface};
 use libcni::{code, CniResult, Error};
@@ -25,6 +25,9 @@ struct Conf {
     mac: Option<String>,
     #[serde(default)]
     link_in_container: bool,
+    /// v1.6+: the broadcast queue length (0: the kernel's).
+    #[serde(default, rename = "bcqueuelen")]
+    bc_queue_len: u32,
     #[serde(default)]
     dns: Option<Dns>,
     #[serde(default)]
@@ -129,7 +132,12 @@ impl Plugin for MacvlanPlugin {
         let mut pending = PendingLease::start_if(ipam.as_ref(), args)?;
         let mut undo = Undo::new();
         let mtu = (m.conf.mtu != 0).then_some(m.conf.mtu);
-        let create = parent.create_macvlan(a.ifname(), &master, m.mode, m.mac_of(&a), mtu, netns);
+        let settings = MacvlanSettings {
+            mac: m.mac_of(&a),
+            mtu,
+            bc_queue_len: (m.conf.bc_queue_len != 0).then_some(m.conf.bc_queue_len),
+        };
+        let create = parent.create_macvlan(a.ifname(), &master, m.mode, &settings, netns);
         let mac = m.mac_of(&a);
         let live = async {
             Ok(inside
@@ -140,6 +148,11 @@ impl Plugin for MacvlanPlugin {
         claim(&k, &mut pending, create, live)?;
         undo.delete_link(&k, &inside, a.ifname());
         let (lease, mut r) = PendingLease::addressed(pending, 0)?;
+        if r.ips.iter().any(|i| i.address.is_ipv6()) {
+            // Neighbours learn the new link's IPv6 addresses at once (reference v1.4).
+            let key = format!("net/ipv6/conf/{}/ndisc_notify", a.ifname());
+            netns.run(|| net::sysctl_set(&key, "1"))??;
+        }
         k.run(container::configure(&inside, netns, a.ifname(), &r))?;
         let link = k
             .run(inside.link(a.ifname()))?
@@ -226,6 +239,7 @@ mod tests {
             "mtu",
             "mac",
             "linkInContainer",
+            "bcqueuelen",
             "ipam",
             "dns",
             "runtimeConfig",

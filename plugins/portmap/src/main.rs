@@ -22,6 +22,10 @@ struct Conf {
     snat: Option<bool>,
     #[serde(default)]
     masq_all: bool,
+    /// v1.6+: `iptables` or `nftables`; both are our nftables chains (checked by `load`
+    /// with the reference's rules about backend-specific fields).
+    #[serde(default)]
+    backend: Option<String>,
     /// iptables mark bits: nftables masquerades directly and needs no mark; checked only.
     #[serde(default)]
     mark_masq_bit: Option<i64>,
@@ -52,6 +56,7 @@ impl Conf {
         if c.mark_masq_bit.is_some_and(|b| !(0..=31).contains(&b)) {
             return Err(Error::config("markMasqBit must be between 0 and 31"));
         }
+        c.check_backend()?;
         if c.conditions_v4.as_ref().is_some_and(|v| !v.is_empty())
             || c.conditions_v6.as_ref().is_some_and(|v| !v.is_empty())
         {
@@ -61,6 +66,44 @@ impl Conf {
             ));
         }
         Ok(c)
+    }
+
+    /// The reference's backend rules: a field of one backend with the other one asked
+    /// for is refused, then a backend that is neither.
+    fn check_backend(&self) -> Result<(), Error> {
+        let mut specific: [Vec<&str>; 2] = [Vec::new(), Vec::new()];
+        if self.external_set_mark_chain.is_some() {
+            specific[0].push("externalSetMarkChain");
+        }
+        for (field, conds) in [
+            ("conditionsV4", &self.conditions_v4),
+            ("conditionsV6", &self.conditions_v6),
+        ] {
+            // As the reference tells them apart: iptables matches start with - or !.
+            match conds.as_deref().and_then(|c| c.first()).map(String::as_str) {
+                None | Some("") => {}
+                Some(c) if c.starts_with(['-', '!']) => specific[0].push(field),
+                Some(_) => specific[1].push(field),
+            }
+        }
+        let Some(backend) = self.backend.as_deref() else {
+            return Ok(());
+        };
+        let (wrong, fields) = if backend == "iptables" {
+            ("nftables", &specific[1])
+        } else {
+            ("iptables", &specific[0])
+        };
+        if !fields.is_empty() {
+            return Err(Error::config(format!(
+                "{backend} backend was requested but configuration contains {wrong}-specific options [{}]",
+                fields.join(" ")
+            )));
+        }
+        if backend != "iptables" && backend != "nftables" {
+            return Err(Error::config(format!("unrecognized backend {backend:?}")));
+        }
+        Ok(())
     }
 
     fn masq(&self) -> PortMasq {
@@ -222,6 +265,7 @@ mod tests {
             "snat",
             "masqAll",
             "markMasqBit",
+            "backend",
             "externalSetMarkChain",
             "conditionsV4",
             "conditionsV6",

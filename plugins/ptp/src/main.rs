@@ -21,6 +21,9 @@ const SCOPE_ANY: u8 = 255;
 struct Conf {
     #[serde(default)]
     ip_masq: bool,
+    /// v1.6+: `iptables` or `nftables`, both our nftables masquerade.
+    #[serde(default)]
+    ip_masq_backend: Option<String>,
     #[serde(default)]
     mtu: u32,
     #[serde(default)]
@@ -150,6 +153,10 @@ struct Ptp;
 impl Plugin for Ptp {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
         let (conf, ipam) = Conf::load(args)?;
+        if conf.ip_masq {
+            // Refused on ADD only, where the reference reads it.
+            libcni::firewall::check_masq_backend(conf.ip_masq_backend.as_deref())?;
+        }
         let netns = args.required_netns()?;
         let a = Attachment::of(args);
         let k = Kernel::new()?;
@@ -269,7 +276,7 @@ mod tests {
 
     #[test]
     fn reading_any_input_never_panics() {
-        const FIELDS: &[&str] = &["ipMasq", "mtu", "ipam", "dns"];
+        const FIELDS: &[&str] = &["ipMasq", "ipMasqBackend", "mtu", "ipam", "dns"];
         libcni::arbitrary::probe_reading(FIELDS, |a| Conf::load(a).map(|_| ()));
     }
 }

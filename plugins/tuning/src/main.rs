@@ -4,6 +4,8 @@
 //! plugin's backup file (`<dataDir>/<containerID>_<ifname>.json`, same fields), so a node
 //! can switch between it and us without losing them.
 
+mod guard;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -200,7 +202,9 @@ struct Tuning;
 
 impl Plugin for Tuning {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+        guard::no_duplicate_keys(&args.stdin)?;
         let (conf, tuning) = Conf::load(args)?;
+        guard::allowed(conf.sysctl.keys(), guard::ALLOWLIST)?;
         let mut result = args.required_prev_result()?;
         let a = Attachment::of(args);
         let sysctls = conf
@@ -275,6 +279,7 @@ impl Plugin for Tuning {
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
+        guard::no_duplicate_keys(&args.stdin)?;
         let (conf, tuning) = Conf::load(args)?;
         args.required_prev_result()?;
         let netns = args.required_netns()?;
