@@ -566,28 +566,27 @@ impl Netlink {
 
     /// Lets a bridge port send frames back out the port they came in on.
     pub async fn set_hairpin(&self, index: u32, name: &str) -> Result<(), Error> {
-        let msg = LinkBridgePort::new(index)
-            .append_info_data(InfoBridgePort::HairpinMode(true))
-            .build();
-        self.handle
-            .link()
-            .set_port(msg)
-            .execute()
+        let what = format!("setting hairpin on {name}");
+        self.set_port(index, InfoBridgePort::HairpinMode(true), what)
             .await
-            .map_err(|e| nl_err(format!("setting hairpin on {name}"), e))
     }
 
     /// Makes a bridge port isolated: it exchanges frames with non-isolated ports only.
     pub async fn set_isolated(&self, index: u32, name: &str) -> Result<(), Error> {
-        let msg = LinkBridgePort::new(index)
-            .append_info_data(InfoBridgePort::Isolated(true))
-            .build();
+        let what = format!("setting {name} isolated");
+        self.set_port(index, InfoBridgePort::Isolated(true), what)
+            .await
+    }
+
+    /// Sets one bridge-port attribute of the port `index`.
+    async fn set_port(&self, index: u32, attr: InfoBridgePort, what: String) -> Result<(), Error> {
+        let msg = LinkBridgePort::new(index).append_info_data(attr).build();
         self.handle
             .link()
             .set_port(msg)
             .execute()
             .await
-            .map_err(|e| nl_err(format!("setting {name} isolated"), e))
+            .map_err(|e| nl_err(what, e))
     }
 
     /// Deletes a link by name; `Ok(false)` when it was already gone.
