@@ -38,10 +38,12 @@ struct Meshed {
 /// store says of MTU and masquerade.
 struct Here {
     overlay: Overlay,
-    network: Ipv4Network,
-    subnet: Ipv4Network,
-    /// The cluster's IPv6 network and the node's subnet of it, in a dual-stack network
-    /// (FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET).
+    /// The cluster's IPv4 network and the node's subnet of it; None in an IPv6-only
+    /// network (a subnet file with the IPv6 pair alone).
+    network: Option<Ipv4Network>,
+    subnet: Option<Ipv4Network>,
+    /// The cluster's IPv6 network and the node's subnet of it, in a dual-stack or
+    /// IPv6-only network (FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET).
     network6: Option<Ipv6Network>,
     subnet6: Option<Ipv6Network>,
     mtu: u32,
@@ -103,8 +105,8 @@ impl Here {
             })
             .collect();
         Ok(Here {
-            network: overlay.network.expect("the static store has a network"),
-            subnet: me.subnet,
+            network: overlay.network,
+            subnet: Some(me.subnet),
             network6: overlay.ipv6_network.filter(|_| me.subnet6.is_some()),
             subnet6: me.subnet6,
             mtu,
@@ -122,16 +124,17 @@ impl Here {
     /// names one, must agree.
     fn from_subnet_file(overlay: Overlay) -> Result<Here, Error> {
         let env = SubnetEnv::read(&overlay.subnet_file)?;
-        if overlay.network.is_some_and(|n| n != env.network) {
+        if let Some(n) = overlay.network.filter(|n| Some(*n) != env.network()) {
+            let theirs = env
+                .network()
+                .map_or("none (IPv6-only)".into(), |e| e.to_string());
             return Err(Error::config(format!(
-                "network: {} differs from the cluster's {} ({})",
-                overlay.network.unwrap_or(env.network),
-                env.network,
+                "network: {n} differs from the cluster's {theirs} ({})",
                 overlay.subnet_file.display()
             )));
         }
         Ok(Here {
-            network: env.network,
+            network: env.network(),
             subnet: env.node_subnet(),
             network6: env.ipv6.map(|(network, _)| network),
             subnet6: env.node_subnet6(),
@@ -145,12 +148,14 @@ impl Here {
 
     /// The static store's device and peers, programmed.
     fn program(&self, k: &Kernel) -> Result<(), Error> {
-        let Some(m) = &self.meshed else { return Ok(()) };
-        let subnet = IpNetwork::V4(self.subnet);
+        let (Some(m), Some(mesh), Some(subnet)) = (&self.meshed, self.mesh(), self.subnet) else {
+            return Ok(());
+        };
+        let subnet = IpNetwork::V4(subnet);
         let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), subnet))?;
         k.run(node::program(
             k.host(),
-            &self.mesh(),
+            &mesh,
             &m.underlay,
             Some(&vtep),
             &m.peers,
@@ -174,10 +179,13 @@ impl Here {
         if self.meshed.is_none() {
             return Ok(None);
         }
-        let mut nets = vec![ClusterNet {
-            network: IpNetwork::V4(self.network),
-            subnet: IpNetwork::V4(self.subnet),
-        }];
+        let mut nets: Vec<ClusterNet> = (self.network.zip(self.subnet))
+            .map(|(network, subnet)| ClusterNet {
+                network: IpNetwork::V4(network),
+                subnet: IpNetwork::V4(subnet),
+            })
+            .into_iter()
+            .collect();
         if let (Some(network), Some(subnet)) = (self.network6, self.subnet6) {
             nets.push(ClusterNet {
                 network: IpNetwork::V6(network),
@@ -206,12 +214,13 @@ impl Here {
         Some((mesh, vtep, IpNetwork::V6(subnet)))
     }
 
-    fn mesh(&self) -> Mesh {
-        Mesh {
-            network: IpNetwork::V4(self.network),
+    /// The static store's IPv4 mesh.
+    fn mesh(&self) -> Option<Mesh> {
+        Some(Mesh {
+            network: IpNetwork::V4(self.network?),
             direct_routing: self.overlay.direct_routing,
             host_gw: false,
-        }
+        })
     }
 
     fn vtep(&self, m: &Meshed) -> Vxlan {
@@ -229,7 +238,7 @@ impl Here {
             is_gateway: true,
             is_default_gateway: true,
             ip_masq: self.ip_masq,
-            masq_exempt: std::iter::once(IpNetwork::V4(self.network))
+            masq_exempt: (self.network.map(IpNetwork::V4).into_iter())
                 .chain(self.network6.map(IpNetwork::V6))
                 .collect(),
             hairpin: self.overlay.hairpin_mode,
@@ -247,8 +256,11 @@ impl Here {
 
     /// host-local's config, without looking for an old store (a DEL goes on without it).
     fn delegate(&self, args: &CmdArgs) -> Delegate {
-        let mut ranges = vec![json!([{"subnet": self.subnet.to_string()}])];
-        ranges.extend(self.subnet6.map(|s| json!([{"subnet": s.to_string()}])));
+        // An IPv6-only network's pods get an IPv6 address only, as flannel's plugin gives.
+        let ranges: Vec<_> = (self.subnet.map(IpNetwork::V4).into_iter())
+            .chain(self.subnet6.map(IpNetwork::V6))
+            .map(|s| json!([{"subnet": s.to_string()}]))
+            .collect();
         let mut conf = json!({
             "cniVersion": args.conf.cni_version, "name": self.overlay.name, "type": "vxlan-overlay",
             "ipam": {"type": "host-local", "ranges": ranges}
@@ -307,13 +319,13 @@ impl Plugin for VxlanOverlay {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
-        if let Some(m) = &here.meshed {
+        if let (Some(m), Some(mesh), Some(subnet)) = (&here.meshed, here.mesh(), here.subnet) {
             let mut problems = k.run(node::differences(
                 k.host(),
-                &here.mesh(),
+                &mesh,
                 &m.underlay,
                 Some(&here.vtep(m)),
-                IpNetwork::V4(here.subnet),
+                IpNetwork::V4(subnet),
                 &m.peers,
             ))?;
             if let Some((mesh6, vtep6, subnet6)) = here.six(m) {
@@ -344,8 +356,8 @@ fn lost(overlay: Overlay) -> Here {
     });
     let subnet = overlay.nodes().first().map_or(network, |n| n.subnet);
     Here {
-        network,
-        subnet,
+        network: Some(network),
+        subnet: Some(subnet),
         network6: None,
         subnet6: None,
         mtu: 1500,
@@ -423,7 +435,7 @@ fn vtep_of(o: &Overlay) -> Result<String, Error> {
 /// The cluster network whose routes are ours: the config's, or in the etcd store the
 /// subnet file's; None when neither says.
 fn network_of(o: &Overlay) -> Option<Ipv4Network> {
-    let from_file = || SubnetEnv::read(&o.subnet_file).ok().map(|e| e.network);
+    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.network();
     o.network.or_else(from_file)
 }
 

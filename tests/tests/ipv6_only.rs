@@ -1,0 +1,205 @@
+//! IPv6-only clusters (`"EnableIPv4": false, "EnableIPv6": true` in `<prefix>/config`) on
+//! our agent, in flanneld's formats: every node's lease key `0.0.0.0-0&<v6>-<len>` (with
+//! more than one node, which flanneld's etcd mode cannot give), its value with PublicIP
+//! 0.0.0.0 and BackendV6Data only, flannel-v6.N alone over the IPv6 underlay, the subnet
+//! file with the IPv6 pair alone; pods get an IPv6 address only and reach each other
+//! across hosts. The plugin reads such a file without an agent too.
+//! Underlays 192.168.103/104 and fd00:103/104::/64, cluster networks fc00:240/241::/48.
+
+use std::time::Duration;
+
+use cni_tests::agent_harness::*;
+use cni_tests::*;
+use serde_json::{json, Value};
+
+fn v6_only_config(v6: &str) -> String {
+    format!(
+        r#"{{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"{v6}","Backend":{{"Type":"vxlan"}}}}"#
+    )
+}
+
+/// The subnet of a `FLANNEL_IPV6_SUBNET` value (its gateway with the prefix), as a key
+/// names it: `…::1/64` → `…::-64`.
+fn key_part_of_gateway(gw: &str) -> String {
+    let (ip, len) = gw.split_once('/').unwrap();
+    let ip: std::net::Ipv6Addr = ip.parse().unwrap();
+    format!("{}-{len}", std::net::Ipv6Addr::from(u128::from(ip) - 1))
+}
+
+/// Pings `addr` over IPv6 from `from` until it answers (peers may still be on their way).
+fn reaches6(from: &Ns, addr: &str) -> bool {
+    within(Duration::from_secs(15), || {
+        (from
+            .exec(&format!("ping -6 -c 2 -i 0.2 -W 1 {addr}"))
+            .status)
+            .success()
+    })
+    .is_some()
+}
+
+/// A pod on `host`: its namespace and its one address, which must be IPv6.
+fn v6_pod(host: &Ns, conf: &Value, cid: &str) -> (Ns, String) {
+    let ns = Ns::new("c");
+    let r = Call::new("vxlan-overlay", "ADD", host, &ns.path(), cid)
+        .run(conf)
+        .expect_ok();
+    let ips = all_ips(&r);
+    assert!(
+        ips.len() == 1 && ips[0].contains(':'),
+        "one IPv6 address, no IPv4 one: {r}"
+    );
+    (ns, ips[0].clone())
+}
+
+#[test]
+fn ipv6_only_cluster_of_three_in_flannels_format_pods_reach_each_other() {
+    let c = Cluster::new(3, "192.168.103", 1500);
+    ipv6_underlay(&c, "fd00:103");
+    // The underlay is the IPv6 default route's interface, as flanneld picks it.
+    for h in &c.hosts {
+        h.sh("ip -6 route add default dev ul0");
+    }
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!(
+        "put {PREFIX}/config '{}'",
+        v6_only_config("fc00:240::/48")
+    ));
+    let agents: Vec<Agent> = (c.hosts.iter())
+        .map(|h| Agent::start(h, &etcd, 60, 1))
+        .collect();
+    let mut pods = Vec::new();
+    let mut subnets = Vec::new();
+    for (i, (h, a)) in c.hosts.iter().zip(&agents).enumerate() {
+        let gw = a.env_var("FLANNEL_IPV6_SUBNET", 30);
+        let v6 = key_part_of_gateway(&gw);
+        assert!(
+            v6.starts_with("fc00:240:0:") && v6.ends_with("::-64"),
+            "{v6}"
+        );
+        // flanneld's IPv6-only subnet file: the IPv6 pair alone; pods get the MTU of
+        // VXLAN over IPv6 (70 bytes)
+        assert_eq!(
+            a.subnet_env().unwrap(),
+            format!("FLANNEL_IPV6_NETWORK=fc00:240::/48\nFLANNEL_IPV6_SUBNET={gw}\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n"),
+            "{}",
+            a.log()
+        );
+        // flanneld's key and value for an IPv6-only node
+        let key = format!("{PREFIX}/subnets/0.0.0.0-0&{v6}");
+        let value = etcd.ctl(&format!("get --print-value-only '{key}'"));
+        let lease: Value = serde_json::from_str(value.trim())
+            .unwrap_or_else(|_| panic!("no {key}: {:?}\n{}", etcd.get_prefix(PREFIX), a.log()));
+        let mac6 = lease["BackendV6Data"]["VtepMAC"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{lease}"))
+            .to_string();
+        assert_eq!(
+            lease,
+            json!({"PublicIP": "0.0.0.0", "PublicIPv6": format!("fd00:103::{}", 10 + i),
+                "BackendType": "vxlan", "BackendV6Data": {"VNI": 1, "VtepMAC": mac6}}),
+            "no BackendData, as flanneld writes it"
+        );
+        // flannel-v6.1 over the IPv6 underlay, with the lease's MAC; no flannel.1
+        let dev = h
+            .link("flannel-v6.1")
+            .unwrap_or_else(|| panic!("{}", a.log()));
+        assert_eq!(dev["address"], mac6);
+        let local = &dev["linkinfo"]["info_data"];
+        let local = local.get("local6").unwrap_or(&local["local"]);
+        assert_eq!(local, &format!("fd00:103::{}", 10 + i), "{dev}");
+        assert!(h.link("flannel.1").is_none(), "{}", a.log());
+        subnets.push(v6);
+        pods.push(v6_pod(h, &a.conf(&etcd), &format!("v6o-{i}")));
+    }
+    subnets.sort();
+    subnets.dedup();
+    assert_eq!(subnets.len(), 3, "one IPv6 subnet per node: {subnets:?}");
+    for (i, (ns, _)) in pods.iter().enumerate() {
+        for (j, (_, addr)) in pods.iter().enumerate().filter(|(j, _)| *j != i) {
+            assert!(
+                reaches6(ns, addr),
+                "pod {i} to pod {j} ({addr}); {}",
+                agents[i].log()
+            );
+        }
+    }
+    // the peers' routes go through flannel-v6.1; the node's rules are IPv6 ones only
+    let routes = c.hosts[0].sh("ip -6 route show proto 73");
+    assert_eq!(routes.matches("dev flannel-v6.1").count(), 2, "{routes}");
+    assert_eq!(c.hosts[0].sh("ip -4 route show proto 73").trim(), "");
+    let rules = c.hosts[0].nft_ruleset();
+    assert!(rules.contains("fc00:240::/48"), "{rules}");
+    assert!(!rules.contains("0.0.0.0/0"), "{rules}");
+}
+
+/// A node restarted keeps its IPv6 subnet and its key; a lease of another node is never
+/// taken for ours (every PublicIP is 0.0.0.0: the node is told by its PublicIPv6).
+#[test]
+fn ipv6_only_node_restarted_keeps_its_subnet_and_others_keep_theirs() {
+    let c = Cluster::new(2, "192.168.104", 1500);
+    ipv6_underlay(&c, "fd00:104");
+    let etcd = Etcd::start(&c);
+    etcd.ctl(&format!(
+        "put {PREFIX}/config '{}'",
+        v6_only_config("fc00:241::/48")
+    ));
+    // no IPv6 default route: the underlay is underlayInterface (flanneld's --iface),
+    // with its first global IPv6 address
+    let iface = json!({"underlayInterface": "ul0"});
+    let mut a0 = Agent::start_with(&c.hosts[0], &etcd, 60, 1, iface.clone());
+    let a1 = Agent::start_with(&c.hosts[1], &etcd, 60, 1, iface);
+    let gw0 = a0.env_var("FLANNEL_IPV6_SUBNET", 30);
+    let gw1 = a1.env_var("FLANNEL_IPV6_SUBNET", 30);
+    assert_ne!(gw0, gw1);
+    let (pod1, addr1) = v6_pod(&c.hosts[1], &a1.conf(&etcd), "v6r-1");
+    // restarted without its subnet file: its lease, found by its PublicIPv6, gives it back
+    a0.terminate();
+    std::fs::remove_file(a0.dir.path().join("subnet.env")).unwrap();
+    a0.restart(1);
+    assert_eq!(a0.env_var("FLANNEL_IPV6_SUBNET", 20), gw0, "{}", a0.log());
+    assert_eq!(a1.env_var("FLANNEL_IPV6_SUBNET", 1), gw1, "{}", a1.log());
+    let keys: Vec<String> = (etcd.get_prefix(&format!("{PREFIX}/subnets/")).into_iter())
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}\n{}", a0.log());
+    let (pod0, addr0) = v6_pod(&c.hosts[0], &a0.conf(&etcd), "v6r-0");
+    assert!(reaches6(&pod0, &addr1), "{}", a0.log());
+    assert!(reaches6(&pod1, &addr0), "{}", a1.log());
+}
+
+/// flanneld's IPv6-only subnet file, read by the plugin without an agent (the
+/// subnet-file mode) and in the etcd store: the pod gets an IPv6 address only.
+#[test]
+fn plugin_gives_an_ipv6_address_only_from_an_ipv6_only_subnet_file() {
+    let host = Ns::new("h");
+    let data = tempfile::tempdir().unwrap();
+    let env = data.path().join("subnet.env");
+    std::fs::write(
+        &env,
+        "FLANNEL_IPV6_NETWORK=fc00:242::/48\nFLANNEL_IPV6_SUBNET=fc00:242:0:7::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n",
+    )
+    .unwrap();
+    let etcd = json!({"type": "etcd", "endpoints": ["http://192.0.2.1:2379"]});
+    for (i, store) in [None, Some(etcd)].into_iter().enumerate() {
+        let mut conf = json!({"cniVersion": "1.1.0", "name": format!("v6file{i}"),
+            "type": "vxlan-overlay", "dataDir": data.path(), "bridge": format!("v6br{i}"),
+            "ipam": {"dataDir": data.path()}, "subnetFile": env});
+        if let Some(s) = store {
+            conf["store"] = s;
+        }
+        let c = Ns::new("c");
+        let cid = format!("v6f{i}");
+        let r = Call::new("vxlan-overlay", "ADD", &host, &c.path(), &cid)
+            .run(&conf)
+            .expect_ok();
+        let ips = all_ips(&r);
+        assert_eq!(ips.len(), 1, "{r}");
+        assert!(ips[0].starts_with("fc00:242:0:7::"), "{r}");
+        let mtu = c.link("eth0").unwrap()["mtu"].clone();
+        assert_eq!(mtu, 1430);
+        Call::new("vxlan-overlay", "DEL", &host, &c.path(), &cid)
+            .run(&with_prev(&conf, &r))
+            .expect_ok();
+        assert!(c.link("eth0").is_none());
+    }
+}
