@@ -675,6 +675,44 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_only_as_flanneld_keys_and_writes_it() {
+        let n = Network::parse(br#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:240::/48","Backend":{"Type":"vxlan","VNI":4096}}"#).unwrap();
+        assert!(!n.ipv4);
+        assert_eq!(n.network.to_string(), "0.0.0.0/0");
+        let p = "/coreos.com/network";
+        let s6: Ipv6Network = "fc00:240:0:7::/64".parse().unwrap();
+        // MakeSubnetKey of an empty IP4Net and the IPv6 subnet
+        let key = lease_key(p, n.network, Some(s6));
+        assert_eq!(
+            key,
+            "/coreos.com/network/subnets/0.0.0.0-0&fc00:240:0:7::-64"
+        );
+        assert_eq!(n.lease_of_key(p, &key), Some(Ok((n.network, Some(s6)))));
+        assert_eq!(n.primary((n.network, Some(s6))), IpNetwork::V6(s6));
+        for bad in [
+            "0.0.0.0-0",
+            "10.1.0.0-24&fc00:240:0:7::-64",
+            "0.0.0.0-0&fc00:9::-64",
+        ] {
+            let key = format!("{p}/subnets/{bad}");
+            assert!(matches!(n.lease_of_key(p, &key), Some(Err(_))), "{bad}");
+        }
+        let a = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 1, 2), 1, [2, 0, 0, 0, 0, 1])
+            .v6_only("fd00:103::10".parse().unwrap(), [2, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:103::10","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:07"}}"#
+        );
+        for bad in [
+            r#"{"EnableIPv4":false,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"EnableIPv6":true,"IPv6Network":"fc00:240::/48","Backend":{"Type":"vxlan"}}"#,
+        ] {
+            assert!(Network::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn free_subnets_skip_the_taken() {
         let n = Network::parse(br#"{"Network":"10.9.0.0/24","Backend":{"Type":"vxlan"}}"#).unwrap();
         let taken: Vec<Ipv4Network> = vec!["10.9.0.64/26".parse().unwrap()];
