@@ -203,3 +203,41 @@ fn plugin_gives_an_ipv6_address_only_from_an_ipv6_only_subnet_file() {
         assert!(c.link("eth0").is_none());
     }
 }
+
+/// host-gw in an IPv6-only network: no device, a route to each peer's IPv6 subnet via its
+/// PublicIPv6 on the underlay, leases of BackendType host-gw without backend data.
+#[test]
+fn ipv6_only_host_gw_routes_via_the_peers_ipv6_addresses() {
+    let c = Cluster::new(2, "192.168.105", 1500);
+    ipv6_underlay(&c, "fd00:105");
+    let etcd = Etcd::start(&c);
+    let config = r#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:243::/48","Backend":{"Type":"host-gw"}}"#;
+    etcd.ctl(&format!("put {PREFIX}/config '{config}'"));
+    let iface = json!({"underlayInterface": "ul0"});
+    let agents: Vec<Agent> = (c.hosts.iter())
+        .map(|h| Agent::start_with(h, &etcd, 60, 1, iface.clone()))
+        .collect();
+    let mut pods = Vec::new();
+    let mut keys = Vec::new();
+    for (i, (h, a)) in c.hosts.iter().zip(&agents).enumerate() {
+        let gw = a.env_var("FLANNEL_IPV6_SUBNET", 30);
+        assert_eq!(a.env_var("FLANNEL_MTU", 1), "1500", "the underlay's");
+        let key = format!("{PREFIX}/subnets/0.0.0.0-0&{}", key_part_of_gateway(&gw));
+        let value = etcd.ctl(&format!("get --print-value-only '{key}'"));
+        let lease: Value = serde_json::from_str(value.trim())
+            .unwrap_or_else(|_| panic!("no {key}: {:?}\n{}", etcd.get_prefix(PREFIX), a.log()));
+        assert_eq!(
+            lease,
+            json!({"PublicIP": "0.0.0.0", "PublicIPv6": format!("fd00:105::{}", 10 + i),
+                "BackendType": "host-gw"})
+        );
+        assert!(h.link("flannel-v6.1").is_none() && h.link("flannel.1").is_none());
+        keys.push(key);
+        pods.push(v6_pod(h, &a.conf(&etcd), &format!("v6g-{i}")));
+    }
+    assert_ne!(keys[0], keys[1]);
+    let routes = c.hosts[0].sh("ip -6 route show proto 73");
+    assert!(routes.contains("via fd00:105::11 dev ul0"), "{routes}");
+    assert!(reaches6(&pods[0].0, &pods[1].1), "{}", agents[0].log());
+    assert!(reaches6(&pods[1].0, &pods[0].1), "{}", agents[1].log());
+}

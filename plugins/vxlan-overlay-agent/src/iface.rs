@@ -45,7 +45,8 @@ pub struct Selection {
     pub regexes: Vec<Regex>,
     pub can_reach: Option<IpAddr>,
     pub public_ip: Option<Ipv4Addr>,
-    /// Published in the lease's PublicIPv6 (the IPv6 underlay itself is not chosen here).
+    /// Published in the lease's PublicIPv6; in an IPv6-only network it also names the
+    /// underlay when no other flag does.
     pub public_ipv6: Option<Ipv6Addr>,
 }
 
