@@ -233,10 +233,15 @@ impl Agent {
             .await
             .map_err(retry)?;
         let config = self.config(&mut c).await?;
-        // An IPv6-only network's underlay is chosen by its IPv6 address.
-        let v6_only = (config.as_deref().and_then(|r| Network::parse(r).ok()))
-            .or(self.held.as_ref().map(|h| h.net.clone()))
-            .is_some_and(|n| !n.ipv4);
+        // An IPv6-only network's underlay is chosen by its IPv6 address: of the network
+        // `judge` will serve (the one held, else etcd's, else the one saved).
+        let key = format!("{prefix}/config");
+        let v6_only = match &self.held {
+            Some(h) => !h.net.ipv4,
+            None => (config.as_deref().and_then(|r| Network::parse(r).ok()))
+                .or_else(|| self.saved_network(&key, None))
+                .is_some_and(|n| !n.ipv4),
+        };
         let underlay = match self.select.underlay(&self.nl, v6_only).await {
             Ok(u) => u,
             Err(e) => {
