@@ -3,8 +3,9 @@
 //! more than one node, which flanneld's etcd mode cannot give), its value with PublicIP
 //! 0.0.0.0 and BackendV6Data only, flannel-v6.N alone over the IPv6 underlay, the subnet
 //! file with the IPv6 pair alone; pods get an IPv6 address only and reach each other
-//! across hosts. The plugin reads such a file without an agent too.
-//! Underlays 192.168.103/104 and fd00:103/104::/64, cluster networks fc00:240/241::/48.
+//! across hosts. The plugin reads such a file without an agent too, and its static store
+//! serves an IPv6-only network of its own (`ipv6Network` without `network`).
+//! Underlays 192.168.103-106 and fd00:103-106::/64, cluster networks fc00:240-244::/48.
 
 use std::time::Duration;
 
@@ -240,4 +241,97 @@ fn ipv6_only_host_gw_routes_via_the_peers_ipv6_addresses() {
     assert!(routes.contains("via fd00:105::11 dev ul0"), "{routes}");
     assert!(reaches6(&pods[0].0, &pods[1].1), "{}", agents[0].log());
     assert!(reaches6(&pods[1].0, &pods[0].1), "{}", agents[1].log());
+}
+
+/// The static store, IPv6-only: `ipv6Network` without `network`, nodes with
+/// `underlayIPv6` and `ipv6Subnet` alone, hosts whose underlay has no IPv4 address (it is
+/// the IPv6 default route's interface). Pods get an IPv6 address only and the MTU of
+/// VXLAN over IPv6; flannel-v6.1 goes over the IPv6 underlay with a neighbour, FDB entry
+/// and route per peer, its MAC derived from the node's IPv6 address as its peers derive
+/// it; CHECK finds the state; teardown removes it.
+#[test]
+fn static_store_ipv6_only_pods_reach_each_other() {
+    let c = Cluster::new(2, "192.168.106", 1500);
+    ipv6_underlay(&c, "fd00:106");
+    for h in &c.hosts {
+        h.sh("ip route del default dev ul0 && ip -4 addr flush dev ul0 && ip -6 route add default dev ul0");
+    }
+    let data = tempfile::tempdir().unwrap();
+    let nodes: Vec<Value> = (0..2)
+        .map(|i| {
+            json!({"underlayIPv6": format!("fd00:106::{}", 10 + i),
+                   "ipv6Subnet": format!("fc00:244:0:{}::/64", i + 1)})
+        })
+        .collect();
+    let conf = json!({"cniVersion": "1.1.0", "name": "v6static", "type": "vxlan-overlay",
+        "ipv6Network": "fc00:244::/48", "dataDir": data.path(),
+        "ipam": {"dataDir": data.path()}, "store": {"type": "static", "nodes": nodes}});
+    let pods: Vec<(Ns, String)> = (c.hosts.iter().enumerate())
+        .map(|(i, h)| v6_pod(h, &conf, &format!("v6s-{i}")))
+        .collect();
+    for (i, (ns, addr)) in pods.iter().enumerate() {
+        assert!(
+            addr.starts_with(&format!("fc00:244:0:{}::", i + 1)),
+            "{addr}"
+        );
+        assert_eq!(ns.link("eth0").unwrap()["mtu"], 1430, "VXLAN over IPv6");
+    }
+    assert!(reaches6(&pods[0].0, &pods[1].1), "pod 0 to pod 1");
+    assert!(reaches6(&pods[1].0, &pods[0].1), "pod 1 to pod 0");
+    let macs: Vec<String> = (c.hosts.iter().enumerate())
+        .map(|(i, h)| {
+            assert!(h.link("flannel.1").is_none(), "no IPv4 device");
+            let dev = h.link("flannel-v6.1").expect("flannel-v6.1");
+            let local = &dev["linkinfo"]["info_data"];
+            let local = local.get("local6").unwrap_or(&local["local"]);
+            assert_eq!(local, &format!("fd00:106::{}", 10 + i), "{dev}");
+            dev["address"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_ne!(macs[0], macs[1]);
+    // host 0 knows host 1's MAC without asking it: both derive it from fd00:106::11
+    let h0 = &c.hosts[0];
+    let fdb = h0.sh("bridge fdb show dev flannel-v6.1");
+    assert!(
+        fdb.lines()
+            .any(|l| l.starts_with(&macs[1]) && l.contains("dst fd00:106::11 ")),
+        "{fdb}"
+    );
+    let neigh = h0.sh("ip -6 neigh show dev flannel-v6.1");
+    assert!(
+        neigh.contains(&format!("fc00:244:0:2:: lladdr {} PERMANENT", macs[1])),
+        "{neigh}"
+    );
+    let routes = h0.sh("ip -6 route show proto 73");
+    assert!(
+        routes.contains("fc00:244:0:2::/64 via fc00:244:0:2:: dev flannel-v6.1"),
+        "{routes}"
+    );
+    assert_eq!(h0.sh("ip -4 route show proto 73").trim(), "");
+    let check = Call::new("vxlan-overlay", "CHECK", h0, &pods[0].0.path(), "v6s-0");
+    let prev = json!({"cniVersion": "1.1.0", "interfaces": [], "ips": []});
+    check.run(&with_prev(&conf, &prev)).expect_ok();
+    h0.sh(&format!(
+        "bridge fdb del {} dev flannel-v6.1 dst fd00:106::11",
+        macs[1]
+    ));
+    let code = check.run(&with_prev(&conf, &prev)).code();
+    assert_eq!(code, 104, "CHECK sees the lost FDB entry");
+    for (i, (h, (ns, _))) in c.hosts.iter().zip(&pods).enumerate() {
+        Call::new("vxlan-overlay", "DEL", h, &ns.path(), &format!("v6s-{i}"))
+            .run(&conf)
+            .expect_ok();
+    }
+    let out = overlay_teardown(h0, &conf, false);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !said.contains("unknown"),
+        "an IPv6-only network is known: {said}"
+    );
+    assert!(
+        h0.link("flannel-v6.1").is_none(),
+        "teardown leaves flannel-v6.1"
+    );
+    assert_eq!(h0.sh("ip -6 route show proto 73"), "");
 }

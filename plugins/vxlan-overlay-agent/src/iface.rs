@@ -132,7 +132,7 @@ impl Selection {
             return match public {
                 Some(ip) => by_address(nl, ip, v6).await,
                 None if v6 => default6(nl).await,
-                None => vxlan_overlay::node::underlay(nl, None)
+                None => vxlan_overlay::node::underlay(nl, None, false)
                     .await
                     .map_err(|e| e.to_string()),
             };
@@ -169,13 +169,11 @@ impl Selection {
 
 /// The interface of the IPv6 default route, with its first global IPv6 address.
 async fn default6(nl: &Netlink) -> Result<Underlay, String> {
-    let routes = nl.routes(true).await.map_err(|e| e.to_string())?;
-    let oif = (routes.iter())
-        .find(|r| r.dst.prefix() == 0)
-        .and_then(|r| r.oif)
-        .ok_or("no IPv6 default route")?;
-    let link = (nl.link_by_index(oif).await.map_err(|e| e.to_string()))?
-        .ok_or("the IPv6 default route names no interface")?;
+    let link = (nl
+        .default_route_link_of(true)
+        .await
+        .map_err(|e| e.to_string()))?
+    .ok_or("no IPv6 default route")?;
     let addrs = addresses(nl, &link, true).await?;
     on(&link, &addrs, None)
 }

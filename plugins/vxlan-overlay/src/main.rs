@@ -2,7 +2,8 @@
 //! node table in the config. ADD finds this node in the table by its underlay address,
 //! makes sure of the VXLAN device and every peer's state (vxlan_overlay::node), then puts
 //! the container on the node bridge with libcni's bridge attachment and an address from
-//! host-local on the node's subnet (and its IPv6 subnet too, in a dual-stack network).
+//! host-local on the node's subnet (and its IPv6 subnet too, in a dual-stack network; that
+//! alone in an IPv6-only one).
 //! `vxlan-overlay teardown [--force]` (the config on stdin) removes this node's share of
 //! the network.
 
@@ -20,7 +21,7 @@ use libcni::net::{Kernel, Netlink, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
-use vxlan_overlay::config::{vtep6_name, vtep_name, Overlay, Store};
+use vxlan_overlay::config::{vtep6_name, vtep_name, Node, Overlay, Store};
 use vxlan_overlay::ipam_store;
 use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
@@ -30,6 +31,8 @@ use vxlan_overlay::subnet_env::SubnetEnv;
 /// each family, in a dual-stack network).
 struct Meshed {
     underlay: Underlay,
+    /// This node's `Node::address`, which its VTEP MACs are derived from.
+    address: IpAddr,
     peers: Vec<Peer>,
     peers6: Vec<Peer>,
 }
@@ -60,18 +63,30 @@ impl Here {
         }
     }
 
-    /// Static store: this node is the table's entry with its underlay address.
+    /// Static store: this node is the table's entry with its underlay address (its IPv6
+    /// one in an IPv6-only network, whose pods get the MTU of VXLAN over IPv6).
     fn in_table(k: &Kernel, overlay: Overlay) -> Result<Here, Error> {
+        let v6_only = overlay.v6_only();
         let underlay = k
             .run(node::underlay(
                 k.host(),
                 overlay.underlay_interface.as_deref(),
+                v6_only,
             ))
             .map_err(|e| {
                 Error::config(format!("underlayInterface: {}", e.msg)).details(e.details)
             })?;
-        let me = overlay.node_at(underlay.ip)?.clone();
-        let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
+        let address = match underlay.ip6 {
+            Some(ip6) if v6_only => IpAddr::V6(ip6.ip()),
+            _ => IpAddr::V4(underlay.ip),
+        };
+        let me = overlay.node_at(address)?.clone();
+        let overhead = if v6_only {
+            VXLAN6_OVERHEAD
+        } else {
+            VXLAN_OVERHEAD
+        };
+        let fits = underlay.link.mtu.saturating_sub(overhead);
         let mtu = overlay.mtu.unwrap_or(fits);
         if mtu > fits {
             return Err(Error::config(format!(
@@ -87,32 +102,17 @@ impl Here {
                 )));
             }
         }
-        let others = || overlay.nodes().iter().filter(|n| **n != me);
-        let peers = others()
-            .map(|n| Peer {
-                subnet: IpNetwork::V4(n.subnet),
-                underlay_ip: IpAddr::V4(n.underlay_ip),
-                mac: overlay.vtep_mac(n.underlay_ip),
-            })
-            .collect();
-        let peers6 = others()
-            .filter_map(|n| {
-                Some(Peer {
-                    subnet: IpNetwork::V6(n.subnet6?),
-                    underlay_ip: IpAddr::V6(n.underlay_ip6?),
-                    mac: overlay.vtep_mac6(n.underlay_ip),
-                })
-            })
-            .collect();
+        let (peers, peers6) = peers_of(&overlay, &me);
         Ok(Here {
             network: overlay.network,
-            subnet: Some(me.subnet),
+            subnet: me.subnet,
             network6: overlay.ipv6_network.filter(|_| me.subnet6.is_some()),
             subnet6: me.subnet6,
             mtu,
             ip_masq: overlay.ip_masq,
             meshed: Some(Meshed {
                 underlay,
+                address,
                 peers,
                 peers6,
             }),
@@ -148,18 +148,19 @@ impl Here {
 
     /// The static store's device and peers, programmed.
     fn program(&self, k: &Kernel) -> Result<(), Error> {
-        let (Some(m), Some(mesh), Some(subnet)) = (&self.meshed, self.mesh(), self.subnet) else {
-            return Ok(());
-        };
-        let subnet = IpNetwork::V4(subnet);
-        let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), subnet))?;
-        k.run(node::program(
-            k.host(),
-            &mesh,
-            &m.underlay,
-            Some(&vtep),
-            &m.peers,
-        ))?;
+        let Some(m) = &self.meshed else { return Ok(()) };
+        // An IPv6-only network has no IPv4 side.
+        if let (Some(mesh), Some(subnet)) = (self.mesh(), self.subnet) {
+            let subnet = IpNetwork::V4(subnet);
+            let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), subnet))?;
+            k.run(node::program(
+                k.host(),
+                &mesh,
+                &m.underlay,
+                Some(&vtep),
+                &m.peers,
+            ))?;
+        }
         let Some((mesh6, vtep6, subnet6)) = self.six(m) else {
             return Ok(());
         };
@@ -202,7 +203,7 @@ impl Here {
         let vtep = Vxlan {
             name: vtep6_name(self.overlay.vni),
             local: IpAddr::V6(ip6.ip()),
-            mac: self.overlay.vtep_mac6(m.underlay.ip),
+            mac: self.overlay.vtep_mac6(m.address),
             mtu: (self.mtu).min(m.underlay.link.mtu.saturating_sub(VXLAN6_OVERHEAD)),
             ..self.vtep(m)
         };
@@ -224,7 +225,7 @@ impl Here {
     }
 
     fn vtep(&self, m: &Meshed) -> Vxlan {
-        let mac = self.overlay.vtep_mac(m.underlay.ip);
+        let mac = self.overlay.vtep_mac(m.address);
         node::vtep(&self.overlay, &m.underlay, mac, self.mtu)
     }
 
@@ -277,6 +278,31 @@ impl Here {
     }
 }
 
+/// The static table's other nodes as peers of each family, with the VTEP MACs derived
+/// from their `Node::address`; an IPv6-only network's have no IPv4 side.
+fn peers_of(overlay: &Overlay, me: &Node) -> (Vec<Peer>, Vec<Peer>) {
+    let others = || overlay.nodes().iter().filter(|n| *n != me);
+    let peers = others()
+        .filter_map(|n| {
+            Some(Peer {
+                subnet: IpNetwork::V4(n.subnet?),
+                underlay_ip: IpAddr::V4(n.underlay_ip?),
+                mac: overlay.vtep_mac(n.address()?),
+            })
+        })
+        .collect();
+    let peers6 = others()
+        .filter_map(|n| {
+            Some(Peer {
+                subnet: IpNetwork::V6(n.subnet6?),
+                underlay_ip: IpAddr::V6(n.underlay_ip6?),
+                mac: overlay.vtep_mac6(n.address()?),
+            })
+        })
+        .collect();
+    (peers, peers6)
+}
+
 struct VxlanOverlay;
 
 impl Plugin for VxlanOverlay {
@@ -319,15 +345,18 @@ impl Plugin for VxlanOverlay {
         let o = Overlay::load(args)?;
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
-        if let (Some(m), Some(mesh), Some(subnet)) = (&here.meshed, here.mesh(), here.subnet) {
-            let mut problems = k.run(node::differences(
-                k.host(),
-                &mesh,
-                &m.underlay,
-                Some(&here.vtep(m)),
-                IpNetwork::V4(subnet),
-                &m.peers,
-            ))?;
+        if let Some(m) = &here.meshed {
+            let mut problems = Vec::new();
+            if let (Some(mesh), Some(subnet)) = (here.mesh(), here.subnet) {
+                problems = k.run(node::differences(
+                    k.host(),
+                    &mesh,
+                    &m.underlay,
+                    Some(&here.vtep(m)),
+                    IpNetwork::V4(subnet),
+                    &m.peers,
+                ))?;
+            }
             if let Some((mesh6, vtep6, subnet6)) = here.six(m) {
                 let (h, u) = (k.host(), &m.underlay);
                 let six = node::differences(h, &mesh6, u, Some(&vtep6), subnet6, &m.peers6);
@@ -354,7 +383,9 @@ fn lost(overlay: Overlay) -> Here {
     let network = overlay.network.unwrap_or_else(|| {
         Ipv4Network::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).expect("literal")
     });
-    let subnet = overlay.nodes().first().map_or(network, |n| n.subnet);
+    let subnet = (overlay.nodes().first())
+        .and_then(|n| n.subnet)
+        .unwrap_or(network);
     Here {
         network: Some(network),
         subnet: Some(subnet),
@@ -391,21 +422,26 @@ fn teardown(force: bool) -> Result<(), Error> {
     }
     let k = Kernel::new()?;
     let network = network_of(&o);
-    if network.is_none() {
+    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.ipv6.map(|(n, _)| n);
+    let network6 = o.ipv6_network.or_else(from_file);
+    // An IPv6-only network has no IPv4 routes to leave.
+    if network.is_none() && network6.is_none() {
         eprintln!(
             "vxlan-overlay teardown: the cluster network is unknown (no network in the config, {} unreadable): direct routes are left",
             o.subnet_file.display()
         );
     }
-    k.run(node::remove(
-        k.host(),
-        &vtep_of(&o)?,
-        network.map(IpNetwork::V4),
-    ))?;
-    // A dual-stack node's flannel-v6.N and IPv6 routes, as its config or subnet file
-    // names them.
-    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.ipv6.map(|(n, _)| n);
-    if let Some(network6) = o.ipv6_network.or_else(from_file) {
+    // A static IPv6-only network never makes flannel.N: one there is another network's.
+    if !o.v6_only() {
+        k.run(node::remove(
+            k.host(),
+            &vtep_of(&o)?,
+            network.map(IpNetwork::V4),
+        ))?;
+    }
+    // A dual-stack or IPv6-only node's flannel-v6.N and IPv6 routes, as its config or
+    // subnet file names them.
+    if let Some(network6) = network6 {
         let vni = Local::read(&Local::path(&o))?
             .and_then(|l| l.vni)
             .unwrap_or(o.vni);
