@@ -453,8 +453,13 @@ impl Netlink {
     /// The interface of this namespace's IPv4 default route (the reference's choice of
     /// a master or underlay when none is named).
     pub async fn default_route_link(&self) -> Result<Option<LinkInfo>, Error> {
+        self.default_route_link_of(false).await
+    }
+
+    /// The interface of this namespace's IPv4 or (`v6`) IPv6 default route.
+    pub async fn default_route_link_of(&self, v6: bool) -> Result<Option<LinkInfo>, Error> {
         let default = self
-            .routes(false)
+            .routes(v6)
             .await?
             .into_iter()
             .find(|r| r.dst.prefix() == 0)

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use etcd_client::{Client, ConnectOptions, EventType, WatchResponse};
 use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
@@ -60,21 +60,37 @@ struct Held {
     /// Our lease's key (flannel's dual-stack form with an IPv6 subnet).
     key: String,
     underlay: Underlay,
+    /// flannel.N, or flannel-v6.N in an IPv6-only network.
     vtep: Vxlan,
     /// flannel-v6.N, in a dual-stack network.
     vtep6: Option<Vxlan>,
 }
 
 impl Held {
+    /// This node's subnet that keys it: the IPv4 one, or in an IPv6-only network the
+    /// IPv6 one.
+    fn own(&self) -> IpNetwork {
+        self.net.primary((self.subnet, self.subnet6))
+    }
+
+    /// The mesh of that family (the device `vtep` and the peers' `peer` sides).
     fn mesh(&self) -> Mesh {
+        let network = match (&self.net.ipv6, self.net.ipv4) {
+            (Some(n), false) => IpNetwork::V6(n.network),
+            _ => IpNetwork::V4(self.net.network),
+        };
         Mesh {
-            network: IpNetwork::V4(self.net.network),
+            network,
             direct_routing: self.net.direct_routing,
             host_gw: self.net.host_gw,
         }
     }
 
+    /// A dual-stack network's IPv6 mesh (`vtep6` and the peers' `peer6` sides).
     fn mesh6(&self) -> Option<Mesh> {
+        if !self.net.ipv4 {
+            return None;
+        }
         Some(Mesh {
             network: IpNetwork::V6(self.net.ipv6.as_ref()?.network),
             direct_routing: self.net.direct_routing,
@@ -95,7 +111,8 @@ struct Change {
 }
 
 /// A peer, with the key it was read from: only that key changes or removes it. `peer6`
-/// is its IPv6 side, in a dual-stack network, when its lease has a usable one.
+/// is its IPv6 side, in a dual-stack network, when its lease has a usable one; in an
+/// IPv6-only network `peer` is the IPv6 side and `peer6` None.
 #[derive(Debug, Clone, PartialEq)]
 struct Known {
     key: String,
@@ -128,8 +145,8 @@ pub struct Agent {
     /// The underlay and the address published for it.
     select: Selection,
     held: Option<Held>,
-    /// The peers as programmed, by subnet.
-    peers: BTreeMap<Ipv4Network, Known>,
+    /// The peers as programmed, by subnet (`Network::primary`).
+    peers: BTreeMap<IpNetwork, Known>,
     /// The etcd lease our key is bound to.
     lease: Option<i64>,
     /// The last kernel failure logged (each is said once, not at every reconcile).
@@ -214,7 +231,16 @@ impl Agent {
             .await
             .map_err(retry)?;
         let config = self.config(&mut c).await?;
-        let underlay = match self.select.underlay(&self.nl).await {
+        // An IPv6-only network's underlay is chosen by its IPv6 address: of the network
+        // `judge` will serve (the one held, else etcd's, else the one saved).
+        let key = format!("{prefix}/config");
+        let v6_only = match &self.held {
+            Some(h) => !h.net.ipv4,
+            None => (config.as_deref().and_then(|r| Network::parse(r).ok()))
+                .or_else(|| self.saved_network(&key, None))
+                .is_some_and(|n| !n.ipv4),
+        };
+        let underlay = match self.select.underlay(&self.nl, v6_only).await {
             Ok(u) => u,
             Err(e) => {
                 // A plugin config that etcd's contradicts stops the agent all the same.
@@ -223,10 +249,15 @@ impl Agent {
             }
         };
         let net = self.judge(config.as_deref(), Some(&underlay))?;
+        if net.ipv4 == v6_only {
+            return Err(retry(format!(
+                "{prefix}/config changed between two reads; starting over"
+            )));
+        }
         let underlay = match net.ipv6 {
-            Some(_) => (node::with_ipv6(&self.nl, underlay).await)
+            Some(_) if net.ipv4 => (node::with_ipv6(&self.nl, underlay).await)
                 .map_err(|e| retry(format!("underlay: {e}")))?,
-            None => underlay,
+            _ => underlay,
         };
         if net.ipv6.is_some() && underlay.ip6.is_none() {
             return Err(retry(format!(
@@ -501,8 +532,8 @@ impl Agent {
     fn previous_subnet(&self) -> Option<Ipv4Network> {
         self.local.subnet.or_else(|| {
             SubnetEnv::read(&self.overlay.subnet_file)
-                .ok()
-                .map(|e| e.node_subnet())
+                .ok()?
+                .node_subnet()
         })
     }
 
@@ -519,9 +550,12 @@ impl Agent {
         }
         let want = self.vtep(net, underlay, mtu);
         let mut kept = false;
-        if let Some(mac) = reusable_mac(&self.nl, &want).await {
-            self.local.set_mac(mac);
-            kept = true;
+        // An IPv6-only network has no flannel.N.
+        if net.ipv4 {
+            if let Some(mac) = reusable_mac(&self.nl, &want).await {
+                self.local.set_mac(mac);
+                kept = true;
+            }
         }
         // flannel-v6.N, in a dual-stack network: its own MAC, kept the same way.
         if let Some(want6) = self.vtep6(net, underlay, &want) {
@@ -622,9 +656,11 @@ impl Agent {
             false => LeaseAttrs::vxlan(public, net.vni, self.local.mac()),
         };
         ours_attrs.public_ipv6 = self.select.public_ipv6.map(|v6| v6.to_string());
-        if let (Some(_), Some(ip6)) = (&net.ipv6, underlay.ip6) {
-            let ip6 = self.select.public_ipv6.unwrap_or(ip6.ip());
-            ours_attrs = ours_attrs.with_v6(ip6, self.local.mac6());
+        if let (Some(_), Some(ip6)) = (&net.ipv6, self.select.public6(underlay)) {
+            ours_attrs = match net.ipv4 {
+                true => ours_attrs.with_v6(ip6, self.local.mac6()),
+                false => ours_attrs.v6_only(ip6, self.local.mac6()),
+            };
         }
         let attrs = ours_attrs.to_json();
         // Whether a lease's IPv6 part is one this network wants of ours.
@@ -633,11 +669,13 @@ impl Agent {
             Some(n) => s6.is_some_and(|s| n.fits(s)),
         };
         // Subnets another node took while we tried: not tried again in this claim.
-        let mut lost: Vec<Ipv4Network> = Vec::new();
+        let mut lost: Vec<IpNetwork> = Vec::new();
         for _ in 0..CLAIM_TRIES {
             let mine = |l: &&etcd::Listed| {
-                l.attrs.as_ref().is_some_and(|a| a.public_ip == public)
-                    && !lost.contains(&l.subnet)
+                l.attrs
+                    .as_ref()
+                    .is_some_and(|a| self.names_us(net, underlay, a))
+                    && !lost.contains(&net.primary((l.subnet, l.subnet6)))
                     && net.fits(l.subnet)
             };
             // Ours but without an IPv6 subnet of the network (a key from before
@@ -661,8 +699,12 @@ impl Agent {
             // Several keys name our address (anyone may write one): the subnet this node
             // holds or held stays; else the oldest key. Never the first in key order, or a
             // key written for us would move the node's pods to another subnet.
-            let known = self.held.as_ref().map(|h| h.subnet).or(self.local.subnet);
-            ours.sort_by_key(|l| (Some(l.subnet) != known, l.create_revision));
+            let known = (self.held.as_ref().map(|h| h.own()))
+                .or((self.local.subnet).map(|s| net.primary((s, self.local.subnet6))));
+            ours.sort_by_key(|l| {
+                let held = Some(net.primary((l.subnet, l.subnet6))) == known;
+                (!held, l.create_revision)
+            });
             if let Some(l) = ours.first().map(|l| (*l).clone()) {
                 // Without EnableIPv6 a dual-stack key (flanneld's) moves to the plain key
                 // we keep renewing; with it, the dual-stack key stays.
@@ -694,7 +736,7 @@ impl Agent {
                 // Changed since listed, or its plain key is someone else's: not ours to
                 // try again in this claim (a key tried forever would be a spin).
                 log(&format!("{from} changed meanwhile; listing again"));
-                lost.push(subnet);
+                lost.push(net.primary((subnet, subnet6)));
                 listing = etcd::leases(c, &prefix, net).await.map_err(retry)?;
                 continue;
             } else {
@@ -707,11 +749,20 @@ impl Agent {
                 }
             }
             let mut taken = listing.taken();
-            taken.extend(&lost);
+            taken.extend(lost.iter().filter_map(|n| match n {
+                IpNetwork::V4(n) => Some(*n),
+                IpNetwork::V6(_) => None,
+            }));
             let previous = self
                 .previous_subnet()
                 .filter(|s| net.fits(*s) && !taken.iter().any(|t| t.contains(s.network())));
-            let pick = previous.or_else(|| pick_one(&net.free(&taken, 100)));
+            // An IPv6-only network's IPv4 part is 0.0.0.0/0 for every node (flanneld's
+            // allocator finds it taken by the first: it serves one node); the key, and so
+            // create-if-absent, still tells the IPv6 subnets apart.
+            let pick = match net.ipv4 {
+                true => previous.or_else(|| pick_one(&net.free(&taken, 100))),
+                false => Some(net.network),
+            };
             let Some(s) = pick else {
                 return Err(retry(format!(
                     "no free /{} left in {}",
@@ -721,7 +772,11 @@ impl Agent {
             let s6 = match &net.ipv6 {
                 None => None,
                 Some(n) => {
-                    let taken6 = listing.taken6();
+                    let mut taken6 = listing.taken6();
+                    taken6.extend(lost.iter().filter_map(|n| match n {
+                        IpNetwork::V6(n) => Some(*n),
+                        IpNetwork::V4(_) => None,
+                    }));
                     let free = |s: &Ipv6Network| !taken6.iter().any(|t| t.contains(s.network()));
                     let previous = self.previous_subnet6().filter(|s| n.fits(*s) && free(s));
                     let pick = previous.or_else(|| pick_one(&n.free(&taken6, 100)));
@@ -744,6 +799,7 @@ impl Agent {
                 log(&format!("claimed {s}{v6} for {public}{how}"));
                 return Ok(((s, s6), listing, Some(lease)));
             }
+            let s = net.primary((s, s6));
             log(&format!(
                 "{s} was claimed by another node meanwhile; listing again"
             ));
@@ -760,15 +816,22 @@ impl Agent {
         underlay: Underlay,
         (subnet, subnet6): Subnets,
     ) -> Result<(), Stop> {
-        if let Some(h) = self.held.as_ref().filter(|h| h.subnet != subnet) {
+        let own = net.primary((subnet, subnet6));
+        if let Some(h) = self.held.as_ref().filter(|h| h.own() != own) {
             log(&format!(
-                "this node's subnet changed from {} to {subnet}: containers on the old one lose the overlay",
-                h.subnet
+                "this node's subnet changed from {} to {own}: containers on the old one lose the overlay",
+                h.own()
             ));
         }
         let mtu = self.mtu(&net, &underlay).map_err(Stop::Fatal)?;
-        let vtep = self.vtep(&net, &underlay, mtu);
-        let vtep6 = subnet6.and_then(|_| self.vtep6(&net, &underlay, &vtep));
+        let v4 = self.vtep(&net, &underlay, mtu);
+        let v6 = subnet6.and_then(|_| self.vtep6(&net, &underlay, &v4));
+        // An IPv6-only network's one device is flannel-v6.N (as flanneld's), and the
+        // pods get its MTU: VXLAN over IPv6 takes 70 bytes.
+        let (vtep, vtep6, mtu) = match (net.ipv4, v6) {
+            (false, Some(v6)) => (v6.clone(), None, v6.mtu),
+            (_, v6) => (v4, v6, mtu),
+        };
         // A VNI change renames the device: the old one goes, with its peers' state, also
         // when the change happened while we were stopped (the saved VNI names it).
         // host-gw keeps none: the device of before goes.
@@ -780,7 +843,8 @@ impl Agent {
         // The old flannel-v6.N too, and ours when this network is no longer dual stack.
         let old6 = old_vni
             .map(vtep6_name)
-            .filter(|old| Some(old) != vtep6.as_ref().map(|v| &v.name));
+            .filter(|old| Some(old) != vtep6.as_ref().map(|v| &v.name))
+            .filter(|old| *old != vtep.name || net.host_gw);
         for old in old.into_iter().chain(old6) {
             if let Err(e) = self.nl.delete_link(&old).await {
                 log(&format!("removing the old {old}: {e}"));
@@ -805,6 +869,8 @@ impl Agent {
         // FLANNEL_SUBNET is the gateway (the first address) with the subnet's prefix.
         let gateway = Ipv4Network::new(subnet.nth(1).unwrap_or(subnet.network()), subnet.prefix())
             .expect("a prefix from a subnet");
+        // An IPv6-only network's file has only the IPv6 pair, as flanneld's.
+        let ipv4 = net.ipv4.then_some((net.network, gateway));
         // With ipMasq (flanneld's --ip-masq) the node masquerades and the plugin does not;
         // without it, or while the node's rules failed (said in the log), the plugin's
         // ipMasq does, per container: FLANNEL_IPMASQ=true only once they are in place.
@@ -823,8 +889,7 @@ impl Agent {
             (n.network, gateway)
         });
         let env = SubnetEnv {
-            network: net.network,
-            subnet: gateway,
+            ipv4,
             ipv6,
             mtu,
             ip_masq,
@@ -852,10 +917,25 @@ impl Agent {
     /// side is programmed when both it and this node are dual stack.
     fn peer(&self, (s, s6): Subnets, a: Option<&LeaseAttrs>) -> Result<Known, String> {
         let h = self.held.as_ref().ok_or("no subnet held yet")?;
-        if s == h.subnet {
-            return Err(format!("it names this node's subnet {s}"));
+        let own = h.own();
+        if h.net.primary((s, s6)) == own {
+            return Err(format!("it names this node's subnet {own}"));
         }
         let a = a.ok_or("its value is not a lease we read")?;
+        // host-gw routes via the address alone; a lease of another backend is not
+        // reachable that way (flannel ignores it likewise).
+        let host_gw = h.net.host_gw;
+        if host_gw && !a.is_host_gw() {
+            return Err(format!("BackendType {:?} is not host-gw", a.backend_type));
+        }
+        let public6 = self.select.public6(&h.underlay);
+        if !h.net.ipv4 {
+            return Ok(Known {
+                key: String::new(),
+                peer: side6(h, public6, s6, a)?,
+                peer6: None,
+            });
+        }
         let ip = a.public_ip;
         if ip == h.underlay.ip || ip == self.select.public(&h.underlay) {
             return Err(format!("it names this node's address {ip}"));
@@ -863,35 +943,12 @@ impl Agent {
         if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast() {
             return Err(format!("PublicIP {ip} is not a node's address"));
         }
-        // host-gw routes via the address alone; a lease of another backend is not
-        // reachable that way (flannel ignores it likewise).
-        let host_gw = h.net.host_gw;
-        if host_gw && !a.is_host_gw() {
-            return Err(format!("BackendType {:?} is not host-gw", a.backend_type));
-        }
         let mac = match host_gw {
             true => [0; 6],
             false => (a.vtep_mac())
                 .filter(unicast)
                 .ok_or("no vxlan lease with a unicast VtepMAC")?,
         };
-        let peer6 = (h.subnet6.zip(h.underlay.ip6)).and_then(|(own, own_ip)| {
-            let s6 = s6.filter(|s6| *s6 != own)?;
-            let ip = (a.public_ipv6()).filter(|ip| {
-                *ip != own_ip.ip()
-                    && !ip.is_unspecified()
-                    && !ip.is_loopback()
-                    && !ip.is_multicast()
-            })?;
-            Some(Peer {
-                subnet: IpNetwork::V6(s6),
-                underlay_ip: IpAddr::V6(ip),
-                mac: match host_gw {
-                    true => [0; 6],
-                    false => a.vtep_mac6().filter(unicast)?,
-                },
-            })
-        });
         Ok(Known {
             key: String::new(),
             peer: Peer {
@@ -899,8 +956,19 @@ impl Agent {
                 underlay_ip: IpAddr::V4(ip),
                 mac,
             },
-            peer6,
+            peer6: side6(h, public6, s6, a).ok(),
         })
+    }
+
+    /// Whether a lease names this node: by its PublicIP, or in an IPv6-only network
+    /// (where every PublicIP is 0.0.0.0) by its PublicIPv6.
+    fn names_us(&self, net: &Network, u: &Underlay, a: &LeaseAttrs) -> bool {
+        match net.ipv4 {
+            true => a.public_ip == self.select.public(u),
+            false => a
+                .public_ipv6()
+                .is_some_and(|ip| Some(ip) == self.select.public6(u)),
+        }
     }
 
     /// Replaces the peer table, logging each change. Of two keys naming one subnet (a
@@ -911,17 +979,21 @@ impl Agent {
             .filter(|l| Some(&l.key) != own.as_ref())
             .collect();
         leases.sort_by_key(|l| l.create_revision);
-        let mut new: BTreeMap<Ipv4Network, Known> = BTreeMap::new();
+        let mut new: BTreeMap<IpNetwork, Known> = BTreeMap::new();
+        let Some(net) = self.held.as_ref().map(|h| h.net.clone()) else {
+            return;
+        };
         for l in leases {
-            if let Some(k) = new.get(&l.subnet) {
-                log(&format!("ignoring {}: {} holds {}", l.key, k.key, l.subnet));
+            let s = net.primary((l.subnet, l.subnet6));
+            if let Some(k) = new.get(&s) {
+                log(&format!("ignoring {}: {} holds {s}", l.key, k.key));
                 continue;
             }
             match self.peer((l.subnet, l.subnet6), l.attrs.as_ref()) {
                 Ok(mut k) => {
                     k.key = l.key.clone();
                     held6(&new, &mut k);
-                    new.insert(l.subnet, k);
+                    new.insert(s, k);
                 }
                 Err(why) => log(&format!("ignoring {}: {why}", l.key)),
             }
@@ -983,12 +1055,12 @@ impl Agent {
                 }
                 Some(Ok(subnets)) => subnets,
             };
-            let s = subnets.0;
+            let s = net.primary(subnets);
             let attrs = put
                 .then(|| etcd::bounded_value(&key, kv.value()).and_then(LeaseAttrs::parse))
                 .flatten();
             if key == own {
-                if attrs.is_none_or(|a| a.public_ip != self.select.public(&underlay)) {
+                if attrs.is_none_or(|a| !self.names_us(&net, &underlay, &a)) {
                     return Err(retry(format!(
                         "our lease {s} was deleted or taken; claiming again"
                     )));
@@ -1004,7 +1076,7 @@ impl Agent {
             match self.peer(subnets, attrs.as_ref()) {
                 Ok(mut k) => {
                     k.key = key.into_owned();
-                    let others: BTreeMap<Ipv4Network, Known> = (self.peers.iter())
+                    let others: BTreeMap<IpNetwork, Known> = (self.peers.iter())
                         .filter(|(o, _)| **o != s)
                         .map(|(o, k)| (*o, k.clone()))
                         .collect();
@@ -1038,7 +1110,7 @@ impl Agent {
         let (nl, u) = (&self.nl, &h.underlay);
         let pass = async {
             let link = match h.vxlan() {
-                Some(v) => Some(node::ensure_vtep(nl, v, IpNetwork::V4(h.subnet)).await?),
+                Some(v) => Some(node::ensure_vtep(nl, v, h.own()).await?),
                 None => None,
             };
             let six = match (&h.vtep6, h.subnet6, h.mesh6()) {
@@ -1066,9 +1138,9 @@ impl Agent {
                     continue;
                 };
                 let (mesh, link) = match (&p.subnet, &six) {
-                    (IpNetwork::V4(_), _) => (h.mesh(), link.as_ref()),
+                    (s, _) if s.is_ipv4() == h.own().is_ipv4() => (h.mesh(), link.as_ref()),
                     (IpNetwork::V6(_), Some((m, link6))) => (*m, link6.as_ref()),
-                    (IpNetwork::V6(_), None) => continue,
+                    _ => continue,
                 };
                 if let Some(old) = &c.old {
                     // Its FDB entry stays while another peer (or its new self) uses it.
@@ -1110,8 +1182,7 @@ impl Agent {
             .collect();
         let (nl, u) = (&self.nl, &h.underlay);
         let check = async {
-            let v4 = IpNetwork::V4(h.subnet);
-            let mut m = node::differences(nl, &h.mesh(), u, h.vxlan(), v4, &peers).await?;
+            let mut m = node::differences(nl, &h.mesh(), u, h.vxlan(), h.own(), &peers).await?;
             if let (Some(s), Some(mesh6)) = (h.subnet6, h.mesh6()) {
                 if h.vtep6.is_some() || h.net.host_gw {
                     let v6 = IpNetwork::V6(s);
@@ -1140,10 +1211,12 @@ impl Agent {
     /// Our key is still there and still ours (one read per reconcile).
     async fn own_key_present(&self, c: &mut Client, key: &str) -> Result<(), Stop> {
         let value = etcd::get(c, key).await.map_err(retry)?;
-        let ip = self.held.as_ref().map(|h| self.select.public(&h.underlay));
         let value = value.filter(|v| v.len() <= etcd::MAX_VALUE);
+        let ours = |a: &LeaseAttrs| {
+            (self.held.as_ref()).is_some_and(|h| self.names_us(&h.net, &h.underlay, a))
+        };
         match value.as_deref().and_then(LeaseAttrs::parse) {
-            Some(a) if Some(a.public_ip) == ip => Ok(()),
+            Some(a) if ours(&a) => Ok(()),
             _ => Err(retry(format!("our lease {key} is gone; claiming again"))),
         }
     }
@@ -1176,10 +1249,13 @@ fn cluster_nets(
     subnet: Ipv4Network,
     subnet6: Option<Ipv6Network>,
 ) -> Vec<ClusterNet> {
-    let mut nets = vec![ClusterNet {
+    // An IPv6-only network's rules are IPv6 ones only.
+    let mut nets: Vec<ClusterNet> = (net.ipv4.then_some(ClusterNet {
         network: IpNetwork::V4(net.network),
         subnet: IpNetwork::V4(subnet),
-    }];
+    }))
+    .into_iter()
+    .collect();
     if let (Some(n), Some(s)) = (&net.ipv6, subnet6) {
         nets.push(ClusterNet {
             network: IpNetwork::V6(n.network),
@@ -1187,6 +1263,38 @@ fn cluster_nets(
         });
     }
     nets
+}
+
+/// A lease's IPv6 side, for a node holding an IPv6 subnet: another subnet than ours, a
+/// node's PublicIPv6 (not ours: `public6` is what we publish), flannel-v6.N's unicast
+/// MAC (vxlan).
+fn side6(
+    h: &Held,
+    public6: Option<Ipv6Addr>,
+    s6: Option<Ipv6Network>,
+    a: &LeaseAttrs,
+) -> Result<Peer, String> {
+    let (own, own_ip) = (h.subnet6.zip(h.underlay.ip6)).ok_or("this node has no IPv6 side")?;
+    let s6 = s6.ok_or("its key names no IPv6 subnet")?;
+    if s6 == own {
+        return Err(format!("it names this node's subnet {s6}"));
+    }
+    let ip = a.public_ipv6().ok_or("no PublicIPv6")?;
+    if ip == own_ip.ip() || Some(ip) == public6 {
+        return Err(format!("it names this node's address {ip}"));
+    }
+    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+        return Err(format!("PublicIPv6 {ip} is not a node's address"));
+    }
+    let mac = match h.net.host_gw {
+        true => [0; 6],
+        false => (a.vtep_mac6().filter(unicast)).ok_or("no unicast VtepMAC in BackendV6Data")?,
+    };
+    Ok(Peer {
+        subnet: IpNetwork::V6(s6),
+        underlay_ip: IpAddr::V6(ip),
+        mac,
+    })
 }
 
 fn added(k: &Known) -> String {
@@ -1210,7 +1318,7 @@ fn unicast(m: &[u8; 6]) -> bool {
 
 /// Drops `k`'s IPv6 side when another peer of `others` has its IPv6 subnet: a key
 /// written for a subnet someone holds takes nothing over.
-fn held6(others: &BTreeMap<Ipv4Network, Known>, k: &mut Known) {
+fn held6(others: &BTreeMap<IpNetwork, Known>, k: &mut Known) {
     let Some(p6) = &k.peer6 else { return };
     if let Some(o) =
         (others.values()).find(|o| o.peer6.as_ref().map(|p| p.subnet) == Some(p6.subnet))

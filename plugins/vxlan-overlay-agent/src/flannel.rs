@@ -18,7 +18,8 @@ use vxlan_overlay::node::VXLAN_OVERHEAD;
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 struct RawConfig {
-    network: String,
+    #[serde(default)]
+    network: Option<String>,
     #[serde(default)]
     subnet_len: u32,
     #[serde(default)]
@@ -79,8 +80,12 @@ pub struct Network {
     /// Backend.Learning: the device learns source MACs (flannel programs the same peer
     /// entries either way).
     pub learning: bool,
-    /// The IPv6 half of a dual-stack network (EnableIPv6).
+    /// The IPv6 half of a dual-stack network (EnableIPv6), or an IPv6-only network.
     pub ipv6: Option<Net6>,
+    /// EnableIPv4 (flannel's default true). An IPv6-only network (false) has, as in
+    /// flanneld, the IPv4 "subnet" 0.0.0.0/0 for every node: `network` is 0.0.0.0/0 and
+    /// every lease key `0.0.0.0-0&<v6>-<len>`.
+    pub ipv4: bool,
     /// Backend.Type host-gw: routes via the peers' underlay addresses, no device; the
     /// VXLAN settings above are then unused (VNI only names a device left from before).
     pub host_gw: bool,
@@ -143,6 +148,45 @@ fn free_blocks(min: u128, max: u128, size: u128, taken: &[(u128, u128)], n: usiz
         }
     }
     out
+}
+
+/// flannel's IPv4 range: the Network, SubnetLen (24 for networks of /22 or wider, else
+/// two longer), SubnetMin (the first subnet is not handed out) and SubnetMax (the last
+/// is).
+fn v4_range(raw: &RawConfig) -> Result<(Ipv4Network, u32, Ipv4Addr, Ipv4Addr), String> {
+    let network: Ipv4Network = raw
+        .network
+        .as_deref()
+        .ok_or("no Network")?
+        .parse()
+        .map_err(|e| format!("Network: {e}"))?;
+    let network =
+        Ipv4Network::new(network.network(), network.prefix()).map_err(|e| e.to_string())?;
+    let subnet_len = subnet_len(raw.subnet_len, network.prefix(), 32, 24, "")?;
+    let size = 1u32 << (32 - subnet_len);
+    let aligned = |key: &str, s: Option<String>, default: u32| -> Result<Ipv4Addr, String> {
+        let ip = match s {
+            Some(s) => s.parse::<Ipv4Addr>().map_err(|e| format!("{key}: {e}"))?,
+            None => Ipv4Addr::from(default),
+        };
+        if !network.contains(ip) {
+            return Err(format!("{key} is not in the range of the Network"));
+        }
+        if !u32_of(ip).is_multiple_of(size) {
+            return Err(format!("{key} is not on a SubnetLen boundary: {ip}"));
+        }
+        Ok(ip)
+    };
+    let first = u32_of(network.network());
+    let last = u32_of(network.broadcast());
+    let subnet_min = aligned("SubnetMin", raw.subnet_min.clone(), first + size)?;
+    let subnet_max = aligned("SubnetMax", raw.subnet_max.clone(), last - size + 1)?;
+    if subnet_min > subnet_max {
+        return Err(format!(
+            "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
+        ));
+    }
+    Ok((network, subnet_len, subnet_min, subnet_max))
 }
 
 impl Net6 {
@@ -221,37 +265,18 @@ impl Network {
     pub fn parse(json: &[u8]) -> Result<Network, String> {
         let v: serde_json::Value = serde_json::from_slice(json).map_err(|e| e.to_string())?;
         let raw: RawConfig = libcni::decode::from_value(&v).map_err(|e| e.to_string())?;
-        if raw.enable_ipv4 == Some(false) {
-            return Err("EnableIPv4 false (an IPv6-only network) is not served".into());
-        }
         let ipv6 = Net6::parse(&raw)?;
-        let network: Ipv4Network = raw.network.parse().map_err(|e| format!("Network: {e}"))?;
-        let network =
-            Ipv4Network::new(network.network(), network.prefix()).map_err(|e| e.to_string())?;
-        let subnet_len = subnet_len(raw.subnet_len, network.prefix(), 32, 24, "")?;
-        let size = 1u32 << (32 - subnet_len);
-        let aligned = |key: &str, s: Option<String>, default: u32| -> Result<Ipv4Addr, String> {
-            let ip = match s {
-                Some(s) => s.parse::<Ipv4Addr>().map_err(|e| format!("{key}: {e}"))?,
-                None => Ipv4Addr::from(default),
-            };
-            if !network.contains(ip) {
-                return Err(format!("{key} is not in the range of the Network"));
+        let ipv4 = raw.enable_ipv4 != Some(false);
+        let (network, subnet_len, subnet_min, subnet_max) = match ipv4 {
+            true => v4_range(&raw)?,
+            false if ipv6.is_none() => {
+                return Err("EnableIPv4 false without EnableIPv6: no network at all".into())
             }
-            if !u32_of(ip).is_multiple_of(size) {
-                return Err(format!("{key} is not on a SubnetLen boundary: {ip}"));
+            false => {
+                let any = Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).expect("0.0.0.0/0");
+                (any, 0, Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED)
             }
-            Ok(ip)
         };
-        let first = u32_of(network.network());
-        let last = u32_of(network.broadcast());
-        let subnet_min = aligned("SubnetMin", raw.subnet_min, first + size)?;
-        let subnet_max = aligned("SubnetMax", raw.subnet_max, last - size + 1)?;
-        if subnet_min > subnet_max {
-            return Err(format!(
-                "SubnetMin {subnet_min} is above SubnetMax {subnet_max}"
-            ));
-        }
         let backend = raw.backend.unwrap_or_default();
         if backend.kind.eq_ignore_ascii_case("host-gw") {
             return Ok(Network {
@@ -266,6 +291,7 @@ impl Network {
                 gbp: false,
                 learning: false,
                 ipv6,
+                ipv4,
                 host_gw: true,
             });
         }
@@ -286,7 +312,7 @@ impl Network {
                 576 + VXLAN_OVERHEAD
             ));
         }
-        if let Some(vni) = backend.vni {
+        if let Some(vni) = backend.vni.filter(|_| ipv4) {
             check_vni_names_a_link(vni).map_err(|e| format!("Backend.VNI: {e}"))?;
         }
         if ipv6.is_some() {
@@ -305,8 +331,18 @@ impl Network {
             gbp: backend.gbp,
             learning: backend.learning,
             ipv6,
+            ipv4,
             host_gw: false,
         })
+    }
+
+    /// The subnet of a lease's two that keys it: the IPv4 one, or in an IPv6-only
+    /// network (every IPv4 part 0.0.0.0/0) the IPv6 one.
+    pub fn primary(&self, (s, s6): Subnets) -> IpNetwork {
+        match (self.ipv4, s6) {
+            (false, Some(s6)) => IpNetwork::V6(s6),
+            _ => IpNetwork::V4(s),
+        }
     }
 
     /// Whether `s` is one this network hands out.
@@ -328,6 +364,8 @@ impl Network {
                 ));
             }
             match (&self.ipv6, s6) {
+                // An IPv6-only network's every key is `0.0.0.0-0&<v6>-<len>`.
+                (_, None) if !self.ipv4 => Err(format!("{s} names no IPv6 subnet")),
                 (Some(n), Some(s6))
                     if s6.prefix() != n.subnet_len || !n.network.contains(s6.network()) =>
                 {
@@ -486,6 +524,16 @@ impl LeaseAttrs {
         self.backend_type.eq_ignore_ascii_case("host-gw")
     }
 
+    /// An IPv6-only node's lease, as flanneld writes it: PublicIP 0.0.0.0, no
+    /// BackendData, its IPv6 address and flannel-v6.N's MAC.
+    pub fn v6_only(self, public_ipv6: Ipv6Addr, mac: [u8; 6]) -> LeaseAttrs {
+        LeaseAttrs {
+            public_ip: Ipv4Addr::UNSPECIFIED,
+            backend_data: None,
+            ..self.with_v6(public_ipv6, mac)
+        }
+    }
+
     /// A dual-stack node's lease: its IPv6 address and flannel-v6.N's MAC added (none
     /// for host-gw, which has no backend data).
     pub fn with_v6(mut self, public_ipv6: Ipv6Addr, mac: [u8; 6]) -> LeaseAttrs {
@@ -624,6 +672,44 @@ mod tests {
         let taken: Vec<Ipv6Network> = vec!["fc00:0:0:1::/64".parse().unwrap()];
         let free: Vec<String> = v6.free(&taken, 2).iter().map(|s| s.to_string()).collect();
         assert_eq!(free, ["fc00:0:0:2::/64", "fc00:0:0:3::/64"]);
+    }
+
+    #[test]
+    fn ipv6_only_as_flanneld_keys_and_writes_it() {
+        let n = Network::parse(br#"{"EnableIPv4":false,"EnableIPv6":true,"IPv6Network":"fc00:240::/48","Backend":{"Type":"vxlan","VNI":4096}}"#).unwrap();
+        assert!(!n.ipv4);
+        assert_eq!(n.network.to_string(), "0.0.0.0/0");
+        let p = "/coreos.com/network";
+        let s6: Ipv6Network = "fc00:240:0:7::/64".parse().unwrap();
+        // MakeSubnetKey of an empty IP4Net and the IPv6 subnet
+        let key = lease_key(p, n.network, Some(s6));
+        assert_eq!(
+            key,
+            "/coreos.com/network/subnets/0.0.0.0-0&fc00:240:0:7::-64"
+        );
+        assert_eq!(n.lease_of_key(p, &key), Some(Ok((n.network, Some(s6)))));
+        assert_eq!(n.primary((n.network, Some(s6))), IpNetwork::V6(s6));
+        for bad in [
+            "0.0.0.0-0",
+            "10.1.0.0-24&fc00:240:0:7::-64",
+            "0.0.0.0-0&fc00:9::-64",
+        ] {
+            let key = format!("{p}/subnets/{bad}");
+            assert!(matches!(n.lease_of_key(p, &key), Some(Err(_))), "{bad}");
+        }
+        let a = LeaseAttrs::vxlan(Ipv4Addr::new(192, 168, 1, 2), 1, [2, 0, 0, 0, 0, 1])
+            .v6_only("fd00:103::10".parse().unwrap(), [2, 0, 0, 0, 0, 7]);
+        assert_eq!(
+            a.to_json(),
+            r#"{"PublicIP":"0.0.0.0","PublicIPv6":"fd00:103::10","BackendType":"vxlan","BackendV6Data":{"VNI":1,"VtepMAC":"02:00:00:00:00:07"}}"#
+        );
+        for bad in [
+            r#"{"EnableIPv4":false,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"EnableIPv4":false,"EnableIPv6":true,"Backend":{"Type":"vxlan"}}"#,
+            r#"{"EnableIPv6":true,"IPv6Network":"fc00:240::/48","Backend":{"Type":"vxlan"}}"#,
+        ] {
+            assert!(Network::parse(bad.as_bytes()).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and flannel's; 4789 would silently break interop with flannel nodes), checked before
 //! anything is made: every mistake is a code 7 that names its field.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -138,9 +138,10 @@ pub struct Etcd {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct NodeConf {
-    #[serde(rename = "underlayIP")]
-    underlay_ip: String,
-    subnet: String,
+    #[serde(rename = "underlayIP", default)]
+    underlay_ip: Option<String>,
+    #[serde(default)]
+    subnet: Option<String>,
     #[serde(rename = "underlayIPv6", default)]
     underlay_ipv6: Option<String>,
     #[serde(default)]
@@ -148,13 +149,22 @@ struct NodeConf {
 }
 
 /// A node of the cluster: where it is, and its subnet; in a dual-stack network its
-/// IPv6 underlay address and IPv6 subnet too.
-#[derive(Debug, Clone, PartialEq)]
+/// IPv6 underlay address and IPv6 subnet too; in an IPv6-only one (`ipv6Network`
+/// without `network`) those alone.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Node {
-    pub underlay_ip: Ipv4Addr,
-    pub subnet: Ipv4Network,
+    pub underlay_ip: Option<Ipv4Addr>,
+    pub subnet: Option<Ipv4Network>,
     pub underlay_ip6: Option<Ipv6Addr>,
     pub subnet6: Option<Ipv6Network>,
+}
+
+impl Node {
+    /// The address that names the node: its IPv4 underlay address, or in an IPv6-only
+    /// network its IPv6 one (its VTEP MACs are derived from it).
+    pub fn address(&self) -> Option<IpAddr> {
+        (self.underlay_ip.map(IpAddr::V4)).or(self.underlay_ip6.map(IpAddr::V6))
+    }
 }
 
 /// The network, checked. In the etcd store, `network` and `subnet_len` are the config's
@@ -164,8 +174,8 @@ pub struct Overlay {
     /// The network name (the one VTEP MACs are derived from).
     pub name: String,
     pub network: Option<Ipv4Network>,
-    /// The static store's IPv6 cluster network (dual stack); every node then has an
-    /// `underlayIPv6` and an `ipv6Subnet` in it.
+    /// The static store's IPv6 cluster network (dual stack, or IPv6-only without
+    /// `network`); every node then has an `underlayIPv6` and an `ipv6Subnet` in it.
     pub ipv6_network: Option<Ipv6Network>,
     pub subnet_len: Option<u8>,
     pub vni: u32,
@@ -288,9 +298,11 @@ impl Overlay {
             None => Store::SubnetFile,
             Some(s) => store(s, network, subnet_len, ipv6_network)?,
         };
+        // The static store's IPv4 subnets are /24 unless told; an IPv6-only one has none.
+        let static_v4 = matches!(store, Store::Static(_)) && network.is_some();
         Ok(Overlay {
             name: r.name,
-            subnet_len: subnet_len.or(matches!(store, Store::Static(_)).then_some(24)),
+            subnet_len: subnet_len.or(static_v4.then_some(24)),
             network,
             ipv6_network,
             vni: vni as u32,
@@ -316,11 +328,11 @@ impl Overlay {
         }
     }
 
-    /// The node whose underlay address is `ip`.
-    pub fn node_at(&self, ip: Ipv4Addr) -> Result<&Node, Error> {
+    /// The node whose underlay address (`Node::address`) is `ip`.
+    pub fn node_at(&self, ip: IpAddr) -> Result<&Node, Error> {
         self.nodes()
             .iter()
-            .find(|n| n.underlay_ip == ip)
+            .find(|n| n.address() == Some(ip))
             .ok_or_else(|| {
                 field(
                     "store.nodes",
@@ -331,16 +343,21 @@ impl Overlay {
 
     /// A node's VTEP MAC: derived from (network, underlay address), so every node knows
     /// its peers' with no exchange, and a node gets its own back after a reboot.
-    pub fn vtep_mac(&self, underlay_ip: Ipv4Addr) -> [u8; 6] {
+    pub fn vtep_mac(&self, underlay_ip: IpAddr) -> [u8; 6] {
         self.derived_mac("vtep", underlay_ip)
     }
 
     /// A node's flannel-v6.N MAC, derived likewise.
-    pub fn vtep_mac6(&self, underlay_ip: Ipv4Addr) -> [u8; 6] {
+    pub fn vtep_mac6(&self, underlay_ip: IpAddr) -> [u8; 6] {
         self.derived_mac("vtep6", underlay_ip)
     }
 
-    fn derived_mac(&self, device: &str, underlay_ip: Ipv4Addr) -> [u8; 6] {
+    /// Whether the static store's network is IPv6-only (`ipv6Network` alone).
+    pub fn v6_only(&self) -> bool {
+        self.network.is_none() && self.ipv6_network.is_some()
+    }
+
+    fn derived_mac(&self, device: &str, underlay_ip: IpAddr) -> [u8; 6] {
         let h = stable_hash(&[device, &self.name, &underlay_ip.to_string()]).to_be_bytes();
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&h[..6]);
@@ -385,7 +402,6 @@ fn check_names_a_link(vni: u32, name: String) -> Result<(), String> {
     }
 }
 
-/// The `store` section, checked.
 /// `ipv6Network` is the static store's: elsewhere the subnet file says it.
 fn only_static_ipv6() -> Error {
     field(
@@ -394,6 +410,8 @@ fn only_static_ipv6() -> Error {
     )
 }
 
+/// The `store` section, checked. A static table without `network` but with
+/// `ipv6Network` is an IPv6-only network's.
 fn store(
     s: StoreConf,
     network: Option<Ipv4Network>,
@@ -401,11 +419,20 @@ fn store(
     ipv6_network: Option<Ipv6Network>,
 ) -> Result<Store, Error> {
     Ok(match s.kind.as_str() {
+        "static" if network.is_none() && ipv6_network.is_some() => {
+            if subnet_len.is_some() {
+                return Err(field(
+                    "subnetLen",
+                    "the IPv4 subnets' length, given without a network (an IPv6-only network's nodes name their ipv6Subnet)",
+                ));
+            }
+            nodes6(&s.nodes, &nodes_without_ipv4(&s.nodes)?, ipv6_network)?
+        }
         "static" => {
             let network = network.ok_or_else(|| {
                 field(
                     "network",
-                    "missing (the cluster network, e.g. 10.244.0.0/16)",
+                    "missing (the cluster network, e.g. 10.244.0.0/16; an IPv6-only one has ipv6Network alone)",
                 )
             })?;
             let len = subnet_len.unwrap_or(24);
@@ -484,13 +511,19 @@ fn nodes(confs: &[NodeConf], network: Ipv4Network, len: u8) -> Result<Vec<Node>,
     let mut nodes: Vec<Node> = Vec::new();
     for (i, n) in confs.iter().enumerate() {
         let at = |what: &str| format!("store.nodes[{i}].{what}");
-        let underlay_ip: Ipv4Addr = n.underlay_ip.parse().map_err(|_| {
+        let underlay_ip =
+            (n.underlay_ip.as_deref()).ok_or_else(|| field(&at("underlayIP"), "missing"))?;
+        let underlay_ip: Ipv4Addr = underlay_ip.parse().map_err(|_| {
             field(
                 &at("underlayIP"),
-                format!("{:?} is not an IPv4 address", n.underlay_ip),
+                format!("{underlay_ip:?} is not an IPv4 address"),
             )
         })?;
-        let subnet: Ipv4Network = n.subnet.parse().map_err(|e| field(&at("subnet"), e))?;
+        let subnet = n
+            .subnet
+            .as_deref()
+            .ok_or_else(|| field(&at("subnet"), "missing"))?;
+        let subnet: Ipv4Network = subnet.parse().map_err(|e| field(&at("subnet"), e))?;
         if subnet.prefix() != len || subnet.network() != subnet.ip() {
             return Err(field(
                 &at("subnet"),
@@ -503,23 +536,45 @@ fn nodes(confs: &[NodeConf], network: Ipv4Network, len: u8) -> Result<Vec<Node>,
                 format!("{subnet} is outside the network {network}"),
             ));
         }
-        if let Some(j) = nodes.iter().position(|o| o.subnet == subnet) {
+        if let Some(j) = nodes.iter().position(|o| o.subnet == Some(subnet)) {
             return Err(field(&at("subnet"), format!("{subnet} is node {j}'s too")));
         }
-        if let Some(j) = nodes.iter().position(|o| o.underlay_ip == underlay_ip) {
+        if let Some(j) = (nodes.iter()).position(|o| o.underlay_ip == Some(underlay_ip)) {
             return Err(field(
                 &at("underlayIP"),
                 format!("{underlay_ip} is node {j}'s too"),
             ));
         }
         nodes.push(Node {
-            underlay_ip,
-            subnet,
+            underlay_ip: Some(underlay_ip),
+            subnet: Some(subnet),
             underlay_ip6: None,
             subnet6: None,
         });
     }
     Ok(nodes)
+}
+
+/// An IPv6-only table's nodes before their IPv6 side: none names an IPv4 address or
+/// subnet, which would have no network to be in.
+fn nodes_without_ipv4(confs: &[NodeConf]) -> Result<Vec<Node>, Error> {
+    if confs.is_empty() {
+        return Err(field(
+            "store.nodes",
+            "empty: the table must name this node at least",
+        ));
+    }
+    for (i, n) in confs.iter().enumerate() {
+        let given =
+            (n.underlay_ip.as_ref().map(|_| "underlayIP")).or(n.subnet.as_ref().map(|_| "subnet"));
+        if let Some(what) = given {
+            return Err(field(
+                &format!("store.nodes[{i}].{what}"),
+                "given without a network (an IPv6-only network's nodes have underlayIPv6 and ipv6Subnet alone)",
+            ));
+        }
+    }
+    Ok(vec![Node::default(); confs.len()])
 }
 
 /// The static table's IPv6 side: with `ipv6Network`, every node's `underlayIPv6` and
@@ -656,6 +711,70 @@ mod tests {
         assert_ne!(mac, o.vtep_mac("192.168.1.11".parse().unwrap()));
     }
 
+    /// `ipv6Network` without `network`: nodes with underlayIPv6 and ipv6Subnet alone, told
+    /// and their MACs derived by their IPv6 address; no IPv4 side at all.
+    #[test]
+    fn a_static_ipv6_only_network_has_nodes_of_ipv6_alone() {
+        let node = |i: u8| json!({"underlayIPv6": format!("fd00::{i}"), "ipv6Subnet": format!("fc00:0:0:{i}::/64")});
+        let v6_only = |nodes: serde_json::Value, extra: serde_json::Value| {
+            let mut c = json!({"cniVersion": "1.1.0", "name": "cluster", "type": "vxlan-overlay",
+                "ipv6Network": "fc00::/48", "store": {"type": "static", "nodes": nodes}});
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            Overlay::from_json(&c)
+        };
+        let o = v6_only(json!([node(1), node(2)]), json!({})).unwrap();
+        assert!(o.v6_only());
+        assert_eq!((o.network, o.subnet_len), (None, None));
+        let me = o.node_at("fd00::2".parse().unwrap()).unwrap();
+        assert_eq!(
+            (me.underlay_ip, me.subnet, me.subnet6),
+            (None, None, Some("fc00:0:0:2::/64".parse().unwrap()))
+        );
+        assert_eq!(me.address(), Some("fd00::2".parse().unwrap()));
+        let (a, b) = ("fd00::1".parse().unwrap(), "fd00::2".parse().unwrap());
+        assert_ne!(o.vtep_mac6(a), o.vtep_mac6(b));
+        assert_eq!(o.vtep_mac6(a)[0] & 3, 2, "unicast, locally administered");
+        for (nodes, extra, field) in [
+            (json!([]), json!({}), "store.nodes"),
+            (
+                json!([{"underlayIP": "192.168.1.10", "underlayIPv6": "fd00::1", "ipv6Subnet": "fc00:0:0:1::/64"}]),
+                json!({}),
+                "store.nodes[0].underlayIP",
+            ),
+            (
+                json!([node(1), {"subnet": "10.244.1.0/24", "underlayIPv6": "fd00::2", "ipv6Subnet": "fc00:0:0:2::/64"}]),
+                json!({}),
+                "store.nodes[1].subnet",
+            ),
+            (
+                json!([{"underlayIPv6": "fd00::1"}]),
+                json!({}),
+                "store.nodes[0].underlayIPv6",
+            ),
+            (
+                json!([node(1), {"underlayIPv6": "fd00::1", "ipv6Subnet": "fc00:0:0:2::/64"}]),
+                json!({}),
+                "store.nodes[1].underlayIPv6",
+            ),
+            (json!([node(1)]), json!({"subnetLen": 24}), "subnetLen"),
+            (json!([node(1)]), json!({"vni": 10000}), "vni"),
+        ] {
+            let e = v6_only(nodes.clone(), extra.clone()).unwrap_err();
+            assert_eq!(e.code, 7, "{nodes} {extra}");
+            assert!(e.msg.starts_with(field), "{nodes} {extra}: {}", e.msg);
+        }
+        // a dual-stack table's nodes are still told, and their MACs derived, by IPv4
+        let dual = json!({"underlayIP": "192.168.1.10", "subnet": "10.244.1.0/24",
+            "underlayIPv6": "fd00::1", "ipv6Subnet": "fc00:0:0:1::/64"});
+        let o = v6_only(json!([dual]), json!({"network": "10.244.0.0/16"})).unwrap();
+        assert!(!o.v6_only());
+        assert_eq!(o.subnet_len, Some(24));
+        let me = o.node_at("192.168.1.10".parse().unwrap()).unwrap();
+        assert_eq!(me.address(), Some("192.168.1.10".parse().unwrap()));
+    }
+
     #[test]
     fn mistakes_name_their_field() {
         let node = |ip: &str, subnet: &str| json!({"underlayIP": ip, "subnet": subnet});
@@ -683,6 +802,14 @@ mod tests {
             ),
             (
                 json!({"store": {"type": "static", "nodes": [node("192.168.1.10", "10.244.1.0/25")]}}),
+                "store.nodes[0].subnet",
+            ),
+            (
+                json!({"store": {"type": "static", "nodes": [{"subnet": "10.244.1.0/24"}]}}),
+                "store.nodes[0].underlayIP",
+            ),
+            (
+                json!({"store": {"type": "static", "nodes": [{"underlayIP": "192.168.1.10"}]}}),
                 "store.nodes[0].subnet",
             ),
             (json!({"store": {"type": "other"}}), "store.type"),

@@ -2,7 +2,8 @@
 //! node table in the config. ADD finds this node in the table by its underlay address,
 //! makes sure of the VXLAN device and every peer's state (vxlan_overlay::node), then puts
 //! the container on the node bridge with libcni's bridge attachment and an address from
-//! host-local on the node's subnet (and its IPv6 subnet too, in a dual-stack network).
+//! host-local on the node's subnet (and its IPv6 subnet too, in a dual-stack network; that
+//! alone in an IPv6-only one).
 //! `vxlan-overlay teardown [--force]` (the config on stdin) removes this node's share of
 //! the network.
 
@@ -20,7 +21,7 @@ use libcni::net::{Kernel, Netlink, Vxlan};
 use libcni::skel::{self, CmdArgs, Plugin};
 use libcni::{code, CniResult, Error};
 use serde_json::{json, Value};
-use vxlan_overlay::config::{vtep6_name, vtep_name, Overlay, Store};
+use vxlan_overlay::config::{vtep6_name, vtep_name, Node, Overlay, Store};
 use vxlan_overlay::ipam_store;
 use vxlan_overlay::local::Local;
 use vxlan_overlay::node::{self, Mesh, Peer, Underlay, VXLAN6_OVERHEAD, VXLAN_OVERHEAD};
@@ -30,6 +31,8 @@ use vxlan_overlay::subnet_env::SubnetEnv;
 /// each family, in a dual-stack network).
 struct Meshed {
     underlay: Underlay,
+    /// This node's `Node::address`, which its VTEP MACs are derived from.
+    address: IpAddr,
     peers: Vec<Peer>,
     peers6: Vec<Peer>,
 }
@@ -38,10 +41,12 @@ struct Meshed {
 /// store says of MTU and masquerade.
 struct Here {
     overlay: Overlay,
-    network: Ipv4Network,
-    subnet: Ipv4Network,
-    /// The cluster's IPv6 network and the node's subnet of it, in a dual-stack network
-    /// (FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET).
+    /// The cluster's IPv4 network and the node's subnet of it; None in an IPv6-only
+    /// network (a subnet file with the IPv6 pair alone).
+    network: Option<Ipv4Network>,
+    subnet: Option<Ipv4Network>,
+    /// The cluster's IPv6 network and the node's subnet of it, in a dual-stack or
+    /// IPv6-only network (FLANNEL_IPV6_NETWORK, FLANNEL_IPV6_SUBNET).
     network6: Option<Ipv6Network>,
     subnet6: Option<Ipv6Network>,
     mtu: u32,
@@ -58,18 +63,30 @@ impl Here {
         }
     }
 
-    /// Static store: this node is the table's entry with its underlay address.
+    /// Static store: this node is the table's entry with its underlay address (its IPv6
+    /// one in an IPv6-only network, whose pods get the MTU of VXLAN over IPv6).
     fn in_table(k: &Kernel, overlay: Overlay) -> Result<Here, Error> {
+        let v6_only = overlay.v6_only();
         let underlay = k
             .run(node::underlay(
                 k.host(),
                 overlay.underlay_interface.as_deref(),
+                v6_only,
             ))
             .map_err(|e| {
                 Error::config(format!("underlayInterface: {}", e.msg)).details(e.details)
             })?;
-        let me = overlay.node_at(underlay.ip)?.clone();
-        let fits = underlay.link.mtu.saturating_sub(VXLAN_OVERHEAD);
+        let address = match underlay.ip6 {
+            Some(ip6) if v6_only => IpAddr::V6(ip6.ip()),
+            _ => IpAddr::V4(underlay.ip),
+        };
+        let me = overlay.node_at(address)?.clone();
+        let overhead = if v6_only {
+            VXLAN6_OVERHEAD
+        } else {
+            VXLAN_OVERHEAD
+        };
+        let fits = underlay.link.mtu.saturating_sub(overhead);
         let mtu = overlay.mtu.unwrap_or(fits);
         if mtu > fits {
             return Err(Error::config(format!(
@@ -85,25 +102,9 @@ impl Here {
                 )));
             }
         }
-        let others = || overlay.nodes().iter().filter(|n| **n != me);
-        let peers = others()
-            .map(|n| Peer {
-                subnet: IpNetwork::V4(n.subnet),
-                underlay_ip: IpAddr::V4(n.underlay_ip),
-                mac: overlay.vtep_mac(n.underlay_ip),
-            })
-            .collect();
-        let peers6 = others()
-            .filter_map(|n| {
-                Some(Peer {
-                    subnet: IpNetwork::V6(n.subnet6?),
-                    underlay_ip: IpAddr::V6(n.underlay_ip6?),
-                    mac: overlay.vtep_mac6(n.underlay_ip),
-                })
-            })
-            .collect();
+        let (peers, peers6) = peers_of(&overlay, &me);
         Ok(Here {
-            network: overlay.network.expect("the static store has a network"),
+            network: overlay.network,
             subnet: me.subnet,
             network6: overlay.ipv6_network.filter(|_| me.subnet6.is_some()),
             subnet6: me.subnet6,
@@ -111,6 +112,7 @@ impl Here {
             ip_masq: overlay.ip_masq,
             meshed: Some(Meshed {
                 underlay,
+                address,
                 peers,
                 peers6,
             }),
@@ -122,16 +124,17 @@ impl Here {
     /// names one, must agree.
     fn from_subnet_file(overlay: Overlay) -> Result<Here, Error> {
         let env = SubnetEnv::read(&overlay.subnet_file)?;
-        if overlay.network.is_some_and(|n| n != env.network) {
+        if let Some(n) = overlay.network.filter(|n| Some(*n) != env.network()) {
+            let theirs = env
+                .network()
+                .map_or("none (IPv6-only)".into(), |e| e.to_string());
             return Err(Error::config(format!(
-                "network: {} differs from the cluster's {} ({})",
-                overlay.network.unwrap_or(env.network),
-                env.network,
+                "network: {n} differs from the cluster's {theirs} ({})",
                 overlay.subnet_file.display()
             )));
         }
         Ok(Here {
-            network: env.network,
+            network: env.network(),
             subnet: env.node_subnet(),
             network6: env.ipv6.map(|(network, _)| network),
             subnet6: env.node_subnet6(),
@@ -146,15 +149,18 @@ impl Here {
     /// The static store's device and peers, programmed.
     fn program(&self, k: &Kernel) -> Result<(), Error> {
         let Some(m) = &self.meshed else { return Ok(()) };
-        let subnet = IpNetwork::V4(self.subnet);
-        let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), subnet))?;
-        k.run(node::program(
-            k.host(),
-            &self.mesh(),
-            &m.underlay,
-            Some(&vtep),
-            &m.peers,
-        ))?;
+        // An IPv6-only network has no IPv4 side.
+        if let (Some(mesh), Some(subnet)) = (self.mesh(), self.subnet) {
+            let subnet = IpNetwork::V4(subnet);
+            let vtep = k.run(node::ensure_vtep(k.host(), &self.vtep(m), subnet))?;
+            k.run(node::program(
+                k.host(),
+                &mesh,
+                &m.underlay,
+                Some(&vtep),
+                &m.peers,
+            ))?;
+        }
         let Some((mesh6, vtep6, subnet6)) = self.six(m) else {
             return Ok(());
         };
@@ -174,10 +180,13 @@ impl Here {
         if self.meshed.is_none() {
             return Ok(None);
         }
-        let mut nets = vec![ClusterNet {
-            network: IpNetwork::V4(self.network),
-            subnet: IpNetwork::V4(self.subnet),
-        }];
+        let mut nets: Vec<ClusterNet> = (self.network.zip(self.subnet))
+            .map(|(network, subnet)| ClusterNet {
+                network: IpNetwork::V4(network),
+                subnet: IpNetwork::V4(subnet),
+            })
+            .into_iter()
+            .collect();
         if let (Some(network), Some(subnet)) = (self.network6, self.subnet6) {
             nets.push(ClusterNet {
                 network: IpNetwork::V6(network),
@@ -194,7 +203,7 @@ impl Here {
         let vtep = Vxlan {
             name: vtep6_name(self.overlay.vni),
             local: IpAddr::V6(ip6.ip()),
-            mac: self.overlay.vtep_mac6(m.underlay.ip),
+            mac: self.overlay.vtep_mac6(m.address),
             mtu: (self.mtu).min(m.underlay.link.mtu.saturating_sub(VXLAN6_OVERHEAD)),
             ..self.vtep(m)
         };
@@ -206,16 +215,17 @@ impl Here {
         Some((mesh, vtep, IpNetwork::V6(subnet)))
     }
 
-    fn mesh(&self) -> Mesh {
-        Mesh {
-            network: IpNetwork::V4(self.network),
+    /// The static store's IPv4 mesh.
+    fn mesh(&self) -> Option<Mesh> {
+        Some(Mesh {
+            network: IpNetwork::V4(self.network?),
             direct_routing: self.overlay.direct_routing,
             host_gw: false,
-        }
+        })
     }
 
     fn vtep(&self, m: &Meshed) -> Vxlan {
-        let mac = self.overlay.vtep_mac(m.underlay.ip);
+        let mac = self.overlay.vtep_mac(m.address);
         node::vtep(&self.overlay, &m.underlay, mac, self.mtu)
     }
 
@@ -229,7 +239,7 @@ impl Here {
             is_gateway: true,
             is_default_gateway: true,
             ip_masq: self.ip_masq,
-            masq_exempt: std::iter::once(IpNetwork::V4(self.network))
+            masq_exempt: (self.network.map(IpNetwork::V4).into_iter())
                 .chain(self.network6.map(IpNetwork::V6))
                 .collect(),
             hairpin: self.overlay.hairpin_mode,
@@ -247,8 +257,11 @@ impl Here {
 
     /// host-local's config, without looking for an old store (a DEL goes on without it).
     fn delegate(&self, args: &CmdArgs) -> Delegate {
-        let mut ranges = vec![json!([{"subnet": self.subnet.to_string()}])];
-        ranges.extend(self.subnet6.map(|s| json!([{"subnet": s.to_string()}])));
+        // An IPv6-only network's pods get an IPv6 address only, as flannel's plugin gives.
+        let ranges: Vec<_> = (self.subnet.map(IpNetwork::V4).into_iter())
+            .chain(self.subnet6.map(IpNetwork::V6))
+            .map(|s| json!([{"subnet": s.to_string()}]))
+            .collect();
         let mut conf = json!({
             "cniVersion": args.conf.cni_version, "name": self.overlay.name, "type": "vxlan-overlay",
             "ipam": {"type": "host-local", "ranges": ranges}
@@ -263,6 +276,31 @@ impl Here {
         }
         Delegate::with_config("host-local", &conf)
     }
+}
+
+/// The static table's other nodes as peers of each family, with the VTEP MACs derived
+/// from their `Node::address`; an IPv6-only network's have no IPv4 side.
+fn peers_of(overlay: &Overlay, me: &Node) -> (Vec<Peer>, Vec<Peer>) {
+    let others = || overlay.nodes().iter().filter(|n| *n != me);
+    let peers = others()
+        .filter_map(|n| {
+            Some(Peer {
+                subnet: IpNetwork::V4(n.subnet?),
+                underlay_ip: IpAddr::V4(n.underlay_ip?),
+                mac: overlay.vtep_mac(n.address()?),
+            })
+        })
+        .collect();
+    let peers6 = others()
+        .filter_map(|n| {
+            Some(Peer {
+                subnet: IpNetwork::V6(n.subnet6?),
+                underlay_ip: IpAddr::V6(n.underlay_ip6?),
+                mac: overlay.vtep_mac6(n.address()?),
+            })
+        })
+        .collect();
+    (peers, peers6)
 }
 
 struct VxlanOverlay;
@@ -308,14 +346,17 @@ impl Plugin for VxlanOverlay {
         let k = Kernel::new()?;
         let here = Here::find(&k, o)?;
         if let Some(m) = &here.meshed {
-            let mut problems = k.run(node::differences(
-                k.host(),
-                &here.mesh(),
-                &m.underlay,
-                Some(&here.vtep(m)),
-                IpNetwork::V4(here.subnet),
-                &m.peers,
-            ))?;
+            let mut problems = Vec::new();
+            if let (Some(mesh), Some(subnet)) = (here.mesh(), here.subnet) {
+                problems = k.run(node::differences(
+                    k.host(),
+                    &mesh,
+                    &m.underlay,
+                    Some(&here.vtep(m)),
+                    IpNetwork::V4(subnet),
+                    &m.peers,
+                ))?;
+            }
             if let Some((mesh6, vtep6, subnet6)) = here.six(m) {
                 let (h, u) = (k.host(), &m.underlay);
                 let six = node::differences(h, &mesh6, u, Some(&vtep6), subnet6, &m.peers6);
@@ -342,10 +383,12 @@ fn lost(overlay: Overlay) -> Here {
     let network = overlay.network.unwrap_or_else(|| {
         Ipv4Network::new(std::net::Ipv4Addr::new(10, 0, 0, 0), 8).expect("literal")
     });
-    let subnet = overlay.nodes().first().map_or(network, |n| n.subnet);
+    let subnet = (overlay.nodes().first())
+        .and_then(|n| n.subnet)
+        .unwrap_or(network);
     Here {
-        network,
-        subnet,
+        network: Some(network),
+        subnet: Some(subnet),
         network6: None,
         subnet6: None,
         mtu: 1500,
@@ -379,21 +422,26 @@ fn teardown(force: bool) -> Result<(), Error> {
     }
     let k = Kernel::new()?;
     let network = network_of(&o);
-    if network.is_none() {
+    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.ipv6.map(|(n, _)| n);
+    let network6 = o.ipv6_network.or_else(from_file);
+    // An IPv6-only network has no IPv4 routes to leave.
+    if network.is_none() && network6.is_none() {
         eprintln!(
             "vxlan-overlay teardown: the cluster network is unknown (no network in the config, {} unreadable): direct routes are left",
             o.subnet_file.display()
         );
     }
-    k.run(node::remove(
-        k.host(),
-        &vtep_of(&o)?,
-        network.map(IpNetwork::V4),
-    ))?;
-    // A dual-stack node's flannel-v6.N and IPv6 routes, as its config or subnet file
-    // names them.
-    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.ipv6.map(|(n, _)| n);
-    if let Some(network6) = o.ipv6_network.or_else(from_file) {
+    // A static IPv6-only network never makes flannel.N: one there is another network's.
+    if !o.v6_only() {
+        k.run(node::remove(
+            k.host(),
+            &vtep_of(&o)?,
+            network.map(IpNetwork::V4),
+        ))?;
+    }
+    // A dual-stack or IPv6-only node's flannel-v6.N and IPv6 routes, as its config or
+    // subnet file names them.
+    if let Some(network6) = network6 {
         let vni = Local::read(&Local::path(&o))?
             .and_then(|l| l.vni)
             .unwrap_or(o.vni);
@@ -423,7 +471,7 @@ fn vtep_of(o: &Overlay) -> Result<String, Error> {
 /// The cluster network whose routes are ours: the config's, or in the etcd store the
 /// subnet file's; None when neither says.
 fn network_of(o: &Overlay) -> Option<Ipv4Network> {
-    let from_file = || SubnetEnv::read(&o.subnet_file).ok().map(|e| e.network);
+    let from_file = || SubnetEnv::read(&o.subnet_file).ok()?.network();
     o.network.or_else(from_file)
 }
 

@@ -35,7 +35,7 @@ pub struct Underlay {
     pub ip: Ipv4Addr,
     /// The underlay's on-link network (for directRouting).
     pub net: Ipv4Network,
-    /// Its first global IPv6 address, with the on-link prefix (dual stack).
+    /// Its first global IPv6 address, with the on-link prefix (dual stack, IPv6-only).
     pub ip6: Option<Ipv6Network>,
 }
 
@@ -53,30 +53,41 @@ fn not_found(what: String) -> net::Error {
 }
 
 /// The underlay: `name`, or the interface of the default route; its first IPv4 address
-/// and its first global IPv6 one.
-pub async fn underlay(nl: &Netlink, name: Option<&str>) -> Result<Underlay, net::Error> {
+/// and its first global IPv6 one. An IPv6-only network's (`v6_only`) is the IPv6 default
+/// route's interface and needs a global IPv6 address but no IPv4 one (0.0.0.0/32 stands
+/// for it, and no IPv4 peer is ever programmed over it).
+pub async fn underlay(
+    nl: &Netlink,
+    name: Option<&str>,
+    v6_only: bool,
+) -> Result<Underlay, net::Error> {
     let link = match name {
         Some(n) => nl
             .link(n)
             .await?
             .ok_or_else(|| not_found(format!("underlay interface {n}")))?,
-        None => nl
-            .default_route_link()
-            .await?
-            .ok_or_else(|| not_found("no underlayInterface and no default route".into()))?,
+        None => nl.default_route_link_of(v6_only).await?.ok_or_else(|| {
+            let family = if v6_only { "IPv6 " } else { "" };
+            not_found(format!("no underlayInterface and no {family}default route"))
+        })?,
     };
     let addrs = nl.addresses(link.index, &link.name).await?;
-    let addr = (addrs.iter())
-        .find_map(|a| match a {
-            IpNetwork::V4(v4) => Some(*v4),
-            IpNetwork::V6(_) => None,
-        })
-        .ok_or_else(|| not_found(format!("an IPv4 address on {}", link.name)))?;
-    let net = Ipv4Network::new(addr.network(), addr.prefix()).expect("from a valid address");
     let ip6 = addrs.iter().find_map(|a| match a {
         IpNetwork::V6(v6) if !is_link_local(v6.ip()) => Some(*v6),
         _ => None,
     });
+    let v4 = addrs.iter().find_map(|a| match a {
+        IpNetwork::V4(v4) => Some(*v4),
+        IpNetwork::V6(_) => None,
+    });
+    let addr = match v6_only {
+        true if ip6.is_none() => {
+            return Err(not_found(format!("a global IPv6 address on {}", link.name)))
+        }
+        true => Ipv4Network::from(Ipv4Addr::UNSPECIFIED),
+        false => v4.ok_or_else(|| not_found(format!("an IPv4 address on {}", link.name)))?,
+    };
+    let net = Ipv4Network::new(addr.network(), addr.prefix()).expect("from a valid address");
     Ok(Underlay {
         link,
         ip: addr.ip(),

@@ -1,7 +1,8 @@
 //! flannel's subnet file (`/run/flannel/subnet.env`): what a node's agent tells the plugin.
 //! Written by our agent or by a real flanneld; the plugin in the etcd store reads only this,
 //! so it keeps attaching containers while etcd is down. A dual-stack network adds
-//! FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET after the IPv4 pair, as flanneld writes them.
+//! FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET after the IPv4 pair, as flanneld writes them;
+//! an IPv6-only network's file has the IPv6 pair alone.
 
 use std::path::Path;
 
@@ -13,25 +14,30 @@ pub const MAX_BYTES: u64 = 64 << 10;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SubnetEnv {
-    /// FLANNEL_NETWORK: the cluster network.
-    pub network: Ipv4Network,
-    /// FLANNEL_SUBNET: the node's subnet, written as its gateway (first address) with the
-    /// subnet's prefix, e.g. 10.244.1.1/24.
-    pub subnet: Ipv4Network,
+    /// FLANNEL_NETWORK (the cluster network) and FLANNEL_SUBNET (the node's subnet,
+    /// written as its gateway (first address) with the subnet's prefix, e.g.
+    /// 10.244.1.1/24); None in an IPv6-only network.
+    pub ipv4: Option<(Ipv4Network, Ipv4Network)>,
     /// FLANNEL_IPV6_NETWORK and FLANNEL_IPV6_SUBNET (the gateway, `…::1/64`), in a
-    /// dual-stack network.
+    /// dual-stack or IPv6-only network.
     pub ipv6: Option<(Ipv6Network, Ipv6Network)>,
     pub mtu: u32,
     pub ip_masq: bool,
 }
 
 impl SubnetEnv {
-    /// The node subnet's network.
-    pub fn node_subnet(&self) -> Ipv4Network {
-        Ipv4Network::new(self.subnet.network(), self.subnet.prefix()).expect("from a valid network")
+    /// The node's IPv4 subnet, unless the network is IPv6-only.
+    pub fn node_subnet(&self) -> Option<Ipv4Network> {
+        let (_, gw) = self.ipv4?;
+        Some(Ipv4Network::new(gw.network(), gw.prefix()).expect("from a valid network"))
     }
 
-    /// The node's IPv6 subnet, in a dual-stack network.
+    /// The cluster's IPv4 network, unless it is IPv6-only.
+    pub fn network(&self) -> Option<Ipv4Network> {
+        self.ipv4.map(|(n, _)| n)
+    }
+
+    /// The node's IPv6 subnet, in a dual-stack or IPv6-only network.
     pub fn node_subnet6(&self) -> Option<Ipv6Network> {
         let (_, gw) = self.ipv6?;
         Some(Ipv6Network::new(gw.network(), gw.prefix()).expect("from a valid network"))
@@ -71,9 +77,13 @@ impl SubnetEnv {
             Ok(_) => Some((net6("FLANNEL_IPV6_NETWORK")?, net6("FLANNEL_IPV6_SUBNET")?)),
             Err(_) => None,
         };
+        // flanneld writes no IPv4 pair for an IPv6-only network; a file has one family.
+        let ipv4 = match (get("FLANNEL_NETWORK"), ipv6) {
+            (Err(_), Some(_)) => None,
+            _ => Some((net("FLANNEL_NETWORK")?, net("FLANNEL_SUBNET")?)),
+        };
         let env = SubnetEnv {
-            network: net("FLANNEL_NETWORK")?,
-            subnet: net("FLANNEL_SUBNET")?,
+            ipv4,
             ipv6,
             mtu: get("FLANNEL_MTU")?
                 .parse()
@@ -81,14 +91,15 @@ impl SubnetEnv {
             ip_masq: get("FLANNEL_IPMASQ")? == "true",
         };
         // What reaches host-local, the bridge and the masquerade exemption must make sense.
-        if !env.network.contains(env.subnet.ip()) || env.subnet.prefix() < env.network.prefix() {
-            return Err(format!(
-                "FLANNEL_SUBNET {} is not in FLANNEL_NETWORK {}",
-                env.subnet, env.network
-            ));
-        }
-        if env.subnet.prefix() > 30 {
-            return Err(format!("FLANNEL_SUBNET {} holds no containers", env.subnet));
+        if let Some((network, subnet)) = env.ipv4 {
+            if !network.contains(subnet.ip()) || subnet.prefix() < network.prefix() {
+                return Err(format!(
+                    "FLANNEL_SUBNET {subnet} is not in FLANNEL_NETWORK {network}"
+                ));
+            }
+            if subnet.prefix() > 30 {
+                return Err(format!("FLANNEL_SUBNET {subnet} holds no containers"));
+            }
         }
         if let Some((network, subnet)) = env.ipv6 {
             if !network.contains(subnet.ip()) || subnet.prefix() < network.prefix() {
@@ -107,12 +118,15 @@ impl SubnetEnv {
     }
 
     pub fn render(&self) -> String {
+        let v4 = (self.ipv4)
+            .map(|(n, s)| format!("FLANNEL_NETWORK={n}\nFLANNEL_SUBNET={s}\n"))
+            .unwrap_or_default();
         let v6 = (self.ipv6)
             .map(|(n, s)| format!("FLANNEL_IPV6_NETWORK={n}\nFLANNEL_IPV6_SUBNET={s}\n"))
             .unwrap_or_default();
         format!(
-            "FLANNEL_NETWORK={}\nFLANNEL_SUBNET={}\n{v6}FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
-            self.network, self.subnet, self.mtu, self.ip_masq
+            "{v4}{v6}FLANNEL_MTU={}\nFLANNEL_IPMASQ={}\n",
+            self.mtu, self.ip_masq
         )
     }
 
@@ -134,8 +148,8 @@ mod tests {
     fn reads_what_flanneld_writes() {
         let text = "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n";
         let s = SubnetEnv::parse(text).unwrap();
-        assert_eq!(s.node_subnet().to_string(), "10.244.1.0/24");
-        assert_eq!(s.subnet.ip().to_string(), "10.244.1.1");
+        assert_eq!(s.node_subnet().unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(s.ipv4.unwrap().1.ip().to_string(), "10.244.1.1");
         assert_eq!((s.mtu, s.ip_masq), (1450, true));
         assert_eq!(s.render(), text);
         assert!(SubnetEnv::parse("FLANNEL_NETWORK=10.244.0.0/16\n").is_err());
@@ -145,6 +159,13 @@ mod tests {
         assert_eq!(s.node_subnet6().unwrap().to_string(), "fc00:0:0:5::/64");
         assert_eq!(s.render(), text);
         assert!(SubnetEnv::parse(&text.replace("fc00:0:0:5::1/64", "fd00::1/64")).is_err());
+        // flanneld's IPv6-only file: the IPv6 pair alone
+        let text = "FLANNEL_IPV6_NETWORK=fc00::/48\nFLANNEL_IPV6_SUBNET=fc00:0:0:5::1/64\nFLANNEL_MTU=1430\nFLANNEL_IPMASQ=false\n";
+        let s = SubnetEnv::parse(text).unwrap();
+        assert_eq!((s.ipv4, s.node_subnet()), (None, None));
+        assert_eq!(s.node_subnet6().unwrap().to_string(), "fc00:0:0:5::/64");
+        assert_eq!(s.render(), text);
+        assert!(SubnetEnv::parse("FLANNEL_MTU=1450\nFLANNEL_IPMASQ=false\n").is_err());
         for bad in [
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.9.1.1/24\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
             "FLANNEL_NETWORK=10.244.0.0/16\nFLANNEL_SUBNET=10.244.1.1/31\nFLANNEL_MTU=1450\nFLANNEL_IPMASQ=true\n",
