@@ -8,6 +8,8 @@
 #                (scripts/bench_data.py)
 #   scale        host-local with 100/1,000/10,000 allocations (scripts/bench_control.py);
 #                vxlan-overlay-agent with 10/50/100 hosts on one etcd (scripts/bench_agent.py)
+#   trace [N]    where one bridge+host-local ADD and DEL spend their time: the phases
+#                the plugins mark with CNI_RS_TRACE, median of N (bench/trace.csv)
 #   all          the three
 # Each writes its figures (CSV and JSON) under bench/; then bench/RESULTS.md and the
 # plots bench/latency.png and bench/dataplane.png are drawn again from what is there
@@ -15,10 +17,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "$(id -u)" != 0 ]; then echo "scripts/bench.sh needs root (network namespaces)" >&2; exit 1; fi
-usage() { echo "usage: scripts/bench.sh control [N] | data | scale | all" >&2; exit 2; }
+usage() { echo "usage: scripts/bench.sh control [N] | trace [N] | data | scale | all" >&2; exit 2; }
 what=${1:-}
 n=${2:-200}
-case "$what" in control|data|scale|all) ;; *) usage ;; esac
+case "$what" in control|trace|data|scale|all) ;; *) usage ;; esac
 # time: GNU time for peak RSS; iperf3: the data plane; gnuplot-nox: the plots;
 # etcd-server/etcd-client: the agent's scale run.
 scripts/deps.sh iproute2 nftables iputils-ping containernetworking-plugins python3 time \
@@ -49,6 +51,11 @@ if [ "$what" = control ] || [ "$what" = all ]; then
   make_sides "$n"
   python3 scripts/bench_control.py control "$tag" "$out" "$ours" "$ref" "$n"
   cleanup; made=()
+fi
+if [ "$what" = trace ]; then
+  make_sides "$n"
+  python3 scripts/bench_control.py trace "$tag" "$out" "$ours" "$ref" "$n"
+  exit 0
 fi
 if [ "$what" = scale ] || [ "$what" = all ]; then
   make_sides 40

@@ -7,6 +7,8 @@ host namespace with setns, so no `ip netns exec` is timed.
       with and without ipMasq, macvlan+host-local, ptp+host-local, podman's default chain
       through our cnitool): wall median/p90/p99, CPU per call, peak RSS of one call; DEL
       returned vs veth gone; 20-way parallel ADD then DEL; binary sizes.
+  trace OUT OURS REF [N]: N warm-up ADD/DEL pairs of our bridge+host-local, then N traced
+      ones (CNI_RS_TRACE): per phase of both processes, median ms since the exec.
   scale OUT OURS REF: host-local ADD and DEL with 100, 1,000 and 10,000 allocations
       already in a /16 (the reference reads every reservation file on each call).
 
@@ -248,6 +250,43 @@ def scale(sides, sizes=(100, 1000, 10000), n=40):
     return out
 
 
+def trace(side, out, n):
+    """Where one ADD and one DEL of bridge+host-local spend their time: the plugins'
+    CNI_RS_TRACE marks (CLOCK_MONOTONIC, as time.monotonic_ns) against the exec."""
+    for i in range(1, n + 1):
+        side.invoke("bridge", "ADD", i)
+        side.invoke("bridge", "DEL", i)
+    offsets = {}
+    path = os.path.join(side.work, "trace")
+    for i in range(1, n + 1):
+        for op in ("ADD", "DEL"):
+            if os.path.exists(path):
+                os.unlink(path)
+            os.environ["CNI_RS_TRACE"] = path
+            start = time.monotonic_ns()
+            side.invoke("bridge", op, i)
+            end = time.monotonic_ns()
+            del os.environ["CNI_RS_TRACE"]
+            with open(path) as f:
+                for line in f:
+                    ns, _pid, program, phase = line.rstrip("\n").split(" ", 3)
+                    key = (op, program, phase)
+                    offsets.setdefault(key, []).append((int(ns) - start) / 1e6)
+            offsets.setdefault((op, "(runtime)", "call returned"), []).append(
+                (end - start) / 1e6)
+    rows = sorted(((op, statistics.median(v), program, phase)
+                   for (op, program, phase), v in offsets.items()),
+                  key=lambda r: (r[0], r[1]))
+    with open(os.path.join(out, "trace.csv"), "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["op", "median_ms_since_exec", "program", "phase"])
+        last = {}
+        for op, ms, program, phase in rows:
+            w.writerow([op, f"{ms:.3f}", program, phase])
+            print(f"{op:4} {ms:7.3f} ms  (+{ms - last.get(op, 0):6.3f})  {program:11} {phase}")
+            last[op] = ms
+
+
 def sizes(ours, ref):
     return {b: {"ours": os.path.getsize(os.path.join(ours, b)),
                 "ref": os.path.getsize(os.path.join(ref, b))}
@@ -307,6 +346,9 @@ def save(out, name, data):
 def main(what, tag, out, ours, ref, n):
     cnitool = os.path.join(ours, "cnitool")
     sides = [Side("ours", ours, tag, cnitool), Side("ref", ref, tag, cnitool)]
+    if what == "trace":
+        trace(sides[0], out, n)
+        return
     if what == "scale":
         data = scale(sides)
         save(out, "scale.json", data)

@@ -2,7 +2,7 @@
 //! as Go does, `skel` the plugin side of the protocol, `names` the rules for names we get
 //! and make, `attachment` one container interface's identity, `delegate` running another
 //! plugin, `ipam` what IPAM plugins share, `net` the Linux plumbing and `firewall` our nftables rules, `runtime` the caller
-//! side (chains, cache) for runtimes.
+//! side (chains, cache) for runtimes; `trace` timestamps of a call's phases.
 
 #[cfg(any(test, feature = "arbitrary"))]
 pub mod arbitrary;
@@ -19,5 +19,6 @@ pub mod net;
 pub mod runtime;
 pub mod skel;
 pub mod spec;
+pub mod trace;
 
 pub use spec::{code, CniResult, Error};

@@ -167,6 +167,7 @@ pub trait Plugin {
 /// 1 with an error object. Without CNI_COMMAND (a person at a terminal) it says what it
 /// is on stderr and exits 0 without reading stdin, as the reference's skel does.
 pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
+    crate::trace::mark("main");
     // Whatever the caller's umask, what we create is ours alone.
     // SAFETY: umask only changes this process's file creation mask.
     unsafe { libc::umask(0o077) };
@@ -185,9 +186,11 @@ pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
         Ok(stdin) => guarded(|| dispatch(plugin, &env, stdin)),
         Err(e) => Err(e),
     };
+    crate::trace::mark("done");
     match outcome {
         Ok(Some(out)) => {
             print_json(&out);
+            crate::trace::mark("printed");
             std::process::exit(0)
         }
         Ok(None) => std::process::exit(0),

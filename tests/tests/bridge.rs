@@ -422,3 +422,77 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     assert!(net.host.link(veth).is_some(), "the live attachment stays");
     assert!(c1.ping("10.99.0.1"));
 }
+
+/// With CNI_RS_TRACE, one ADD leaves the timestamps of its phases, bridge's and those of
+/// the host-local it started (which inherits the variable), on one clock: what
+/// `scripts/bench.sh trace` breaks an ADD down with.
+#[test]
+fn a_traced_add_marks_the_phases_of_both_processes() {
+    let net = Net::new();
+    let conf = bridge_conf("1.0.0", net.data.path(), "10.91.0.0/24", json!({}));
+    let c = Ns::new("c");
+    let trace = net.data.path().join("trace");
+    let traced = trace.to_str().unwrap();
+    let r = (net
+        .call("ADD", &c.path(), "ctr1")
+        .env("CNI_RS_TRACE", traced))
+    .run(&conf);
+    assert_eq!(r.expect_ok()["ips"][0]["address"], "10.91.0.2/24");
+    let text = std::fs::read_to_string(&trace).expect("a trace file");
+    // (ns, program, phase) in the order written
+    let marks: Vec<(u128, String, String)> = text
+        .lines()
+        .map(|l| {
+            let mut f = l.splitn(4, ' ');
+            let ns = f.next().unwrap().parse().unwrap();
+            let (_pid, program) = (f.next().unwrap(), f.next().unwrap().to_string());
+            (ns, program, f.next().unwrap().to_string())
+        })
+        .collect();
+    let phases = |p: &str| -> Vec<&str> {
+        (marks.iter())
+            .filter(|m| m.1 == p)
+            .map(|m| m.2.as_str())
+            .collect()
+    };
+    assert_eq!(
+        phases("bridge"),
+        [
+            "main",
+            "ipam started",
+            "bridge ensured",
+            "veth created",
+            "port attached",
+            "ipam answered",
+            "connected in the container",
+            "container configured",
+            "gateway set",
+            "rules in place",
+            "done",
+            "printed"
+        ],
+        "{text}"
+    );
+    assert_eq!(
+        phases("host-local"),
+        [
+            "main",
+            "flock taken",
+            "index opened",
+            "index synced",
+            "addresses reserved",
+            "done",
+            "printed"
+        ],
+        "{text}"
+    );
+    let at = |p: &str, phase: &str| marks.iter().find(|m| m.1 == p && m.2 == phase).unwrap().0;
+    assert!(at("bridge", "main") <= at("host-local", "main"), "{text}");
+    assert!(
+        at("host-local", "printed") <= at("bridge", "ipam answered"),
+        "{text}"
+    );
+    let times: Vec<u128> = marks.iter().map(|m| m.0).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "one clock: {text}");
+    net.call("DEL", &c.path(), "ctr1").run(&conf).expect_ok();
+}

@@ -8,6 +8,7 @@ mod range;
 mod store;
 
 use libcni::skel::{self, CmdArgs, Plugin};
+use libcni::trace;
 use libcni::{code, CniResult, Error};
 
 use config::Config;
@@ -29,6 +30,7 @@ impl Plugin for HostLocal {
             .transpose()?
             .unwrap_or_default();
         let store = Store::open(&conf.dir)?;
+        trace::mark("index synced");
         let ips = alloc::allocate(
             &store,
             &conf.sets,
@@ -36,6 +38,7 @@ impl Plugin for HostLocal {
             &args.ifname,
             &conf.requested,
         )?;
+        trace::mark("addresses reserved");
         // Whole, with the CNI 1.1 fields (mtu, advmss, priority, table, scope), as the
         // reference passes them on since v1.6.
         let routes = conf.routes.clone();

@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use libcni::files;
+use libcni::trace;
 use libcni::{code, Error};
 use nix::fcntl::{Flock, FlockArg};
 
@@ -268,8 +269,11 @@ impl Store {
     pub fn open(dir: &Path) -> Result<Store, Error> {
         files::private_dir(dir)?;
         let lock = lock(dir)?;
+        trace::mark("flock taken");
         let db_path = dir.join("sled");
-        let db = match open_db(&db_path) {
+        let opened = open_db(&db_path);
+        trace::mark("index opened");
+        let db = match opened {
             Ok(db) => Some(db),
             Err(e) if is_damage(&e) => Store::set_aside(&db_path, &e),
             Err(e) => {

@@ -11,6 +11,7 @@ use crate::firewall;
 use crate::net::{self, Kernel, LinkInfo, Netlink};
 use crate::skel::CmdArgs;
 use crate::spec::{code, CniResult, Dns, Error, Interface, IpConfig, Route};
+use crate::trace;
 
 /// How the container is put on the bridge: the reference bridge plugin's settings.
 #[derive(Debug, Clone, Default)]
@@ -66,11 +67,13 @@ pub fn add(
     let netns = args.required_netns()?;
     let a = Attachment::of(args);
     let mut pending = ipam.map(|i| PendingLease::start(i, args)).transpose()?;
+    trace::mark("ipam started");
     let mut undo = Undo::new();
     // As the reference: a gateway bridge's MAC is fixed before the port joins, so the
     // containers' gateway MAC never changes under them.
     let pin = spec.is_gateway && ipam.is_some();
     let bridge = k.run(ensure_bridge(k.host(), spec, pin))?;
+    trace::mark("bridge ensured");
     let mac = spec.container_mac(&a);
     let host = claim(
         k,
@@ -79,8 +82,11 @@ pub fn add(
         veth::exists(k.host(), &a),
     )?;
     undo.delete_link(k, k.host(), &host.name);
+    trace::mark("veth created");
     k.run(attach(k.host(), spec, &a, &host, &bridge))?;
+    trace::mark("port attached");
     let lease = pending.map(|p| p.wait()).transpose()?;
+    trace::mark("ipam answered");
     let mut r = lease
         .as_ref()
         .map(|l| l.result().clone())
@@ -94,6 +100,7 @@ pub fn add(
         });
     }
     let inside = k.connect_in(netns)?;
+    trace::mark("connected in the container");
     if !spec.container_down {
         let dad = container::Dad::from_flag(spec.enable_dad);
         k.run(container::configure_with(
@@ -104,11 +111,14 @@ pub fn add(
             dad,
         ))?;
     }
+    trace::mark("container configured");
     if spec.is_gateway {
         k.run(set_gateways(k.host(), spec, &bridge, &r.ips))?;
         enable_forwarding(&r.ips)?;
     }
+    trace::mark("gateway set");
     rules.map_or(Ok(()), firewall::Pending::wait)?;
+    trace::mark("rules in place");
     // The bridge's MAC as it is now that the port is on it (a bridge without a MAC of
     // its own takes its lowest port's).
     let bridge = k
