@@ -242,6 +242,16 @@ fn dhcp_acquires_renews_and_releases_through_our_daemon() {
     );
     // A second DEL is fine.
     call(&bin, "DEL", &lab.host, &c, &id).run(&conf).expect_ok();
+    // So is a DEL of a config that ADD refuses (an option nobody knows): it holds nothing.
+    let unknown = json!({"provide": [{"option": "no-such-option", "value": "x"}]});
+    let refused = lab.conf("1.0.0", &socket, unknown);
+    assert_eq!(
+        call(&bin, "ADD", &lab.host, &c, &id).run(&refused).code(),
+        7
+    );
+    call(&bin, "DEL", &lab.host, &c, &id)
+        .run(&refused)
+        .expect_ok();
     // SIGTERM: the daemon removes its socket and pidfile.
     assert!(stop_child(&mut lab.children[1], Duration::from_secs(3)).is_some());
     assert!(!Path::new(&socket).exists());

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::os::fd::FromRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use libcni::CniResult;
@@ -144,6 +144,11 @@ pub fn go_duration(s: &str) -> Option<Duration> {
 
 struct Daemon {
     leases: Mutex<HashMap<String, Arc<Lease>>>,
+    /// Client IDs whose lease a call is acquiring, and whether a release came meanwhile
+    /// (the lease is then given back as soon as it is bound). Locked before `leases`.
+    acquiring: Mutex<HashMap<String, bool>>,
+    /// Signalled when an acquisition ends.
+    acquired: Condvar,
     hostprefix: String,
     timing: Timing,
 }
@@ -153,14 +158,32 @@ impl Daemon {
         self.leases.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn acquiring(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
+        self.acquiring.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The live lease of `id`, once no other call is acquiring one for it (two exchanges
+    /// under one client ID get one address, and dropping either would release it); None
+    /// when this call is to acquire it, marked as acquiring.
+    fn begin_acquiring(&self, id: &str) -> Option<Arc<Lease>> {
+        let mut acquiring = self.acquiring();
+        while acquiring.contains_key(id) {
+            // Bounded: an acquisition ends within the daemon's exchange timeouts.
+            acquiring = (self.acquired.wait(acquiring)).unwrap_or_else(|e| e.into_inner());
+        }
+        let live = self.leases().get(id).filter(|l| l.alive()).cloned();
+        if live.is_none() {
+            acquiring.insert(id.to_string(), false);
+        }
+        live
+    }
+
     fn allocate(&self, args: CmdArgs) -> Result<CniResult, String> {
         let conf = conf::parse(&args.stdin)?;
         let ipam = conf.ipam.unwrap_or_default();
         let id = conf::client_id(&args.container_id, &conf.name, &args.ifname);
         let options = conf::options(&id, &args.args, &ipam)?;
-        // A lease whose maintenance ended is acquired anew.
-        let existing = self.leases().get(&id).filter(|l| l.alive()).cloned();
-        let lease = match existing {
+        let lease = match self.begin_acquiring(&id) {
             Some(l) => {
                 l.check();
                 l
@@ -172,20 +195,21 @@ impl Daemon {
                     ifname: args.ifname.clone(),
                     options,
                     timing: self.timing,
-                })?;
-                let mut leases = self.leases();
-                match leases.get(&id).filter(|l| l.alive()).cloned() {
-                    // A concurrent call for the same client won: keep one lease.
-                    Some(other) => {
-                        drop(leases);
-                        fresh.stop();
-                        other
-                    }
-                    None => {
-                        leases.insert(id, fresh.clone());
-                        fresh
-                    }
+                });
+                let mut acquiring = self.acquiring();
+                let released = acquiring.remove(&id).unwrap_or(false);
+                let kept = fresh.as_ref().ok().filter(|_| !released);
+                if let Some(l) = kept {
+                    self.leases().insert(id.clone(), l.clone());
                 }
+                drop(acquiring);
+                self.acquired.notify_all();
+                let fresh = fresh?;
+                if released {
+                    fresh.stop();
+                    return Err(format!("{id}: released while its lease was acquired"));
+                }
+                fresh
             }
         };
         lease.result(ipam.priority)
@@ -194,7 +218,13 @@ impl Daemon {
     fn release(&self, args: CmdArgs) -> Result<(), String> {
         let conf = conf::parse(&args.stdin)?;
         let id = conf::client_id(&args.container_id, &conf.name, &args.ifname);
-        let lease = self.leases().remove(&id);
+        let lease = {
+            let mut acquiring = self.acquiring();
+            if let Some(released) = acquiring.get_mut(&id) {
+                *released = true;
+            }
+            self.leases().remove(&id)
+        };
         if let Some(l) = lease {
             l.stop();
         }
@@ -303,6 +333,8 @@ pub fn run(args: &[String]) -> i32 {
     });
     let daemon = Arc::new(Daemon {
         leases: Mutex::new(HashMap::new()),
+        acquiring: Mutex::new(HashMap::new()),
+        acquired: Condvar::new(),
         hostprefix: f.hostprefix,
         timing: f.timing,
     });

@@ -92,6 +92,10 @@ impl Value {
 #[derive(Debug)]
 pub struct Error(pub String);
 
+/// At most this many elements of a slice or map are reserved before they are read: a
+/// count is a claim, and nested self-referencing types would multiply it.
+const PREALLOCATED: usize = 1024;
+
 impl std::fmt::Display for Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "gob: {}", self.0)
@@ -192,10 +196,13 @@ impl<R: Read> Decoder<R> {
             if id < 0 {
                 let w = m.value(&self.types, T_WIRE_TYPE, 0)?;
                 let t = wire_type(&w)?;
-                if -id <= 23 {
-                    return err(format!("redefinition of predefined type {}", -id));
+                let id = id
+                    .checked_neg()
+                    .ok_or_else(|| Error(format!("type id {id}")))?;
+                if id <= 23 {
+                    return err(format!("redefinition of predefined type {id}"));
                 }
-                self.types.insert(-id, t);
+                self.types.insert(id, t);
                 continue;
             }
             if !matches!(self.types.get(&id), Some(WireType::Struct(_))) {
@@ -320,7 +327,7 @@ impl Msg<'_> {
                 Some(WireType::External) => Value::Bytes(self.bytes()?),
                 Some(WireType::Slice(elem)) | Some(WireType::Array(elem)) => {
                     let n = self.count()?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(PREALLOCATED));
                     for _ in 0..n {
                         v.push(self.value(types, *elem, depth + 1)?);
                     }
@@ -328,7 +335,7 @@ impl Msg<'_> {
                 }
                 Some(WireType::Map(k, e)) => {
                     let n = self.count()?;
-                    let mut v = Vec::with_capacity(n);
+                    let mut v = Vec::with_capacity(n.min(PREALLOCATED));
                     for _ in 0..n {
                         let key = self.value(types, *k, depth + 1)?;
                         v.push((key, self.value(types, *e, depth + 1)?));
@@ -705,6 +712,25 @@ mod tests {
             let random: Vec<u8> = (0..next() % 64).map(|_| next() as u8).collect();
             let _ = Decoder::new(&random[..]).decode();
         }
+    }
+
+    /// A type definition whose id is i64::MIN (gob: 0xF8 then eight 0xFF) is refused,
+    /// not negated into an overflow.
+    #[test]
+    fn the_most_negative_type_id_is_an_error() {
+        let mut out = Vec::new();
+        let schema = Schema::Slice(Box::new(Schema::String));
+        (Encoder::new(&mut out).encode(&schema, &Value::Slice(vec![]))).unwrap();
+        // The first message defines the slice type: length, then its id -65 as 0xFF 0x81.
+        let len = out[0] as usize;
+        assert!(len < 0x80 && out[1..3] == [0xFF, 0x81], "{out:?}");
+        let mut msg = vec![0xF8];
+        msg.extend([0xFF; 8]);
+        msg.extend(&out[3..1 + len]);
+        let mut stream = vec![msg.len() as u8];
+        stream.extend(msg);
+        let e = Decoder::new(&stream[..]).decode().unwrap_err();
+        assert!(e.0.contains("type id"), "{}", e.0);
     }
 
     #[test]

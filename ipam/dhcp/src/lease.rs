@@ -137,10 +137,30 @@ impl Lease {
 /// The lease's times from an ACK: renewal (T1), rebinding (T2), expiry.
 fn times(b: &Bound) -> (Instant, Instant, Instant) {
     let secs = |code| b.ack.seconds(code).map(|s| Duration::from_secs(s as u64));
-    let lease = secs(packet::OPT_LEASE_TIME).unwrap_or(DEFAULT_LEASE);
-    let t2 = secs(packet::OPT_REBINDING_TIME).unwrap_or(lease * 85 / 100);
-    let t1 = secs(packet::OPT_RENEWAL_TIME).unwrap_or(lease / 2);
+    let (t1, t2, lease) = renewal_times(
+        secs(packet::OPT_LEASE_TIME),
+        secs(packet::OPT_RENEWAL_TIME),
+        secs(packet::OPT_REBINDING_TIME),
+    );
     (b.at + t1, b.at + t2, b.at + lease)
+}
+
+/// The shortest time between two renewals, whatever the server says (a lease time or T1
+/// of 0 would have the daemon renew in a loop).
+const MIN_RENEWAL: Duration = Duration::from_secs(1);
+
+/// T1, T2 and the lease time from the server's options: T1 ≤ T2 ≤ lease time as the
+/// reference clamps them (defaults half and 85% of the lease), T1 at least
+/// [`MIN_RENEWAL`].
+fn renewal_times(
+    lease: Option<Duration>,
+    t1: Option<Duration>,
+    t2: Option<Duration>,
+) -> (Duration, Duration, Duration) {
+    let lease = lease.unwrap_or(DEFAULT_LEASE);
+    let t2 = t2.unwrap_or(lease * 85 / 100).min(lease);
+    let t1 = t1.unwrap_or(lease / 2).min(t2).max(MIN_RENEWAL);
+    (t1, t2.max(t1), lease)
 }
 
 fn run(p: Params, tx: mpsc::Sender<Result<Arc<Lease>, String>>) {
@@ -165,6 +185,10 @@ fn run(p: Params, tx: mpsc::Sender<Result<Arc<Lease>, String>>) {
         }
     };
     if let Err(e) = result_of(&bound.ack, 0) {
+        // The server bound the address: give it back rather than leave it to expire.
+        if let Err(r) = client::release(&link, &p.timing, &p.options, &bound) {
+            eprintln!("{}: failed to release DHCP lease: {r}", p.client_id);
+        }
         let _ = tx.send(Err(e));
         return;
     }
@@ -367,6 +391,26 @@ fn classless_routes(mut b: &[u8]) -> Vec<Route> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// T1 ≤ T2 ≤ lease time, and never a renewal loop on a lease time or T1 of 0.
+    #[test]
+    fn renewal_times_are_ordered_and_never_zero() {
+        let s = Duration::from_secs;
+        assert_eq!(
+            renewal_times(Some(s(100)), None, None),
+            (s(50), s(85), s(100))
+        );
+        assert_eq!(
+            renewal_times(Some(s(100)), Some(s(300)), Some(s(200))),
+            (s(100), s(100), s(100))
+        );
+        assert_eq!(
+            renewal_times(Some(s(100)), Some(s(90)), Some(s(60))),
+            (s(60), s(60), s(100))
+        );
+        assert_eq!(renewal_times(Some(s(0)), None, None), (s(1), s(1), s(0)));
+        assert_eq!(renewal_times(Some(s(10)), Some(s(0)), None).0, s(1));
+    }
 
     fn ack(opts: &[(u8, &[u8])]) -> Message {
         let mut m = Message::client(packet::ACK, 1, [0; 6], false);

@@ -23,11 +23,14 @@ const DAEMON_WAIT: Duration = Duration::from_secs(300);
 
 struct Dhcp;
 
+const RELEASE: &str = "DHCP.Release";
+
 impl Dhcp {
     fn call(&self, method: &str, args: &CmdArgs) -> Result<Option<CniResult>, Error> {
         let conf = conf::parse(&args.stdin).map_err(Error::config)?;
-        // A config the daemon would refuse is a config error here (7).
-        if let Some(ipam) = &conf.ipam {
+        // A config the daemon would refuse is a config error here (7). A release reads no
+        // options: ADD refused such a config, so nothing is held, and DEL must not fail.
+        if let Some(ipam) = conf.ipam.as_ref().filter(|_| method != RELEASE) {
             conf::options("", &args.cni_args, ipam).map_err(Error::config)?;
         }
         // The daemon may run in another working directory.
@@ -79,7 +82,7 @@ impl Plugin for Dhcp {
                 return Ok(());
             }
         }
-        self.call("DHCP.Release", args).map(|_| ())
+        self.call(RELEASE, args).map(|_| ())
     }
 
     /// As the reference: the daemon's Allocate finds the lease it keeps and checks it.
