@@ -399,6 +399,10 @@ fn host_device_refuses_a_runtime_device_id_no_bus_has() {
             format!("runtime config DeviceID {id} not found or unsupported")
         );
         assert!(host.link("nic0").is_some(), "{id}: nic0 stays on the host");
+        // A device gone from its bus does not keep DEL from succeeding.
+        Call::new("host-device", "DEL", &host, &c.path(), "nfhd1")
+            .run(&conf)
+            .expect_ok();
     }
 }
 

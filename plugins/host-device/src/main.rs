@@ -349,7 +349,9 @@ impl Plugin for HostDevice {
     /// Releases the addresses and gives the device back to the host under its old name,
     /// with its addresses; with the namespace gone the kernel has given it back already.
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
-        let (conf, _) = Conf::load(args)?;
+        // The device itself is not looked up: a VF or sub-function removed from its bus
+        // must not keep DEL from releasing the address and dropping the backup.
+        let conf: Conf = args.parse_conf()?;
         let a = Attachment::of(args);
         let ipam = Delegate::ipam(args)
             .map(|i| i.start("DEL", args))
