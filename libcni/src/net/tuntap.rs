@@ -12,6 +12,9 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETPERSIST: libc::c_ulong = 0x4004_54cb;
 const TUNSETOWNER: libc::c_ulong = 0x4004_54cc;
 const TUNSETGROUP: libc::c_ulong = 0x4004_54ce;
+/// linux/sockios.h; the tun device answers it on its own descriptor.
+const SIOCSIFHWADDR: libc::c_ulong = 0x8924;
+const ARPHRD_ETHER: u16 = 1;
 const IFF_TAP: i16 = 0x0002;
 const IFF_MULTI_QUEUE: i16 = 0x0100;
 const IFF_NO_PI: i16 = 0x1000;
@@ -27,6 +30,9 @@ pub struct TapOptions {
     pub vnet_hdr: bool,
     pub owner: Option<u32>,
     pub group: Option<u32>,
+    /// Set before the tap is made persistent, so a tap that outlives a killed ADD already
+    /// has the MAC its DEL looks for.
+    pub mac: [u8; 6],
 }
 
 /// `struct ifreq` as TUNSETIFF reads it: the name and the flags, padded to 40 bytes.
@@ -35,6 +41,15 @@ struct IfReq {
     name: [u8; 16],
     flags: i16,
     _pad: [u8; 22],
+}
+
+/// `struct ifreq` as SIOCSIFHWADDR reads it: the name and a `struct sockaddr`.
+#[repr(C)]
+struct IfReqHw {
+    name: [u8; 16],
+    family: u16,
+    data: [u8; 14],
+    _pad: [u8; 8],
 }
 
 fn ioctl_err(what: String) -> Error {
@@ -46,8 +61,9 @@ fn ioctl_err(what: String) -> Error {
     Error::io(what, e)
 }
 
-/// Creates the persistent tap `name` in the calling thread's namespace; it stays after
-/// this returns (down, with a random MAC) until deleted.
+/// Creates the persistent tap `name` with `o.mac` in the calling thread's namespace; it
+/// stays after this returns (down) until deleted. Until it is persistent it goes with
+/// the descriptor, so a kill before leaves nothing.
 pub fn create_tap(name: &str, o: &TapOptions) -> Result<(), Error> {
     let what = |op: &str| format!("{op} tap {name}");
     let bytes = name.as_bytes();
@@ -88,6 +104,17 @@ pub fn create_tap(name: &str, o: &TapOptions) -> Result<(), Error> {
         if !set(TUNSETGROUP, libc::c_ulong::from(gid)) {
             return Err(ioctl_err(what(&format!("setting group {gid} of"))));
         }
+    }
+    let mut hw = IfReqHw {
+        name: req.name,
+        family: ARPHRD_ETHER,
+        data: [0; 14],
+        _pad: [0; 8],
+    };
+    hw.data[..6].copy_from_slice(&o.mac);
+    // SAFETY: SIOCSIFHWADDR reads one ifreq, which `hw` is, for the call only.
+    if unsafe { libc::ioctl(fd, SIOCSIFHWADDR as _, &mut hw as *mut IfReqHw) } < 0 {
+        return Err(ioctl_err(what("setting the MAC of")));
     }
     if !set(TUNSETPERSIST, 1) {
         return Err(ioctl_err(what("making persistent")));

@@ -93,8 +93,9 @@ impl Tap {
         self.mac.unwrap_or_else(|| a.container_mac())
     }
 
-    fn options(&self) -> TapOptions {
+    fn options(&self, mac: [u8; 6]) -> TapOptions {
         TapOptions {
+            mac,
             multi_queue: self.conf.multi_queue,
             // The reference's flags when it makes the tap itself (owner and group given).
             vnet_hdr: self.conf.owner.is_some() && self.conf.group.is_some(),
@@ -126,7 +127,7 @@ impl Plugin for TapPlugin {
         let ipam = Delegate::ipam(args);
         let mut pending = PendingLease::start_if(ipam.as_ref(), args)?;
         let mut undo = Undo::new();
-        let options = t.options();
+        let options = t.options(mac);
         let create = async { netns.run(|| net::create_tap(a.ifname(), &options))? };
         let live = async {
             Ok(inside
@@ -140,7 +141,6 @@ impl Plugin for TapPlugin {
             .run(inside.link(a.ifname()))?
             .ok_or_else(|| Error::new(code::NETLINK, format!("tap {} vanished", a.ifname())))?;
         let tuning = LinkTuning {
-            mac: Some(mac.to_vec()),
             mtu: (t.conf.mtu != 0).then_some(t.conf.mtu),
             ..LinkTuning::default()
         };
