@@ -139,7 +139,11 @@ pub fn go_duration(s: &str) -> Option<Duration> {
         rest = &rest[unit_len..];
         total += n * scale;
     }
-    Duration::try_from_secs_f64(total).ok()
+    // As Go: a duration is an int64 of nanoseconds; a longer one is refused, never a
+    // deadline the lease thread cannot compute.
+    Duration::try_from_secs_f64(total)
+        .ok()
+        .filter(|d| d.as_nanos() <= i64::MAX as u128)
 }
 
 struct Daemon {
@@ -377,5 +381,9 @@ mod tests {
         assert!(parse_flags(&a("-timeout soon")).is_err());
         assert_eq!(go_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(go_duration("3m28s"), Some(Duration::from_secs(208)));
+        // Go's longest duration is about 2562047h47m.
+        assert!(go_duration("2562047h").is_some());
+        assert_eq!(go_duration("2562048h"), None);
+        assert!(parse_flags(&a("-timeout 9999999999h")).is_err());
     }
 }
