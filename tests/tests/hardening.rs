@@ -4,6 +4,7 @@
 //! namespace, what we create is private, a damaged, read-only or full store never hands
 //! out an address in use and never fails a DEL, limits, and GC after a reboot.
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -380,8 +381,19 @@ fn a_damaged_store_never_hands_out_an_address_in_use() {
     let host = Ns::new("h");
     let data = tempfile::tempdir().unwrap();
     let conf = host_local(data.path(), json!({}));
+    // Enough reservations (of another range sharing the store) for host-local to index it.
+    let store = data.path().join("store");
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&store)
+        .unwrap();
+    for k in 0..300 {
+        let other = format!("10.47.{}.{}", k / 250, k % 250 + 2);
+        std::fs::write(store.join(other), format!("other{k}\r\neth0")).unwrap();
+    }
     let mut held = vec![add_ip(&host, &conf, "d1"), add_ip(&host, &conf, "d2")];
-    let db = data.path().join("store/sled");
+    let db = store.join("sled");
+    assert!(db.is_dir(), "no index made for 302 reservations");
     let damage: [&dyn Fn(); 3] = [
         &|| {
             for e in std::fs::read_dir(&db).unwrap().flatten() {

@@ -11,6 +11,10 @@
 //!   behind our back (the reference plugin ran, a kill landed between a file and the
 //!   index, the index was lost) the stamps differ and the index is rebuilt from the files.
 //!
+//! The index is made only once the store holds [`FILES_ONLY_LIMIT`] reservations; a smaller store without one is read as the reference reads it, every
+//! file, which costs less than sled's open (a fixed ~3 ms of fsyncs and thread starts per
+//! process). Once made, the index is kept and used whatever the store's size.
+//!
 //! So a kill at any point leaves files that are right and an index that is right or
 //! rebuilt, a store that sled cannot open any more is rebuilt from the files, and a DEL
 //! that cannot write the index (a full disk) has still freed the address.
@@ -29,8 +33,8 @@ use nix::fcntl::{Flock, FlockArg};
 
 pub struct Store {
     dir: PathBuf,
-    /// None when the index cannot be opened at all (a read-only or full disk): DEL then
-    /// works from the files alone.
+    /// None for a small store without an index, or when the index cannot be opened at
+    /// all (a read-only or full disk): every lookup then reads the files.
     db: Option<sled::Db>,
     // Dropped after `db`: the lock outlives the database handle.
     _lock: Flock<File>,
@@ -69,6 +73,10 @@ const SLED_LOCK_WAIT: Duration = Duration::from_secs(10);
 /// segment and reads it whole on every open; at the default 512 KiB that cost 1.2 ms of a
 /// 5 ms call. Our values are a few dozen bytes.
 const SEGMENT_SIZE: usize = 16 * 1024;
+/// Below this many reservations a store without an index is served from its files alone:
+/// reading them all costs what sled's open does at ~250 files on a 2-core VM
+/// (docs/DESIGN.md), and a node's pods (kubelet's default is 110) stay below.
+const FILES_ONLY_LIMIT: usize = 128;
 
 fn io_err(what: String, e: impl std::fmt::Display) -> Error {
     Error::new(code::IO, what).details(e.to_string())
@@ -263,26 +271,47 @@ fn dir_stamp(dir: &Path) -> Result<Vec<u8>, Error> {
     Ok(format!("{} {} {}", m.ino(), m.mtime(), m.mtime_nsec()).into_bytes())
 }
 
+/// The addresses the directory holds reservation files for, by their names alone.
+fn reservation_names(dir: &Path) -> Result<impl Iterator<Item = IpAddr>, Error> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| io_err(format!("reading {}", dir.display()), e))?;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<IpAddr>().ok()))
+}
+
 impl Store {
     /// Locks and opens the store of one network, rebuilding the index from the files when
     /// they changed behind its back or it cannot be opened.
     pub fn open(dir: &Path) -> Result<Store, Error> {
+        Store::open_indexed_above(dir, FILES_ONLY_LIMIT)
+    }
+
+    /// [`Store::open`], making the index when there is none and the store holds `limit`
+    /// reservations or more.
+    fn open_indexed_above(dir: &Path, limit: usize) -> Result<Store, Error> {
         files::private_dir(dir)?;
         let lock = lock(dir)?;
         trace::mark("flock taken");
         let db_path = dir.join("sled");
-        let opened = open_db(&db_path);
-        trace::mark("index opened");
-        let db = match opened {
-            Ok(db) => Some(db),
-            Err(e) if is_damage(&e) => Store::set_aside(&db_path, &e),
-            Err(e) => {
-                eprintln!(
-                    "host-local: the index {} cannot be opened: {e}",
-                    db_path.display()
-                );
-                None
+        let indexed =
+            std::fs::symlink_metadata(&db_path).is_ok() || reservation_names(dir)?.count() >= limit;
+        let db = if indexed {
+            let opened = open_db(&db_path);
+            trace::mark("index opened");
+            match opened {
+                Ok(db) => Some(db),
+                Err(e) if is_damage(&e) => Store::set_aside(&db_path, &e),
+                Err(e) => {
+                    eprintln!(
+                        "host-local: the index {} cannot be opened: {e}",
+                        db_path.display()
+                    );
+                    None
+                }
             }
+        } else {
+            None
         };
         let store = Store {
             dir: dir.to_path_buf(),
@@ -312,15 +341,6 @@ impl Store {
 
     fn err(&self, op: &str, e: impl std::fmt::Display) -> Error {
         io_err(format!("{op} the index in {}", self.dir.display()), e)
-    }
-
-    fn db(&self) -> Result<&sled::Db, Error> {
-        self.db.as_ref().ok_or_else(|| {
-            Error::new(
-                code::IO,
-                format!("the index in {} cannot be opened", self.dir.display()),
-            )
-        })
     }
 
     /// Rebuilds the index from the files unless it was made from this very directory state.
@@ -353,13 +373,8 @@ impl Store {
 
     /// Every reservation file in the directory.
     fn reservations(&self) -> Result<Vec<(IpAddr, Holder)>, Error> {
-        let entries = std::fs::read_dir(&self.dir)
-            .map_err(|e| io_err(format!("reading {}", self.dir.display()), e))?;
         let mut out = Vec::new();
-        for entry in entries.flatten() {
-            let Ok(ip) = entry.file_name().to_string_lossy().parse::<IpAddr>() else {
-                continue;
-            };
+        for ip in reservation_names(&self.dir)? {
             if let Some(h) = self.holder(ip)? {
                 out.push((ip, h));
             }
@@ -436,9 +451,12 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `change` to the index with the directory's new stamp, and flushes.
+    /// Applies `change` to the index with the directory's new stamp, and flushes; without
+    /// an index there is nothing to do (one made later is built from the files).
     fn update_index(&self, change: impl FnOnce(&mut sled::Batch)) -> Result<(), Error> {
-        let db = self.db()?;
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
         let mut b = sled::Batch::default();
         change(&mut b);
         b.insert(STAMP, dir_stamp(&self.dir)?);
@@ -449,10 +467,19 @@ impl Store {
 
     /// The addresses held by (containerID, ifname), as the files say.
     pub fn ips_of(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
+        let Some(db) = &self.db else {
+            // No index: found as the reference finds them, by reading every file.
+            return Ok(self
+                .reservations()?
+                .into_iter()
+                .filter(|(_, h)| h.is(cid, ifname))
+                .map(|(ip, _)| ip)
+                .collect());
+        };
         let mut out = Vec::new();
         // The reference's oldest files held only the container ID.
         for prefix in [id_prefix(cid, ifname), id_prefix(cid, "")] {
-            for kv in self.db()?.scan_prefix(&prefix) {
+            for kv in db.scan_prefix(&prefix) {
                 let (k, _) = kv.map_err(|e| self.err("reading", e))?;
                 let Ok(ip) = String::from_utf8_lossy(&k[prefix.len()..]).parse::<IpAddr>() else {
                     continue;
@@ -468,16 +495,7 @@ impl Store {
     /// Frees everything (containerID, ifname) holds; returns what was freed. The files go
     /// first: once they are gone the addresses are free, whatever happens to the index.
     pub fn release(&self, cid: &str, ifname: &str) -> Result<Vec<IpAddr>, Error> {
-        let ips = match self.db {
-            Some(_) => self.ips_of(cid, ifname)?,
-            // No index: find them as the reference does, by reading every file.
-            None => self
-                .reservations()?
-                .into_iter()
-                .filter(|(_, h)| h.is(cid, ifname))
-                .map(|(ip, _)| ip)
-                .collect(),
-        };
+        let ips = self.ips_of(cid, ifname)?;
         for ip in &ips {
             files::remove(&self.file(*ip))?;
         }
@@ -504,10 +522,21 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The store with its index, whatever its size.
+    fn indexed(dir: &Path) -> Store {
+        Store::open_indexed_above(dir, 0).unwrap()
+    }
+
     #[test]
     fn reserve_find_release() {
+        for limit in [0, FILES_ONLY_LIMIT] {
+            reserve_find_release_with(limit);
+        }
+    }
+
+    fn reserve_find_release_with(limit: usize) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_indexed_above(dir.path(), limit).unwrap();
         s.reserve("c1", "eth0", &[(0, ip("10.0.0.2")), (1, ip("fd00::2"))])
             .unwrap();
         let h = s.holder(ip("10.0.0.2")).unwrap().unwrap();
@@ -529,8 +558,14 @@ mod tests {
 
     #[test]
     fn a_taken_address_is_never_claimed_and_nothing_half_done_stays() {
+        for limit in [0, FILES_ONLY_LIMIT] {
+            a_taken_address_is_never_claimed_with(limit);
+        }
+    }
+
+    fn a_taken_address_is_never_claimed_with(limit: usize) {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = Store::open_indexed_above(dir.path(), limit).unwrap();
         std::fs::write(dir.path().join("10.0.0.3"), "other\r\neth0").unwrap();
         let e = s
             .reserve("c1", "eth0", &[(0, ip("10.0.0.2")), (1, ip("10.0.0.3"))])
@@ -546,11 +581,11 @@ mod tests {
     #[test]
     fn files_written_behind_our_back_are_indexed() {
         let dir = tempfile::tempdir().unwrap();
-        drop(Store::open(dir.path()).unwrap());
+        drop(indexed(dir.path()));
         // the reference plugin ran: a new reservation, and one in its oldest format
         std::fs::write(dir.path().join("10.0.0.7"), "abc\r\neth1").unwrap();
         std::fs::write(dir.path().join("10.0.0.8"), "old").unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = indexed(dir.path());
         assert_eq!(s.ips_of("abc", "eth1").unwrap(), vec![ip("10.0.0.7")]);
         assert_eq!(s.ips_of("old", "eth0").unwrap(), vec![ip("10.0.0.8")]);
         assert_eq!(s.release("old", "eth0").unwrap(), vec![ip("10.0.0.8")]);
@@ -561,7 +596,7 @@ mod tests {
     fn an_index_sled_cannot_open_is_rebuilt_from_the_files() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = indexed(dir.path());
             s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
         }
         // damage every file of the index: whatever sled makes of it, the index is right
@@ -573,13 +608,13 @@ mod tests {
                 std::fs::write(e.path(), b"garbage").unwrap();
             }
         }
-        let s = Store::open(dir.path()).unwrap();
+        let s = indexed(dir.path());
         assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
         drop(s);
         // an index sled refuses outright is set aside and made anew
         std::fs::remove_dir_all(dir.path().join("sled")).unwrap();
         std::fs::write(dir.path().join("sled"), b"garbage").unwrap();
-        let s = Store::open(dir.path()).unwrap();
+        let s = indexed(dir.path());
         assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
         assert!(dir.path().join("sled.broken").is_file());
     }
@@ -588,7 +623,7 @@ mod tests {
     fn opens_after_a_kill_inside_sleds_snapshot_write() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let s = Store::open(dir.path()).unwrap();
+            let s = indexed(dir.path());
             s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
         }
         // what a kill between creating and filling sled's snapshot leaves
@@ -599,7 +634,7 @@ mod tests {
             "the torn snapshot was read"
         );
         assert!(!torn.exists());
-        let s = Store::open(dir.path()).unwrap();
+        let s = indexed(dir.path());
         assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
         assert!(
             !dir.path().join("sled.broken").exists(),
@@ -633,7 +668,47 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(segment_size(&db), 64 * 1024);
+        let s = indexed(dir.path());
+        s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
+    }
+
+    #[test]
+    fn a_small_store_is_served_from_its_files_without_an_index() {
+        let dir = tempfile::tempdir().unwrap();
         let s = Store::open(dir.path()).unwrap();
         s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
+        std::fs::write(dir.path().join("10.0.0.9"), "old").unwrap();
+        assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
+        assert_eq!(s.ips_of("old", "eth1").unwrap(), vec![ip("10.0.0.9")]);
+        assert_eq!(s.release("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
+        drop(s);
+        assert!(
+            !dir.path().join("sled").exists(),
+            "an index was made for two reservations"
+        );
+    }
+
+    #[test]
+    fn a_store_that_outgrows_its_files_gets_an_index_made_from_them_and_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..FILES_ONLY_LIMIT {
+            let name = format!("10.1.{}.{}", k / 250, k % 250 + 2);
+            std::fs::write(dir.path().join(name), format!("f{k}\r\neth0")).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.db.is_some(), "no index above the limit");
+        assert_eq!(s.ips_of("f7", "eth0").unwrap(), vec![ip("10.1.0.9")]);
+        for k in 1..FILES_ONLY_LIMIT {
+            s.release(&format!("f{k}"), "eth0").unwrap();
+        }
+        drop(s);
+        // small again: the index that exists stays the one used, and stays right
+        let s = Store::open(dir.path()).unwrap();
+        assert!(s.db.is_some(), "the index was dropped");
+        s.reserve("c1", "eth0", &[(0, ip("10.0.0.2"))]).unwrap();
+        drop(s);
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.ips_of("c1", "eth0").unwrap(), vec![ip("10.0.0.2")]);
+        assert_eq!(s.attachments().unwrap().len(), 2, "f0 and c1");
     }
 }
