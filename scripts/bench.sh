@@ -2,7 +2,8 @@
 # Benchmarks, ours next to Debian's reference plugins (1.1.1) and the raw kernel paths,
 # measured side by side in one run, in namespaces this script creates and removes:
 #   control [N]  ADD/DEL latency, CPU and peak RSS per call of bridge (with and without
-#                ipMasq), macvlan, ptp and podman's chain; DEL returned vs veth gone;
+#                ipMasq; bridge+host-local also by the floor, bench/floor), macvlan, ptp
+#                and podman's chain; DEL returned vs veth gone;
 #                20-way parallel ADD/DEL; binary sizes (scripts/bench_control.py)
 #   data         iperf3 TCP, ping RTT and UDP loss of same-host and cross-host paths
 #                (scripts/bench_data.py)
@@ -35,10 +36,11 @@ trap cleanup EXIT
 trap "exit 130" INT TERM
 
 # A host namespace per side, with a NIC for macvlans (one end of a veth pair), and the
-# container namespaces the calls put interfaces in.
+# container namespaces the calls put interfaces in. control has a third side, the floor
+# (bench/floor: the least a bridge+host-local ADD/DEL must do), for bridge+host-local.
 make_sides() {
-  local count=$1
-  for side in ours ref; do
+  local count=$1; shift
+  for side in "$@"; do
     ip netns add "$tag-$side"; made+=("$tag-$side")
     ip -n "$tag-$side" link add benchnic0 type veth peer name benchnic0p
     ip -n "$tag-$side" link set benchnic0 up
@@ -48,17 +50,17 @@ make_sides() {
 }
 
 if [ "$what" = control ] || [ "$what" = all ]; then
-  make_sides "$n"
-  python3 scripts/bench_control.py control "$tag" "$out" "$ours" "$ref" "$n"
+  make_sides "$n" ours ref floor
+  python3 scripts/bench_control.py control "$tag" "$out" "$ours" "$ref" "$n" "$bin/cni-floor"
   cleanup; made=()
 fi
 if [ "$what" = trace ]; then
-  make_sides "$n"
+  make_sides "$n" ours ref
   python3 scripts/bench_control.py trace "$tag" "$out" "$ours" "$ref" "$n"
   exit 0
 fi
 if [ "$what" = scale ] || [ "$what" = all ]; then
-  make_sides 40
+  make_sides 40 ours ref
   python3 scripts/bench_control.py scale "$tag" "$out" "$ours" "$ref"
   cleanup; made=()
   python3 scripts/bench_agent.py "$out" "$ours" 10 50 100

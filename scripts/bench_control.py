@@ -3,10 +3,12 @@ the same configs, side by side in one run. Calls alternate between the two sides
 so both see the same machine load; before each call the calling thread enters that side's
 host namespace with setns, so no `ip netns exec` is timed.
 
-  control OUT OURS REF [N]: N sequential ADDs then N DELs per config (bridge+host-local
-      with and without ipMasq, macvlan+host-local, ptp+host-local, podman's default chain
-      through our cnitool): wall median/p90/p99, CPU per call, peak RSS of one call; DEL
-      returned vs veth gone; 20-way parallel ADD then DEL; binary sizes.
+  control OUT OURS REF [N [FLOOR]]: N sequential ADDs then N DELs per config
+      (bridge+host-local with and without ipMasq, macvlan+host-local, ptp+host-local,
+      podman's default chain through our cnitool): wall median/p90/p99, CPU per call, peak
+      RSS of one call; DEL returned vs veth gone; 20-way parallel ADD then DEL; binary
+      sizes. FLOOR, the cni-floor binary (bench/floor: the least a bridge+host-local ADD
+      and DEL must do), is a third side of bridge+host-local's sequential calls.
   trace OUT OURS REF [N]: N warm-up ADD/DEL pairs of our bridge+host-local, then N traced
       ones (CNI_RS_TRACE): per phase of both processes, median ms since the exec.
   scale OUT OURS REF: host-local ADD and DEL with 100, 1,000 and 10,000 allocations
@@ -141,6 +143,57 @@ class Side:
         return [f for f in os.listdir(d) if (f[0].isdigit() and "." in f) or ":" in f]
 
 
+class FloorSide(Side):
+    """The floor (bench/floor): bridge+host-local only, its parameters in FLOOR_*; the
+    runtime's stdin is the same network config as the others get."""
+
+    def __init__(self, binary, tag):
+        super().__init__("floor", os.path.dirname(binary), tag, None)
+        self.binary = binary
+
+    def command(self, config, op, i, prev=None):
+        if config != "bridge":
+            sys.exit(f"the floor does bridge+host-local only, not {config}")
+        conf = self.conf(config)
+        if prev is not None:
+            conf["prevResult"] = prev
+        env = dict(os.environ, CNI_COMMAND=op, CNI_CONTAINERID=f"bench{i}",
+                   CNI_NETNS=f"/var/run/netns/{self.prefix}-{i}", CNI_IFNAME="eth0",
+                   CNI_PATH=self.bindir, FLOOR_BRIDGE=conf["bridge"],
+                   FLOOR_SUBNET=conf["ipam"]["ranges"][0][0]["subnet"],
+                   FLOOR_DIR=os.path.join(conf["ipam"]["dataDir"], "bench"))
+        return [self.binary], env, json.dumps(conf).encode()
+
+
+def check_added(side, config, results, n):
+    """bridge+host-local: every ADD's address unique, and the first and the last
+    container reach the gateway on the bridge (not timed). Exits when not."""
+    addrs = [r["ips"][0]["address"] for r in results.values()]
+    if len(addrs) != n or len(set(addrs)) != n:
+        sys.exit(f"{side.name} {config}: {len(set(addrs))} distinct addresses of {n} ADDs")
+    for i in sorted({1, n}):
+        r = results[i]
+        ns = f"{side.prefix}-{i}"
+        shown = subprocess.run(["ip", "-n", ns, "-o", "addr", "show", "dev", "eth0", "up"],
+                               capture_output=True, text=True, timeout=30).stdout
+        gw = r["ips"][0].get("gateway", "")
+        ping = subprocess.run(["ip", "netns", "exec", ns, "ping", "-c", "1", "-W", "2", gw],
+                              capture_output=True, timeout=30)
+        if r["ips"][0]["address"] not in shown or ping.returncode != 0:
+            sys.exit(f"{side.name} {config}: ADD {i} gave no working interface "
+                     f"({r['ips'][0]['address']} via {gw}): {shown.strip()!r} "
+                     f"{ping.stdout.decode()}")
+
+
+def check_deleted(side, config):
+    """After the floor's DELs its host namespace holds no container's veth."""
+    links = subprocess.run(["ip", "-n", side.prefix, "-o", "link", "show", "type", "veth"],
+                           capture_output=True, text=True, timeout=30).stdout
+    left = [x for x in links.splitlines() if ": veth" in x]
+    if left:
+        sys.exit(f"{side.name} {config}: {len(left)} veth pairs left after the DELs")
+
+
 def sequential(sides, config, n):
     """n ADDs then n DELs, alternating sides call by call; then RSS samples."""
     rows = {s.name: {"ADD": [], "DEL": [], "ADD_cpu": [], "DEL_cpu": []} for s in sides}
@@ -154,6 +207,9 @@ def sequential(sides, config, n):
                 rows[s.name][op + "_cpu"].append(cpu)
                 if out is not None:
                     results[s.name][i] = out
+        if op == "ADD" and config == "bridge":
+            for s in sides:
+                check_added(s, config, results[s.name], n)
     for s in sides:
         for op in ("ADD", "DEL"):
             rows[s.name][op + "_rss"] = 0
@@ -166,6 +222,8 @@ def sequential(sides, config, n):
         left = s.allocations(config)
         if left:
             sys.exit(f"{s.name} {config}: {len(left)} addresses left after the DELs")
+        if s.name == "floor":
+            check_deleted(s, config)
     return rows
 
 
@@ -343,9 +401,10 @@ def save(out, name, data):
         json.dump(data, f)
 
 
-def main(what, tag, out, ours, ref, n):
+def main(what, tag, out, ours, ref, n, floor=None):
     cnitool = os.path.join(ours, "cnitool")
     sides = [Side("ours", ours, tag, cnitool), Side("ref", ref, tag, cnitool)]
+    floor_side = FloorSide(floor, tag) if floor else None
     if what == "trace":
         trace(sides[0], out, n)
         return
@@ -356,9 +415,11 @@ def main(what, tag, out, ours, ref, n):
         return
     data = {"sequential": {}, "n": n}
     for config in ("bridge", "masq", "macvlan", "ptp", "chain"):
-        print(f"control: {n} ADDs then {n} DELs of {config}, ours and the reference",
-              flush=True)
-        data["sequential"][config] = sequential(sides, config, n)
+        these = sides + [floor_side] if config == "bridge" and floor_side else sides
+        print(f"control: {n} ADDs then {n} DELs of {config}, "
+              + ("ours, the reference and the floor" if len(these) > 2 else
+                 "ours and the reference"), flush=True)
+        data["sequential"][config] = sequential(these, config, n)
     print("control: DEL returned vs veth gone", flush=True)
     data["del_vs_gone"] = del_vs_gone(sides, min(40, n))
     print(f"control: {n} ADDs then {n} DELs, 20 at a time", flush=True)
@@ -370,4 +431,5 @@ def main(what, tag, out, ours, ref, n):
 
 if __name__ == "__main__":
     what, tag, out, ours, ref = sys.argv[1:6]
-    main(what, tag, out, ours, ref, int(sys.argv[6]) if len(sys.argv) > 6 else 200)
+    main(what, tag, out, ours, ref, int(sys.argv[6]) if len(sys.argv) > 6 else 200,
+         sys.argv[7] if len(sys.argv) > 7 else None)
