@@ -186,10 +186,16 @@ def check_added(side, config, results, n):
 
 
 def check_deleted(side, config):
-    """After the floor's DELs its host namespace holds no container's veth."""
-    links = subprocess.run(["ip", "-n", side.prefix, "-o", "link", "show", "type", "veth"],
-                           capture_output=True, text=True, timeout=30).stdout
-    left = [x for x in links.splitlines() if ": veth" in x]
+    """After the floor's DELs its host namespace holds no container's veth (within 5 s:
+    the floor, like ours, leaves the kernel's unregistering to a process not waited for)."""
+    deadline = time.monotonic() + 5
+    while True:
+        links = subprocess.run(["ip", "-n", side.prefix, "-o", "link", "show", "type", "veth"],
+                               capture_output=True, text=True, timeout=30).stdout
+        left = [x for x in links.splitlines() if ": veth" in x]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     if left:
         sys.exit(f"{side.name} {config}: {len(left)} veth pairs left after the DELs")
 
