@@ -10,7 +10,8 @@
 #   scale        host-local with 100/1,000/10,000 allocations (scripts/bench_control.py);
 #                vxlan-overlay-agent with 10/50/100 hosts on one etcd (scripts/bench_agent.py)
 #   trace [N]    where one bridge+host-local ADD and DEL spend their time: the phases
-#                the plugins mark with CNI_RS_TRACE, median of N (bench/trace.csv)
+#                the plugins mark with CNI_RS_TRACE, median of N (bench/trace.csv);
+#                control and all end with it (N=20)
 #   all          the three
 # Each writes its figures (CSV and JSON) under bench/; then bench/RESULTS.md and the
 # plots bench/latency.png and bench/dataplane.png are drawn again from what is there
@@ -54,10 +55,13 @@ if [ "$what" = control ] || [ "$what" = all ]; then
   python3 scripts/bench_control.py control "$tag" "$out" "$ours" "$ref" "$n" "$bin/cni-floor"
   cleanup; made=()
 fi
-if [ "$what" = trace ]; then
-  make_sides "$n" ours ref
-  python3 scripts/bench_control.py trace "$tag" "$out" "$ours" "$ref" "$n"
-  exit 0
+# control ends with the breakdown of its build's ADD and DEL (20 traced calls).
+if [ "$what" = trace ] || [ "$what" = control ] || [ "$what" = all ]; then
+  traced=$([ "$what" = trace ] && echo "$n" || echo 20)
+  make_sides "$traced" ours ref
+  python3 scripts/bench_control.py trace "$tag" "$out" "$ours" "$ref" "$traced"
+  cleanup; made=()
+  [ "$what" = trace ] && exit 0
 fi
 if [ "$what" = scale ] || [ "$what" = all ]; then
   make_sides 40 ours ref
