@@ -56,22 +56,21 @@ impl BridgeSpec {
 }
 
 /// ADD: the bridge, a veth with its container end born in the container, an address from
-/// `ipam` (running meanwhile), masquerade and MAC checks, the container configured, the
-/// gateway on the bridge. Whatever this call created is undone if a later step fails.
+/// the IPAM lease `pending` (started by the caller before anything else, so it runs
+/// meanwhile), masquerade and MAC checks, the container configured, the gateway on the
+/// bridge. Whatever this call created is undone if a later step fails.
 pub fn add(
     k: &Kernel,
     args: &CmdArgs,
     spec: &BridgeSpec,
-    ipam: Option<&Delegate>,
+    mut pending: Option<PendingLease<'_>>,
 ) -> Result<CniResult, Error> {
     let netns = args.required_netns()?;
     let a = Attachment::of(args);
-    let mut pending = ipam.map(|i| PendingLease::start(i, args)).transpose()?;
-    trace::mark("ipam started");
     let mut undo = Undo::new();
     // As the reference: a gateway bridge's MAC is fixed before the port joins, so the
     // containers' gateway MAC never changes under them.
-    let pin = spec.is_gateway && ipam.is_some();
+    let pin = spec.is_gateway && pending.is_some();
     let bridge = k.run(ensure_bridge(k.host(), spec, pin))?;
     trace::mark("bridge ensured");
     let mac = spec.container_mac(&a);

@@ -5,37 +5,13 @@
 //! DEL retires the pair instead of waiting for its deletion: deleting a veth pair holds
 //! the caller 15-25 ms in the kernel, while taking both ends down, off the bridge and
 //! renaming them (`vdel` + the attachment's hash) takes microseconds. The container is
-//! cut off and both names are free for a new ADD when DEL returns; a detached process
-//! of the same binary (`<plugin> --reap-link <name>`, no stdio, its own session) then
-//! deletes the pair. One that never ran leaves a retired pair that the next DEL of the
-//! attachment or the network's GC deletes.
-
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+//! cut off and both names are free for a new ADD when DEL returns; a forked child with
+//! no stdio and a session of its own (net::delete_link_detached) then deletes the pair.
+//! One that never ran leaves a retired pair that the next DEL of the attachment or the
+//! network's GC deletes.
 
 use super::Attachment;
-use crate::net::{self, Kernel, LinkInfo, Netlink, Netns};
-
-/// The argument that makes a plugin binary the reaper of one retired pair.
-const REAP_ARG: &str = "--reap-link";
-
-/// Set by [`serve_reaper`]: this binary answers [`REAP_ARG`]. A binary that does not
-/// (libcni used elsewhere) deletes pairs in line.
-static REAPER: AtomicBool = AtomicBool::new(false);
-
-/// Makes this binary the reaper of the pairs its DELs retire; a plugin that retires pairs
-/// calls it first in `main`. Started as `<binary> --reap-link <name>` (by such a DEL) it
-/// deletes that pair and exits; otherwise it returns.
-pub fn serve_reaper() {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).take(3).collect();
-    if let [flag, name] = argv.as_slice() {
-        if flag.to_str() == Some(REAP_ARG) {
-            std::process::exit(reap(name.to_str().unwrap_or("")));
-        }
-    }
-    REAPER.store(true, Ordering::Relaxed);
-}
+use crate::net::{self, LinkInfo, Netlink, Netns};
 
 /// Creates the attachment's veth pair; returns the host end, down and unlabelled. Fails
 /// with EEXIST when a pair of that name exists: an ADD must not take over (or undo) a
@@ -103,13 +79,8 @@ pub async fn delete(
                 }
             }
         }
-        let reaper = if REAPER.load(Ordering::Relaxed) {
-            reap_later(&retired)
-        } else {
-            Err(std::io::ErrorKind::Unsupported.into())
-        };
-        if let Err(e) = reaper {
-            eprintln!("deleting {retired} here: no reaper ({e})");
+        if let Err(e) = net::delete_link_detached(&retired) {
+            eprintln!("deleting {retired} here: cannot fork its deleter ({e})");
             host.delete_link(&retired).await?;
         }
         return Ok(true);
@@ -133,34 +104,6 @@ async fn own_container_end(
         .link(a.ifname())
         .await?
         .filter(|l| l.kind.as_deref() == Some("veth") && l.mac == mac))
-}
-
-/// Starts this binary, detached, as the reaper of `name`: no stdio (the runtime's
-/// pipes close when the plugin exits) and a session of its own.
-fn reap_later(name: &str) -> std::io::Result<()> {
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg(REAP_ARG)
-        .arg(name)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
-    cmd.spawn().map(drop)
-}
-
-/// The reaper: deletes the retired pair `name` in the namespace it was started in.
-fn reap(name: &str) -> i32 {
-    if !is_retired(name) {
-        return 2;
-    }
-    let deleted = Kernel::new().and_then(|k| k.run(k.host().delete_link(name)));
-    i32::from(deleted.is_err())
 }
 
 #[cfg(test)]

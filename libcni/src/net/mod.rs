@@ -1,6 +1,7 @@
 //! Linux plumbing every plugin needs: namespaces, a thin netlink layer, sysctls, names.
 
 pub mod conntrack;
+mod detached;
 mod link;
 mod netns;
 mod policy;
@@ -10,6 +11,7 @@ mod vxlan;
 
 use std::io;
 
+pub use detached::delete_link_detached;
 pub use link::{
     random_mac, LinkInfo, LinkTuning, MacVlanMode, MacvlanSettings, Netlink, RouteInfo, RouteSpec,
 };

@@ -6,11 +6,11 @@
 mod config;
 
 use libcni::attachment::bridged::{self, BridgeSpec};
-use libcni::attachment::veth;
+use libcni::attachment::PendingLease;
 use libcni::delegate::Delegate;
 use libcni::net::Kernel;
 use libcni::skel::{self, CmdArgs, Plugin};
-use libcni::{CniResult, Error};
+use libcni::{trace, CniResult, Error};
 
 use config::BridgeConf;
 
@@ -44,12 +44,13 @@ impl Plugin for Bridge {
     fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
         let c = BridgeConf::load(args)?;
         c.check_for_add(args)?;
-        bridged::add(
-            &Kernel::new()?,
-            args,
-            &spec_of(c)?,
-            Delegate::ipam(args).as_ref(),
-        )
+        let spec = spec_of(c)?;
+        args.required_netns()?;
+        // IPAM first: it runs while the async runtime and netlink start.
+        let ipam = Delegate::ipam(args);
+        let pending = PendingLease::start_if(ipam.as_ref(), args)?;
+        trace::mark("ipam started");
+        bridged::add(&Kernel::new()?, args, &spec, pending)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
@@ -88,7 +89,6 @@ impl Plugin for Bridge {
 }
 
 fn main() {
-    veth::serve_reaper();
     skel::run(&Bridge, "CNI bridge plugin (cni-rs)")
 }
 

@@ -266,7 +266,6 @@ impl Plugin for Ptp {
 }
 
 fn main() {
-    veth::serve_reaper();
     skel::run(&Ptp, "CNI ptp plugin (cni-rs)")
 }
 

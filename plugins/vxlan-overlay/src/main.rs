@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::attachment::bridged::{self, BridgeSpec};
-use libcni::attachment::{veth, Attachment, Rules};
+use libcni::attachment::{Attachment, PendingLease, Rules};
 use libcni::delegate::Delegate;
 use libcni::firewall::{self, ClusterNet, ForwardPending, Label};
 use libcni::net::{Kernel, Netlink, Vxlan};
@@ -313,7 +313,9 @@ impl Plugin for VxlanOverlay {
         let here = Here::find(&k, o)?;
         let forward = here.start_forward()?;
         here.program(&k)?;
-        let r = bridged::add(&k, args, &here.bridge(), Some(&here.ipam(args)?))?;
+        let ipam = here.ipam(args)?;
+        let pending = PendingLease::start(&ipam, args)?;
+        let r = bridged::add(&k, args, &here.bridge(), Some(pending))?;
         forward.map(|f| f.wait()).transpose()?;
         Ok(r)
     }
@@ -502,7 +504,6 @@ async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libc
 }
 
 fn main() {
-    veth::serve_reaper();
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("teardown") {
         let force = argv.iter().skip(2).any(|a| a == "--force");
