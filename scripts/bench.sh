@@ -8,7 +8,7 @@
 #   data         iperf3 TCP, ping RTT and UDP loss of same-host and cross-host paths
 #                (scripts/bench_data.py)
 #   scale        host-local with 100/1,000/10,000 allocations (scripts/bench_control.py);
-#                vxlan-overlay-agent with 10/50/100 hosts on one etcd (scripts/bench_agent.py)
+#                vxlan-overlay-agent with 10/50/100/250 hosts on one etcd (scripts/bench_agent.py)
 #   trace [N]    where one bridge+host-local ADD and DEL spend their time: the phases
 #                the plugins mark with CNI_RS_TRACE, median of N (bench/trace.csv);
 #                control and all end with it (N=20)
@@ -67,7 +67,7 @@ if [ "$what" = scale ] || [ "$what" = all ]; then
   make_sides 40 ours ref
   python3 scripts/bench_control.py scale "$tag" "$out" "$ours" "$ref"
   cleanup; made=()
-  python3 scripts/bench_agent.py "$out" "$ours" 10 50 100
+  python3 scripts/bench_agent.py "$out" "$ours" 10 50 100 250
 fi
 if [ "$what" = data ] || [ "$what" = all ]; then
   python3 scripts/bench_data.py "$out" "$ours" "$ref"
