@@ -15,7 +15,8 @@ use rtnetlink::packet_core::{NetlinkMessage, NLM_F_ACK, NLM_F_REQUEST};
 /// safe after forking a threaded process) and exits.
 pub fn delete_link_detached(name: &str) -> io::Result<()> {
     let mut link = LinkMessage::default();
-    link.attributes.push(LinkAttribute::IfName(name.to_string()));
+    link.attributes
+        .push(LinkAttribute::IfName(name.to_string()));
     let mut req = NetlinkMessage::from(RouteNetlinkMessage::DelLink(link));
     req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
     req.finalize();
