@@ -8,17 +8,24 @@ SIGINT or SIGTERM.
 
 Usage: python3 scripts/bench_data.py OUT_DIR OURS_BIN_DIR REF_BIN_DIR
                                      [--runs N] [--seconds S] [--quick]
+                                     [--only PATH,...] [--mtu MTU]
 
 Same host (containers in one host namespace): bridge-ours, bridge-ref, macvlan-ours,
 macvlan-ref, ptp-ours, against veth-raw (two namespaces on a veth pair). Cross host (two
-host namespaces on a veth pair `ul0`, MTU 1500 and 9000): overlay and directrouting (our
-vxlan-overlay, ipMasq off like the hand-built one: masquerade puts every packet
-through conntrack, a cost of its own), vxlan-hand (flannel's VXLAN programmed with
-iproute2), against
-underlay-raw (host to host). Per path and run: iperf3 TCP throughput, the machine's busy
-CPU seconds per Gbit moved, the median ping RTT and UDP loss at 100 Mbit/s; medians over
-the runs, which go round the paths in turn (after one unrecorded warm-up transfer each)
-so every path sees the same background load.
+host namespaces on a veth pair `ul0`, MTU 1500 and 9000), each of ours beside the path
+built by hand that it must match, like with like:
+  overlay (our vxlan-overlay with its default config: ipMasq on, so every packet goes
+  through conntrack) against vxlan-hand-masq (flannel's VXLAN programmed with iproute2
+  plus the masquerade rules flanneld v0.20.2 installs with --ip-masq, by iptables);
+  overlay-nomasq (ipMasq false) against vxlan-hand (the same VXLAN, no NAT);
+  directrouting (directRouting, ipMasq false) against routing-hand (pods on a bridge,
+  each host routing the other's pod subnet via its underlay address, no encapsulation,
+  the underlay's MTU as plain routing gives, no NAT);
+and underlay-raw (host to host). Per path and run: iperf3 TCP throughput, the machine's
+busy CPU seconds per Gbit moved, the median ping RTT and UDP loss at 100 Mbit/s; medians
+over the runs, which go round the paths in turn (after one unrecorded warm-up transfer
+each) so every path sees the same background load. --only and --mtu measure a subset
+(the raw path of each group measured is always in it).
 """
 import argparse, atexit, contextlib, csv, ctypes, json, os, re, shutil, signal, statistics
 import subprocess, sys, tempfile, time
@@ -29,6 +36,7 @@ IPERF_PORT = 5201
 CALL_TIMEOUT = 60  # a plugin call or an iproute2 command never takes this long
 CNI_VERSION = "1.0.0"
 UNDERLAY = ("192.168.90.1", "192.168.90.2")
+OVERLAY_NETWORK = "10.244.0.0/16"
 OVERLAY_SUBNETS = ("10.244.1.0/24", "10.244.2.0/24")
 HAND_MACS = ("0e:00:00:00:5a:01", "0e:00:00:00:5a:02")  # flannel.1's fixed MACs
 VXLAN_OVERHEAD = 50
@@ -259,33 +267,70 @@ def underlay(lab, name, mtu):
     return hosts
 
 
-def overlay_path(lab, name, mtu, bindir, direct):
-    """A container on each host from our vxlan-overlay with the static store."""
+def overlay_path(lab, name, mtu, bindir, direct=False, ip_masq=None):
+    """A container on each host from our vxlan-overlay with the static store; `ip_masq`
+    None leaves ipMasq out of the config (the plugin's default)."""
     tag = f"{name}-{mtu}"
     hosts = underlay(lab, tag, mtu)
     nodes = [{"underlayIP": u, "subnet": s} for u, s in zip(UNDERLAY, OVERLAY_SUBNETS)]
     ips = []
     for i, h in enumerate(hosts):
         conf = {"cniVersion": CNI_VERSION, "name": "bench", "type": "vxlan-overlay",
-                "network": "10.244.0.0/16", "dataDir": lab.data_dir(f"{tag}-{i}"),
-                "ipMasq": False, "store": {"type": "static", "nodes": nodes}}
+                "network": OVERLAY_NETWORK, "dataDir": lab.data_dir(f"{tag}-{i}"),
+                "store": {"type": "static", "nodes": nodes}}
+        if ip_masq is not None:
+            conf["ipMasq"] = ip_masq
         if direct:
             conf["directRouting"] = True
         ips.append(attach(lab, h, bindir, conf, f"{tag}-c{i}"))
     return Path(name, "cross-host", mtu, f"{PREFIX}-{tag}-c0", f"{PREFIX}-{tag}-c1", ips[1])
 
 
-def vxlan_hand(lab, mtu):
+def hand_pod(lab, tag, i, h, mtu):
+    """Host `h`'s pod as flannel's CNI plugin attaches it: a veth on a cni0 bridge that
+    holds the subnet's first address, the pod's default route via it; (namespace, IP)."""
+    base = OVERLAY_SUBNETS[i].split("/")[0].rsplit(".", 1)[0]
+    ip(h, "link", "add", "cni0", "mtu", mtu, "type", "bridge")
+    ip(h, "addr", "add", f"{base}.1/24", "dev", "cni0")
+    ip(h, "link", "set", "cni0", "up")
+    c = lab.new_netns(f"{tag}-c{i}")
+    ip(h, "link", "add", "veth0", "mtu", mtu, "type", "veth", "peer", "name", "eth0",
+       "mtu", mtu, "netns", c)
+    ip(h, "link", "set", "veth0", "master", "cni0", "up")
+    ip(c, "addr", "add", f"{base}.2/24", "dev", "eth0")
+    ip(c, "link", "set", "eth0", "up")
+    ip(c, "route", "add", "default", "via", f"{base}.1")
+    sysctl(h, "net.ipv4.ip_forward", "1")
+    return c, f"{base}.2"
+
+
+def flannel_masquerade(h, subnet):
+    """The nat rules flanneld v0.20.2 installs with --ip-masq (network/iptables.go
+    MasqRules, with --random-fully as iptables >= 1.6.2 has it), in one
+    iptables-restore as flanneld applies them."""
+    n, c = OVERLAY_NETWORK, '-m comment --comment "flanneld masq"'
+    rules = ("*nat\n:FLANNEL-POSTRTG - [0:0]\n"
+             f"-I POSTROUTING {c} -j FLANNEL-POSTRTG\n"
+             f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN\n"
+             f"-A FLANNEL-POSTRTG -s {n} -d {n} {c} -j RETURN\n"
+             f"-A FLANNEL-POSTRTG -s {n} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully\n"
+             f"-A FLANNEL-POSTRTG ! -s {n} -d {subnet} {c} -j RETURN\n"
+             f"-A FLANNEL-POSTRTG ! -s {n} -d {n} {c} -j MASQUERADE --random-fully\n"
+             "COMMIT\n")
+    run(["ip", "netns", "exec", h, "iptables-restore", "--noflush"], input=rules.encode())
+
+
+def vxlan_hand(lab, mtu, masq=False):
     """flannel's VXLAN as flannel programs it, containers on a cni0 bridge as the
-    plugin attaches them."""
-    tag = f"vxlan-hand-{mtu}"
+    plugin attaches them; with `masq`, flanneld --ip-masq's nat rules on each host."""
+    name = "vxlan-hand-masq" if masq else "vxlan-hand"
+    tag = f"{name}-{mtu}"
     hosts = underlay(lab, tag, mtu)
     inner = str(mtu - VXLAN_OVERHEAD)
     containers = []
     for i, h in enumerate(hosts):
         j = 1 - i
         net, peer_net = OVERLAY_SUBNETS[i].split("/")[0], OVERLAY_SUBNETS[j].split("/")[0]
-        base = net.rsplit(".", 1)[0]
         ip(h, "link", "add", "flannel.1", "type", "vxlan", "id", "1", "local", UNDERLAY[i],
            "dev", "ul0", "dstport", "8472", "nolearning")
         ip(h, "link", "set", "flannel.1", "mtu", inner, "address", HAND_MACS[i])
@@ -297,19 +342,25 @@ def vxlan_hand(lab, mtu):
              UNDERLAY[j], "self", "permanent"])
         ip(h, "route", "replace", OVERLAY_SUBNETS[j], "via", peer_net, "dev", "flannel.1",
            "onlink")
-        ip(h, "link", "add", "cni0", "mtu", inner, "type", "bridge")
-        ip(h, "addr", "add", f"{base}.1/24", "dev", "cni0")
-        ip(h, "link", "set", "cni0", "up")
-        c = lab.new_netns(f"{tag}-c{i}")
-        ip(h, "link", "add", "veth0", "mtu", inner, "type", "veth", "peer", "name", "eth0",
-           "mtu", inner, "netns", c)
-        ip(h, "link", "set", "veth0", "master", "cni0", "up")
-        ip(c, "addr", "add", f"{base}.2/24", "dev", "eth0")
-        ip(c, "link", "set", "eth0", "up")
-        ip(c, "route", "add", "default", "via", f"{base}.1")
-        sysctl(h, "net.ipv4.ip_forward", "1")
-        containers.append((c, f"{base}.2"))
-    return Path("vxlan-hand", "cross-host", mtu, containers[0][0], containers[1][0],
+        if masq:
+            flannel_masquerade(h, OVERLAY_SUBNETS[i])
+        containers.append(hand_pod(lab, tag, i, h, inner))
+    return Path(name, "cross-host", mtu, containers[0][0], containers[1][0],
+                containers[1][1])
+
+
+def routing_hand(lab, mtu):
+    """Plain routing between the hosts (what flannel's host-gw programs): pods on a cni0
+    bridge with the underlay's MTU, each host's route to the other's pod subnet via the
+    other's underlay address; no encapsulation, no NAT."""
+    tag = f"routing-hand-{mtu}"
+    hosts = underlay(lab, tag, mtu)
+    containers = []
+    for i, h in enumerate(hosts):
+        j = 1 - i
+        ip(h, "route", "replace", OVERLAY_SUBNETS[j], "via", UNDERLAY[j], "dev", "ul0")
+        containers.append(hand_pod(lab, tag, i, h, str(mtu)))
+    return Path("routing-hand", "cross-host", mtu, containers[0][0], containers[1][0],
                 containers[1][1])
 
 
@@ -319,23 +370,48 @@ def underlay_raw(lab, mtu):
     return Path("underlay-raw", "cross-host", mtu, a, b, UNDERLAY[1])
 
 
-def build_paths(lab, ours, ref):
-    paths = [
-        same_host_path(lab, "bridge-ours", ours, {"type": "bridge", "bridge": "cni0",
-                                                  "isGateway": True}, "10.91.0.0/24"),
-        same_host_path(lab, "bridge-ref", ref, {"type": "bridge", "bridge": "cni0",
-                                                "isGateway": True}, "10.91.0.0/24"),
-        same_host_path(lab, "macvlan-ours", ours, {"type": "macvlan", "master": "nic0",
-                                                   "mode": "bridge"}, "10.92.0.0/24", nic=True),
-        same_host_path(lab, "macvlan-ref", ref, {"type": "macvlan", "master": "nic0",
-                                                 "mode": "bridge"}, "10.92.0.0/24", nic=True),
-        same_host_path(lab, "ptp-ours", ours, {"type": "ptp"}, "10.93.0.0/24"),
-        veth_raw(lab),
-    ]
-    for mtu in (1500, 9000):
-        paths += [overlay_path(lab, "overlay", mtu, ours, direct=False),
-                  overlay_path(lab, "directrouting", mtu, ours, direct=True),
-                  vxlan_hand(lab, mtu), underlay_raw(lab, mtu)]
+SAME_HOST = ("bridge-ours", "bridge-ref", "macvlan-ours", "macvlan-ref", "ptp-ours",
+             "veth-raw")
+CROSS_HOST = ("overlay", "vxlan-hand-masq", "overlay-nomasq", "vxlan-hand", "directrouting",
+              "routing-hand", "underlay-raw")
+
+
+def build_paths(lab, s):
+    """The paths `s.only` names (all when None), the raw path of each group with any;
+    the cross-host ones at each MTU of `s.mtus`."""
+    ours, ref = s.ours, s.ref
+    want = set(s.only or SAME_HOST + CROSS_HOST)
+    if want & set(SAME_HOST):
+        want.add("veth-raw")
+    if want & set(CROSS_HOST):
+        want.add("underlay-raw")
+    same = {
+        "bridge-ours": lambda: same_host_path(lab, "bridge-ours", ours, {
+            "type": "bridge", "bridge": "cni0", "isGateway": True}, "10.91.0.0/24"),
+        "bridge-ref": lambda: same_host_path(lab, "bridge-ref", ref, {
+            "type": "bridge", "bridge": "cni0", "isGateway": True}, "10.91.0.0/24"),
+        "macvlan-ours": lambda: same_host_path(lab, "macvlan-ours", ours, {
+            "type": "macvlan", "master": "nic0", "mode": "bridge"}, "10.92.0.0/24", nic=True),
+        "macvlan-ref": lambda: same_host_path(lab, "macvlan-ref", ref, {
+            "type": "macvlan", "master": "nic0", "mode": "bridge"}, "10.92.0.0/24", nic=True),
+        "ptp-ours": lambda: same_host_path(lab, "ptp-ours", ours, {"type": "ptp"},
+                                           "10.93.0.0/24"),
+        "veth-raw": lambda: veth_raw(lab),
+    }
+    cross = {
+        "overlay": lambda mtu: overlay_path(lab, "overlay", mtu, ours),
+        "vxlan-hand-masq": lambda mtu: vxlan_hand(lab, mtu, masq=True),
+        "overlay-nomasq": lambda mtu: overlay_path(lab, "overlay-nomasq", mtu, ours,
+                                                   ip_masq=False),
+        "vxlan-hand": lambda mtu: vxlan_hand(lab, mtu),
+        "directrouting": lambda mtu: overlay_path(lab, "directrouting", mtu, ours,
+                                                  direct=True, ip_masq=False),
+        "routing-hand": lambda mtu: routing_hand(lab, mtu),
+        "underlay-raw": lambda mtu: underlay_raw(lab, mtu),
+    }
+    paths = [make() for name, make in same.items() if name in want]
+    for mtu in s.mtus:
+        paths += [make(mtu) for name, make in cross.items() if name in want]
     return paths
 
 
@@ -490,10 +566,10 @@ def print_table(rows, s):
     print(f"\n{s.runs} run(s) per path, medians; TCP {s.seconds} s, UDP {s.udp_seconds} s "
           f"at 100 Mbit/s, {s.pings} pings; ratio = median over the rounds of TCP / its raw "
           "path's TCP in the same round (per-round figures in data.json)")
-    print(f"{'group':10} {'path':14} {'mtu':>5} {'TCP Gbit/s':>10} {'ratio':>6} "
+    print(f"{'group':10} {'path':16} {'mtu':>5} {'TCP Gbit/s':>10} {'ratio':>6} "
           f"{'CPU s/Gbit':>10} {'RTT ms':>7} {'UDP loss %':>10}")
     for r in rows:
-        print(f"{r['group']:10} {r['path']:14} {r['mtu']:5} {r['tcp_gbps']:10.2f} "
+        print(f"{r['group']:10} {r['path']:16} {r['mtu']:5} {r['tcp_gbps']:10.2f} "
               f"{r['tcp_ratio']:6.3f} {r['cpu_s_per_gbit']:10.4f} {r['rtt_ms']:7.3f} "
               f"{r['udp_loss_pct']:10.2f}")
 
@@ -508,7 +584,14 @@ def settings():
     a.add_argument("--runs", type=int, default=3)
     a.add_argument("--seconds", type=int, default=10)
     a.add_argument("--quick", action="store_true", help="runs 1, seconds 2, UDP 1 s, 20 pings")
+    a.add_argument("--only", type=lambda v: v.split(","), metavar="PATH,...",
+                   help=f"measure these paths only, of: {', '.join(SAME_HOST + CROSS_HOST)}")
+    a.add_argument("--mtu", type=int, choices=(1500, 9000), help="cross host: this MTU only")
     s = a.parse_args()
+    s.mtus = (s.mtu,) if s.mtu else (1500, 9000)
+    unknown = set(s.only or ()) - set(SAME_HOST + CROSS_HOST)
+    if unknown:
+        a.error(f"--only: no path {', '.join(sorted(unknown))}")
     s.udp_seconds, s.pings = 3, 100
     if s.quick:
         s.runs, s.seconds, s.udp_seconds, s.pings = 1, 2, 1, 20
@@ -522,7 +605,7 @@ def check_prerequisites(s):
     """Everything needed is there before anything is made."""
     if os.geteuid() != 0:
         raise Failure("needs root (network namespaces)")
-    for tool in ("ip", "bridge", "iperf3", "ping"):
+    for tool in ("ip", "bridge", "iperf3", "ping", "iptables-restore"):
         if not shutil.which(tool):
             raise Failure(f"{tool} not found")
     for d, names in ((s.ours, ("bridge", "host-local", "macvlan", "ptp", "vxlan-overlay")),
@@ -542,7 +625,7 @@ def main():
     start = time.monotonic()
     try:
         print(f"setting up paths in namespaces {PREFIX}-*", flush=True)
-        paths = build_paths(lab, s.ours, s.ref)
+        paths = build_paths(lab, s)
         for p in paths:
             reachable(p)
             warm_up(lab, p)

@@ -94,35 +94,49 @@ fn is_ours(set: &str) -> bool {
     set.starts_with("cluster") || set.starts_with("nodemasq")
 }
 
-/// Script: the shared sets and the two chains, made once.
-pub fn cluster_setup() -> String {
+/// Script: the shared sets and chains, made once: the forward accept always, the
+/// masquerade's sets and nat chain only with `masquerade`. A nat base chain makes the
+/// kernel track every connection of the namespace (conntrack), a cost to every packet
+/// even with no rule of it ever matching (measured in bench/RESULTS.md: 5% of the
+/// overlay path's cycles), so a node that masquerades nothing has none. The masquerade's
+/// element adds fail while its sets are missing, which is when this runs again with it;
+/// without it, a chain another network made is left as it is.
+pub fn cluster_setup(masquerade: bool) -> String {
     let accept = format!("meta mark set meta mark or {ACCEPTED_MARK:#x} accept");
     let m = KUBE_PROXY_MARK;
     let mut s = format!(
         "add table inet {INET_TABLE}\n\
          add chain inet {INET_TABLE} cluster-forward {{ type filter hook forward priority filter - 5; }}\n\
-         flush chain inet {INET_TABLE} cluster-forward\n\
-         add chain inet {INET_TABLE} cluster-postrouting {{ type nat hook postrouting priority srcnat; }}\n\
-         flush chain inet {INET_TABLE} cluster-postrouting\n\
-         add rule inet {INET_TABLE} cluster-postrouting meta mark & {m:#x} == {m:#x} return\n"
+         flush chain inet {INET_TABLE} cluster-forward\n"
     );
+    if masquerade {
+        s += &format!(
+            "add chain inet {INET_TABLE} cluster-postrouting {{ type nat hook postrouting priority srcnat; }}\n\
+             flush chain inet {INET_TABLE} cluster-postrouting\n\
+             add rule inet {INET_TABLE} cluster-postrouting meta mark & {m:#x} == {m:#x} return\n"
+        );
+    }
     for (f, kind, fam, mcast) in FAMILIES {
         let (c, nm) = (format!("cluster{f}"), format!("nodemasq{f}"));
         s += &format!(
             "add set inet {INET_TABLE} {c} {{ type {kind}; flags interval; }}\n\
-             add set inet {INET_TABLE} {nm} {{ type {kind}; flags interval; }}\n\
-             add set inet {INET_TABLE} {nm}_plain {{ type {kind}; flags interval; }}\n\
-             add set inet {INET_TABLE} {nm}_within {{ type {kind} . {kind}; flags interval; }}\n\
-             add set inet {INET_TABLE} {nm}_subnet {{ type {kind}; flags interval; }}\n\
              add rule inet {INET_TABLE} cluster-forward {fam} saddr @{c} {accept}\n\
-             add rule inet {INET_TABLE} cluster-forward {fam} daddr @{c} {accept}\n\
-             add rule inet {INET_TABLE} cluster-postrouting {fam} saddr . {fam} daddr @{nm}_within return\n\
-             add rule inet {INET_TABLE} cluster-postrouting {fam} saddr @{nm} {fam} daddr != {mcast} masquerade fully-random\n\
-             add rule inet {INET_TABLE} cluster-postrouting {fam} saddr @{nm}_plain {fam} daddr != {mcast} masquerade\n\
-             add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm}_subnet return\n\
-             add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm} masquerade fully-random\n\
-             add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm}_plain masquerade\n"
+             add rule inet {INET_TABLE} cluster-forward {fam} daddr @{c} {accept}\n"
         );
+        if masquerade {
+            s += &format!(
+                "add set inet {INET_TABLE} {nm} {{ type {kind}; flags interval; }}\n\
+                 add set inet {INET_TABLE} {nm}_plain {{ type {kind}; flags interval; }}\n\
+                 add set inet {INET_TABLE} {nm}_within {{ type {kind} . {kind}; flags interval; }}\n\
+                 add set inet {INET_TABLE} {nm}_subnet {{ type {kind}; flags interval; }}\n\
+                 add rule inet {INET_TABLE} cluster-postrouting {fam} saddr . {fam} daddr @{nm}_within return\n\
+                 add rule inet {INET_TABLE} cluster-postrouting {fam} saddr @{nm} {fam} daddr != {mcast} masquerade fully-random\n\
+                 add rule inet {INET_TABLE} cluster-postrouting {fam} saddr @{nm}_plain {fam} daddr != {mcast} masquerade\n\
+                 add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm}_subnet return\n\
+                 add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm} masquerade fully-random\n\
+                 add rule inet {INET_TABLE} cluster-postrouting {fam} daddr @{nm}_plain masquerade\n"
+            );
+        }
     }
     s
 }
@@ -160,7 +174,7 @@ pub fn sync_cluster(
         .collect();
     let script = delete_elements("inet", &stale) + &adds(&label, &want);
     let what = format!("keeping the cluster network rules of {network_name}");
-    apply_with_setup(&script, cluster_setup(), what)?.wait()?;
+    apply_with_setup(&script, cluster_setup(rules.masquerade), what)?.wait()?;
     match rules.forward {
         true => iptables::accept_marked(),
         false => Ok(()),
@@ -184,7 +198,7 @@ pub fn start_cluster_forward(
     let what = format!("accepting the forwarded traffic of the cluster network {network_name}");
     Ok(ForwardPending(apply_with_setup(
         &script,
-        cluster_setup(),
+        cluster_setup(false),
         what,
     )?))
 }
@@ -260,11 +274,21 @@ mod tests {
             .iter()
             .any(|(set, _)| set.starts_with("cluster")));
         assert_eq!(key(&"10.1.2.3/32".parse().unwrap()), "10.1.2.3");
-        let s = cluster_setup();
+        let s = cluster_setup(true);
         assert!(s.contains("meta mark & 0x4000 == 0x4000 return"), "{s}");
         assert!(
             s.contains("ip6 daddr != ff00::/8 masquerade fully-random"),
             "{s}"
+        );
+        // no nat chain (and so no conntrack) where nothing is masqueraded
+        let fwd = cluster_setup(false);
+        assert!(
+            fwd.contains("cluster-forward") && fwd.contains(" cluster6 {"),
+            "{fwd}"
+        );
+        assert!(
+            !fwd.contains("type nat") && !fwd.contains("nodemasq"),
+            "{fwd}"
         );
         assert!(is_ours("nodemasq4_subnet") && !is_ours("masq4"));
     }
