@@ -478,8 +478,7 @@ fn a_traced_add_marks_the_phases_of_both_processes() {
         [
             "main",
             "flock taken",
-            "index opened",
-            "index synced",
+            "store opened",
             "addresses reserved",
             "done",
             "printed"

@@ -30,7 +30,7 @@ impl Plugin for HostLocal {
             .transpose()?
             .unwrap_or_default();
         let store = Store::open(&conf.dir)?;
-        trace::mark("index synced");
+        trace::mark("store opened");
         let ips = alloc::allocate(
             &store,
             &conf.sets,
