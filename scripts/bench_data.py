@@ -16,7 +16,8 @@ host namespaces on a veth pair `ul0`, MTU 1500 and 9000), each of ours beside th
 built by hand that it must match, like with like:
   overlay (our vxlan-overlay with its default config: ipMasq on, so every packet goes
   through conntrack) against vxlan-hand-masq (flannel's VXLAN programmed with iproute2
-  plus the masquerade rules flanneld v0.20.2 installs with --ip-masq, by iptables);
+  plus the iptables rules a flanneld v0.20.2 node run with --ip-masq has: its
+  masquerade and its default forward accept, FLANNEL-FWD);
   overlay-nomasq (ipMasq false) against vxlan-hand (the same VXLAN, no NAT);
   directrouting (directRouting, ipMasq false) against routing-hand (pods on a bridge,
   each host routing the other's pod subnet via its underlay address, no encapsulation,
@@ -305,11 +306,18 @@ def hand_pod(lab, tag, i, h, mtu):
 
 
 def flannel_masquerade(h, subnet):
-    """The nat rules flanneld v0.20.2 installs with --ip-masq (network/iptables.go
-    MasqRules, with --random-fully as iptables >= 1.6.2 has it), in one
-    iptables-restore as flanneld applies them."""
+    """What a flanneld v0.20.2 node run with --ip-masq has in iptables: the nat rules of
+    --ip-masq (network/iptables.go MasqRules, with --random-fully as iptables >= 1.6.2 has
+    it) and, as by default (--iptables-forward-rules), its FLANNEL-FWD accept of the
+    cluster network (ForwardRules), in one iptables-restore as flanneld applies them."""
     n, c = OVERLAY_NETWORK, '-m comment --comment "flanneld masq"'
-    rules = ("*nat\n:FLANNEL-POSTRTG - [0:0]\n"
+    f = '-m comment --comment "flanneld forward"'
+    rules = ("*filter\n:FLANNEL-FWD - [0:0]\n"
+             f"-A FORWARD {f} -j FLANNEL-FWD\n"
+             f"-A FLANNEL-FWD -s {n} {f} -j ACCEPT\n"
+             f"-A FLANNEL-FWD -d {n} {f} -j ACCEPT\n"
+             "COMMIT\n"
+             "*nat\n:FLANNEL-POSTRTG - [0:0]\n"
              f"-I POSTROUTING {c} -j FLANNEL-POSTRTG\n"
              f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN\n"
              f"-A FLANNEL-POSTRTG -s {n} -d {n} {c} -j RETURN\n"
@@ -322,7 +330,8 @@ def flannel_masquerade(h, subnet):
 
 def vxlan_hand(lab, mtu, masq=False):
     """flannel's VXLAN as flannel programs it, containers on a cni0 bridge as the
-    plugin attaches them; with `masq`, flanneld --ip-masq's nat rules on each host."""
+    plugin attaches them; with `masq`, flanneld --ip-masq's rules on each host (its nat
+    rules and its default forward accept)."""
     name = "vxlan-hand-masq" if masq else "vxlan-hand"
     tag = f"{name}-{mtu}"
     hosts = underlay(lab, tag, mtu)
