@@ -157,8 +157,9 @@ def data_table(d):
              "100 (ms), UDP loss at 100 Mbit/s (%); medians of the runs. Cross host: overlay "
              "is our vxlan-overlay's default config (ipMasq on), overlay-nomasq with ipMasq "
              "false, directrouting with directRouting (ipMasq false); vxlan-hand is flannel's "
-             "VXLAN built with iproute2, vxlan-hand-masq the same plus the nat rules flanneld "
-             "v0.20.2 installs with --ip-masq, routing-hand plain routing between the hosts "
+             "VXLAN built with iproute2, vxlan-hand-masq the same plus the iptables rules of a "
+             "flanneld v0.20.2 node run with --ip-masq (its masquerade and its default "
+             "FLANNEL-FWD accept), routing-hand plain routing between the hosts "
              "(pods on a bridge, no encapsulation, the underlay's MTU).", "",
              "| path | MTU | TCP Gbit/s | of raw | CPU s/Gbit | RTT ms | UDP loss % |",
              "|---|---|---|---|---|---|---|"]
