@@ -46,11 +46,12 @@ impl Plugin for Bridge {
         c.check_for_add(args)?;
         let spec = spec_of(c)?;
         args.required_netns()?;
-        // IPAM first: it runs while the async runtime and netlink start.
+        // IPAM first, while the async runtime and netlink start beside it.
         let ipam = Delegate::ipam(args);
-        let pending = PendingLease::start_if(ipam.as_ref(), args)?;
+        let (k, pending) = Kernel::new_beside(|| PendingLease::start_if(ipam.as_ref(), args));
+        let pending = pending?;
         trace::mark("ipam started");
-        bridged::add(&Kernel::new()?, args, &spec, pending)
+        bridged::add(&k?, args, &spec, pending)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
