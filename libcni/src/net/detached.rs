@@ -31,14 +31,18 @@ pub fn delete_link_detached(name: &str) -> io::Result<()> {
     }
 }
 
-/// The forked child: no stdio, its own session, one netlink request, its ack, _exit.
+/// The forked child: no descriptor of the parent (no stdio, and no lock or pipe kept
+/// open past the parent's exit: a fork, unlike an exec, would keep even close-on-exec
+/// ones), its own session, one netlink request, its ack, _exit.
 ///
 /// # Safety
 /// Only in the child of a fork; never returns.
 unsafe fn send_and_exit(req: &[u8]) -> ! {
     libc::setsid();
-    for fd in 0..3 {
-        libc::close(fd);
+    if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+        for fd in 0..1024 {
+            libc::close(fd);
+        }
     }
     let s = libc::socket(
         libc::AF_NETLINK,
