@@ -421,6 +421,21 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     let veth = r["interfaces"][1]["name"].as_str().unwrap();
     assert!(net.host.link(veth).is_some(), "the live attachment stays");
     assert!(c1.ping("10.99.0.1"));
+
+    // and a DEL of the live attachment beside a retired pair of its own: both go
+    retire_by_hand(&r);
+    Call::new("host-local", "DEL", &net.host, &c1.path(), "r1")
+        .run(&conf)
+        .expect_ok();
+    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
+    assert!(host_veths(&net.host).is_empty() && c1.link("eth0").is_none());
+    assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
+    assert!(
+        eventually(|| c1.link_names().is_empty()),
+        "{:?}",
+        c1.link_names()
+    );
 }
 
 /// With CNI_RS_TRACE, one ADD leaves the timestamps of its phases, bridge's and those of

@@ -151,9 +151,11 @@ pub fn del(
     let a = Attachment::of(args);
     let first = ipam.is_some_and(Delegate::needs_interface_on_del);
     let mut ipam = ipam.map(|i| i.start("DEL", args)).transpose()?;
+    trace::mark("ipam started");
     let released = first.then(|| ipam.take().map(|r| r.wait()).transpose());
     let prev_addrs = args.prev_result().ok().flatten().map(|r| addrs(&r));
     let rules = spec.rules(&a).start_removal(&a, prev_addrs.as_deref());
+    trace::mark("rules removal started");
     let links = args
         .netns()
         .map(|ns| k.connect_in(ns))
@@ -165,10 +167,14 @@ pub fn del(
                 inside.as_ref(),
                 &a,
                 spec.container_mac(&a),
+                false,
             ))
         });
+    trace::mark("links deleted");
     let ipam = released.unwrap_or_else(|| ipam.map(|r| r.wait()).transpose());
+    trace::mark("ipam answered");
     let rules = rules.and_then(|r| r.wait());
+    trace::mark("rules removed");
     links.and(rules).and(ipam.map(|_| ()))
 }
 

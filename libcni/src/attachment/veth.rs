@@ -53,36 +53,42 @@ pub fn is_retired(name: &str) -> bool {
 }
 
 /// Removes the attachment's veth pair from service: by its host end (retired, deleted
-/// by a reaper), or, when that is gone, by a container end that is still ours (a veth
-/// with the attachment's MAC, deleted at once). Returns whether there was a pair.
+/// by a child not waited for), or, when that is gone, by a container end that is still
+/// ours (a veth with the attachment's MAC, deleted at once). A host end that carries
+/// routes (`host_routed`: ptp's) goes down too, so that they go with it. Returns whether
+/// there was a pair.
 pub async fn delete(
     host: &Netlink,
     container: Option<&Netlink>,
     a: &Attachment,
     mac: [u8; 6],
+    host_routed: bool,
 ) -> Result<bool, net::Error> {
     let retired = retired_name(a);
-    // An earlier retirement of this attachment whose reaper never ran.
-    host.delete_link(&retired).await?;
     if let Some(h) = host.link(&a.host_veth()).await? {
-        // Down first: the container is cut off before anything else. A pair that goes
-        // meanwhile (its namespace being destroyed) is gone, which is what DEL wants.
-        match host.retire_link(h.index, &h.name, &retired).await {
-            Err(e) if e.is_not_found() => return Ok(true),
-            r => r?,
-        }
+        // The container's end first: down cuts the container off and takes its routes,
+        // and its name is free at once.
         if let Some(nl) = container {
             if let Some(c) = own_container_end(nl, a, mac).await? {
-                match nl.retire_link(c.index, &c.name, &retired).await {
+                match retire(host, nl, &c, &retired, true).await {
                     Err(e) if !e.is_not_found() => return Err(e),
                     _ => {}
                 }
             }
         }
+        // A bridge port is only renamed: with its peer down it carries nothing.
+        match retire(host, host, &h, &retired, host_routed).await {
+            Err(e) if e.is_not_found() => return Ok(true),
+            r => r?,
+        }
         if let Err(e) = net::delete_link_detached(&retired) {
             eprintln!("deleting {retired} here: cannot fork its deleter ({e})");
             host.delete_link(&retired).await?;
         }
+        return Ok(true);
+    }
+    // A DEL killed once it had retired the pair: its deletion never ran.
+    if host.delete_link(&retired).await? {
         return Ok(true);
     }
     let Some(nl) = container else {
@@ -91,6 +97,25 @@ pub async fn delete(
     match own_container_end(nl, a, mac).await? {
         Some(c) => nl.delete_link(&c.name).await,
         None => Ok(false),
+    }
+}
+
+/// Renames one end of the pair `retired` (in `nl`); when that name is taken, by an
+/// earlier retirement of this attachment whose deletion never ran, that pair is deleted
+/// (by its host end) and the rename tried again.
+async fn retire(
+    host: &Netlink,
+    nl: &Netlink,
+    end: &LinkInfo,
+    retired: &str,
+    down: bool,
+) -> Result<(), net::Error> {
+    match nl.retire_link(end.index, &end.name, retired, down).await {
+        Err(e) if e.errno() == Some(net::libc_errno::EEXIST) => {
+            host.delete_link(retired).await?;
+            nl.retire_link(end.index, &end.name, retired, down).await
+        }
+        r => r,
     }
 }
 
