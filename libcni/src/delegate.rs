@@ -2,13 +2,39 @@
 //! the same CNI_* environment, a config on stdin. The IPAM plugin named in `ipam.type`
 //! gets the plugin's own config unchanged; a plugin that computes its IPAM config (the
 //! overlay hands host-local the node's subnet) builds one with [`Delegate::with_config`].
-//! Every wait is bounded (exec::DELEGATE_WAIT).
+//! Every wait is bounded (exec::DELEGATE_WAIT). An IPAM plugin linked into this binary
+//! ([`Linked`]) runs on a thread instead when the binary of its name on CNI_PATH is the
+//! same build: the same code, without a second process.
+
+use std::path::Path;
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
 use crate::exec::{self, Running};
-use crate::skel::CmdArgs;
+use crate::skel::{self, CmdArgs, Plugin};
 use crate::spec::{code, CniResult, Error};
+
+/// A plugin linked into this binary, with the build ID its own binary carries in the ELF
+/// section `.cni_rs_build`.
+pub struct Linked {
+    pub plugin: &'static str,
+    pub build: [u8; 16],
+    pub serve: &'static (dyn Plugin + Sync),
+}
+
+static LINKED: OnceLock<&'static Linked> = OnceLock::new();
+
+/// Makes `linked` this process's in-process delegate (a plugin's `main`, first).
+pub fn link(linked: &'static Linked) {
+    let _ = LINKED.set(linked);
+}
+
+/// The linked plugin that `bin`, found for `plugin`, is a build of.
+fn linked_as(plugin: &str, bin: &Path) -> Option<&'static Linked> {
+    let l = LINKED.get()?;
+    (l.plugin == plugin && crate::elf::section(bin, ".cni_rs_build") == Some(l.build)).then_some(l)
+}
 
 /// A plugin to delegate to, and the config it gets.
 #[derive(Debug, Clone)]
@@ -60,7 +86,18 @@ impl Delegate {
     pub fn start(&self, command: &str, args: &CmdArgs) -> Result<Running, Error> {
         let bin = exec::find(&self.plugin, &args.path)?;
         let stdin = self.config.as_deref().unwrap_or(&args.stdin);
-        exec::start(&bin, command, &[], stdin)
+        let Some(linked) = linked_as(&self.plugin, &bin) else {
+            return exec::start(&bin, command, &[], stdin);
+        };
+        // What the process would get: our environment with CNI_COMMAND, the config.
+        let (cmd, stdin) = (command.to_string(), stdin.to_vec());
+        Running::on_thread(&self.plugin, command, move || {
+            let env = |k: &str| match k {
+                "CNI_COMMAND" => Some(cmd.clone()),
+                _ => std::env::var(k).ok(),
+            };
+            skel::serve(linked.serve, &env, stdin)
+        })
     }
 
     /// Runs `command` (DEL, CHECK, GC, STATUS) and returns what it printed.

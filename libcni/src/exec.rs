@@ -32,9 +32,16 @@ pub fn find(plugin: &str, path: &[PathBuf]) -> Result<PathBuf, Error> {
 /// unwaited (the caller failed), it is still waited for, bounded, so it never outlives
 /// the work that depends on it.
 pub struct Running {
-    child: Option<Child>,
+    work: Option<Work>,
     name: String,
     command: String,
+}
+
+/// Where a started plugin runs: its own process, or a thread of ours
+/// ([`Running::on_thread`]) that sends what the process would have printed.
+enum Work {
+    Process(Child),
+    Thread(mpsc::Receiver<Result<Option<Value>, Error>>),
 }
 
 /// How long a plugin waits for a delegate: longer than any delegate needs, shorter than
@@ -68,7 +75,7 @@ pub fn start(
         let _ = pipe.write_all(stdin);
     }
     Ok(Running {
-        child: Some(child),
+        work: Some(Work::Process(child)),
         name,
         command: command.to_string(),
     })
@@ -93,26 +100,63 @@ pub(crate) fn die_with_parent(parent: u32) -> std::io::Result<()> {
 }
 
 impl Running {
+    /// `run` on a thread of this process, for a plugin linked into it: waited for as a
+    /// process is, `run` returning what the process would have printed.
+    pub fn on_thread(
+        name: &str,
+        command: &str,
+        run: impl FnOnce() -> Result<Option<Value>, Error> + Send + 'static,
+    ) -> Result<Running, Error> {
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                let _ = tx.send(run());
+            })
+            .map_err(|e| {
+                Error::new(code::IO, format!("starting {name} in process")).details(e.to_string())
+            })?;
+        Ok(Running {
+            work: Some(Work::Thread(rx)),
+            name: name.to_string(),
+            command: command.to_string(),
+        })
+    }
+
     /// What the plugin printed, or its error object with its own code; a delegate that
     /// takes longer than [`DELEGATE_WAIT`] is killed (code 11).
     pub fn wait(self) -> Result<Option<Value>, Error> {
         self.wait_timeout(DELEGATE_WAIT)
     }
 
-    /// Like [`Running::wait`], but kills the plugin once `timeout` has passed.
+    /// Like [`Running::wait`], but kills the plugin once `timeout` has passed (a thread
+    /// cannot be killed: it is left to end with the process).
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<Option<Value>, Error> {
-        let child = self.child.take().expect("a Running is waited for once");
-        let (name, command) = (self.name.clone(), self.command.clone());
-        let out = wait_bounded(child, timeout, &format!("{name} {command}"))?;
-        decode(&name, &command, out)
+        let what = format!("{} {}", self.name, self.command);
+        match self.work.take().expect("a Running is waited for once") {
+            Work::Process(child) => {
+                let out = wait_bounded(child, timeout, &what)?;
+                decode(&self.name, &self.command, out)
+            }
+            Work::Thread(rx) => rx.recv_timeout(timeout).unwrap_or_else(|e| match e {
+                mpsc::RecvTimeoutError::Timeout => Err(Error::new(
+                    code::TRY_AGAIN,
+                    format!("{what} timed out after {timeout:?}"),
+                )),
+                mpsc::RecvTimeoutError::Disconnected => Err(Error::new(
+                    code::INTERNAL,
+                    format!("{what} ended without a reply"),
+                )),
+            }),
+        }
     }
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if self.child.is_some() {
+        if self.work.is_some() {
             let unwaited = Running {
-                child: self.child.take(),
+                work: self.work.take(),
                 name: std::mem::take(&mut self.name),
                 command: std::mem::take(&mut self.command),
             };

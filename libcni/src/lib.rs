@@ -2,13 +2,15 @@
 //! as Go does, `skel` the plugin side of the protocol, `names` the rules for names we get
 //! and make, `attachment` one container interface's identity, `delegate` running another
 //! plugin, `ipam` what IPAM plugins share, `net` the Linux plumbing and `firewall` our nftables rules, `runtime` the caller
-//! side (chains, cache) for runtimes; `trace` timestamps of a call's phases.
+//! side (chains, cache) for runtimes; `trace` timestamps of a call's phases; `elf` reads
+//! the build ID of a binary on CNI_PATH.
 
 #[cfg(any(test, feature = "arbitrary"))]
 pub mod arbitrary;
 pub mod attachment;
 pub mod decode;
 pub mod delegate;
+pub mod elf;
 pub mod exec;
 pub mod files;
 pub mod firewall;

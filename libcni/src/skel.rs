@@ -182,10 +182,7 @@ pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
         );
         std::process::exit(0)
     }
-    let outcome = match read_config(std::io::stdin().lock()) {
-        Ok(stdin) => guarded(|| dispatch(plugin, &env, stdin)),
-        Err(e) => Err(e),
-    };
+    let outcome = read_config(std::io::stdin().lock()).and_then(|stdin| serve(plugin, &env, stdin));
     crate::trace::mark("done");
     match outcome {
         Ok(Some(out)) => {
@@ -198,6 +195,26 @@ pub fn run(plugin: &dyn Plugin, about: &str) -> ! {
     }
 }
 
+/// One call of `plugin` with the environment `env` and the config `stdin`: what the
+/// plugin's process would print, its error object, or a panic's (see [`run`]). A plugin
+/// linked into another runs through this (`delegate::Linked`).
+pub fn serve(
+    plugin: &dyn Plugin,
+    env: &dyn Fn(&str) -> Option<String>,
+    stdin: Vec<u8>,
+) -> Result<Option<Value>, Error> {
+    if stdin.len() > MAX_CONFIG_BYTES {
+        return Err(too_large());
+    }
+    guarded(|| dispatch(plugin, env, stdin))
+}
+
+fn too_large() -> Error {
+    Error::config(format!(
+        "network config is larger than {MAX_CONFIG_BYTES} bytes"
+    ))
+}
+
 /// Reads the config, refusing more than [`MAX_CONFIG_BYTES`] (code 7).
 fn read_config(input: impl Read) -> Result<Vec<u8>, Error> {
     let mut stdin = Vec::new();
@@ -206,9 +223,7 @@ fn read_config(input: impl Read) -> Result<Vec<u8>, Error> {
         .read_to_end(&mut stdin)
         .map_err(|e| Error::new(code::IO, "reading stdin").details(e.to_string()))?;
     if stdin.len() > MAX_CONFIG_BYTES {
-        return Err(Error::config(format!(
-            "network config is larger than {MAX_CONFIG_BYTES} bytes"
-        )));
+        return Err(too_large());
     }
     Ok(stdin)
 }
@@ -345,7 +360,8 @@ fn own_netns_refused(netns: &str, over: Option<String>) -> Result<(), Error> {
     }
     // stat only: nothing at the path is opened (a FIFO there cannot block us).
     let id = |p: &str| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
-    match (id(netns), id("/proc/self/ns/net")) {
+    // The calling thread's: a plugin linked into another runs on a thread of its own.
+    match (id(netns), id("/proc/thread-self/ns/net")) {
         (Some(a), Some(b)) if a == b => Err(Error::new(
             code::INVALID_NETNS,
             "plugin's netns and netns from CNI_NETNS should not be the same",

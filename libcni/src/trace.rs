@@ -37,14 +37,18 @@ pub fn mark(phase: &str) {
     // SAFETY: clock_gettime writes one timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     let ns = now.tv_sec as i128 * 1_000_000_000 + now.tv_nsec as i128;
-    let program = std::env::args_os()
-        .next()
-        .and_then(|a| {
-            let name = std::path::Path::new(&a)
-                .file_name()?
-                .to_string_lossy()
-                .into_owned();
-            Some(name.replace(char::is_whitespace, "_"))
+    // A plugin linked into another marks from a thread named after it.
+    let thread = std::thread::current();
+    let linked = thread.name().filter(|n| *n != "main").map(String::from);
+    let program = linked
+        .or_else(|| {
+            std::env::args_os().next().and_then(|a| {
+                let name = std::path::Path::new(&a)
+                    .file_name()?
+                    .to_string_lossy()
+                    .into_owned();
+                Some(name.replace(char::is_whitespace, "_"))
+            })
         })
         .unwrap_or_default();
     let line = format!("{ns} {} {program} {phase}\n", std::process::id());

@@ -1,7 +1,10 @@
 //! bridge + host-local, run as a runtime runs them, for every spec version: the kernel
 //! state after ADD, real traffic, CHECK, DEL (also twice, also after the netns is gone).
 
+use std::path::Path;
+
 use cni_tests::*;
+use serde_json::Value;
 
 struct Net {
     host: Ns,
@@ -438,40 +441,50 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     );
 }
 
-/// With CNI_RS_TRACE, one ADD leaves the timestamps of its phases, bridge's and those of
-/// the host-local it started (which inherits the variable), on one clock: what
-/// `scripts/bench.sh trace` breaks an ADD down with.
-#[test]
-fn a_traced_add_marks_the_phases_of_both_processes() {
-    let net = Net::new();
-    let conf = bridge_conf("1.0.0", net.data.path(), "10.91.0.0/24", json!({}));
-    let c = Ns::new("c");
-    let trace = net.data.path().join("trace");
-    let traced = trace.to_str().unwrap();
-    let r = (net
-        .call("ADD", &c.path(), "ctr1")
-        .env("CNI_RS_TRACE", traced))
-    .run(&conf);
-    assert_eq!(r.expect_ok()["ips"][0]["address"], "10.91.0.2/24");
+/// A traced call's marks: (ns, pid, program, phase) in the order written.
+type Marks = Vec<(u128, u32, String, String)>;
+
+/// One traced ADD (CNI_RS_TRACE, inherited by a host-local process) with `path` as
+/// CNI_PATH, and the marks it left.
+fn traced_add(net: &Net, conf: &Value, c: &Ns, cid: &str, path: &Path) -> (Marks, String) {
+    let trace = net.data.path().join(format!("trace-{cid}"));
+    let r = (net.call("ADD", &c.path(), cid))
+        .env("CNI_RS_TRACE", trace.to_str().unwrap())
+        .env("CNI_PATH", path.to_str().unwrap())
+        .run(conf);
+    r.expect_ok();
     let text = std::fs::read_to_string(&trace).expect("a trace file");
-    // (ns, program, phase) in the order written
-    let marks: Vec<(u128, String, String)> = text
+    let marks = text
         .lines()
         .map(|l| {
             let mut f = l.splitn(4, ' ');
             let ns = f.next().unwrap().parse().unwrap();
-            let (_pid, program) = (f.next().unwrap(), f.next().unwrap().to_string());
-            (ns, program, f.next().unwrap().to_string())
+            let pid = f.next().unwrap().parse().unwrap();
+            let program = f.next().unwrap().to_string();
+            (ns, pid, program, f.next().unwrap().to_string())
         })
         .collect();
-    let phases = |p: &str| -> Vec<&str> {
-        (marks.iter())
-            .filter(|m| m.1 == p)
-            .map(|m| m.2.as_str())
-            .collect()
-    };
+    (marks, text)
+}
+
+fn phases<'m>(marks: &'m Marks, program: &str) -> Vec<&'m str> {
+    (marks.iter())
+        .filter(|m| m.2 == program)
+        .map(|m| m.3.as_str())
+        .collect()
+}
+
+/// With CNI_RS_TRACE, one ADD leaves the timestamps of its phases on one clock: what
+/// `scripts/bench.sh trace` breaks an ADD down with. The host-local on CNI_PATH is this
+/// build, so bridge runs it in its own process, on a thread named after it.
+#[test]
+fn a_traced_add_marks_the_phases_of_bridge_and_its_host_local() {
+    let net = Net::new();
+    let conf = bridge_conf("1.0.0", net.data.path(), "10.91.0.0/24", json!({}));
+    let c = Ns::new("c");
+    let (marks, text) = traced_add(&net, &conf, &c, "ctr1", &bin_dir());
     assert_eq!(
-        phases("bridge"),
+        phases(&marks, "bridge"),
         [
             "main",
             "ipam started",
@@ -489,24 +502,65 @@ fn a_traced_add_marks_the_phases_of_both_processes() {
         "{text}"
     );
     assert_eq!(
-        phases("host-local"),
-        [
-            "main",
-            "flock taken",
-            "store opened",
-            "addresses reserved",
-            "done",
-            "printed"
-        ],
+        phases(&marks, "host-local"),
+        ["flock taken", "store opened", "addresses reserved"],
         "{text}"
     );
-    let at = |p: &str, phase: &str| marks.iter().find(|m| m.1 == p && m.2 == phase).unwrap().0;
-    assert!(at("bridge", "main") <= at("host-local", "main"), "{text}");
+    let at = |p: &str, phase: &str| marks.iter().find(|m| m.2 == p && m.3 == phase).unwrap().0;
     assert!(
-        at("host-local", "printed") <= at("bridge", "ipam answered"),
+        at("bridge", "ipam started") <= at("host-local", "flock taken"),
+        "{text}"
+    );
+    assert!(
+        at("host-local", "addresses reserved") <= at("bridge", "ipam answered"),
         "{text}"
     );
     let times: Vec<u128> = marks.iter().map(|m| m.0).collect();
     assert!(times.windows(2).all(|w| w[0] <= w[1]), "one clock: {text}");
     net.call("DEL", &c.path(), "ctr1").run(&conf).expect_ok();
+}
+
+/// bridge runs host-local in its own process only when the host-local on CNI_PATH is the
+/// build linked into it; any other binary of that name (here a script in front of ours)
+/// runs as its own process, as a runtime would run it.
+#[test]
+fn host_local_runs_in_bridges_process_only_when_it_is_the_same_build() {
+    let net = Net::new();
+    let conf = bridge_conf("1.0.0", net.data.path(), "10.91.0.0/24", json!({}));
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    let pids = |marks: &Marks, program: &str| -> Vec<u32> {
+        let mut p: Vec<u32> = marks
+            .iter()
+            .filter(|m| m.2 == program)
+            .map(|m| m.1)
+            .collect();
+        p.dedup();
+        p
+    };
+
+    let (marks, text) = traced_add(&net, &conf, &c1, "ctr1", &bin_dir());
+    assert_eq!(pids(&marks, "host-local"), pids(&marks, "bridge"), "{text}");
+
+    let other = tempfile::tempdir().unwrap();
+    let wrapped = other.path().join("host-local");
+    let ours = bin_dir().join("host-local");
+    std::fs::write(
+        &wrapped,
+        format!("#!/bin/sh\nexec {} \"$@\"\n", ours.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapped,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (marks, text) = traced_add(&net, &conf, &c2, "ctr2", other.path());
+    assert_eq!(phases(&marks, "host-local")[0], "main", "{text}");
+    let (b, h) = (pids(&marks, "bridge"), pids(&marks, "host-local"));
+    assert!(b.len() == 1 && h.len() == 1 && b != h, "{text}");
+    assert!(c2.ping("10.91.0.2"), "ctr2 reaches ctr1 on the bridge");
+
+    for (c, cid) in [(&c1, "ctr1"), (&c2, "ctr2")] {
+        net.call("DEL", &c.path(), cid).run(&conf).expect_ok();
+    }
 }

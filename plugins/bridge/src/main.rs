@@ -90,6 +90,7 @@ impl Plugin for Bridge {
 }
 
 fn main() {
+    libcni::delegate::link(&host_local::LINKED);
     skel::run(&Bridge, "CNI bridge plugin (cni-rs)")
 }
 

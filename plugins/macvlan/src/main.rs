@@ -224,6 +224,7 @@ fn is_ours(l: &LinkInfo, mac: Option<[u8; 6]>) -> bool {
 }
 
 fn main() {
+    libcni::delegate::link(&host_local::LINKED);
     skel::run(&MacvlanPlugin, "CNI macvlan plugin (cni-rs)")
 }
 

@@ -267,6 +267,7 @@ impl Plugin for Ptp {
 }
 
 fn main() {
+    libcni::delegate::link(&host_local::LINKED);
     skel::run(&Ptp, "CNI ptp plugin (cni-rs)")
 }
 

@@ -504,6 +504,7 @@ async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libc
 }
 
 fn main() {
+    libcni::delegate::link(&host_local::LINKED);
     let argv: Vec<String> = std::env::args().collect();
     if argv.get(1).map(String::as_str) == Some("teardown") {
         let force = argv.iter().skip(2).any(|a| a == "--force");
