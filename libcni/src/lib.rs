@@ -7,6 +7,7 @@
 
 #[cfg(any(test, feature = "arbitrary"))]
 pub mod arbitrary;
+pub mod arena;
 pub mod attachment;
 pub mod decode;
 pub mod delegate;

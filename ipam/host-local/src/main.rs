@@ -8,6 +8,10 @@ use libcni::skel;
 #[link_section = ".cni_rs_build"]
 static BUILD: [u8; 16] = host_local::BUILD;
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     std::hint::black_box(&BUILD);
     skel::run(&host_local::HostLocal, "CNI host-local plugin (cni-rs)")

@@ -154,6 +154,10 @@ impl Plugin for Static {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Static, "CNI static plugin (cni-rs)")
 }

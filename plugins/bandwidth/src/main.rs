@@ -271,6 +271,10 @@ impl Plugin for Bandwidth {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Bandwidth, "CNI bandwidth plugin (cni-rs)")
 }

@@ -89,6 +89,10 @@ impl Plugin for Bridge {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     libcni::delegate::link(&host_local::LINKED);
     skel::run(&Bridge, "CNI bridge plugin (cni-rs)")

@@ -110,6 +110,10 @@ impl Plugin for Dummy {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Dummy, "CNI dummy plugin (cni-rs)")
 }

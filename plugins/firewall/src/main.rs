@@ -151,6 +151,10 @@ impl Plugin for Firewall {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Firewall, "CNI firewall plugin (cni-rs)")
 }

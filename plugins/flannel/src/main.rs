@@ -96,6 +96,10 @@ fn saved_type(saved: &[u8]) -> Option<String> {
     Some(s.plugin)
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(
         &Flannel,

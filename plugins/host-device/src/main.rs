@@ -489,6 +489,10 @@ fn restore(k: &Kernel, name: &str, saved: &Saved) -> Result<(), Error> {
     Ok(())
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&HostDevice, "CNI host-device plugin (cni-rs)")
 }

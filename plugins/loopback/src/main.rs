@@ -61,6 +61,10 @@ impl Plugin for Loopback {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Loopback, "CNI loopback plugin (cni-rs)")
 }

@@ -223,6 +223,10 @@ fn is_ours(l: &LinkInfo, mac: Option<[u8; 6]>) -> bool {
     l.kind.as_deref() == Some("macvlan") && mac.is_none_or(|m| l.mac == m)
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     libcni::delegate::link(&host_local::LINKED);
     skel::run(&MacvlanPlugin, "CNI macvlan plugin (cni-rs)")

@@ -245,6 +245,10 @@ impl Plugin for Portmap {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Portmap, "CNI portmap plugin (cni-rs)")
 }

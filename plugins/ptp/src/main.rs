@@ -266,6 +266,10 @@ impl Plugin for Ptp {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     libcni::delegate::link(&host_local::LINKED);
     skel::run(&Ptp, "CNI ptp plugin (cni-rs)")

@@ -245,6 +245,10 @@ impl Plugin for Sbr {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Sbr, "CNI sbr plugin (cni-rs)")
 }

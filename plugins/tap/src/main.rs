@@ -223,6 +223,10 @@ impl Plugin for TapPlugin {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&TapPlugin, "CNI tap plugin (cni-rs)")
 }

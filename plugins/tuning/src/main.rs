@@ -318,6 +318,10 @@ impl Plugin for Tuning {
     }
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     skel::run(&Tuning, "CNI tuning plugin (cni-rs)")
 }

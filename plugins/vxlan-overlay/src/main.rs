@@ -503,6 +503,10 @@ async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libc
     Ok(())
 }
 
+/// Plugins live for milliseconds: see libcni::arena.
+#[global_allocator]
+static ALLOC: libcni::arena::Arena = libcni::arena::Arena::new();
+
 fn main() {
     libcni::delegate::link(&host_local::LINKED);
     let argv: Vec<String> = std::env::args().collect();
