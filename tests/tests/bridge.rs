@@ -376,17 +376,20 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
             .unwrap()
             .replacen("veth", "vdel", 1)
     };
-    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
-    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
-    // cut off at once: no veth on the host, no eth0 in the container; the pair itself
-    // goes shortly after, deleted by the reaper DEL started
-    assert!(host_veths(&net.host).is_empty() && c1.link("eth0").is_none());
-    assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
-    assert!(
-        eventually(|| c1.link_names().is_empty()),
-        "{:?}",
-        c1.link_names()
-    );
+    // An ADD and its DEL: cut off at once (no veth on the host, no eth0 in the
+    // container), the pair itself gone shortly after, deleted by the child DEL started.
+    let added_and_deleted = || {
+        let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+        net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
+        assert!(host_veths(&net.host).is_empty() && c1.link("eth0").is_none());
+        assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
+        assert!(
+            eventually(|| c1.link_names().is_empty()),
+            "{:?}",
+            c1.link_names()
+        );
+    };
+    added_and_deleted();
 
     // a DEL killed after it retired the pair: the runtime's next DEL deletes the pair
     // there and then (and frees the address), so the attachment can come back
@@ -430,15 +433,7 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     Call::new("host-local", "DEL", &net.host, &c1.path(), "r1")
         .run(&conf)
         .expect_ok();
-    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
-    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
-    assert!(host_veths(&net.host).is_empty() && c1.link("eth0").is_none());
-    assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
-    assert!(
-        eventually(|| c1.link_names().is_empty()),
-        "{:?}",
-        c1.link_names()
-    );
+    added_and_deleted();
 }
 
 /// A traced call's marks: (ns, pid, program, phase) in the order written.
@@ -508,7 +503,7 @@ fn a_traced_add_marks_the_phases_of_bridge_and_its_host_local() {
     );
     let at = |p: &str, phase: &str| marks.iter().find(|m| m.2 == p && m.3 == phase).unwrap().0;
     assert!(
-        at("bridge", "ipam started") <= at("host-local", "flock taken"),
+        at("bridge", "main") <= at("host-local", "flock taken"),
         "{text}"
     );
     assert!(
