@@ -236,7 +236,7 @@ def sequential(sides, config, n):
 def del_vs_gone(sides, n=40):
     """DEL returned vs the veth pair gone from the kernel, bridge+host-local: each DEL
     alone, then the host namespace polled by netlink until neither name of the pair is
-    there (ours retires the pair and a reaper deletes it after DEL returned)."""
+    there (ours retires the pair and a detached child deletes it after DEL returned)."""
     out = {}
     for s in sides:
         enter(s.ns)

@@ -91,8 +91,9 @@ def control_tables(c):
     g = c["del_vs_gone"]
     lines += ["", "DEL returned vs the veth pair gone from the kernel (bridge+host-local, "
               f"{len(g['ours']['returned'])} DELs one at a time, the host polled by netlink): "
-              "ours retires the pair (down, off the bridge, renamed) and a detached reaper "
-              "deletes it; the reference deletes it before returning.", "",
+              "ours retires the pair (the container's end down and renamed, the host's "
+              "renamed) and a detached child deletes it; the reference deletes it before "
+              "returning.", "",
               "| | DEL returned (median ms) | veth gone (median ms) |", "|---|---|---|"]
     for side in ("ours", "ref"):
         lines.append(f"| {side} | {statistics.median(g[side]['returned']):.1f} | "
@@ -177,7 +178,8 @@ def trace_table(t):
              "exec of the plugin, over the traced calls of `scripts/bench.sh trace`; "
              "`(runtime)` is the call returning to the caller). The two programs run "
              "side by side: the gap before a line is the time since the line above it, "
-             "whichever program that was.", "",
+             "whichever program that was. host-local, of the same build as bridge, runs on "
+             "a thread of bridge's process.", "",
              "| op | ms since exec | gap | program | phase |", "|---|---|---|---|---|"]
     last = {}
     for r in t:
