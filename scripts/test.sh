@@ -10,11 +10,11 @@ if [ "$(id -u)" != 0 ]; then echo "scripts/test.sh needs root (network namespace
 # podman, busybox-static: the real runtimes and the container image of tests/clients/;
 # etcd-server, etcd-client: the etcd the agent tests start in a namespace of their own, and
 # etcdctl; openssl: the CA and certificates of the agent's TLS test; dnsmasq-base: the DHCP
-# server of the dhcp IPAM tests. scripts/build.sh
+# server of the dhcp IPAM tests; time: GNU time, host-local's peak RSS. scripts/build.sh
 # builds the binaries as shipped (static musl) and the tests are built for the same
 # target; the integration tests run the binaries in $CNI_RS_BIN.
 scripts/deps.sh iproute2 nftables iptables iputils-ping containernetworking-plugins python3 \
-  containerd runc podman busybox-static etcd-server etcd-client openssl dnsmasq-base || exit 1
+  containerd runc podman busybox-static etcd-server etcd-client openssl dnsmasq-base time || exit 1
 . scripts/build.sh || exit 1
 export CNI_RS_BIN=$bin
 log=$(mktemp)

@@ -1,7 +1,7 @@
 //! The build ID (lib.rs `BUILD`): a hash of every source the in-process host-local is made
 //! of (this crate's and libcni's sources and manifests, the lock file, the target, the
-//! profile and the compiler), so two binaries carry the same ID only when they run the
-//! same code.
+//! profile, its cfg and the compiler), so two binaries carry the same ID only when they
+//! run the same code. Dependencies' features are not in it: ship binaries of one build.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -13,7 +13,8 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     };
     for e in entries.flatten() {
         let p = e.path();
-        if p.is_dir() {
+        // Not through symlinks: a loop would never end.
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
             files(&p, out);
         } else {
             out.push(p);
@@ -58,11 +59,19 @@ fn main() {
         for k in [
             "TARGET",
             "PROFILE",
+            "OPT_LEVEL",
+            "DEBUG",
             "CARGO_ENCODED_RUSTFLAGS",
             "CARGO_PKG_VERSION",
         ] {
             std::env::var(k).unwrap_or_default().hash(&mut h);
         }
+        // The target's cfg (panic strategy, target features, debug assertions) and ours.
+        let mut cfg: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("CARGO_CFG_") || k.starts_with("CARGO_FEATURE_"))
+            .collect();
+        cfg.sort();
+        cfg.hash(&mut h);
         for f in &inputs {
             f.strip_prefix(&root).unwrap_or(f).hash(&mut h);
             std::fs::read(f).unwrap_or_default().hash(&mut h);

@@ -14,6 +14,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// pages only resident once used.
 const SIZE: usize = 4 << 20;
 
+/// Blocks larger than this come from the system allocator: a large zeroed one is fresh
+/// mapped pages there, never touched unless used, and a large one grows in place.
+const LARGE: usize = 64 << 10;
+
 /// The global allocator of a plugin binary, as a `static` (it holds the arena, in the
 /// zero-filled data that costs nothing until touched).
 #[repr(C, align(4096))]
@@ -57,7 +61,7 @@ impl Arena {
             }
             match self
                 .next
-                .compare_exchange_weak(cur, end, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange_weak(cur, end, Ordering::AcqRel, Ordering::Acquire)
             {
                 Ok(_) => return Some((base + start) as *mut u8),
                 Err(now) => cur = now,
@@ -72,7 +76,7 @@ impl Arena {
             return false;
         };
         self.next
-            .compare_exchange(start + old, end, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(start + old, end, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     }
 }
@@ -81,10 +85,30 @@ impl Arena {
 // system allocator's; each is returned to the one it came from.
 unsafe impl GlobalAlloc for Arena {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > LARGE {
+            // SAFETY: the caller's layout, passed on.
+            return unsafe { System.alloc(layout) };
+        }
         match self.bump(layout) {
             Some(p) => p,
             // SAFETY: the caller's layout, passed on.
             None => unsafe { System.alloc(layout) },
+        }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if layout.size() > LARGE {
+            // SAFETY: the caller's layout, passed on.
+            return unsafe { System.alloc_zeroed(layout) };
+        }
+        // SAFETY: the caller's layout; the block is cleared whole (an arena block may be
+        // a freed newest one reused).
+        unsafe {
+            let p = self.alloc(layout);
+            if !p.is_null() {
+                p.write_bytes(0, layout.size());
+            }
+            p
         }
     }
 
@@ -98,6 +122,10 @@ unsafe impl GlobalAlloc for Arena {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if !self.owns(ptr) && new_size > LARGE {
+            // SAFETY: a block of the system allocator's, with its layout; it stays there.
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
         if self.owns(ptr) && self.resize_newest(ptr, layout.size(), new_size) {
             return ptr;
         }

@@ -110,6 +110,9 @@ impl Running {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name(name.to_string())
+            // A process's main thread has 8 MB; the default for a thread (2 MB, or
+            // RUST_MIN_STACK from the runtime's environment) would not be the same.
+            .stack_size(8 << 20)
             .spawn(move || {
                 let _ = tx.send(run());
             })
@@ -124,7 +127,8 @@ impl Running {
     }
 
     /// What the plugin printed, or its error object with its own code; a delegate that
-    /// takes longer than [`DELEGATE_WAIT`] is killed (code 11).
+    /// takes longer than [`DELEGATE_WAIT`] is killed, or left behind if it is a thread
+    /// (code 11).
     pub fn wait(self) -> Result<Option<Value>, Error> {
         self.wait_timeout(DELEGATE_WAIT)
     }

@@ -68,16 +68,18 @@ pub async fn delete(
     if let Some(h) = host.link(&a.host_veth()).await? {
         // The container's end first: down cuts the container off and takes its routes,
         // and its name is free at once.
+        let mut cut_off = false;
         if let Some(nl) = container {
             if let Some(c) = own_container_end(nl, a, mac).await? {
                 match retire(host, nl, &c, &retired, true).await {
                     Err(e) if !e.is_not_found() => return Err(e),
-                    _ => {}
+                    _ => cut_off = true,
                 }
             }
         }
-        // A bridge port is only renamed: with its peer down it carries nothing.
-        match retire(host, host, &h, &retired, host_routed).await {
+        // A bridge port is only renamed: with its peer down it carries nothing. Without
+        // the container's end in hand (no netns, a MAC changed since), it goes down too.
+        match retire(host, host, &h, &retired, host_routed || !cut_off).await {
             Err(e) if e.is_not_found() => return Ok(true),
             r => r?,
         }

@@ -14,7 +14,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use ipnetwork::{Ipv4Network, Ipv6Network};
 use libcni::attachment::bridged::{self, BridgeSpec};
-use libcni::attachment::{Attachment, PendingLease, Rules};
+use libcni::attachment::{veth, Attachment, PendingLease, Rules};
 use libcni::delegate::Delegate;
 use libcni::firewall::{self, ClusterNet, ForwardPending, Label};
 use libcni::net::{Kernel, Netlink, Vxlan};
@@ -478,8 +478,10 @@ fn network_of(o: &Overlay) -> Option<Ipv4Network> {
 }
 
 /// Deletes the node bridge. Unforced, none of our containers is left, so a port it still
-/// has is another network's (`cni0` is the bridge plugin's default too): it stays. A link
-/// of that name that is no bridge was never ours (a mistaken `bridge`): it stays too.
+/// has is another network's (`cni0` is the bridge plugin's default too): it stays. A
+/// retired pair's host end (DEL's, its deletion under way or lost) is no one's: it goes
+/// with the bridge. A link of that name that is no bridge was never ours (a mistaken
+/// `bridge`): it stays too.
 async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libcni::net::Error> {
     let Some(bridge) = nl.link(name).await? else {
         return Ok(());
@@ -496,7 +498,7 @@ async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libc
             .links()
             .await?
             .iter()
-            .any(|l| l.controller == Some(bridge.index));
+            .any(|l| l.controller == Some(bridge.index) && !veth::is_retired(&l.name));
     if !shared {
         nl.delete_link(name).await?;
     }
