@@ -10,8 +10,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-/// The arena's size: more than a call of any plugin allocates (a bridge ADD ~0.5 MB), its
-/// pages only resident once used.
+/// The arena's size; its pages are resident only once used, and a plugin that needs more
+/// goes on with the system allocator.
 const SIZE: usize = 4 << 20;
 
 /// Blocks larger than this come from the system allocator: a large zeroed one is fresh

@@ -428,6 +428,23 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     assert!(net.host.link(veth).is_some(), "the live attachment stays");
     assert!(c1.ping("10.99.0.1"));
 
+    // a container holding a link of the retired name cannot keep its DEL from working:
+    // the pair goes from the host end, the container's own link stays
+    c1.sh(&format!(
+        "ip link add {} type veth peer name squat0",
+        retired(&r)
+    ));
+    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
+    assert!(host_veths(&net.host).is_empty());
+    assert!(eventually(|| c1.link("eth0").is_none()));
+    assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
+    assert!(
+        c1.link(&retired(&r)).is_some(),
+        "the container's own link stays"
+    );
+    c1.sh(&format!("ip link del {}", retired(&r)));
+    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+
     // and a DEL of the live attachment beside a retired pair of its own: both go
     retire_by_hand(&r);
     Call::new("host-local", "DEL", &net.host, &c1.path(), "r1")

@@ -3,7 +3,8 @@
 
 use libcni::skel;
 
-/// Read from the file by `libcni::linked`; referenced below so the linker keeps it.
+/// Read from the file by `libcni::elf` (`delegate::Linked`); referenced below so the linker
+/// keeps it.
 #[used]
 #[link_section = ".cni_rs_build"]
 static BUILD: [u8; 16] = host_local::BUILD;

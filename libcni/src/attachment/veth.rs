@@ -67,14 +67,18 @@ pub async fn delete(
     let retired = retired_name(a);
     if let Some(h) = host.link(&a.host_veth()).await? {
         // The container's end first: down cuts the container off and takes its routes,
-        // and its name is free at once.
+        // and its name is free at once. When it cannot be retired (the container holds a
+        // link of the retired name), the pair still goes, from the host end.
         let mut cut_off = false;
         if let Some(nl) = container {
             if let Some(c) = own_container_end(nl, a, mac).await? {
-                match retire(host, nl, &c, &retired, true).await {
-                    Err(e) if !e.is_not_found() => return Err(e),
-                    _ => cut_off = true,
-                }
+                cut_off = match retire(host, nl, &c, &retired, true).await {
+                    Err(e) if !e.is_not_found() => {
+                        eprintln!("DEL: the container's end stays until the pair goes: {e}");
+                        false
+                    }
+                    _ => true,
+                };
             }
         }
         // A bridge port is only renamed: with its peer down it carries nothing. Without

@@ -55,8 +55,8 @@ impl Error {
 pub(crate) mod libc_errno {
     pub const ENOENT: i32 = 2;
     pub const ESRCH: i32 = 3;
-    pub const EEXIST: i32 = 17;
     pub const EBUSY: i32 = 16;
+    pub const EEXIST: i32 = 17;
     pub const ENODEV: i32 = 19;
     pub const EADDRNOTAVAIL: i32 = 99;
     pub const ENETUNREACH: i32 = 101;
