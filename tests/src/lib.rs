@@ -139,6 +139,22 @@ impl Ns {
             .cloned()
     }
 
+    /// Names of the host ends of live veth attachments (`veth<hash>`): not those of a
+    /// pair DEL retired (alias `cni-rs-retired/...`), which its child is deleting.
+    pub fn live_veths(&self) -> Vec<String> {
+        self.ip_json("link show")
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| {
+                let alias = l["ifalias"].as_str().unwrap_or("");
+                !alias.starts_with("cni-rs-retired/")
+            })
+            .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+            .filter(|n| n.starts_with("veth"))
+            .collect()
+    }
+
     /// Names of all links but lo.
     pub fn link_names(&self) -> Vec<String> {
         self.ip_json("link show")

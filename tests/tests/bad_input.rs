@@ -41,11 +41,7 @@ fn bad_inputs_give_error_objects_and_leave_nothing() {
         if out.stdout.contains("panicked") || out.stderr.contains("panicked") {
             failures.push(format!("{name}: panicked: {}", out.stderr));
         }
-        let left: Vec<String> = host
-            .link_names()
-            .into_iter()
-            .filter(|l| l.starts_with("veth"))
-            .collect();
+        let left = host.live_veths();
         if !left.is_empty() || !ctr.link_names().is_empty() {
             failures.push(format!(
                 "{name}: left links {left:?} {:?}",

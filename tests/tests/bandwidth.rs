@@ -179,9 +179,6 @@ fn no_limits_pass_the_result_through_and_bad_limits_are_refused() {
         let (ok, _, err) = t.run(&["del", "bwnet", &c.path()], &[("CAP_ARGS", &caps)]);
         assert!(ok, "{bw}: {err}");
     }
-    assert!(!t
-        .host
-        .link_names()
-        .iter()
-        .any(|l| l.starts_with("bwp") || l.starts_with("veth")));
+    assert!(t.host.live_veths().is_empty());
+    assert!(!t.host.link_names().iter().any(|l| l.starts_with("bwp")));
 }

@@ -24,13 +24,6 @@ impl Net {
     }
 }
 
-fn host_veths(host: &Ns) -> Vec<String> {
-    host.link_names()
-        .into_iter()
-        .filter(|n| n.starts_with("veth"))
-        .collect()
-}
-
 #[test]
 fn add_check_del_in_every_version() {
     for v in MODERN_VERSIONS {
@@ -109,7 +102,7 @@ fn add_check_del_in_every_version() {
             net.call("DEL", &c2.path(), "ctr2").run(&conf).expect_ok();
         }
         assert!(
-            host_veths(&net.host).is_empty(),
+            net.host.live_veths().is_empty(),
             "{v}: {:?}",
             net.host.link_names()
         );
@@ -255,7 +248,7 @@ fn del_after_the_netns_is_gone() {
     drop(c);
     net.call("DEL", &path, "g1").run(&conf).expect_ok();
     net.call("DEL", "", "g1").run(&conf).expect_ok();
-    assert!(host_veths(&net.host).is_empty());
+    assert!(net.host.live_veths().is_empty());
     assert!(!net.host.nft_ruleset().contains("\"testnet/"));
     assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
 }
@@ -271,7 +264,7 @@ fn bridge_address_of_another_subnet_needs_force_address() {
     assert_eq!(e.code(), 7, "{}", e.stdout);
     assert!(e.stdout.contains("forceAddress"), "{}", e.stdout);
     // the failed ADD left nothing behind
-    assert!(host_veths(&net.host).is_empty());
+    assert!(net.host.live_veths().is_empty());
     assert!(c.link("eth0").is_none());
     assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
 
@@ -297,7 +290,7 @@ fn exhausted_range_fails_cleanly() {
     let e = net.call("ADD", &c2.path(), "e2").run(&conf);
     assert_eq!(e.code(), 103);
     assert!(e.stdout.contains("10.97.0.10"), "{}", e.stdout);
-    assert_eq!(host_veths(&net.host).len(), 1);
+    assert_eq!(net.host.live_veths().len(), 1);
     assert!(c2.link("eth0").is_none());
     net.call("DEL", &c1.path(), "e1").run(&conf).expect_ok();
 }
@@ -369,20 +362,23 @@ fn eventually(mut f: impl FnMut() -> bool) -> bool {
 fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     let net = Net::new();
     let conf = bridge_conf("1.1.0", net.data.path(), "10.99.0.0/24", json!({}));
-    let c1 = Ns::new("c");
-    let retired = |r: &serde_json::Value| {
-        r["interfaces"][1]["name"]
-            .as_str()
-            .unwrap()
-            .replacen("veth", "vdel", 1)
-    };
-    // An ADD and its DEL: cut off at once (no veth on the host, no eth0 in the
-    // container), the pair itself gone shortly after, deleted by the child DEL started.
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    let veth = |r: &Value| r["interfaces"][1]["name"].as_str().unwrap().to_string();
+    let retired = |r: &Value| veth(r).replacen("veth", "vdel", 1);
+    // An ADD and its DEL: the container cut off and its interface's name free at once,
+    // the host end retired (down, labelled) until the child DEL started has deleted the
+    // pair, shortly after.
     let added_and_deleted = || {
         let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
         net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
-        assert!(host_veths(&net.host).is_empty() && c1.link("eth0").is_none());
-        assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
+        assert!(net.host.live_veths().is_empty() && c1.link("eth0").is_none());
+        if let Some(h) = net.host.link(&veth(&r)) {
+            assert!(
+                h["flags"].as_array().unwrap().iter().all(|f| f != "UP"),
+                "{h}"
+            );
+        }
+        assert!(eventually(|| net.host.link(&veth(&r)).is_none()));
         assert!(
             eventually(|| c1.link_names().is_empty()),
             "{:?}",
@@ -391,41 +387,55 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     };
     added_and_deleted();
 
-    // a DEL killed after it retired the pair: the runtime's next DEL deletes the pair
-    // there and then (and frees the address), so the attachment can come back
-    let retire_by_hand = |r: &serde_json::Value| {
-        let (veth, grave) = (r["interfaces"][1]["name"].as_str().unwrap(), retired(r));
+    // What a DEL killed once it had retired the pair leaves: its child never ran.
+    let retire_by_hand = |c: &Ns, r: &Value| {
+        let v = veth(r);
+        let alias = net.host.link(&v).unwrap()["ifalias"]
+            .as_str()
+            .unwrap()
+            .replacen("cni-rs/", "cni-rs-retired/", 1);
         net.host.sh(&format!(
-            "ip link set {veth} down && ip link set {veth} name {grave}"
+            "ip link set {v} down && ip link set {v} alias {alias}"
         ));
-        c1.sh(&format!(
-            "ip link set eth0 down && ip link set eth0 name {grave}"
-        ));
-        grave
+        c.sh(&format!("ip link set eth0 name {}", retired(r)));
     };
+    // the runtime's next DEL deletes the pair and frees the address
     let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
-    let grave = retire_by_hand(&r);
+    retire_by_hand(&c1, &r);
     net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
-    assert!(net.host.link(&grave).is_none() && c1.link(&grave).is_none());
+    assert!(eventually(|| net.host.link(&veth(&r)).is_none()));
+    assert!(eventually(|| c1.link(&retired(&r)).is_none()));
+    assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
 
-    // a reaper that never ran, the attachment live again: GC deletes the retired pair
-    // although its label names a listed attachment
+    // an ADD of the attachment again, its retired pair still there: the ADD deletes it
     let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
-    let grave = retire_by_hand(&r);
+    retire_by_hand(&c1, &r);
     Call::new("host-local", "DEL", &net.host, &c1.path(), "r1")
         .run(&conf)
         .expect_ok();
-    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
-    assert!(
-        c1.ping("10.99.0.1"),
-        "a new ADD beside a retired pair works"
-    );
+    net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    assert!(c1.link(&retired(&r)).is_none(), "the retired pair is gone");
+    assert!(c1.ping("10.99.0.1"), "the attachment added again works");
+
+    // GC deletes a retired pair although its label names a listed attachment; the live
+    // attachment beside it stays
+    let r2 = net.call("ADD", &c2.path(), "r2").run(&conf).expect_ok();
+    retire_by_hand(&c2, &r2);
+    Call::new("host-local", "DEL", &net.host, &c2.path(), "r2")
+        .run(&conf)
+        .expect_ok();
     let mut gc = conf.clone();
-    gc["cni.dev/valid-attachments"] = json!([{"containerID": "r1", "ifname": "eth0"}]);
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": "r1", "ifname": "eth0"},
+        {"containerID": "r2", "ifname": "eth0"}
+    ]);
     net.call("GC", "", "").run(&gc).expect_ok();
-    assert!(net.host.link(&grave).is_none(), "leftover retired pair");
-    let veth = r["interfaces"][1]["name"].as_str().unwrap();
-    assert!(net.host.link(veth).is_some(), "the live attachment stays");
+    assert!(net.host.link(&veth(&r2)).is_none(), "leftover retired pair");
+    assert_eq!(
+        net.host.live_veths(),
+        [veth(&r)],
+        "the live attachment stays"
+    );
     assert!(c1.ping("10.99.0.1"));
 
     // a container holding a link of the retired name cannot keep its DEL from working:
@@ -435,21 +445,14 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
         retired(&r)
     ));
     net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
-    assert!(host_veths(&net.host).is_empty());
+    assert!(net.host.live_veths().is_empty());
     assert!(eventually(|| c1.link("eth0").is_none()));
-    assert!(eventually(|| net.host.link(&retired(&r)).is_none()));
+    assert!(eventually(|| net.host.link(&veth(&r)).is_none()));
     assert!(
         c1.link(&retired(&r)).is_some(),
         "the container's own link stays"
     );
     c1.sh(&format!("ip link del {}", retired(&r)));
-    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
-
-    // and a DEL of the live attachment beside a retired pair of its own: both go
-    retire_by_hand(&r);
-    Call::new("host-local", "DEL", &net.host, &c1.path(), "r1")
-        .run(&conf)
-        .expect_ok();
     added_and_deleted();
 }
 

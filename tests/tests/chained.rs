@@ -58,12 +58,13 @@ fn every_version_adds_checks_and_deletes_the_whole_chain() {
 
 /// No veth, ifb, labelled rule or element, DNAT, address or cached result of the network.
 fn assert_nothing_left(t: &Cnitool, when: &str) {
-    let left: Vec<_> = t
-        .host
-        .link_names()
-        .into_iter()
-        .filter(|l| l.starts_with("veth") || l.starts_with("bwp"))
-        .collect();
+    let mut left = t.host.live_veths();
+    left.extend(
+        t.host
+            .link_names()
+            .into_iter()
+            .filter(|l| l.starts_with("bwp")),
+    );
     assert!(left.is_empty(), "{when}: {left:?}");
     let rules = t.host.nft_ruleset();
     assert!(

@@ -49,11 +49,7 @@ fn run_client(host: &Ns, script: &str, args: &[&str]) -> String {
 /// Nothing of a removed container left in the host namespace (no veth, no rule or set
 /// element labelled with the network) or the runtime's /var/lib.
 fn assert_nothing_left(host: &Ns, varlib: &Path, network: &str) {
-    let veths: Vec<_> = host
-        .link_names()
-        .into_iter()
-        .filter(|l| l.starts_with("veth"))
-        .collect();
+    let veths = host.live_veths();
     assert!(veths.is_empty(), "veths left: {veths:?}");
     let rules = host.nft_ruleset();
     assert!(!rules.contains(&format!("\"{network}/")), "{rules}");

@@ -50,7 +50,7 @@ fn add_check_del_with_cache() {
     let (ok, _, err) = t.run(&["del", "toolnet", &c.path()], &[]);
     assert!(ok, "{err}");
     assert!(t.cache_files().is_empty());
-    assert!(t.host.link_names().iter().all(|l| !l.starts_with("veth")));
+    assert!(t.host.live_veths().is_empty());
     assert_eq!(store_allocations(&t.path("data"), "toolnet"), 0);
     assert!(t.run(&["del", "toolnet", &c.path()], &[]).0, "DEL twice");
 }

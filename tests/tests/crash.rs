@@ -117,12 +117,12 @@ fn kill_rounds(plugin: &str, seeds: &[u64], rounds: usize) {
         landed > rounds / 4,
         "too few kills landed during an ADD: {landed}"
     );
-    let veths = host
-        .link_names()
-        .into_iter()
-        .filter(|l| l.starts_with("veth"));
     let expected = if plugin == "bridge" { live.len() } else { 0 };
-    assert_eq!(veths.count(), expected, "veths of killed ADDs left");
+    assert_eq!(
+        host.live_veths().len(),
+        expected,
+        "veths of killed ADDs left"
+    );
     assert!(!host.nft_ruleset().contains(&format!("\"{network}/k")));
     // nothing lost: the rest of the /26 (61 usable beside the gateway) can be handed out
     let free = 61 - live.len();

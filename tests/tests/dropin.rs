@@ -85,7 +85,7 @@ fn kubelet_path_with_containerd_field_names() {
             !rules.contains("dport 8080"),
             "{side}: the mapping stayed: {rules}"
         );
-        assert!(t.host.link_names().iter().all(|l| !l.starts_with("veth")));
+        assert!(t.host.live_veths().is_empty());
     }
 }
 

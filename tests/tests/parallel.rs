@@ -84,10 +84,6 @@ fn parallel_add_then_parallel_del() {
 
     run_all("DEL");
     assert_eq!(store_allocations(data.path(), "testnet"), 0);
-    let left: Vec<_> = host
-        .link_names()
-        .into_iter()
-        .filter(|l| l.starts_with("veth"))
-        .collect();
+    let left = host.live_veths();
     assert!(left.is_empty(), "{left:?}");
 }

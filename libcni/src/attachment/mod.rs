@@ -34,6 +34,8 @@ pub struct Attachment {
 
 /// Our prefix in link aliases.
 const ALIAS_PREFIX: &str = "cni-rs/";
+/// The prefix of a retired veth's alias (attachment::veth): DEL's, its deletion pending.
+const RETIRED_PREFIX: &str = "cni-rs-retired/";
 
 impl Attachment {
     /// The attachment of an invocation; the skeleton has validated all three names.
@@ -81,17 +83,27 @@ impl Attachment {
     /// The alias our host-side links carry, for GC: `cni-rs/<cid>/<ifname>/<network>`,
     /// long names shortened (an alias holds at most 255 bytes).
     pub fn alias(&self) -> String {
+        format!("{ALIAS_PREFIX}{}", self.alias_body())
+    }
+
+    /// The alias both ends of the attachment's veth pair carry once DEL retired them.
+    pub fn retired_alias(&self) -> String {
+        format!("{RETIRED_PREFIX}{}", self.alias_body())
+    }
+
+    fn alias_body(&self) -> String {
         format!(
-            "{ALIAS_PREFIX}{}/{}/{}",
+            "{}/{}/{}",
             short_part(&self.container_id),
             self.ifname,
             short_part(&self.network)
         )
     }
 
-    /// Whether `alias` names an attachment of `network`.
+    /// Whether `alias` names an attachment of `network`, live or retired.
     pub fn alias_in_network(alias: &str, network: &str) -> bool {
-        alias.starts_with(ALIAS_PREFIX) && alias.ends_with(&format!("/{}", short_part(network)))
+        (alias.starts_with(ALIAS_PREFIX) || is_retired_alias(alias))
+            && alias.ends_with(&format!("/{}", short_part(network)))
     }
 
     /// The label of the container's rules and set elements.
@@ -100,9 +112,14 @@ impl Attachment {
     }
 }
 
+/// Whether `alias` is a retired veth's (attachment::veth).
+pub fn is_retired_alias(alias: &str) -> bool {
+    alias.starts_with(RETIRED_PREFIX)
+}
+
 /// Deletes the links of `kind` whose alias names an attachment of `network` that is not
-/// among `valid` (containerID, ifname), and its retired veths whose deletion never ran
-/// (GC); returns how many it deleted.
+/// among `valid` (containerID, ifname), and the network's retired veths whose deletion
+/// never ran (GC); returns how many it deleted.
 pub async fn delete_stale(
     nl: &Netlink,
     kind: &str,
@@ -117,7 +134,7 @@ pub async fn delete_stale(
     for link in nl.links().await? {
         let alias = link.alias.as_deref();
         let ours = alias.is_some_and(|a| Attachment::alias_in_network(a, network));
-        let kept = alias.is_some_and(|a| keep.contains(a)) && !veth::is_retired(&link.name);
+        let kept = alias.is_some_and(|a| keep.contains(a));
         let stale = link.kind.as_deref() == Some(kind) && ours && !kept;
         if stale && nl.delete_link(&link.name).await? {
             deleted += 1;
@@ -165,5 +182,10 @@ mod tests {
         assert!(Attachment::alias_in_network(&a.alias(), &net));
         assert!(!Attachment::alias_in_network(&a.alias(), "n"));
         assert!(a.label().as_str().starts_with(&Label::network_prefix(&net)));
+        let retired = a.retired_alias();
+        assert!(retired.len() <= 255, "{retired}");
+        assert!(is_retired_alias(&retired) && !is_retired_alias(&a.alias()));
+        assert!(Attachment::alias_in_network(&retired, &net));
+        assert!(!Attachment::alias_in_network(&retired, "n"));
     }
 }

@@ -500,28 +500,32 @@ impl Netlink {
         self.set_link(msg, || format!("setting {name} down")).await
     }
 
-    /// Moves a link out of the way under another name, also taking it down with `down`,
-    /// in one request: the kernel renames before it changes flags. A kernel before 6.2
-    /// renames no link that is up (EBUSY): there the link goes down first, in a request
-    /// of its own. Microseconds, where deleting a veth pair waits 15-25 ms for the
-    /// kernel (see attachment::veth).
-    pub async fn retire_link(
+    /// Labels link `index` with `alias` and, with `down`, takes it down, in one request:
+    /// how DEL marks a veth pair whose deletion it leaves to a child (attachment::veth).
+    pub async fn relabel(
         &self,
         index: u32,
         name: &str,
-        new_name: &str,
+        alias: &str,
         down: bool,
     ) -> Result<(), Error> {
-        let mut msg = LinkUnspec::new_with_index(index).name(new_name);
+        let mut msg = LinkUnspec::new_with_index(index).alias(alias);
         if down {
             msg = msg.down();
         }
+        self.set_link(msg.build(), || format!("labelling {name} {alias}"))
+            .await
+    }
+
+    /// Renames link `index` (called `name`), up or not. A kernel before 6.2 renames no
+    /// link that is up (EBUSY): there it goes down first, in a request of its own.
+    pub async fn rename_link(&self, index: u32, name: &str, new_name: &str) -> Result<(), Error> {
+        let msg = || LinkUnspec::new_with_index(index).name(new_name).build();
         let what = || format!("renaming {name} to {new_name}");
-        match self.set_link(msg.build(), what).await {
+        match self.set_link(msg(), what).await {
             Err(e) if e.errno() == Some(super::libc_errno::EBUSY) => {
                 self.set_down(index, name).await?;
-                let msg = LinkUnspec::new_with_index(index).name(new_name).build();
-                self.set_link(msg, what).await
+                self.set_link(msg(), what).await
             }
             r => r,
         }
@@ -611,7 +615,12 @@ impl Netlink {
         let Some(l) = self.link(name).await? else {
             return Ok(false);
         };
-        match self.handle.link().del(l.index).execute().await {
+        self.delete_link_index(l.index, name).await
+    }
+
+    /// Deletes link `index` (called `name`); `Ok(false)` when it is gone already.
+    pub async fn delete_link_index(&self, index: u32, name: &str) -> Result<bool, Error> {
+        match self.handle.link().del(index).execute().await {
             Ok(()) => Ok(true),
             Err(e) => {
                 let e = nl_err(format!("deleting link {name}"), e);

@@ -498,7 +498,7 @@ async fn delete_bridge(nl: &Netlink, name: &str, force: bool) -> Result<(), libc
             .links()
             .await?
             .iter()
-            .any(|l| l.controller == Some(bridge.index) && !veth::is_retired(&l.name));
+            .any(|l| l.controller == Some(bridge.index) && !veth::is_retired(l));
     if !shared {
         nl.delete_link(name).await?;
     }
