@@ -2,7 +2,7 @@
 //! and files 0600 whatever the caller's umask, a directory we use is a real directory of
 //! ours (a symlink planted in its place is refused), a file is never opened through a
 //! symlink, and a file is replaced whole (written under a name no one else uses, then
-//! renamed), so a reader never sees half of one.
+//! renamed), so a reader never sees half of one; only a hint is overwritten in place.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -173,6 +173,25 @@ pub fn replace(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     })
 }
 
+/// Writes `bytes` over `path` in place (created 0600 if missing, never through a
+/// symlink), for a file whose reader can take a torn write: a hint, as host-local's
+/// `last_reserved_ip`. On ext4, renaming over a file or truncating it to nothing makes
+/// the kernel start writing it out at once (0.35 ms a write, against 0.04 in place).
+pub fn overwrite(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    let written = (|| -> io::Result<()> {
+        // O_NONBLOCK: a FIFO planted there is refused (ENXIO), not waited on.
+        let f: File = nofollow()
+            .write(true)
+            .create(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+            .open(path)?;
+        std::os::unix::fs::FileExt::write_all_at(&f, bytes, 0)?;
+        f.set_len(bytes.len() as u64)
+    })();
+    written.map_err(|e| Error::new("writing", path, e))
+}
+
 /// Temporary files a killed writer left in `dir` (for `name` only, if given): written by
 /// [`create_new`] or [`replace`], never renamed or linked into place.
 pub fn leftovers(dir: &Path, name: Option<&str>) -> Vec<PathBuf> {
@@ -292,6 +311,17 @@ mod tests {
         let fifo = d.join("fifo");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
         assert_eq!(read_bounded(&fifo, 64).unwrap_err().code, 7);
+
+        // overwrite: in place, a shorter value leaves nothing of the longer one, a new
+        // file is 0600, a symlink or a FIFO is refused (neither followed nor waited on)
+        let hint = d.join("hint");
+        overwrite(&hint, b"10.0.0.100").unwrap();
+        overwrite(&hint, b"10.0.0.9").unwrap();
+        assert_eq!(read(&hint).unwrap().unwrap(), b"10.0.0.9");
+        assert_eq!(mode(&hint), 0o600);
+        assert!(overwrite(&planted_again, b"x").is_err());
+        assert_eq!(std::fs::read_to_string(&target).unwrap(), "precious");
+        assert!(overwrite(&fifo, b"x").is_err());
 
         // a symlink where a directory should be
         let link_dir = dir.path().join("linkdir");

@@ -430,7 +430,7 @@ impl Store {
             }
         }
         let marks = ips.iter().try_for_each(|(set, ip)| {
-            files::replace(
+            files::overwrite(
                 &self.dir.join(format!("last_reserved_ip.{set}")),
                 ip.to_string().as_bytes(),
             )
