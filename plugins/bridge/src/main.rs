@@ -46,9 +46,16 @@ impl Plugin for Bridge {
         c.check_for_add(args)?;
         let spec = spec_of(c)?;
         args.required_netns()?;
-        // IPAM first, while the async runtime and netlink start beside it.
+        // IPAM first. An exec'd one returns once its child has exec'd: the async runtime
+        // and netlink start on a thread beside it meanwhile, which one on a thread of ours,
+        // started at once, is not worth.
         let ipam = Delegate::ipam(args);
-        let (k, pending) = Kernel::new_beside(|| PendingLease::start_if(ipam.as_ref(), args));
+        let (k, pending) = if ipam.as_ref().is_some_and(|i| i.runs_in_process(args)) {
+            let pending = PendingLease::start_if(ipam.as_ref(), args);
+            (Kernel::new(), pending)
+        } else {
+            Kernel::new_beside(|| PendingLease::start_if(ipam.as_ref(), args))
+        };
         let pending = pending?;
         trace::mark("ipam started");
         bridged::add(&k?, args, &spec, pending)
