@@ -77,6 +77,7 @@ class Watchdog:
     def __init__(self, timeout):
         self.proc = None
         self.timer = threading.Timer(timeout, lambda: self.proc and self.proc.kill())
+        self.timer.daemon = True
         self.timer.start()
 
     def run(self, cmd, stdin, env):
@@ -146,11 +147,13 @@ class Side:
         if rss:
             cmd = ["/usr/bin/time", "-f", "%M"] + cmd
         watchdog = Watchdog(60)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        p = watchdog.run(cmd, stdin, env)
-        wall = (time.perf_counter() - start) * 1000
-        watchdog.cancel()
+        try:
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            start = time.perf_counter()
+            p = watchdog.run(cmd, stdin, env)
+            wall = (time.perf_counter() - start) * 1000
+        finally:
+            watchdog.cancel()
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = ((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)) * 1000
         if p.returncode != 0:

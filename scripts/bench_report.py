@@ -91,7 +91,7 @@ def control_tables(c):
     g = c["del_vs_gone"]
     lines += ["", "DEL returned vs the veth pair gone from the kernel (bridge+host-local, "
               f"{len(g['ours']['returned'])} DELs one at a time, the host polled by netlink): "
-              "ours retires the pair (the container's end renamed, the host's down and "
+              "ours retires the pair (the container's end down and renamed, the host's "
               "labelled) and a detached child deletes it; the reference deletes it before "
               "returning.", "",
               "| | DEL returned (median ms) | veth gone (median ms) |", "|---|---|---|"]

@@ -155,6 +155,23 @@ impl Ns {
             .collect()
     }
 
+    /// Names of the links named veth*, live or retired, once there are `count` of them or
+    /// after 10 s: a retired pair is gone once the child its DEL started has deleted it.
+    pub fn veths_settled(&self, count: usize) -> Vec<String> {
+        let veths = || {
+            let mut v = self.link_names();
+            v.retain(|n| n.starts_with("veth"));
+            v
+        };
+        for _ in 0..500 {
+            if veths().len() == count {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        veths()
+    }
+
     /// Names of all links but lo.
     pub fn link_names(&self) -> Vec<String> {
         self.ip_json("link show")

@@ -365,17 +365,17 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     let (c1, c2) = (Ns::new("c"), Ns::new("c"));
     let veth = |r: &Value| r["interfaces"][1]["name"].as_str().unwrap().to_string();
     let retired = |r: &Value| veth(r).replacen("veth", "vdel", 1);
-    // An ADD and its DEL: the container cut off and its interface's name free at once,
-    // the host end retired (down, labelled) until the child DEL started has deleted the
-    // pair, shortly after.
+    // An ADD and its DEL: the container cut off (its end down) and its interface's name
+    // free at once, the host end labelled retired until the child DEL started has
+    // deleted the pair, shortly after.
     let added_and_deleted = || {
         let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
         net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
         assert!(net.host.live_veths().is_empty() && c1.link("eth0").is_none());
-        if let Some(h) = net.host.link(&veth(&r)) {
+        if let Some(c) = c1.link(&retired(&r)) {
             assert!(
-                h["flags"].as_array().unwrap().iter().all(|f| f != "UP"),
-                "{h}"
+                c["flags"].as_array().unwrap().iter().all(|f| f != "UP"),
+                "{c}"
             );
         }
         assert!(eventually(|| net.host.link(&veth(&r)).is_none()));
@@ -394,11 +394,22 @@ fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
             .as_str()
             .unwrap()
             .replacen("cni-rs/", "cni-rs-retired/", 1);
-        net.host.sh(&format!(
-            "ip link set {v} down && ip link set {v} alias {alias}"
+        net.host.sh(&format!("ip link set {v} alias {alias}"));
+        c.sh(&format!(
+            "ip link set eth0 down && ip link set eth0 name {}",
+            retired(r)
         ));
-        c.sh(&format!("ip link set eth0 name {}", retired(r)));
     };
+    // a DEL and at once an ADD of the same attachment: the new pair has the old one's
+    // names, and the old pair's child, deleting by index, leaves it alone
+    let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
+    net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(net.host.live_veths(), [veth(&r)]);
+    assert!(c1.ping("10.99.0.1"), "the attachment added again works");
+    net.call("DEL", &c1.path(), "r1").run(&conf).expect_ok();
+    assert!(eventually(|| net.host.link(&veth(&r)).is_none()));
     // the runtime's next DEL deletes the pair and frees the address
     let r = net.call("ADD", &c1.path(), "r1").run(&conf).expect_ok();
     retire_by_hand(&c1, &r);

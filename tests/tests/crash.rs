@@ -123,6 +123,8 @@ fn kill_rounds(plugin: &str, seeds: &[u64], rounds: usize) {
         expected,
         "veths of killed ADDs left"
     );
+    let all = host.veths_settled(expected);
+    assert_eq!(all.len(), expected, "retired pairs left: {all:?}");
     assert!(!host.nft_ruleset().contains(&format!("\"{network}/k")));
     // nothing lost: the rest of the /26 (61 usable beside the gateway) can be handed out
     let free = 61 - live.len();

@@ -86,4 +86,6 @@ fn parallel_add_then_parallel_del() {
     assert_eq!(store_allocations(data.path(), "testnet"), 0);
     let left = host.live_veths();
     assert!(left.is_empty(), "{left:?}");
+    let retired = host.veths_settled(0);
+    assert!(retired.is_empty(), "retired pairs left: {retired:?}");
 }

@@ -167,6 +167,7 @@ pub fn del(
                 inside.as_ref(),
                 &a,
                 spec.container_mac(&a),
+                false,
             ))
         });
     trace::mark("links deleted");

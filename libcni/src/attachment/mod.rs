@@ -134,9 +134,11 @@ pub async fn delete_stale(
     for link in nl.links().await? {
         let alias = link.alias.as_deref();
         let ours = alias.is_some_and(|a| Attachment::alias_in_network(a, network));
-        let kept = alias.is_some_and(|a| keep.contains(a));
+        let kept = alias.is_some_and(|a| keep.contains(a)) && !veth::is_retired(&link);
         let stale = link.kind.as_deref() == Some(kind) && ours && !kept;
-        if stale && nl.delete_link(&link.name).await? {
+        // By index: the name may be a new pair's by now (a retired host end keeps its
+        // name until its child has deleted it, and an ADD may follow).
+        if stale && nl.delete_link_index(link.index, &link.name).await? {
             deleted += 1;
         }
     }

@@ -3,14 +3,15 @@
 //! which costs the kernel 10-26 ms), named after the attachment, with its MAC.
 //!
 //! DEL retires the pair instead of waiting for its deletion, which holds the caller
-//! 15-25 ms in the kernel. The container's end is renamed `vdel` + the attachment's hash,
-//! so the interface's name is free when DEL returns, as after the reference's DEL. The
-//! host end goes down, which cuts the container off (and takes a ptp host end's routes),
-//! and is labelled retired (its alias): its name stays taken until the pair is gone, and
-//! an ADD that finds it deletes the pair at once and goes on. A child with no stdio and a
-//! session of its own (net::delete_link_detached) deletes the pair by its index. A pair
-//! whose deleter never ran is deleted by the next DEL of the attachment, an ADD of it, or
-//! the network's GC.
+//! 15-25 ms in the kernel. The container's end goes down (which cuts the container off
+//! and takes its routes) and is renamed `vdel` + the attachment's hash (its name free
+//! when DEL returns, as after the reference's DEL), in one request. The host end is
+//! labelled retired (its alias); it goes down too where it carries routes (ptp's) or its
+//! container end could not be retired. A child with no stdio and a session of its own
+//! (net::delete_link_detached) then deletes the pair by its index. Until then the host
+//! end keeps its name: an ADD of the attachment that finds it retired deletes the pair at
+//! once and goes on. A pair whose deleter never ran is deleted by the next DEL of the
+//! attachment, an ADD of it, or the network's GC.
 
 use super::{is_retired_alias, Attachment};
 use crate::net::{self, libc_errno::EEXIST, LinkInfo, Netlink, Netns};
@@ -27,11 +28,18 @@ pub async fn create(
 ) -> Result<LinkInfo, net::Error> {
     let host = a.host_veth();
     if let Err(e) = nl.create_veth(&host, a.ifname(), &mac, netns, mtu).await {
-        let retired = match nl.link(&host).await? {
-            Some(h) if e.errno() == Some(EEXIST) && is_retired(&h) => h,
-            _ => return Err(e),
-        };
-        nl.delete_link_index(retired.index, &retired.name).await?;
+        if e.errno() != Some(EEXIST) {
+            return Err(e);
+        }
+        // A pair DEL retired keeps the host end's name until its child has deleted it:
+        // deleted here, or gone since.
+        match nl.link(&host).await? {
+            Some(h) if is_retired(&h) => {
+                nl.delete_link_index(h.index, &h.name).await?;
+            }
+            Some(_) => return Err(e),
+            None => {}
+        }
         nl.create_veth(&host, a.ifname(), &mac, netns, mtu).await?;
     }
     nl.link(&host).await?.ok_or_else(|| {
@@ -51,9 +59,17 @@ pub async fn exists(nl: &Netlink, a: &Attachment) -> Result<bool, net::Error> {
         .is_some_and(|l| !is_retired(&l)))
 }
 
-/// Whether `link` is the host end of a retired pair.
+/// Whether `link` is the host end of a retired pair: labelled so, or, retired by a build
+/// before the label, named `vdel` and 11 hex digits.
 pub fn is_retired(link: &LinkInfo) -> bool {
-    link.kind.as_deref() == Some("veth") && link.alias.as_deref().is_some_and(is_retired_alias)
+    let n = &link.name;
+    let renamed = n.len() == 15
+        && n.starts_with("vdel")
+        && n[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    link.kind.as_deref() == Some("veth")
+        && (renamed || link.alias.as_deref().is_some_and(is_retired_alias))
 }
 
 /// The name the container's end takes when DEL retires the pair.
@@ -63,31 +79,40 @@ fn retired_name(a: &Attachment) -> String {
 
 /// Removes the attachment's veth pair from service: by its host end (retired, deleted
 /// by a child not waited for), or, when that is gone, by a container end that is still
-/// ours (a veth with the attachment's MAC, deleted at once). Returns whether there was
-/// a pair.
+/// ours (a veth with the attachment's MAC, deleted at once). A host end that carries
+/// routes (`host_routed`: ptp's) goes down too, so that they go with it. Returns whether
+/// there was a pair.
 pub async fn delete(
     host: &Netlink,
     container: Option<&Netlink>,
     a: &Attachment,
     mac: [u8; 6],
+    host_routed: bool,
 ) -> Result<bool, net::Error> {
     if let Some(h) = host.link(&a.host_veth()).await? {
         // Retired already: a DEL that was killed before its child was started, or whose
         // child is still at work (a second deletion of the index is harmless).
         if !is_retired(&h) {
+            // When the container's end cannot be retired (no netns, a MAC changed since,
+            // the container holds a link of the retired name), the host end goes down to
+            // cut it off, and the pair still goes.
+            let mut cut_off = false;
             if let Some(nl) = container {
                 if let Some(c) = own_container_end(nl, a, mac).await? {
-                    // Failing (the container holds a link of that name), the pair still
-                    // goes, from the host end, and the name with it.
-                    if let Err(e) = nl.rename_link(c.index, &c.name, &retired_name(a)).await {
-                        eprintln!(
-                            "DEL: the container's end keeps its name until the pair goes: {e}"
-                        );
-                    }
+                    cut_off = match nl.retire_link(c.index, &c.name, &retired_name(a)).await {
+                        Err(e) if !e.is_not_found() => {
+                            eprintln!("DEL: the container's end stays until the pair goes: {e}");
+                            false
+                        }
+                        _ => true,
+                    };
                 }
             }
-            let alias = a.retired_alias();
-            match host.relabel(h.index, &h.name, &alias, true).await {
+            let down = host_routed || !cut_off;
+            match host
+                .relabel(h.index, &h.name, &a.retired_alias(), down)
+                .await
+            {
                 Err(e) if e.is_not_found() => return Ok(true),
                 r => r?,
             }

@@ -517,15 +517,20 @@ impl Netlink {
             .await
     }
 
-    /// Renames link `index` (called `name`), up or not. A kernel before 6.2 renames no
-    /// link that is up (EBUSY): there it goes down first, in a request of its own.
-    pub async fn rename_link(&self, index: u32, name: &str, new_name: &str) -> Result<(), Error> {
-        let msg = || LinkUnspec::new_with_index(index).name(new_name).build();
+    /// Takes link `index` (called `name`) down and renames it, in one request: the kernel
+    /// renames before it changes flags. A kernel before 6.2 renames no link that is up
+    /// (EBUSY): there the link goes down first, in a request of its own.
+    pub async fn retire_link(&self, index: u32, name: &str, new_name: &str) -> Result<(), Error> {
         let what = || format!("renaming {name} to {new_name}");
-        match self.set_link(msg(), what).await {
+        let msg = LinkUnspec::new_with_index(index)
+            .name(new_name)
+            .down()
+            .build();
+        match self.set_link(msg, what).await {
             Err(e) if e.errno() == Some(super::libc_errno::EBUSY) => {
                 self.set_down(index, name).await?;
-                self.set_link(msg(), what).await
+                let msg = LinkUnspec::new_with_index(index).name(new_name).build();
+                self.set_link(msg, what).await
             }
             r => r,
         }

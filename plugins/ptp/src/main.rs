@@ -222,6 +222,7 @@ impl Plugin for Ptp {
                 inside.as_ref(),
                 &a,
                 a.container_mac(),
+                true,
             ))
         });
         let rules = conf.rules().remove(&a, prev_addrs.as_deref());
