@@ -143,3 +143,41 @@ async fn own_container_end(
         .await?
         .filter(|l| l.kind.as_deref() == Some("veth") && l.mac == mac))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(name: &str, kind: &str, alias: Option<&str>) -> LinkInfo {
+        LinkInfo {
+            index: 7,
+            name: name.into(),
+            mac: vec![2, 0, 0, 0, 0, 1],
+            mtu: 1500,
+            up: true,
+            promisc: false,
+            allmulti: false,
+            txqlen: 1000,
+            controller: None,
+            kind: Some(kind.into()),
+            alias: alias.map(str::to_string),
+            peer: None,
+        }
+    }
+
+    #[test]
+    fn retired_host_ends_are_known_by_their_label_or_an_earlier_builds_name() {
+        let a = Attachment::new("net", "c1", "eth0");
+        let (live, retired) = (a.alias(), a.retired_alias());
+        assert!(is_retired(&link(&a.host_veth(), "veth", Some(&retired))));
+        assert!(!is_retired(&link(&a.host_veth(), "veth", Some(&live))));
+        assert!(!is_retired(&link(&a.host_veth(), "veth", None)));
+        // retired by the build before the label: renamed vdel<hash>
+        assert!(is_retired(&link(&retired_name(&a), "veth", Some(&live))));
+        for other in ["vdelta0", "vdel0123456789g", "eth0"] {
+            assert!(!is_retired(&link(other, "veth", Some(&live))), "{other}");
+        }
+        // only a veth: another kind of link labelled so is someone else's
+        assert!(!is_retired(&link(&a.host_veth(), "bridge", Some(&retired))));
+    }
+}
