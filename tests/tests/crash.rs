@@ -38,7 +38,8 @@ fn check_store(data: &Path, network: &str, live: &[(String, String)], when: &str
     }
 }
 
-/// Kills `plugin`'s ADD at a random point (0-19 ms after start), then opens the store
+/// Kills `plugin`'s ADD at a random point (within twice the time of the quickest of the
+/// four ADDs that are not killed, so most kills land while it works), then opens the store
 /// through the DEL that follows, `rounds` times per seed, with live containers that must
 /// keep their addresses throughout; at the end every address of the range is either live
 /// or can be handed out again (none lost, none twice).
@@ -62,17 +63,21 @@ fn kill_rounds(plugin: &str, seeds: &[u64], rounds: usize) {
     };
     let live_ns: Vec<Ns> = (0..4).map(|_| Ns::new("l")).collect();
     let mut live = Vec::new();
+    let mut took = Vec::new();
     for (i, ns) in live_ns.iter().enumerate() {
         let p = if plugin == "bridge" {
             ns.path()
         } else {
             "/x".into()
         };
+        let started = std::time::Instant::now();
         let r = Call::new(plugin, "ADD", &host, &p, &format!("live{i}"))
             .run(&conf)
             .expect_ok();
+        took.push(started.elapsed().as_micros() as u64);
         live.push((first_ip(&r), format!("live{i}")));
     }
+    let window = (2 * took.iter().min().unwrap()).clamp(1_000, 20_000);
     let (mut landed, mut completed) = (0, 0);
     for seed in seeds {
         let mut rng = Rng(*seed);
@@ -81,7 +86,7 @@ fn kill_rounds(plugin: &str, seeds: &[u64], rounds: usize) {
             let cid = format!("k{seed}x{round}");
             let mut child =
                 Call::new(plugin, "ADD", &host, &netns, &cid).spawn(conf.to_string().as_bytes());
-            std::thread::sleep(Duration::from_micros(rng.below(20_000)));
+            std::thread::sleep(Duration::from_micros(rng.below(window)));
             let _ = child.kill();
             let out = child.wait_with_output().unwrap();
             if out.status.success() {
@@ -112,7 +117,10 @@ fn kill_rounds(plugin: &str, seeds: &[u64], rounds: usize) {
             }
         }
     }
-    eprintln!("{plugin}: {landed} kills landed during ADD, {completed} ADDs completed first");
+    eprintln!(
+        "{plugin}: {landed} kills landed during ADD, {completed} ADDs completed first \
+         (kills within {window} µs)"
+    );
     assert!(
         landed > rounds / 4,
         "too few kills landed during an ADD: {landed}"
