@@ -100,13 +100,6 @@ impl Delegate {
         })
     }
 
-    /// Whether [`Delegate::start`] runs the plugin on a thread of this process (it starts
-    /// at once) rather than exec'ing it (which returns once the child has exec'd).
-    pub fn runs_in_process(&self, args: &CmdArgs) -> bool {
-        exec::find(&self.plugin, &args.path)
-            .is_ok_and(|bin| linked_as(&self.plugin, &bin).is_some())
-    }
-
     /// Runs `command` (DEL, CHECK, GC, STATUS) and returns what it printed.
     pub fn run(&self, command: &str, args: &CmdArgs) -> Result<Option<Value>, Error> {
         self.start(command, args)?.wait()

@@ -118,11 +118,14 @@ pub fn add(
     trace::mark("gateway set");
     rules.map_or(Ok(()), firewall::Pending::wait)?;
     trace::mark("rules in place");
-    // The bridge's MAC as it is now that the port is on it (a bridge without a MAC of
-    // its own takes its lowest port's).
-    let bridge = k
-        .run(k.host().link_by_index(bridge.index))?
-        .unwrap_or(bridge);
+    // The bridge's MAC as it is now that the port is on it: a bridge without a MAC of
+    // its own takes its lowest port's. A pinned one keeps the MAC it was given.
+    let bridge = match pin {
+        true => bridge,
+        false => k
+            .run(k.host().link_by_index(bridge.index))?
+            .unwrap_or(bridge),
+    };
     r.interfaces = vec![
         Interface::host(&bridge.name, &bridge.mac),
         Interface::host(&host.name, &host.mac),

@@ -165,7 +165,7 @@ async fn settle(nl: &Netlink, index: u32, ifname: &str) -> Result<(), net::Error
                 std::io::ErrorKind::TimedOut.into(),
             ));
         }
-        tokio::time::sleep(DAD_POLL).await;
+        std::thread::sleep(DAD_POLL);
     }
 }
 

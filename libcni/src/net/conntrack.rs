@@ -5,9 +5,7 @@
 //! portmap deletes them on ADD, as we do). rtnetlink speaks only route netlink, so the
 //! few messages are built here.
 
-use std::os::fd::AsRawFd;
-
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use super::Error;
 
@@ -77,32 +75,9 @@ fn is_udp_to(tuple: &[u8], port: u16) -> bool {
 }
 
 fn connect() -> Result<Socket, Error> {
-    let mut s = Socket::new(NETLINK_NETFILTER).map_err(|e| io("opening a socket", e))?;
-    s.bind_auto().map_err(|e| io("binding", e))?;
-    s.connect(&SocketAddr::new(0, 0))
-        .map_err(|e| io("connecting", e))?;
     // Every wait bounded: the kernel answers at once, or not at all.
-    let timeout = libc::timeval {
-        tv_sec: 5,
-        tv_usec: 0,
-    };
-    // SAFETY: setsockopt with a valid timeval on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&timeout as *const libc::timeval).cast(),
-            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io(
-            "setting a receive timeout",
-            std::io::Error::last_os_error(),
-        ));
-    }
-    Ok(s)
+    super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(5))
+        .map_err(|e| io("opening a socket", e))
 }
 
 /// The netlink messages in one receive buffer: (type, payload after the headers).

@@ -3,7 +3,6 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 pub use netlink_packet_route::link::MacVlanMode;
@@ -14,13 +13,15 @@ use netlink_packet_route::link::{
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteMetric, RouteProtocol, RouteScope, RouteType,
 };
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkDummy, LinkMacVlan, LinkMessageBuilder, LinkUnspec,
-    RouteMessageBuilder,
+    AddressMessageBuilder, LinkBridge, LinkBridgePort, LinkDummy, LinkMacVlan, LinkMessageBuilder,
+    LinkUnspec, RouteMessageBuilder,
 };
 
 use super::libc_errno::{EADDRNOTAVAIL, EEXIST, EHOSTUNREACH, ENETUNREACH, ESRCH};
+use super::socket::RouteSocket;
 use super::{Error, Netns};
 
 /// What we read back about a link.
@@ -162,15 +163,7 @@ impl RouteSpec {
 
 /// A route netlink connection bound to the namespace it was opened in.
 pub struct Netlink {
-    pub(super) handle: Handle,
-}
-
-pub(super) fn nl_err(what: impl Into<String>, e: rtnetlink::Error) -> Error {
-    let source = match e {
-        rtnetlink::Error::NetlinkError(m) => m.to_io(),
-        other => std::io::Error::other(other.to_string()),
-    };
-    Error::io(what, source)
+    socket: RouteSocket,
 }
 
 fn tolerate(res: Result<(), Error>, errno: i32) -> Result<bool, Error> {
@@ -182,12 +175,10 @@ fn tolerate(res: Result<(), Error>, errno: i32) -> Result<bool, Error> {
 }
 
 impl Netlink {
-    /// Opens a connection in the calling thread's namespace. Needs a tokio runtime context.
+    /// Opens a connection in the calling thread's namespace.
     pub fn connect() -> Result<Netlink, Error> {
-        let (conn, handle, _) =
-            rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
-        tokio::spawn(conn);
-        Ok(Netlink { handle })
+        let socket = RouteSocket::open().map_err(|e| Error::io("opening a netlink socket", e))?;
+        Ok(Netlink { socket })
     }
 
     /// Opens a connection inside `ns`; the socket stays bound there after we leave.
@@ -195,48 +186,72 @@ impl Netlink {
         ns.run(Netlink::connect)?
     }
 
+    /// Sends `msg` (with `flags` besides request and ack) and returns the kernel's answers.
+    pub(super) fn request(
+        &self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+        what: impl FnOnce() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        self.socket
+            .request(msg, flags)
+            .map_err(|e| Error::io(what(), e))
+    }
+
+    /// Every object the kernel lists for `msg`.
+    pub(super) fn dump(
+        &self,
+        msg: RouteNetlinkMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        self.socket.dump(msg).map_err(|e| Error::io(what(), e))
+    }
+
     pub async fn link(&self, name: &str) -> Result<Option<LinkInfo>, Error> {
-        let req = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        Self::first_link(req, &format!("looking up link {name}")).await
+        Ok(self.link_message(name)?.map(link_info))
+    }
+
+    /// The kernel's message about link `name`; None when there is none.
+    pub(super) fn link_message(&self, name: &str) -> Result<Option<LinkMessage>, Error> {
+        let mut msg = LinkMessage::default();
+        msg.attributes.push(LinkAttribute::IfName(name.to_string()));
+        self.first_link(msg, || format!("looking up link {name}"))
     }
 
     pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>, Error> {
-        let req = self.handle.link().get().match_index(index).execute();
-        Self::first_link(req, &format!("looking up link #{index}")).await
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        Ok(self
+            .first_link(msg, || format!("looking up link #{index}"))?
+            .map(link_info))
     }
 
     /// Every link of the namespace.
     pub async fn links(&self) -> Result<Vec<LinkInfo>, Error> {
-        let msgs: Vec<_> = self
-            .handle
-            .link()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err("listing links", e))?;
-        Ok(msgs.into_iter().map(link_info).collect())
+        let answers = self.dump(RouteNetlinkMessage::GetLink(LinkMessage::default()), || {
+            "listing links".into()
+        })?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(link_info(l)),
+                _ => None,
+            })
+            .collect())
     }
 
-    async fn first_link(
-        mut req: impl futures::Stream<Item = Result<LinkMessage, rtnetlink::Error>> + Unpin,
-        what: &str,
-    ) -> Result<Option<LinkInfo>, Error> {
-        match req.try_next().await {
-            Ok(m) => Ok(m.map(link_info)),
-            Err(e) => {
-                let e = nl_err(what, e);
-                if e.is_not_found() {
-                    Ok(None)
-                } else {
-                    Err(e)
-                }
-            }
+    fn first_link(
+        &self,
+        msg: LinkMessage,
+        what: impl FnOnce() -> String,
+    ) -> Result<Option<LinkMessage>, Error> {
+        match self.request(RouteNetlinkMessage::GetLink(msg), 0, what) {
+            Ok(answers) => Ok(answers.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) => Some(l),
+                _ => None,
+            })),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -569,12 +584,12 @@ impl Netlink {
         msg: LinkMessage,
         what: impl FnOnce() -> String,
     ) -> Result<(), Error> {
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(what(), e))
+        self.request(
+            RouteNetlinkMessage::NewLink(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            what,
+        )
+        .map(drop)
     }
 
     pub(super) async fn set_link(
@@ -582,12 +597,8 @@ impl Netlink {
         msg: LinkMessage,
         what: impl FnOnce() -> String,
     ) -> Result<(), Error> {
-        self.handle
-            .link()
-            .set(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(what(), e))
+        self.request(RouteNetlinkMessage::SetLink(msg), 0, what)
+            .map(drop)
     }
 
     /// Lets a bridge port send frames back out the port they came in on.
@@ -607,12 +618,8 @@ impl Netlink {
     /// Sets one bridge-port attribute of the port `index`.
     async fn set_port(&self, index: u32, attr: InfoBridgePort, what: String) -> Result<(), Error> {
         let msg = LinkBridgePort::new(index).append_info_data(attr).build();
-        self.handle
-            .link()
-            .set_port(msg)
-            .execute()
-            .await
-            .map_err(|e| nl_err(what, e))
+        self.request(RouteNetlinkMessage::NewLink(msg), 0, || what)
+            .map(drop)
     }
 
     /// Deletes a link by name; `Ok(false)` when it was already gone.
@@ -625,16 +632,14 @@ impl Netlink {
 
     /// Deletes link `index` (called `name`); `Ok(false)` when it is gone already.
     pub async fn delete_link_index(&self, index: u32, name: &str) -> Result<bool, Error> {
-        match self.handle.link().del(index).execute().await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let e = nl_err(format!("deleting link {name}"), e);
-                if e.is_not_found() {
-                    Ok(false)
-                } else {
-                    Err(e)
-                }
-            }
+        let mut msg = LinkMessage::default();
+        msg.header.index = index;
+        match self.request(RouteNetlinkMessage::DelLink(msg), 0, || {
+            format!("deleting link {name}")
+        }) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_not_found() => Ok(false),
+            Err(e) => Err(e),
         }
     }
 
@@ -657,16 +662,26 @@ impl Netlink {
         addr: IpNetwork,
         dad: bool,
     ) -> Result<bool, Error> {
-        let mut req = self.handle.address().add(index, addr.ip(), addr.prefix());
+        let mut msg = match addr.ip() {
+            IpAddr::V4(ip) => AddressMessageBuilder::<std::net::Ipv4Addr>::new()
+                .index(index)
+                .address(ip, addr.prefix())
+                .build(),
+            IpAddr::V6(ip) => AddressMessageBuilder::<std::net::Ipv6Addr>::new()
+                .index(index)
+                .address(ip, addr.prefix())
+                .build(),
+        };
         if addr.is_ipv6() && !dad {
-            let flags = AddressAttribute::Flags(AddressFlags::Nodad);
-            req.message_mut().attributes.push(flags);
+            msg.attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
         }
-        let res = req.execute().await;
-        tolerate(
-            res.map_err(|e| nl_err(format!("adding address {addr} to {name}"), e)),
-            EEXIST,
-        )
+        let res = self.request(
+            RouteNetlinkMessage::NewAddress(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("adding address {addr} to {name}"),
+        );
+        tolerate(res.map(drop), EEXIST)
     }
 
     pub async fn delete_address(
@@ -675,23 +690,12 @@ impl Netlink {
         name: &str,
         addr: IpNetwork,
     ) -> Result<(), Error> {
-        let mut req = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        while let Some(m) = req
-            .try_next()
-            .await
-            .map_err(|e| nl_err(format!("listing addresses of {name}"), e))?
-        {
+        for m in self.address_messages(index, name).await? {
             if address_of(&m).is_some_and(|a| a == addr) {
-                let res = self.handle.address().del(m).execute().await;
-                tolerate(
-                    res.map_err(|e| nl_err(format!("removing {addr} from {name}"), e)),
-                    EADDRNOTAVAIL,
-                )?;
+                let res = self.request(RouteNetlinkMessage::DelAddress(m), 0, || {
+                    format!("removing {addr} from {name}")
+                });
+                tolerate(res.map(drop), EADDRNOTAVAIL)?;
             }
         }
         Ok(())
@@ -733,37 +737,38 @@ impl Netlink {
         index: u32,
         name: &str,
     ) -> Result<Vec<netlink_packet_route::address::AddressMessage>, Error> {
-        let req = self
-            .handle
-            .address()
-            .get()
-            .set_link_index_filter(index)
-            .execute();
-        let msgs: Vec<_> = req
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("listing addresses of {name}"), e))?;
-        Ok(msgs
+        let mut filter = netlink_packet_route::address::AddressMessage::default();
+        filter.header.index = index;
+        let answers = self.dump(RouteNetlinkMessage::GetAddress(filter), || {
+            format!("listing addresses of {name}")
+        })?;
+        Ok(answers
             .into_iter()
-            .filter(|m| m.header.index == index)
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) if a.header.index == index => Some(a),
+                _ => None,
+            })
             .collect())
     }
 
     /// Adds a route; an identical route already present is fine.
     pub async fn add_route(&self, r: &RouteSpec) -> Result<(), Error> {
-        let res = self.handle.route().add(r.message()?).execute().await;
-        tolerate(res.map_err(|e| nl_err(r.describe("adding"), e)), EEXIST).map(|_| ())
+        let res = self.request(
+            RouteNetlinkMessage::NewRoute(r.message()?),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || r.describe("adding"),
+        );
+        tolerate(res.map(drop), EEXIST).map(drop)
     }
 
     /// Adds a route or replaces the one to the same destination (and metric, table).
     pub async fn replace_route(&self, r: &RouteSpec) -> Result<(), Error> {
-        self.handle
-            .route()
-            .add(r.message()?)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(r.describe("replacing"), e))
+        self.request(
+            RouteNetlinkMessage::NewRoute(r.message()?),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || r.describe("replacing"),
+        )
+        .map(drop)
     }
 
     /// Deletes a route: of `r.protocol` when it names one, else whoever made it (the
@@ -773,8 +778,10 @@ impl Netlink {
         if r.protocol.is_none() {
             msg.header.protocol = RouteProtocol::Unspec;
         }
-        let res = self.handle.route().del(msg).execute().await;
-        tolerate(res.map_err(|e| nl_err(r.describe("deleting"), e)), ESRCH).map(|_| ())
+        let res = self.request(RouteNetlinkMessage::DelRoute(msg), 0, || {
+            r.describe("deleting")
+        });
+        tolerate(res.map(drop), ESRCH).map(drop)
     }
 
     /// The route the kernel picks for `dst` (`ip route get`): its output link and
@@ -788,12 +795,16 @@ impl Netlink {
         msg.header.address_family = family;
         msg.header.destination_prefix_length = len;
         msg.attributes.push(RouteAttribute::Destination(addr));
-        // With a destination this is one lookup, not a dump (rtnetlink leaves NLM_F_DUMP off).
-        let mut answers = self.handle.route().get(msg).execute();
-        let found = match answers.try_next().await {
-            Ok(m) => m,
+        // With a destination this is one lookup, not a dump.
+        let answers = self.request(RouteNetlinkMessage::GetRoute(msg), 0, || {
+            format!("looking up the route to {dst}")
+        });
+        let found = match answers {
+            Ok(answers) => answers.into_iter().find_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
+            }),
             Err(e) => {
-                let e = nl_err(format!("looking up the route to {dst}"), e);
                 return match e.errno() {
                     Some(ENETUNREACH | EHOSTUNREACH) => Ok(None),
                     _ => Err(e),
@@ -827,18 +838,16 @@ impl Netlink {
         } else {
             AddressFamily::Inet
         };
-        self.handle
-            .route()
-            .get(filter)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| {
-                nl_err(
-                    format!("listing {} routes", if v6 { "IPv6" } else { "IPv4" }),
-                    e,
-                )
+        let answers = self.dump(RouteNetlinkMessage::GetRoute(filter), || {
+            format!("listing {} routes", if v6 { "IPv6" } else { "IPv4" })
+        })?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) => Some(r),
+                _ => None,
             })
+            .collect())
     }
 }
 

@@ -5,6 +5,7 @@ mod detached;
 mod link;
 mod netns;
 mod policy;
+mod socket;
 mod tc;
 mod tuntap;
 mod vxlan;
@@ -65,7 +66,12 @@ pub(crate) mod libc_errno {
 
 impl From<Error> for CniError {
     fn from(e: Error) -> CniError {
-        CniError::new(code::NETLINK, e.what).details(e.source.to_string())
+        // A socket read that timed out: the kernel did not answer (socket::KERNEL_WAIT).
+        let code = match e.source.kind() {
+            io::ErrorKind::WouldBlock => code::TRY_AGAIN,
+            _ => code::NETLINK,
+        };
+        CniError::new(code, e.what).details(e.source.to_string())
     }
 }
 
@@ -78,57 +84,19 @@ pub fn sysctl_set(key: &str, value: &str) -> Result<(), Error> {
     std::fs::write(&path, value).map_err(|e| Error::io(format!("setting sysctl {key}={value}"), e))
 }
 
-/// The kernel as one plugin invocation sees it: one current-thread runtime (enough for a
-/// plugin, and safe with setns) and the host namespace's netlink connection, kept for the
-/// whole invocation; connections into container namespaces are made on it too.
+/// The kernel as one plugin invocation sees it: the host namespace's netlink socket,
+/// kept for the whole invocation; sockets in container namespaces are made beside it.
+/// Every request is answered on the calling thread (socket.rs), so the attachment
+/// layer's async steps run to their end when polled once.
 pub struct Kernel {
-    rt: tokio::runtime::Runtime,
     host: Netlink,
 }
 
-/// No request to the kernel takes this long; past it, the runtime may try again.
-const KERNEL_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-
 impl Kernel {
     pub fn new() -> Result<Kernel, CniError> {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_io()
-            .enable_time()
-            .build()
-            .map_err(|e| {
-                CniError::new(code::IO, "starting the async runtime").details(e.to_string())
-            })?;
-        let host = {
-            let _ctx = rt.enter();
-            Netlink::connect()?
-        };
-        Ok(Kernel { rt, host })
-    }
-
-    /// [`Kernel::new`] on another thread while `f` runs on this one: the runtime and the
-    /// netlink connection take ~0.4 ms that `f` (starting a delegate, whose spawn returns
-    /// only once the child has exec'd) need not wait for. `f` stays on the calling thread,
-    /// which outlives what it starts: a child's parent-death signal follows the thread
-    /// that forked it. Without a thread to spare, one after the other.
-    pub fn new_beside<T>(f: impl FnOnce() -> T) -> (Result<Kernel, CniError>, T) {
-        std::thread::scope(
-            |s| match std::thread::Builder::new().spawn_scoped(s, Kernel::new) {
-                Ok(kernel) => {
-                    let t = f();
-                    let k = kernel.join().unwrap_or_else(|_| {
-                        Err(CniError::new(
-                            code::IO,
-                            "starting the async runtime panicked",
-                        ))
-                    });
-                    (k, t)
-                }
-                Err(_) => {
-                    let t = f();
-                    (Kernel::new(), t)
-                }
-            },
-        )
+        Ok(Kernel {
+            host: Netlink::connect()?,
+        })
     }
 
     /// The host namespace (the one the plugin was started in).
@@ -138,11 +106,10 @@ impl Kernel {
 
     /// A connection inside `ns`; the socket stays bound there after we leave.
     pub fn connect_in(&self, ns: &Netns) -> Result<Netlink, Error> {
-        let _ctx = self.rt.enter();
         Netlink::connect_in(ns)
     }
 
-    /// Runs `f` to its end, bounded: a kernel that does not answer is a try-again (11).
+    /// Runs the steps `f` to their end.
     pub fn run<T, E>(
         &self,
         f: impl std::future::Future<Output = Result<T, E>>,
@@ -150,16 +117,20 @@ impl Kernel {
     where
         CniError: From<E>,
     {
-        // The timer is made inside the runtime, which it needs.
-        match self
-            .rt
-            .block_on(async { tokio::time::timeout(KERNEL_WAIT, f).await })
-        {
-            Ok(r) => r.map_err(CniError::from),
-            Err(_) => Err(CniError::new(
-                code::TRY_AGAIN,
-                format!("the kernel did not answer within {KERNEL_WAIT:?}"),
-            )),
-        }
+        futures::executor::block_on(f).map_err(CniError::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kernel_that_does_not_answer_is_a_try_again() {
+        // A read past the socket's receive timeout fails with EAGAIN.
+        let timed_out = Error::io("adding a route", io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(CniError::from(timed_out).code, code::TRY_AGAIN);
+        let refused = Error::io("adding a route", io::Error::from_raw_os_error(libc::EEXIST));
+        assert_eq!(CniError::from(refused).code, code::NETLINK);
     }
 }

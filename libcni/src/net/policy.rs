@@ -1,18 +1,17 @@
 //! Policy routing, for sbr: source rules (`from <ip> lookup <table>`), the tables they
-//! point to, and a link's main-table routes copied into such a table; all over rtnetlink.
+//! point to, and a link's main-table routes copied into such a table.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use futures::TryStreamExt;
 use ipnetwork::IpNetwork;
 use netlink_packet_route::route::{RouteAttribute, RouteFlags, RouteHeader, RouteMessage};
 use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
-use netlink_packet_route::AddressFamily;
-use rtnetlink::IpVersion;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 
 use super::libc_errno::{ENOENT, ESRCH};
-use super::link::{nl_err, route_ip};
+use super::link::route_ip;
 use super::{Error, Netlink, RouteSpec};
 
 const RT_TABLE_MAIN: u32 = RouteHeader::RT_TABLE_MAIN as u32;
@@ -81,58 +80,52 @@ fn table_route(msg: RouteMessage) -> Option<TableRoute> {
     Some(TableRoute { dst, gw, src, msg })
 }
 
+/// The rule `from <src>/32 (/128) lookup <table>`.
+fn source_rule(src: IpAddr, table: u32) -> RuleMessage {
+    let mut msg = RuleMessage::default();
+    msg.header.family = match src {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    };
+    msg.header.src_len = if src.is_ipv4() { 32 } else { 128 };
+    msg.header.action = RuleAction::ToTable;
+    msg.attributes.push(RuleAttribute::Source(src));
+    msg.attributes.push(RuleAttribute::Table(table));
+    msg
+}
+
 impl Netlink {
     /// Every rule of both families.
     pub async fn rules(&self) -> Result<Vec<Rule>, Error> {
         let mut all = Vec::new();
-        for v in [IpVersion::V4, IpVersion::V6] {
-            let msgs: Vec<RuleMessage> = self
-                .handle
-                .rule()
-                .get(v)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(|e| nl_err("listing rules", e))?;
-            all.extend(msgs.into_iter().map(rule_of));
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut filter = RuleMessage::default();
+            filter.header.family = family;
+            let answers = self.dump(RouteNetlinkMessage::GetRule(filter), || {
+                "listing rules".into()
+            })?;
+            all.extend(answers.into_iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewRule(r) => Some(rule_of(r)),
+                _ => None,
+            }));
         }
         Ok(all)
     }
 
     /// Adds `from <src>/32 (/128) lookup <table>`, with the priority the kernel picks.
     pub async fn add_source_rule(&self, src: IpAddr, table: u32) -> Result<(), Error> {
-        let req = self.handle.rule().add().table_id(table);
-        let what = || format!("adding rule from {src} lookup {table}");
-        let res = match src {
-            IpAddr::V4(a) => {
-                req.v4()
-                    .source_prefix(a, 32)
-                    .action(RuleAction::ToTable)
-                    .execute()
-                    .await
-            }
-            IpAddr::V6(a) => {
-                req.v6()
-                    .source_prefix(a, 128)
-                    .action(RuleAction::ToTable)
-                    .execute()
-                    .await
-            }
-        };
-        res.map_err(|e| nl_err(what(), e))
+        let msg = source_rule(src, table);
+        self.request(
+            RouteNetlinkMessage::NewRule(msg),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("adding rule from {src} lookup {table}"),
+        )
+        .map(drop)
     }
 
     /// Deletes the rule `from <src>/32 (/128) lookup <table>`; one already gone is fine.
     pub async fn delete_source_rule(&self, src: IpAddr, table: u32) -> Result<(), Error> {
-        let mut msg = RuleMessage::default();
-        msg.header.family = match src {
-            IpAddr::V4(_) => AddressFamily::Inet,
-            IpAddr::V6(_) => AddressFamily::Inet6,
-        };
-        msg.header.src_len = if src.is_ipv4() { 32 } else { 128 };
-        msg.header.action = RuleAction::ToTable;
-        msg.attributes.push(RuleAttribute::Source(src));
-        msg.attributes.push(RuleAttribute::Table(table));
+        let msg = source_rule(src, table);
         let src = IpNetwork::new(src, msg.header.src_len).ok();
         self.delete_rule(&Rule { table, src, msg }).await
     }
@@ -140,12 +133,10 @@ impl Netlink {
     /// Deletes a listed rule; one already gone is fine.
     pub async fn delete_rule(&self, r: &Rule) -> Result<(), Error> {
         let what = format!("deleting rule from {:?} lookup {}", r.src, r.table);
-        match self.handle.rule().del(r.msg.clone()).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => match nl_err(what, e) {
-                e if e.errno() == Some(ENOENT) => Ok(()),
-                e => Err(e),
-            },
+        match self.request(RouteNetlinkMessage::DelRule(r.msg.clone()), 0, || what) {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Some(ENOENT) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -184,13 +175,12 @@ impl Netlink {
         msg.attributes.push(RouteAttribute::Table(table));
         msg.header.table = u8::try_from(table).unwrap_or(RouteHeader::RT_TABLE_UNSPEC);
         msg.header.flags = RouteFlags::empty();
-        self.handle
-            .route()
-            .add(msg)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("copying route {} to table {table}", r.dst), e))
+        self.request(
+            RouteNetlinkMessage::NewRoute(msg),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("copying route {} to table {table}", r.dst),
+        )
+        .map(drop)
     }
 
     /// Deletes every route of `table` out of link `oif`.
@@ -207,12 +197,12 @@ impl Netlink {
 
     /// Deletes a listed route; one already gone is fine.
     pub async fn delete_listed_route(&self, r: &TableRoute) -> Result<(), Error> {
-        match self.handle.route().del(r.msg.clone()).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => match nl_err(format!("deleting route {}", r.dst), e) {
-                e if e.errno() == Some(ESRCH) => Ok(()),
-                e => Err(e),
-            },
+        match self.request(RouteNetlinkMessage::DelRoute(r.msg.clone()), 0, || {
+            format!("deleting route {}", r.dst)
+        }) {
+            Ok(_) => Ok(()),
+            Err(e) if e.errno() == Some(ESRCH) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

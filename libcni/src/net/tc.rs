@@ -3,17 +3,16 @@
 //! link's incoming traffic to that ifb (where its own tbf shapes it).
 //! netlink-packet-route has no tbf type, so its options are encoded here.
 
-use futures::{StreamExt, TryStreamExt};
 use netlink_packet_route::link::InfoKind;
-use netlink_packet_route::tc::{TcAttribute, TcHandle, TcMessage, TcOption};
-use netlink_packet_route::RouteNetlinkMessage;
-use rtnetlink::packet_core::{
-    DefaultNla, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_CREATE, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+use netlink_packet_route::tc::{
+    TcAction, TcActionAttribute, TcActionGeneric, TcActionMirror, TcActionMirrorOption,
+    TcActionOption, TcActionType, TcAttribute, TcFilterU32, TcFilterU32Option, TcHandle, TcMessage,
+    TcMirror, TcMirrorActionType, TcOption, TcU32Key, TcU32Selector, TcU32SelectorFlags,
 };
+use netlink_packet_route::RouteNetlinkMessage;
+use rtnetlink::packet_core::{DefaultNla, Nla, NLM_F_CREATE, NLM_F_EXCL, NLM_F_REPLACE};
 use rtnetlink::{LinkMessageBuilder, LinkUnspec};
 
-use super::link::nl_err;
 use super::{Error, Netlink};
 
 const TCA_TBF_PARMS: u16 = 1;
@@ -102,28 +101,42 @@ impl Tbf {
     }
 }
 
-impl Netlink {
-    async fn tc_request(
-        &self,
-        msg: RouteNetlinkMessage,
-        flags: u16,
-        what: &str,
-    ) -> Result<(), Error> {
-        let mut req = NetlinkMessage::from(msg);
-        req.header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        let mut responses = self
-            .handle
-            .clone()
-            .request(req)
-            .map_err(|e| nl_err(what, e))?;
-        while let Some(m) = responses.next().await {
-            if let NetlinkPayload::Error(e) = m.payload {
-                return Err(nl_err(what, rtnetlink::Error::NetlinkError(e)));
-            }
-        }
-        Ok(())
-    }
+/// `tc filter add dev #index parent ffff: pref 1 protocol all u32 match u8 0 0 action
+/// mirred egress redirect dev #to`.
+fn redirect_filter(index: u32, to: u32) -> TcMessage {
+    let mut m = TcMessage::with_index(index as i32);
+    m.header.parent = TcHandle::INGRESS;
+    // The filter's priority (major) and protocol (minor, network order).
+    m.header.info = u32::from(TcHandle {
+        major: 1,
+        minor: ETH_P_ALL.to_be(),
+    });
+    let mut selector = TcU32Selector::default();
+    selector.flags = TcU32SelectorFlags::Terminal;
+    selector.nkeys = 1;
+    selector.keys = vec![TcU32Key::default()];
+    let mut mirror = TcMirror::default();
+    mirror.generic = TcActionGeneric::default();
+    mirror.generic.action = TcActionType::Stolen;
+    mirror.eaction = TcMirrorActionType::EgressRedir;
+    mirror.ifindex = to;
+    let mut action = TcAction::default();
+    action.attributes = vec![
+        TcActionAttribute::Kind(TcActionMirror::KIND.to_string()),
+        TcActionAttribute::Options(vec![TcActionOption::Mirror(TcActionMirrorOption::Parms(
+            mirror,
+        ))]),
+    ];
+    m.attributes
+        .push(TcAttribute::Kind(TcFilterU32::KIND.to_string()));
+    m.attributes.push(TcAttribute::Options(vec![
+        TcOption::U32(TcFilterU32Option::Selector(selector)),
+        TcOption::U32(TcFilterU32Option::Action(vec![action])),
+    ]));
+    m
+}
 
+impl Netlink {
     /// Makes `tbf` the root qdisc of link `index`, replacing what was there.
     pub async fn set_root_tbf(&self, index: u32, name: &str, tbf: Tbf) -> Result<(), Error> {
         let mut m = TcMessage::with_index(index as i32);
@@ -131,12 +144,12 @@ impl Netlink {
         m.header.handle = TcHandle { major: 1, minor: 0 };
         m.attributes.push(TcAttribute::Kind("tbf".into()));
         m.attributes.push(TcAttribute::Options(tbf.options()));
-        self.tc_request(
+        self.request(
             RouteNetlinkMessage::NewQueueDiscipline(m),
             NLM_F_CREATE | NLM_F_REPLACE,
-            &format!("setting a tbf qdisc on {name}"),
+            || format!("setting a tbf qdisc on {name}"),
         )
-        .await
+        .map(drop)
     }
 
     /// Creates an ifb device labelled with `alias`, up, and returns its index.
@@ -166,40 +179,37 @@ impl Netlink {
     /// Redirects everything arriving on link `index` to link `to`: an ingress qdisc and a
     /// u32 match-all filter with a mirred egress redirect action.
     pub async fn redirect_ingress(&self, index: u32, name: &str, to: u32) -> Result<(), Error> {
-        self.handle
-            .qdisc()
-            .replace(index as i32)
-            .ingress()
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("adding an ingress qdisc to {name}"), e))?;
-        self.handle
-            .traffic_filter(index as i32)
-            .add()
-            .parent(TcHandle::INGRESS.into())
-            .priority(1)
-            .protocol(ETH_P_ALL.to_be())
-            .redirect(to)
-            .map_err(|e| nl_err(format!("building the redirect filter of {name}"), e))?
-            .execute()
-            .await
-            .map_err(|e| nl_err(format!("adding the redirect filter to {name}"), e))
+        let mut qdisc = TcMessage::with_index(index as i32);
+        qdisc.header.parent = TcHandle::INGRESS;
+        qdisc.header.handle = TcHandle::from(0xffff_0000);
+        qdisc.attributes.push(TcAttribute::Kind("ingress".into()));
+        self.request(
+            RouteNetlinkMessage::NewQueueDiscipline(qdisc),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("adding an ingress qdisc to {name}"),
+        )?;
+        self.request(
+            RouteNetlinkMessage::NewTrafficFilter(redirect_filter(index, to)),
+            NLM_F_CREATE | NLM_F_EXCL,
+            || format!("adding the redirect filter to {name}"),
+        )
+        .map(drop)
     }
 
     /// The qdiscs of link `index` (the kernel's defaults included).
     pub async fn qdiscs(&self, index: u32) -> Result<Vec<Qdisc>, Error> {
-        let msgs: Vec<TcMessage> = self
-            .handle
-            .qdisc()
-            .get()
-            .index(index as i32)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("listing the qdiscs of link #{index}"), e))?;
-        Ok(msgs
+        let answers = self.dump(
+            RouteNetlinkMessage::GetQueueDiscipline(TcMessage::with_index(index as i32)),
+            || format!("listing the qdiscs of link #{index}"),
+        )?;
+        Ok(answers
             .into_iter()
-            .filter(|m| m.header.index == index as i32)
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewQueueDiscipline(q) if q.header.index == index as i32 => {
+                    Some(q)
+                }
+                _ => None,
+            })
             .map(|m| {
                 let kind = m
                     .attributes

@@ -5,15 +5,15 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
 use netlink_packet_route::link::{InfoData, InfoVxlan, LinkAttribute, LinkInfo as NlInfo};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::AddressFamily;
+use netlink_packet_route::route::RouteType;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{NLM_F_CREATE, NLM_F_REPLACE};
 use rtnetlink::LinkVxlan;
 
-use super::link::nl_err;
 use super::{Error, Netlink};
 use crate::mac::format_mac;
 
@@ -75,6 +75,23 @@ fn neighbour_address(ip: IpAddr) -> NeighbourAddress {
     }
 }
 
+fn family_of(ip: IpAddr) -> AddressFamily {
+    match ip {
+        IpAddr::V4(_) => AddressFamily::Inet,
+        IpAddr::V6(_) => AddressFamily::Inet6,
+    }
+}
+
+/// A permanent entry of `family` on link `index`, its addresses still to add.
+fn permanent(index: u32, family: AddressFamily) -> NeighbourMessage {
+    let mut m = NeighbourMessage::default();
+    m.header.family = family;
+    m.header.ifindex = index;
+    m.header.state = NeighbourState::Permanent;
+    m.header.kind = RouteType::Unspec;
+    m
+}
+
 impl Netlink {
     /// Creates the device, up.
     pub async fn create_vxlan(&self, v: &Vxlan) -> Result<(), Error> {
@@ -95,20 +112,9 @@ impl Netlink {
 
     /// The VXLAN settings of link `name`; None when there is no such link.
     pub async fn vxlan_state(&self, name: &str) -> Result<Option<VxlanState>, Error> {
-        let mut req = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        let msg = match req.try_next().await {
-            Ok(m) => m,
-            Err(e) => {
-                let e = nl_err(format!("looking up {name}"), e);
-                return if e.is_not_found() { Ok(None) } else { Err(e) };
-            }
+        let Some(msg) = self.link_message(name)? else {
+            return Ok(None);
         };
-        let Some(msg) = msg else { return Ok(None) };
         let mut s = VxlanState::default();
         for a in msg.attributes {
             let LinkAttribute::LinkInfo(infos) = a else {
@@ -137,59 +143,52 @@ impl Netlink {
 
     /// Sets the neighbour `ip` -> `mac` on link `index`, permanent, replacing what was.
     pub async fn replace_neighbour(&self, index: u32, ip: IpAddr, mac: &[u8]) -> Result<(), Error> {
-        self.handle
-            .neighbours()
-            .add(index, ip)
-            .link_layer_address(mac)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| {
-                nl_err(
-                    format!("setting neighbour {ip} -> {} on #{index}", format_mac(mac)),
-                    e,
-                )
-            })
+        let mut m = permanent(index, family_of(ip));
+        m.attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(ip)));
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("setting neighbour {ip} -> {} on #{index}", format_mac(mac)),
+        )
+        .map(drop)
     }
 
     /// Sets the FDB entry `mac` -> `dst` on link `index` (the device's own, permanent),
     /// replacing what was.
     pub async fn replace_fdb(&self, index: u32, mac: &[u8], dst: IpAddr) -> Result<(), Error> {
-        self.handle
-            .neighbours()
-            .add_bridge(index, mac)
-            .destination(dst)
-            .flags(NeighbourFlags::Own)
-            .state(NeighbourState::Permanent)
-            .replace()
-            .execute()
-            .await
-            .map_err(|e| {
-                nl_err(
-                    format!("setting FDB {} -> {dst} on #{index}", format_mac(mac)),
-                    e,
-                )
-            })
+        let mut m = permanent(index, AddressFamily::Bridge);
+        m.header.flags = NeighbourFlags::Own;
+        m.attributes
+            .push(NeighbourAttribute::LinkLayerAddress(mac.to_vec()));
+        m.attributes
+            .push(NeighbourAttribute::Destination(neighbour_address(dst)));
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE,
+            || format!("setting FDB {} -> {dst} on #{index}", format_mac(mac)),
+        )
+        .map(drop)
     }
 
-    async fn dump(
+    async fn neighbour_messages(
         &self,
         family: AddressFamily,
         index: u32,
     ) -> Result<Vec<NeighbourMessage>, Error> {
-        let msgs: Vec<NeighbourMessage> = self
-            .handle
-            .neighbours()
-            .get()
-            .set_address_family(family)
-            .execute()
-            .try_collect()
-            .await
-            .map_err(|e| nl_err(format!("listing the neighbours of #{index}"), e))?;
-        Ok(msgs
+        let mut filter = NeighbourMessage::default();
+        filter.header.family = family;
+        let answers = self.dump(RouteNetlinkMessage::GetNeighbour(filter), || {
+            format!("listing the neighbours of #{index}")
+        })?;
+        Ok(answers
             .into_iter()
-            .filter(|m| m.header.ifindex == index)
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewNeighbour(n) if n.header.ifindex == index => Some(n),
+                _ => None,
+            })
             .collect())
     }
 
@@ -215,25 +214,23 @@ impl Netlink {
 
     /// The permanent neighbours of link `index` (both families).
     pub async fn neighbours(&self, index: u32) -> Result<Vec<Entry>, Error> {
-        let mut msgs = self.dump(AddressFamily::Inet, index).await?;
-        msgs.extend(self.dump(AddressFamily::Inet6, index).await?);
+        let mut msgs = self.neighbour_messages(AddressFamily::Inet, index).await?;
+        msgs.extend(self.neighbour_messages(AddressFamily::Inet6, index).await?);
         Ok(Self::entries(&msgs))
     }
 
     /// The permanent FDB entries of link `index`.
     pub async fn fdb(&self, index: u32) -> Result<Vec<Entry>, Error> {
         Ok(Self::entries(
-            &self.dump(AddressFamily::Bridge, index).await?,
+            &self
+                .neighbour_messages(AddressFamily::Bridge, index)
+                .await?,
         ))
     }
 
     pub async fn delete_neighbour(&self, index: u32, ip: IpAddr) -> Result<(), Error> {
         let mut m = NeighbourMessage::default();
-        m.header.family = if ip.is_ipv4() {
-            AddressFamily::Inet
-        } else {
-            AddressFamily::Inet6
-        };
+        m.header.family = family_of(ip);
         m.header.ifindex = index;
         m.attributes
             .push(NeighbourAttribute::Destination(neighbour_address(ip)));
@@ -261,16 +258,10 @@ impl Netlink {
 
     /// Deletes an entry; one already gone is fine.
     async fn delete_entry(&self, m: NeighbourMessage, what: String) -> Result<(), Error> {
-        match self.handle.neighbours().del(m).execute().await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let e = nl_err(what, e);
-                if e.is_not_found() {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            }
+        match self.request(RouteNetlinkMessage::DelNeighbour(m), 0, || what) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
         }
     }
 }

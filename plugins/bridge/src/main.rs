@@ -46,19 +46,12 @@ impl Plugin for Bridge {
         c.check_for_add(args)?;
         let spec = spec_of(c)?;
         args.required_netns()?;
-        // IPAM first. An exec'd one returns once its child has exec'd: the async runtime
-        // and netlink start on a thread beside it meanwhile, which one on a thread of ours,
-        // started at once, is not worth.
+        // IPAM first: it runs while the veth is made.
         let ipam = Delegate::ipam(args);
-        let (k, pending) = if ipam.as_ref().is_some_and(|i| i.runs_in_process(args)) {
-            let pending = PendingLease::start_if(ipam.as_ref(), args);
-            (Kernel::new(), pending)
-        } else {
-            Kernel::new_beside(|| PendingLease::start_if(ipam.as_ref(), args))
-        };
-        let pending = pending?;
+        let pending = PendingLease::start_if(ipam.as_ref(), args)?;
         trace::mark("ipam started");
-        bridged::add(&k?, args, &spec, pending)
+        let k = Kernel::new()?;
+        bridged::add(&k, args, &spec, pending)
     }
 
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
