@@ -267,6 +267,7 @@ fn bridge_address_of_another_subnet_needs_force_address() {
     assert!(net.host.live_veths().is_empty());
     assert!(c.link("eth0").is_none());
     assert_eq!(store_allocations(net.data.path(), "testnet"), 0);
+    assert_eq!(net.host.addrs("cnitest0"), ["10.96.99.1/24"]);
 
     let forced = bridge_conf(
         "1.0.0",

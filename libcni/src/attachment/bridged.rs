@@ -308,27 +308,41 @@ async fn set_gateways(
     bridge: &LinkInfo,
     ips: &[IpConfig],
 ) -> Result<(), Error> {
-    let existing = nl.addresses(bridge.index, &bridge.name).await?;
     for ip in ips {
         let Some(gw) = ip.gateway else { continue };
         let gw_net = IpNetwork::new(gw, ip.address.prefix()).map_err(|e| {
             Error::config(format!("gateway {gw} does not fit address {}", ip.address))
                 .details(e.to_string())
         })?;
-        if gw.is_ipv4() {
-            for old in existing.iter().filter(|a| a.is_ipv4() && **a != gw_net) {
-                if !spec.force_address {
-                    return Err(Error::new(
-                        code::INVALID_CONFIG,
-                        format!(
-                            "bridge {} already has address {old}, not {gw_net} (set forceAddress to replace it)",
-                            bridge.name
-                        ),
-                    ));
-                }
-                nl.delete_address(bridge.index, &bridge.name, *old).await?;
-            }
+        // Present already, as after the bridge's first ADD: the reference too is done
+        // once it meets the gateway among the bridge's addresses.
+        if !nl.add_address(bridge.index, &bridge.name, gw_net).await? || gw.is_ipv6() {
+            continue;
         }
+        let others: Vec<IpNetwork> = nl
+            .addresses(bridge.index, &bridge.name)
+            .await?
+            .into_iter()
+            .filter(|a| a.is_ipv4() && *a != gw_net)
+            .collect();
+        if others.is_empty() {
+            continue;
+        }
+        if !spec.force_address {
+            nl.delete_address(bridge.index, &bridge.name, gw_net)
+                .await?;
+            return Err(Error::new(
+                code::INVALID_CONFIG,
+                format!(
+                    "bridge {} already has address {}, not {gw_net} (set forceAddress to replace it)",
+                    bridge.name, others[0]
+                ),
+            ));
+        }
+        for old in others {
+            nl.delete_address(bridge.index, &bridge.name, old).await?;
+        }
+        // Once more: a secondary address goes with the primary it was added under.
         nl.add_address(bridge.index, &bridge.name, gw_net).await?;
     }
     Ok(())
