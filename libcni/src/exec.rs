@@ -4,6 +4,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
+use std::os::unix::thread::JoinHandleExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -108,7 +109,7 @@ impl Running {
         run: impl FnOnce() -> Result<Option<Value>, Error> + Send + 'static,
     ) -> Result<Running, Error> {
         let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name.to_string())
             // A process's main thread has 8 MB; the default for a thread (2 MB, or
             // RUST_MIN_STACK from the runtime's environment) would not be the same.
@@ -119,6 +120,8 @@ impl Running {
             .map_err(|e| {
                 Error::new(code::IO, format!("starting {name} in process")).details(e.to_string())
             })?;
+        // std names the handle as an integer, libc (musl) as a pointer.
+        move_off_this_cpu(thread.as_pthread_t() as usize as libc::pthread_t);
         Ok(Running {
             work: Some(Work::Thread(rx)),
             name: name.to_string(),
@@ -169,6 +172,32 @@ impl Drop for Running {
     }
 }
 
+/// Moves `thread`, started and not yet run, to another CPU this process may use, and
+/// leaves it free to move again. A new thread is queued on its parent's CPU, and an idle
+/// CPU is not woken to take it until the busy one's next tick: the plugin's own work
+/// would hold it off for its whole length, where an exec'd delegate runs beside it (exec
+/// places a process on an idle CPU). Nothing to do on one CPU.
+fn move_off_this_cpu(thread: libc::pthread_t) {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain bits; the calls read and write the sets we own, about a
+    // thread whose handle we hold.
+    unsafe {
+        let mut allowed: libc::cpu_set_t = std::mem::zeroed();
+        let here = libc::sched_getcpu();
+        if here < 0 || libc::pthread_getaffinity_np(thread, size, &mut allowed) != 0 {
+            return;
+        }
+        let mut elsewhere = allowed;
+        libc::CPU_CLR(here as usize, &mut elsewhere);
+        if libc::CPU_COUNT(&elsewhere) == 0
+            || libc::pthread_setaffinity_np(thread, size, &elsewhere) != 0
+        {
+            return;
+        }
+        libc::pthread_setaffinity_np(thread, size, &allowed);
+    }
+}
+
 /// Waits for `child` and collects its output; kills it once `timeout` has passed (code 11).
 pub(crate) fn wait_bounded(
     child: Child,
@@ -213,5 +242,34 @@ fn decode(name: &str, command: &str, out: std::process::Output) -> Result<Option
             code::DELEGATE,
             format!("{name} {command} failed: {}", out.status),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn affinity(thread: libc::pthread_t) -> Vec<usize> {
+        let size = std::mem::size_of::<libc::cpu_set_t>();
+        // SAFETY: reads the mask of a live thread we hold the handle of into a set we own.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::pthread_getaffinity_np(thread, size, &mut set), 0);
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|c| libc::CPU_ISSET(*c, &set))
+                .collect()
+        }
+    }
+
+    #[test]
+    fn a_moved_thread_is_left_free_to_run_anywhere_it_could() {
+        let (tx, rx) = mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || rx.recv());
+        let handle = thread.as_pthread_t() as usize as libc::pthread_t;
+        let before = affinity(handle);
+        move_off_this_cpu(handle);
+        assert_eq!(affinity(handle), before);
+        tx.send(()).unwrap();
+        thread.join().unwrap().unwrap();
     }
 }
