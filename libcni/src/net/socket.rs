@@ -160,6 +160,10 @@ fn take_answers(
         }
         match m.payload {
             NetlinkPayload::Error(e) if e.code.is_some() => return Some(Err(e.to_io())),
+            // A dump the kernel could not finish ends with its errno.
+            NetlinkPayload::Done(d) if d.code < 0 => {
+                return Some(Err(io::Error::from_raw_os_error(-d.code)))
+            }
             NetlinkPayload::Error(_) | NetlinkPayload::Done(_) => return Some(Ok(())),
             NetlinkPayload::InnerMessage(inner) => answers.push(inner),
             _ => {}
@@ -217,6 +221,16 @@ mod tests {
         assert!(matches!(take_answers(&d, 7, &mut answers), Some(Ok(()))));
         let d = datagram(vec![(7, NetlinkPayload::Done(DoneMessage::default()))]);
         assert!(matches!(take_answers(&d, 7, &mut answers), Some(Ok(()))));
+    }
+
+    #[test]
+    fn a_dump_that_ends_with_an_errno_fails() {
+        let mut answers = Vec::new();
+        let mut done = DoneMessage::default();
+        done.code = -libc::EINTR;
+        let d = datagram(vec![(2, link(1)), (2, NetlinkPayload::Done(done))]);
+        let e = take_answers(&d, 2, &mut answers).unwrap().unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EINTR));
     }
 
     #[test]
