@@ -278,6 +278,11 @@ fn bridge_address_of_another_subnet_needs_force_address() {
     net.call("ADD", &c.path(), "f1").run(&forced).expect_ok();
     assert_eq!(net.host.addrs("cnitest0"), ["10.96.0.1/24"]);
     net.call("DEL", &c.path(), "f1").run(&forced).expect_ok();
+    // An address beside the gateway the bridge already has goes too.
+    net.host.sh("ip addr add 10.96.99.1/24 dev cnitest0");
+    net.call("ADD", &c.path(), "f2").run(&forced).expect_ok();
+    assert_eq!(net.host.addrs("cnitest0"), ["10.96.0.1/24"]);
+    net.call("DEL", &c.path(), "f2").run(&forced).expect_ok();
 }
 
 #[test]

@@ -315,8 +315,10 @@ async fn set_gateways(
                 .details(e.to_string())
         })?;
         // Present already, as after the bridge's first ADD: the reference too is done
-        // once it meets the gateway among the bridge's addresses.
-        if !nl.add_address(bridge.index, &bridge.name, gw_net).await? || gw.is_ipv6() {
+        // once it meets the gateway among the bridge's addresses. forceAddress still
+        // clears the others away.
+        let added = nl.add_address(bridge.index, &bridge.name, gw_net).await?;
+        if gw.is_ipv6() || !(added || spec.force_address) {
             continue;
         }
         let others: Vec<IpNetwork> = nl
