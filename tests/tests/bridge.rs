@@ -233,6 +233,68 @@ fn mac_spoof_check_follows_the_containers() {
     assert!(!rules.contains("elements"), "{rules}");
 }
 
+/// Once the shared chains and sets exist, an attachment's masquerade and MAC check are
+/// set elements added and deleted over netlink: no nft run on its ADD or DEL, and the
+/// elements read back in nft as nft itself would have written them.
+#[test]
+fn masquerade_and_mac_check_elements_need_no_nft_run() {
+    let net = Net::new();
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("nft-runs");
+    std::fs::write(
+        dir.path().join("nft"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec /usr/sbin/nft \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", dir.path().join("nft").to_str().unwrap()])
+        .status()
+        .unwrap();
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.path().display());
+    let mut conf = bridge_conf(
+        "1.0.0",
+        net.data.path(),
+        "10.95.0.0/24",
+        json!({"ipMasq": true, "macspoofchk": true}),
+    );
+    conf["ipam"]["ranges"] = json!([[{"subnet": "10.95.0.0/24"}], [{"subnet": "fd95::/64"}]]);
+    let (c1, c2) = (Ns::new("c"), Ns::new("c"));
+    net.call("ADD", &c1.path(), "e1").run(&conf).expect_ok();
+    let r = (net.call("ADD", &c2.path(), "e2"))
+        .env("PATH", &path)
+        .run(&conf)
+        .expect_ok();
+    let (veth, mac) = (&r["interfaces"][1]["name"], &r["interfaces"][2]["mac"]);
+    let sets = net.host.sh("nft list sets");
+    for want in [
+        "10.95.0.3 comment \"testnet/e2\"".to_string(),
+        "10.95.0.3 . 10.95.0.0/24 comment \"testnet/e2\"".to_string(),
+        "fd95::3 . fd95::/64 comment \"testnet/e2\"".to_string(),
+        format!("{veth} comment \"testnet/e2\""),
+        format!("{veth} . {} comment \"testnet/e2\"", mac.as_str().unwrap()),
+    ] {
+        assert!(sets.contains(&want), "{want} missing:\n{sets}");
+    }
+    assert!(c2.ping("10.95.0.1"));
+    for _ in 0..2 {
+        (net.call("DEL", &c2.path(), "e2"))
+            .env("PATH", &path)
+            .run(&with_prev(&conf, &r))
+            .expect_ok();
+    }
+    let sets = net.host.sh("nft list sets");
+    assert!(
+        !sets.contains("testnet/e2") && sets.contains("testnet/e1"),
+        "{sets}"
+    );
+    let runs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(runs.is_empty(), "nft ran: {runs}");
+    net.call("DEL", &c1.path(), "e1").run(&conf).expect_ok();
+}
+
 #[test]
 fn del_after_the_netns_is_gone() {
     let net = Net::new();
@@ -524,10 +586,10 @@ fn a_traced_add_marks_the_phases_of_bridge_and_its_host_local() {
             "veth created",
             "port attached",
             "ipam answered",
+            "rules added",
             "connected in the container",
             "container configured",
             "gateway set",
-            "rules in place",
             "done",
             "printed"
         ],

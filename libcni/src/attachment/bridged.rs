@@ -7,7 +7,6 @@ use ipnetwork::IpNetwork;
 
 use super::{claim, container, veth, Attachment, PendingLease, Rules, Undo};
 use crate::delegate::Delegate;
-use crate::firewall;
 use crate::net::{self, Kernel, LinkInfo, Netlink};
 use crate::skel::CmdArgs;
 use crate::spec::{code, CniResult, Dns, Error, Interface, IpConfig, Route};
@@ -91,13 +90,13 @@ pub fn add(
         .map(|l| l.result().clone())
         .unwrap_or_default();
     set_gateway_routes(spec, &mut r);
-    let rules = spec.rules(&a).start(&a, &r.ips)?;
-    if rules.is_some() {
+    if spec.rules(&a).add(&a, &r.ips)? {
         let (a, added) = (a.clone(), addrs(&r));
         undo.push("removing the rules", move || {
             spec.rules(&a).remove(&a, Some(&added))
         });
     }
+    trace::mark("rules added");
     let inside = k.connect_in(netns)?;
     trace::mark("connected in the container");
     if !spec.container_down {
@@ -116,8 +115,6 @@ pub fn add(
         enable_forwarding(&r.ips)?;
     }
     trace::mark("gateway set");
-    rules.map_or(Ok(()), firewall::Pending::wait)?;
-    trace::mark("rules in place");
     // The bridge's MAC as it is now that the port is on it: a bridge without a MAC of
     // its own takes its lowest port's. A pinned one keeps the MAC it was given.
     let bridge = match pin {

@@ -36,27 +36,28 @@ impl Rules {
             .collect()
     }
 
-    /// Starts adding the attachment's entries (and the shared chains, should they be
-    /// missing), as one transaction; None when it has none.
-    pub fn start(&self, a: &Attachment, ips: &[IpConfig]) -> Result<Option<Pending>, Error> {
-        let mut script = String::new();
+    /// Adds the attachment's entries (and the shared chains, should they be missing); false
+    /// when it has none.
+    pub fn add(&self, a: &Attachment, ips: &[IpConfig]) -> Result<bool, Error> {
+        let mut elements = Vec::new();
         let mut setup = String::new();
         if self.masquerade {
             let addrs = self.keyed(ips.iter().map(|i| i.address));
-            script += &firewall::masquerade(&a.label(), &addrs);
+            elements.extend(firewall::masquerade(&a.label(), &addrs));
             setup += &firewall::masquerade_setup();
         }
         if let Some(mac) = self.mac_check {
             let port = firewall::Word::ifname(&a.host_veth())?;
-            script += &firewall::mac_spoof_check(&port, &a.label(), mac);
+            elements.extend(firewall::mac_spoof_check(&port, Some(&a.label()), mac));
             setup += &firewall::mac_spoof_setup();
         }
-        if script.is_empty() {
-            return Ok(None);
+        if elements.is_empty() {
+            return Ok(false);
         }
         firewall::lock::hold(&a.label())?;
         let what = format!("installing the rules of {}", a.container_id());
-        firewall::apply_with_setup(&script, setup, what).map(Some)
+        firewall::add_elements(&elements, &setup, &what)?;
+        Ok(true)
     }
 
     /// Removes the attachment's entries: the masquerade by `addrs` when known (prevResult),
@@ -65,7 +66,8 @@ impl Rules {
         self.start_removal(a, addrs)?.wait()
     }
 
-    /// Starts [`Rules::remove`], so the caller can work while nft and the kernel do.
+    /// Starts [`Rules::remove`]: entries it knows are deleted at once, a search by label
+    /// runs in nft while the caller works.
     pub fn start_removal(
         &self,
         a: &Attachment,
@@ -75,27 +77,27 @@ impl Rules {
             // Before listing: a killed ADD's nft may still be committing.
             firewall::lock::hold(&a.label())?;
         }
-        let masq = match (self.masquerade, addrs) {
-            (false, _) => String::new(),
-            (true, Some(addrs)) => firewall::remove_masquerade(&self.keyed(addrs.iter().copied())),
+        let what = format!("removing the rules of {}", a.container_id());
+        let mut known = Vec::new();
+        let mut pending = Vec::new();
+        match (self.masquerade, addrs) {
+            (false, _) => {}
+            (true, Some(addrs)) => known.extend(firewall::remove_masquerade(
+                &self.keyed(addrs.iter().copied()),
+            )),
             (true, None) => {
                 let label = a.label();
-                firewall::remove_labelled_masquerade(|n| n == label.as_str())?
+                let s = firewall::remove_labelled_masquerade(|n| n == label.as_str())?;
+                if !s.is_empty() {
+                    pending.push(firewall::apply_if_present(&s, what.clone())?);
+                }
             }
-        };
-        let mac = match self.mac_check {
-            Some(mac) => {
-                firewall::remove_mac_spoof_check(&firewall::Word::ifname(&a.host_veth())?, mac)
-            }
-            None => String::new(),
-        };
-        let what = format!("removing the rules of {}", a.container_id());
-        // Separate transactions: either table may be missing, which fails only its own.
-        let pending: Vec<Pending> = [masq, mac]
-            .iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| firewall::apply_if_present(s, what.clone()))
-            .collect::<Result<_, _>>()?;
+        }
+        if let Some(mac) = self.mac_check {
+            let port = firewall::Word::ifname(&a.host_veth())?;
+            known.extend(firewall::mac_spoof_check(&port, None, mac));
+        }
+        firewall::remove_elements(&known, &what)?;
         Ok(Removal(pending))
     }
 

@@ -1,7 +1,7 @@
 //! `macspoofchk`: one shared bridge chain and sets of (port, MAC) pairs.
 
-use super::{delete_elements, labelled_elements, Label, Word, BRIDGE_TABLE};
-use crate::mac::format_mac;
+use super::{delete_elements, labelled_elements, set_element, KeyPart, Label, Word, BRIDGE_TABLE};
+use crate::net::nftables::SetElement;
 use crate::spec::Error;
 
 /// Script: the shared MAC spoof check, made once: a chain on the bridge prerouting hook
@@ -18,32 +18,20 @@ pub fn mac_spoof_setup() -> String {
     )
 }
 
-/// Script: only `mac` (the container's) may send from the bridge port `host_veth`, the
-/// attachment labelled `note`. Adds set elements only, so it fails while the shared check
-/// is missing: apply it with [`super::apply_with_setup`] and [`mac_spoof_setup`].
-pub fn mac_spoof_check(host_veth: &Word, note: &Label, mac: [u8; 6]) -> String {
-    let (host_veth, mac, note) = (host_veth.as_str(), format_mac(&mac), note.as_str());
-    format!(
-        "add element bridge {BRIDGE_TABLE} ports {{ \"{host_veth}\" comment \"{note}\" }}\n\
-         add element bridge {BRIDGE_TABLE} pairs {{ \"{host_veth}\" . {mac} comment \"{note}\" }}\n"
-    )
-}
-
-/// Script: lift the check of the bridge port `host_veth`; fails only when the shared sets
-/// are missing (apply it with [`super::apply_if_present`]).
-pub fn remove_mac_spoof_check(host_veth: &Word, mac: [u8; 6]) -> String {
-    let (host_veth, mac) = (host_veth.as_str(), format_mac(&mac));
-    let mut s = String::new();
-    for (set, key) in [
-        ("ports", format!("\"{host_veth}\"")),
-        ("pairs", format!("\"{host_veth}\" . {mac}")),
-    ] {
-        s += &format!(
-            "add element bridge {BRIDGE_TABLE} {set} {{ {key} }}\n\
-             delete element bridge {BRIDGE_TABLE} {set} {{ {key} }}\n"
-        );
-    }
-    s
+/// The elements by which only `mac` (the container's) may send from the bridge port
+/// `host_veth`, labelled `note` when given. Add them with [`super::add_elements`] and
+/// [`mac_spoof_setup`]: they need the shared check.
+pub fn mac_spoof_check(host_veth: &Word, note: Option<&Label>, mac: [u8; 6]) -> Vec<SetElement> {
+    vec![
+        set_element("bridge", "ports", &[KeyPart::Name(host_veth)], false, note),
+        set_element(
+            "bridge",
+            "pairs",
+            &[KeyPart::Name(host_veth), KeyPart::Mac(mac)],
+            false,
+            note,
+        ),
+    ]
 }
 
 /// Script: lift the checks whose labels `gone` accepts (for GC, when the veth is gone).

@@ -2,7 +2,8 @@
 
 use ipnetwork::IpNetwork;
 
-use super::{delete_elements, labelled_elements, Element, Label, INET_TABLE};
+use super::{delete_elements, labelled_elements, set_element, Element, KeyPart, Label, INET_TABLE};
+use crate::net::nftables::SetElement;
 use crate::spec::Error;
 
 /// The masquerade sets per family: (set of container addresses, their key type, nft
@@ -41,41 +42,36 @@ pub fn masquerade_setup() -> String {
     s
 }
 
-fn masq_keys(a: &IpNetwork) -> [(String, String); 2] {
+/// The container address's elements: in the masquerade set, and with its subnet (or the
+/// cluster network) in the exemption set.
+fn masq_elements(a: &IpNetwork, note: Option<&Label>) -> [SetElement; 2] {
     let set = masq_set(a);
-    let subnet = IpNetwork::new(a.network(), a.prefix()).expect("prefix from a valid address");
     [
-        (set.to_string(), a.ip().to_string()),
-        (format!("{set}_local"), format!("{} . {subnet}", a.ip())),
+        set_element("inet", set, &[KeyPart::Addr(a.ip())], false, note),
+        set_element(
+            "inet",
+            &format!("{set}_local"),
+            &[KeyPart::Addr(a.ip()), KeyPart::Net(*a)],
+            true,
+            note,
+        ),
     ]
 }
 
-/// Script: masquerade what the container's addresses send outside their subnets. Adds
-/// set elements only, so it fails while the shared chain is missing: apply it with
-/// [`apply_with_setup`] and [`masquerade_setup`].
-pub fn masquerade(note: &Label, addrs: &[IpNetwork]) -> String {
+/// The elements that masquerade what the container's addresses send outside their
+/// subnets. Add them with [`super::add_elements`] and [`masquerade_setup`]: they need the
+/// shared chain.
+pub fn masquerade(note: &Label, addrs: &[IpNetwork]) -> Vec<SetElement> {
     addrs
         .iter()
-        .flat_map(masq_keys)
-        .map(|(set, key)| {
-            format!("add element inet {INET_TABLE} {set} {{ {key} comment \"{note}\" }}\n")
-        })
+        .flat_map(|a| masq_elements(a, Some(note)))
         .collect()
 }
 
-/// Script: stop masquerading these addresses (the container's, from prevResult); fails
-/// only when the shared sets are missing (apply it with [`apply_if_present`]).
-pub fn remove_masquerade(addrs: &[IpNetwork]) -> String {
-    addrs
-        .iter()
-        .flat_map(masq_keys)
-        .map(|(set, key)| {
-            format!(
-                "add element inet {INET_TABLE} {set} {{ {key} }}\n\
-                 delete element inet {INET_TABLE} {set} {{ {key} }}\n"
-            )
-        })
-        .collect()
+/// The elements to delete ([`super::remove_elements`]) to stop masquerading these
+/// addresses (the container's, from prevResult).
+pub fn remove_masquerade(addrs: &[IpNetwork]) -> Vec<SetElement> {
+    addrs.iter().flat_map(|a| masq_elements(a, None)).collect()
 }
 
 /// Script: stop masquerading the addresses whose labels `gone` accepts (for when their
@@ -107,18 +103,20 @@ mod tests {
             "10.1.0.5/24".parse().unwrap(),
             "fd00::5/64".parse().unwrap(),
         ];
-        let s = masquerade(&Label::new("n", "c"), &addrs);
-        for want in [
-            "masq4 { 10.1.0.5 comment \"n/c\" }",
-            "masq4_local { 10.1.0.5 . 10.1.0.0/24 comment \"n/c\" }",
-            "masq6_local { fd00::5 . fd00::/64 comment \"n/c\" }",
-        ] {
-            assert!(s.contains(want), "{want}: {s}");
-        }
-        let r = remove_masquerade(&addrs);
-        assert!(
-            r.contains("delete element inet cni_rs masq6 { fd00::5 }"),
-            "{r}"
+        let added = masquerade(&Label::new("n", "c"), &addrs);
+        let sets: Vec<&str> = added.iter().map(|e| e.set.as_str()).collect();
+        assert_eq!(sets, ["masq4", "masq4_local", "masq6", "masq6_local"]);
+        assert!(added.iter().all(|e| e.comment.as_deref() == Some("n/c")));
+        // 10.1.0.5 . 10.1.0.0/24: the address, then its subnet's first and last address
+        assert_eq!(added[1].key, [10, 1, 0, 5, 10, 1, 0, 0]);
+        assert_eq!(
+            added[1].key_end.as_deref(),
+            Some(&[10, 1, 0, 5, 10, 1, 0, 255][..])
         );
+        assert_eq!((added[2].key.len(), added[2].key_end.as_ref()), (16, None));
+        assert_eq!(added[3].key.len(), 32);
+        let removed = remove_masquerade(&addrs);
+        assert!(removed.iter().all(|e| e.comment.is_none()));
+        assert_eq!(removed[3].key_end, added[3].key_end);
     }
 }

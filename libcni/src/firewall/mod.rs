@@ -2,8 +2,10 @@
 //! names, the labels ([`Label`]: network and container) on rules and set elements, listing them,
 //! and applying scripts as one `nft -f -` transaction each ([`apply`] starts one; the
 //! caller waits when it needs to, since nft and the kernel take milliseconds the caller
-//! can spend elsewhere). The rules themselves are in one module per concern; [`lock`]
-//! keeps a killed call's nft from committing after the DEL that follows it.
+//! can spend elsewhere). An attachment's own entries, elements of shared sets, are added
+//! and deleted over netlink instead ([`add_elements`], [`remove_elements`]): no nft run
+//! on an ADD once the shared objects exist. The rules themselves are in one module per
+//! concern; [`lock`] keeps a killed call's nft from committing after the DEL that follows it.
 //!
 //! Scripts are text, so nothing from input is pasted into them: every string in a script
 //! is a [`Word`] (letters, digits and `_.-~/` only, checked when made), a [`Label`], or a
@@ -24,9 +26,13 @@ pub use masq::*;
 pub use ports::*;
 
 use std::io::Write;
+use std::net::IpAddr;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
+use ipnetwork::IpNetwork;
+
+use crate::net::nftables::{self, Change, Family, SetElement};
 use crate::spec::{code, Error};
 
 /// Our table for NAT of IP traffic (both families).
@@ -170,6 +176,115 @@ fn key_part(s: &str) -> Option<String> {
         return Some(crate::mac::format_mac(&mac));
     }
     Word::new(s).map(|w| format!("\"{w}\""))
+}
+
+/// A part of the key of an element of our sets.
+pub enum KeyPart<'a> {
+    Addr(IpAddr),
+    /// In an interval set, the range of the network's addresses.
+    Net(IpNetwork),
+    /// An interface name (nft's `ifname`: 16 bytes, zero-filled).
+    Name(&'a Word),
+    Mac([u8; 6]),
+}
+
+impl KeyPart<'_> {
+    /// The first and the last key this part stands for, as the kernel stores them.
+    fn bounds(&self) -> (Vec<u8>, Vec<u8>) {
+        let octets = |ip: IpAddr| match ip {
+            IpAddr::V4(a) => a.octets().to_vec(),
+            IpAddr::V6(a) => a.octets().to_vec(),
+        };
+        match self {
+            KeyPart::Addr(ip) => (octets(*ip), octets(*ip)),
+            KeyPart::Net(n) => (octets(n.network()), octets(n.broadcast())),
+            KeyPart::Name(w) => {
+                let mut name = w.as_str().as_bytes().to_vec();
+                name.resize(16, 0);
+                (name.clone(), name)
+            }
+            KeyPart::Mac(m) => (m.to_vec(), m.to_vec()),
+        }
+    }
+}
+
+/// An element of our set `set` in `family` ("inet" or "bridge") keyed by `parts` (one,
+/// or a concatenation), labelled `note` when given; an interval set's element is a range.
+pub fn set_element(
+    family: &str,
+    set: &str,
+    parts: &[KeyPart],
+    interval: bool,
+    note: Option<&Label>,
+) -> SetElement {
+    let (mut key, mut end) = (Vec::new(), Vec::new());
+    for part in parts {
+        let (first, last) = part.bounds();
+        key.extend_from_slice(&first);
+        end.extend_from_slice(&last);
+        if parts.len() > 1 {
+            // each field of a concatenation takes whole 32-bit registers
+            key.resize((key.len() + 3) & !3, 0);
+            end.resize((end.len() + 3) & !3, 0);
+        }
+    }
+    SetElement {
+        family: if family == "bridge" {
+            Family::Bridge
+        } else {
+            Family::Inet
+        },
+        table: table_of(family),
+        set: set.to_string(),
+        key,
+        key_end: interval.then_some(end),
+        comment: note.map(|l| l.as_str().to_string()),
+    }
+}
+
+fn netlink_error(what: &str, e: crate::net::Error) -> Error {
+    Error::new(code::FIREWALL, what.to_string()).details(e.to_string())
+}
+
+/// Adds `elements` to our shared sets in one transaction. When a table or set is missing,
+/// applies `setup` (the shared objects) with nft first, and adds them again; true then.
+pub fn add_elements(elements: &[SetElement], setup: &str, what: &str) -> Result<bool, Error> {
+    let adds: Vec<_> = elements.iter().map(|e| (Change::Add, e)).collect();
+    match nftables::commit(&adds) {
+        Ok(()) => Ok(false),
+        Err(e) if e.errno() == Some(libc::ENOENT) => {
+            run(setup, what)?;
+            nftables::commit(&adds).map_err(|e| netlink_error(what, e))?;
+            Ok(true)
+        }
+        Err(e) => Err(netlink_error(what, e)),
+    }
+}
+
+/// Deletes `elements` from our sets, in one transaction per table; what is not there
+/// (the element, its set, its table) counts as deleted.
+pub fn remove_elements(elements: &[SetElement], what: &str) -> Result<(), Error> {
+    for family in [Family::Inet, Family::Bridge] {
+        let mine: Vec<&SetElement> = elements.iter().filter(|e| e.family == family).collect();
+        let bare: Vec<SetElement> = mine
+            .iter()
+            .map(|e| SetElement {
+                comment: None,
+                ..(*e).clone()
+            })
+            .collect();
+        // Each added first, so the deletion cannot fail for want of the element alone.
+        let changes: Vec<_> = mine
+            .iter()
+            .zip(&bare)
+            .flat_map(|(e, b)| [(Change::Add, b), (Change::Delete, *e)])
+            .collect();
+        match nftables::commit(&changes) {
+            Err(e) if e.errno() != Some(libc::ENOENT) => return Err(netlink_error(what, e)),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Script deleting these elements from our table in `family`.

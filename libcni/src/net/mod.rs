@@ -4,6 +4,7 @@ pub mod conntrack;
 mod detached;
 mod link;
 mod netns;
+pub mod nftables;
 mod policy;
 mod socket;
 mod tc;

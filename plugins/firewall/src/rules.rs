@@ -6,9 +6,9 @@
 //! so a drop there wins) and then accepts what the set addresses send and replies to
 //! them. A packet costs one set lookup however many containers there are.
 //!
-//! ADD only adds set elements, which on this kernel is as cheap as an nft run gets;
-//! touching or deleting existing objects waits for an RCU grace period (10-20 ms), so the
-//! shared objects are made only when that first transaction fails for want of them.
+//! ADD only adds set elements, over netlink (no nft run); touching or deleting existing
+//! objects waits for an RCU grace period (10-20 ms), so the shared objects are made (by
+//! nft) only when that first transaction fails for want of them.
 //!
 //! An nftables accept ends only its own base chain: a drop in another table (an iptables
 //! FORWARD policy of DROP, say) still wins over it.
@@ -18,8 +18,8 @@ use std::net::IpAddr;
 
 use libcni::firewall::iptables::{self, ACCEPTED_MARK};
 use libcni::firewall::{
-    apply_with_setup, delete_elements, labelled_elements, listed_sets, listed_table, lock, run,
-    Element, Label, Word, INET_TABLE,
+    add_elements, labelled_elements, listed_sets, listed_table, lock, remove_elements, run,
+    set_element, Element, KeyPart, Label, Word, INET_TABLE,
 };
 use libcni::Error;
 
@@ -35,13 +35,11 @@ pub fn allow_forward(
     addrs: &[IpAddr],
     admin: &Word,
 ) -> Result<(), Error> {
-    let elements: String = addrs
+    let elements: Vec<_> = addrs
         .iter()
         .map(|ip| {
-            format!(
-                "add element inet {INET_TABLE} {} {{ {ip} comment \"{note}\" }}\n",
-                set_name(admin, ip)
-            )
+            let set = set_name(admin, ip);
+            set_element("inet", &set, &[KeyPart::Addr(*ip)], false, Some(note))
         })
         .collect();
     if elements.is_empty() {
@@ -49,7 +47,7 @@ pub fn allow_forward(
     }
     lock::hold(note)?;
     let what = format!("accepting the forwarded traffic of {container_id}");
-    if apply_with_setup(&elements, forward_setup(admin), what)?.wait_setup()? {
+    if add_elements(&elements, &forward_setup(admin), &what)? {
         iptables::accept_marked()?;
     }
     Ok(())
@@ -86,8 +84,22 @@ fn elements() -> Result<Vec<Element>, Error> {
     labelled_elements("inet", |set| set.ends_with("-v4") || set.ends_with("-v6"))
 }
 
+/// Deletes listed elements over netlink; our forward sets hold addresses only.
 fn delete(elements: Vec<Element>, what: &str) -> Result<(), Error> {
-    run(&delete_elements("inet", &elements), what)
+    let elements: Vec<_> = elements
+        .iter()
+        .filter_map(|e| {
+            let ip: IpAddr = e.key.parse().ok()?;
+            Some(set_element(
+                "inet",
+                e.set.as_str(),
+                &[KeyPart::Addr(ip)],
+                false,
+                None,
+            ))
+        })
+        .collect();
+    remove_elements(&elements, what)
 }
 
 /// Removes the container's addresses from our sets, whichever admin chain they are under.

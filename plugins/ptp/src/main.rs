@@ -181,8 +181,7 @@ impl Plugin for Ptp {
             net::sysctl_set(&format!("net/ipv6/conf/{}/accept_dad", host.name), "0")?;
         }
         let masq = conf.rules();
-        let rules = masq.start(&a, &r.ips)?;
-        if rules.is_some() {
+        if masq.add(&a, &r.ips)? {
             let (a, added) = (
                 a.clone(),
                 r.ips.iter().map(|i| i.address).collect::<Vec<_>>(),
@@ -193,7 +192,6 @@ impl Plugin for Ptp {
         k.run(container::configure(&inside, netns, a.ifname(), &r))?;
         k.run(route_through_gateway(&inside, a.ifname(), &r.ips))?;
         k.run(route_to_container(k.host(), &host, &r.ips))?;
-        rules.map_or(Ok(()), |p| p.wait())?;
         r.interfaces = vec![
             Interface::host(&host.name, &host.mac),
             Interface::container(a.ifname(), &a.container_mac(), &args.netns),

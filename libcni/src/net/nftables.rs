@@ -1,0 +1,311 @@
+//! nf_tables set elements over nfnetlink: adding and deleting elements of sets that
+//! exist, one batch (one transaction: all or nothing) per call. What an `nft -f -` run
+//! costs for the same is a process, its libraries and a cache of every table in the
+//! namespace (docs/DESIGN.md). Tables, chains and sets are still made by nft, once.
+
+use std::io;
+
+use netlink_sys::protocols::NETLINK_NETFILTER;
+
+use super::Error;
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 2;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_USERDATA: u16 = 6;
+const NFTA_SET_ELEM_KEY_END: u16 = 10;
+const NFTA_DATA_VALUE: u16 = 1;
+/// libnftnl's user data type of an element's comment, which `nft list` shows.
+const UDATA_SET_ELEM_COMMENT: u8 = 0;
+/// nft's own limit on a comment.
+const COMMENT_MAX: usize = 128;
+
+/// The nf_tables family of a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Inet = 1,
+    Bridge = 7,
+}
+
+/// One element of a set: its key as the kernel stores it (each field of a concatenation
+/// padded to 4 bytes), the end of its range in an interval set, and its comment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetElement {
+    pub family: Family,
+    pub table: &'static str,
+    pub set: String,
+    pub key: Vec<u8>,
+    pub key_end: Option<Vec<u8>>,
+    pub comment: Option<String>,
+}
+
+/// What to do with an element.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Adds it; one that is there already is left as it is.
+    Add,
+    /// Deletes it; fails with ENOENT when it is not there.
+    Delete,
+}
+
+/// Applies `changes` in one transaction on a socket of the calling thread's namespace.
+/// ENOENT means a table, a set, or an element to delete is missing; nothing changed then.
+pub fn commit(changes: &[(Change, &SetElement)]) -> Result<(), Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let fail = |what: &str, e: io::Error| Error::io(format!("nftables: {what}"), e);
+    let batch = batch(changes).map_err(|e| fail("building the set elements", e))?;
+    // Every wait bounded: the kernel answers a batch at once, or not at all.
+    let socket = super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(10))
+        .map_err(|e| fail("opening a socket", e))?;
+    socket
+        .send(&batch, 0)
+        .map_err(|e| fail("sending the set elements", e))?;
+    let last = changes.len() as u32;
+    loop {
+        let (datagram, _) = socket
+            .recv_from_full()
+            .map_err(|e| fail("reading the kernel's answer", e))?;
+        if let Some(done) = answered(&datagram, last) {
+            return done.map_err(|e| fail("changing the set elements", e));
+        }
+    }
+}
+
+/// The batch: begin (sequence 0), one message per change (sequences 1..=n, each
+/// acknowledged), end.
+fn batch(changes: &[(Change, &SetElement)]) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let res_id = NFNL_SUBSYS_NFTABLES.to_be_bytes();
+    message(
+        &mut out,
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        0,
+        [0, 0],
+        res_id,
+        &[],
+    );
+    for (seq, (change, e)) in (1..).zip(changes) {
+        let (kind, flags) = match change {
+            Change::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+            Change::Delete => (NFT_MSG_DELSETELEM, 0),
+        };
+        let body = element_list(e)?;
+        message(
+            &mut out,
+            (NFNL_SUBSYS_NFTABLES << 8) | kind,
+            NLM_F_REQUEST | NLM_F_ACK | flags,
+            seq,
+            [e.family as u8, 0],
+            [0, 0],
+            &body,
+        );
+    }
+    let end = changes.len() as u32 + 1;
+    message(
+        &mut out,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        end,
+        [0, 0],
+        res_id,
+        &[],
+    );
+    Ok(out)
+}
+
+/// Appends one message: netlink header, nfgenmsg (family, version 0, resource id), body.
+fn message(
+    out: &mut Vec<u8>,
+    kind: u16,
+    flags: u16,
+    seq: u32,
+    family_version: [u8; 2],
+    res_id: [u8; 2],
+    body: &[u8],
+) {
+    let len = (16 + 4 + body.len()) as u32;
+    out.extend_from_slice(&len.to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel's
+    out.extend_from_slice(&family_version);
+    out.extend_from_slice(&res_id);
+    out.extend_from_slice(body);
+    out.resize((out.len() + 3) & !3, 0);
+}
+
+/// Appends attribute `kind` holding `value`, padded to 4 bytes.
+fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
+    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
+    out.extend_from_slice(&kind.to_ne_bytes());
+    out.extend_from_slice(value);
+    out.resize((out.len() + 3) & !3, 0);
+}
+
+fn nul_terminated(s: &str) -> io::Result<Vec<u8>> {
+    if s.is_empty() || s.len() > 255 || s.contains('\0') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{s:?} cannot name an nftables object"),
+        ));
+    }
+    Ok([s.as_bytes(), b"\0"].concat())
+}
+
+/// The body of a set element message holding one element.
+fn element_list(e: &SetElement) -> io::Result<Vec<u8>> {
+    let mut elem = Vec::new();
+    let mut data = Vec::new();
+    attr(&mut data, NFTA_DATA_VALUE, &e.key);
+    attr(&mut elem, NFTA_SET_ELEM_KEY | NLA_F_NESTED, &data);
+    if let Some(end) = &e.key_end {
+        let mut data = Vec::new();
+        attr(&mut data, NFTA_DATA_VALUE, end);
+        attr(&mut elem, NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, &data);
+    }
+    if let Some(comment) = &e.comment {
+        let text = nul_terminated(comment)?;
+        if comment.len() > COMMENT_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("comment {comment:?} is longer than {COMMENT_MAX} bytes"),
+            ));
+        }
+        let mut udata = vec![UDATA_SET_ELEM_COMMENT, text.len() as u8];
+        udata.extend_from_slice(&text);
+        attr(&mut elem, NFTA_SET_ELEM_USERDATA, &udata);
+    }
+    let mut list = Vec::new();
+    attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem);
+    let mut body = Vec::new();
+    attr(
+        &mut body,
+        NFTA_SET_ELEM_LIST_TABLE,
+        &nul_terminated(e.table)?,
+    );
+    attr(&mut body, NFTA_SET_ELEM_LIST_SET, &nul_terminated(&e.set)?);
+    attr(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
+    Ok(body)
+}
+
+/// What one datagram says of the batch whose last message is `last`: `Some` once an
+/// error has come (the kernel then undoes the whole batch) or `last` was acknowledged.
+fn answered(datagram: &[u8], last: u32) -> Option<io::Result<()>> {
+    let mut rest = datagram;
+    while rest.len() >= 16 {
+        let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+        if len < 16 || len > rest.len() {
+            return Some(Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a message length past its datagram",
+            )));
+        }
+        let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+        let seq = u32::from_ne_bytes([rest[8], rest[9], rest[10], rest[11]]);
+        if kind == NLMSG_ERROR && len >= 20 {
+            let code = i32::from_ne_bytes([rest[16], rest[17], rest[18], rest[19]]);
+            if code < 0 {
+                return Some(Err(io::Error::from_raw_os_error(-code)));
+            }
+            if seq == last {
+                return Some(Ok(()));
+            }
+        }
+        rest = &rest[((len + 3) & !3).min(rest.len())..];
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn element(comment: Option<&str>) -> SetElement {
+        SetElement {
+            family: Family::Inet,
+            table: "cni_rs",
+            set: "masq4_local".into(),
+            key: vec![10, 0, 0, 5, 10, 0, 0, 0],
+            key_end: Some(vec![10, 0, 0, 5, 10, 0, 0, 255]),
+            comment: comment.map(str::to_string),
+        }
+    }
+
+    fn ack(seq: u32, code: i32) -> Vec<u8> {
+        let mut m = Vec::new();
+        m.extend_from_slice(&36u32.to_ne_bytes());
+        m.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        m.extend_from_slice(&[0; 2]);
+        m.extend_from_slice(&seq.to_ne_bytes());
+        m.extend_from_slice(&[0; 4]);
+        m.extend_from_slice(&code.to_ne_bytes());
+        m.extend_from_slice(&[0; 16]); // the header of the message answered
+        m
+    }
+
+    #[test]
+    fn batch_frames_each_change_between_begin_and_end() {
+        let e = element(Some("net/c1"));
+        let b = batch(&[(Change::Add, &e), (Change::Delete, &e)]).unwrap();
+        let mut kinds = Vec::new();
+        let mut rest = &b[..];
+        while !rest.is_empty() {
+            let len = u32::from_ne_bytes(rest[..4].try_into().unwrap()) as usize;
+            let kind = u16::from_ne_bytes([rest[4], rest[5]]);
+            let flags = u16::from_ne_bytes([rest[6], rest[7]]);
+            let seq = u32::from_ne_bytes(rest[8..12].try_into().unwrap());
+            kinds.push((kind, flags, seq, rest[16]));
+            rest = &rest[(len + 3) & !3..];
+        }
+        assert_eq!(
+            kinds,
+            vec![
+                (0x10, 0x1, 0, 0),
+                (0x0a0c, 0x405, 1, 1),
+                (0x0a0e, 0x5, 2, 1),
+                (0x11, 0x1, 3, 0)
+            ]
+        );
+        let comment = b"\0\x07net/c1\0";
+        assert!(b.windows(comment.len()).any(|w| w == comment));
+    }
+
+    #[test]
+    fn hostile_names_and_long_comments_are_refused() {
+        let mut e = element(Some(&"x".repeat(129)));
+        assert!(batch(&[(Change::Add, &e)]).is_err());
+        e.comment = None;
+        e.set = "a\0b".into();
+        assert!(batch(&[(Change::Add, &e)]).is_err());
+    }
+
+    #[test]
+    fn the_batch_ends_at_the_last_ack_or_the_first_error() {
+        assert!(answered(&ack(1, 0), 2).is_none());
+        assert!(matches!(
+            answered(&[ack(1, 0), ack(2, 0)].concat(), 2),
+            Some(Ok(()))
+        ));
+        let e = answered(&[ack(1, -2), ack(2, 0)].concat(), 2)
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(2));
+        assert!(matches!(answered(&ack(2, 0)[..20], 2), Some(Err(_))));
+    }
+}
