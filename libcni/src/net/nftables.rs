@@ -4,6 +4,7 @@
 //! namespace (docs/DESIGN.md). Tables, chains and sets are still made by nft, once.
 
 use std::io;
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
@@ -75,14 +76,23 @@ pub fn commit(changes: &[(Change, &SetElement)]) -> Result<(), Error> {
         .send(&batch, 0)
         .map_err(|e| fail("sending the set elements", e))?;
     let last = changes.len() as u32;
-    loop {
-        let (datagram, _) = socket
-            .recv_from_full()
-            .map_err(|e| fail("reading the kernel's answer", e))?;
+    let outcome = loop {
+        let (datagram, _) = match socket.recv_from_full() {
+            Ok(d) => d,
+            Err(e) => break Err(fail("reading the kernel's answer", e)),
+        };
         if let Some(done) = answered(&datagram, last) {
-            return done.map_err(|e| fail("changing the set elements", e));
+            break done.map_err(|e| fail("changing the set elements", e));
         }
+    };
+    if changes.iter().any(|(c, _)| *c == Change::Delete) {
+        // The last close after a deletion waits for nf_tables to free what it removed.
+        // SAFETY: into_raw_fd hands over the socket's descriptor, which nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
+        // Should no child start, the descriptor is closed here, at the old cost.
+        let _ = super::detached::close_detached(fd);
     }
+    outcome
 }
 
 /// The batch: begin (sequence 0), one message per change (sequences 1..=n, each
