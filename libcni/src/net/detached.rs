@@ -69,6 +69,9 @@ pub fn delete_link_detached(index: u32) -> io::Result<()> {
     Ok(())
 }
 
+/// membarrier(2): a barrier on every CPU, by way of an RCU grace period.
+const MEMBARRIER_CMD_GLOBAL: usize = 1;
+
 /// What the closing child uses: leaked by the caller, as [`Job`] is.
 #[repr(C, align(16))]
 struct CloseJob {
@@ -141,6 +144,12 @@ extern "C" fn close_last(job: *mut c_void) -> c_int {
             [job.read_end as usize, byte.as_mut_ptr() as usize, 1, 0],
         ) == -(libc::EINTR as isize)
         {}
+        // nf_tables' release handler flushes its pending frees with its commit mutex held,
+        // and the next plugin's transaction waits for that mutex. One grace period here,
+        // holding nothing, lets that work start on its own first (it was queued at the
+        // commit), so the close mostly finds nothing to flush: back-to-back DELs of
+        // bridge with ipMasq took a median 11-12 ms without it, 3-9 ms with it.
+        raw::call(libc::SYS_membarrier, [MEMBARRIER_CMD_GLOBAL, 0, 0, 0]);
         raw::call(libc::SYS_close, [job.fd as usize, 0, 0, 0]);
         0
     }
