@@ -784,6 +784,26 @@ pub fn merge(conf: &mut Value, extra: Value) {
     }
 }
 
+/// An `nft` in `dir` that logs its arguments to `<dir>/nft-runs` and runs the real one:
+/// returns a PATH that finds it first, and the log.
+pub fn nft_spy(dir: &Path) -> (String, PathBuf) {
+    let log = dir.join("nft-runs");
+    let spy = dir.join("nft");
+    std::fs::write(
+        &spy,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec /usr/sbin/nft \"$@\"\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&spy, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    (
+        format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.display()),
+        log,
+    )
+}
+
 /// Adds the previous result to a config, as a runtime does for CHECK.
 pub fn with_prev(conf: &Value, prev: &Value) -> Value {
     let mut c = conf.clone();

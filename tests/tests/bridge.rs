@@ -234,26 +234,14 @@ fn mac_spoof_check_follows_the_containers() {
 }
 
 /// Once the shared chains and sets exist, an attachment's masquerade and MAC check are
-/// set elements added and deleted over netlink: no nft run on its ADD or DEL, and the
-/// elements read back in nft as nft itself would have written them.
+/// set elements added, listed and deleted over netlink: no nft run on its ADD or DEL
+/// (with prevResult or without), and the elements read back in nft as nft itself would
+/// have written them.
 #[test]
 fn masquerade_and_mac_check_elements_need_no_nft_run() {
     let net = Net::new();
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("nft-runs");
-    std::fs::write(
-        dir.path().join("nft"),
-        format!(
-            "#!/bin/sh\necho \"$*\" >> {}\nexec /usr/sbin/nft \"$@\"\n",
-            log.display()
-        ),
-    )
-    .unwrap();
-    std::process::Command::new("chmod")
-        .args(["+x", dir.path().join("nft").to_str().unwrap()])
-        .status()
-        .unwrap();
-    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.path().display());
+    let (path, log) = nft_spy(dir.path());
     let mut conf = bridge_conf(
         "1.0.0",
         net.data.path(),
@@ -290,9 +278,15 @@ fn masquerade_and_mac_check_elements_need_no_nft_run() {
         !sets.contains("testnet/e2") && sets.contains("testnet/e1"),
         "{sets}"
     );
+    // without prevResult the elements are found by their label
+    (net.call("DEL", &c1.path(), "e1"))
+        .env("PATH", &path)
+        .run(&conf)
+        .expect_ok();
+    let sets = net.host.sh("nft list sets");
+    assert!(!sets.contains("testnet/e1"), "{sets}");
     let runs = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(runs.is_empty(), "nft ran: {runs}");
-    net.call("DEL", &c1.path(), "e1").run(&conf).expect_ok();
 }
 
 #[test]

@@ -154,8 +154,8 @@ pub fn del(
     trace::mark("ipam started");
     let released = first.then(|| ipam.take().map(|r| r.wait()).transpose());
     let prev_addrs = args.prev_result().ok().flatten().map(|r| addrs(&r));
-    let rules = spec.rules(&a).start_removal(&a, prev_addrs.as_deref());
-    trace::mark("rules removal started");
+    let rules = spec.rules(&a).remove(&a, prev_addrs.as_deref());
+    trace::mark("rules removed");
     let links = args
         .netns()
         .map(|ns| k.connect_in(ns))
@@ -173,8 +173,6 @@ pub fn del(
     trace::mark("links deleted");
     let ipam = released.unwrap_or_else(|| ipam.map(|r| r.wait()).transpose());
     trace::mark("ipam answered");
-    let rules = rules.and_then(|r| r.wait());
-    trace::mark("rules removed");
     links.and(rules).and(ipam.map(|_| ()))
 }
 

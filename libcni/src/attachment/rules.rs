@@ -1,14 +1,15 @@
 //! An attachment's entries in our shared nftables sets: masquerade of what its addresses
 //! send out of their subnets (`ipMasq`, bridge and ptp) and the MAC spoof check of its
 //! host veth (`macspoofchk`, bridge). Added in one transaction per ADD, removed by address
-//! (prevResult) or by label, and by label for GC, whose attachments may be long gone.
+//! (prevResult) or by label, and by label for GC, whose attachments may be long gone; all
+//! over netlink (firewall::add_elements, firewall::remove_elements).
 
 use std::collections::HashSet;
 
 use ipnetwork::IpNetwork;
 
 use super::Attachment;
-use crate::firewall::{self, Label, Pending};
+use crate::firewall::{self, Label};
 use crate::spec::{Error, IpConfig};
 
 /// Which entries an attachment has.
@@ -63,42 +64,28 @@ impl Rules {
     /// Removes the attachment's entries: the masquerade by `addrs` when known (prevResult),
     /// else by label.
     pub fn remove(&self, a: &Attachment, addrs: Option<&[IpNetwork]>) -> Result<(), Error> {
-        self.start_removal(a, addrs)?.wait()
-    }
-
-    /// Starts [`Rules::remove`]: entries it knows are deleted at once, a search by label
-    /// runs in nft while the caller works.
-    pub fn start_removal(
-        &self,
-        a: &Attachment,
-        addrs: Option<&[IpNetwork]>,
-    ) -> Result<Removal, Error> {
-        if self.masquerade || self.mac_check.is_some() {
-            // Before listing: a killed ADD's nft may still be committing.
-            firewall::lock::hold(&a.label())?;
+        if !self.masquerade && self.mac_check.is_none() {
+            return Ok(());
         }
-        let what = format!("removing the rules of {}", a.container_id());
-        let mut known = Vec::new();
-        let mut pending = Vec::new();
+        // Before listing: a killed ADD's nft may still be committing.
+        firewall::lock::hold(&a.label())?;
+        let mut gone = Vec::new();
         match (self.masquerade, addrs) {
             (false, _) => {}
-            (true, Some(addrs)) => known.extend(firewall::remove_masquerade(
+            (true, Some(addrs)) => gone.extend(firewall::remove_masquerade(
                 &self.keyed(addrs.iter().copied()),
             )),
             (true, None) => {
                 let label = a.label();
-                let s = firewall::remove_labelled_masquerade(|n| n == label.as_str())?;
-                if !s.is_empty() {
-                    pending.push(firewall::apply_if_present(&s, what.clone())?);
-                }
+                gone.extend(firewall::labelled_masquerade(|n| n == label.as_str())?);
             }
         }
         if let Some(mac) = self.mac_check {
             let port = firewall::Word::ifname(&a.host_veth())?;
-            known.extend(firewall::mac_spoof_check(&port, None, mac));
+            gone.extend(firewall::mac_spoof_check(&port, None, mac));
         }
-        firewall::remove_elements(&known, &what)?;
-        Ok(Removal(pending))
+        let what = format!("removing the rules of {}", a.container_id());
+        firewall::remove_elements(&gone, &what)
     }
 
     /// Removes the entries of `network`'s attachments whose containers are not in `valid`
@@ -111,36 +98,13 @@ impl Rules {
         let prefix = Label::network_prefix(network);
         let stale = |note: &str| note.starts_with(&prefix) && !keep.contains(note);
         firewall::lock::hold_all()?;
-        let mut pending = Vec::new();
+        let mut gone = Vec::new();
         if self.masquerade {
-            let s = firewall::remove_labelled_masquerade(stale)?;
-            if !s.is_empty() {
-                pending.push(firewall::apply_if_present(&s, "removing stale masquerade")?);
-            }
+            gone.extend(firewall::labelled_masquerade(stale)?);
         }
         if self.mac_check.is_some() {
-            let s = firewall::remove_labelled_mac_spoof_checks(stale)?;
-            if !s.is_empty() {
-                pending.push(firewall::apply_if_present(&s, "removing stale MAC checks")?);
-            }
+            gone.extend(firewall::labelled_mac_spoof_checks(stale)?);
         }
-        Removal(pending).wait()
-    }
-}
-
-/// Removals under way.
-pub struct Removal(Vec<Pending>);
-
-impl Removal {
-    /// Waits for every transaction (none is left running); the first failure is the result.
-    pub fn wait(self) -> Result<(), Error> {
-        let mut outcome = Ok(());
-        for p in self.0 {
-            let r = p.wait();
-            if outcome.is_ok() {
-                outcome = r;
-            }
-        }
-        outcome
+        firewall::remove_elements(&gone, "removing stale rules")
     }
 }

@@ -1,6 +1,6 @@
 //! `macspoofchk`: one shared bridge chain and sets of (port, MAC) pairs.
 
-use super::{delete_elements, labelled_elements, set_element, KeyPart, Label, Word, BRIDGE_TABLE};
+use super::{labelled_set_elements, set_element, KeyPart, Label, Word, BRIDGE_TABLE};
 use crate::net::nftables::SetElement;
 use crate::spec::Error;
 
@@ -34,11 +34,8 @@ pub fn mac_spoof_check(host_veth: &Word, note: Option<&Label>, mac: [u8; 6]) -> 
     ]
 }
 
-/// Script: lift the checks whose labels `gone` accepts (for GC, when the veth is gone).
-pub fn remove_labelled_mac_spoof_checks(gone: impl Fn(&str) -> bool) -> Result<String, Error> {
-    let mine: Vec<_> = labelled_elements("bridge", |set| set == "ports" || set == "pairs")?
-        .into_iter()
-        .filter(|e| gone(&e.note))
-        .collect();
-    Ok(delete_elements("bridge", &mine))
+/// The MAC check elements whose labels `gone` accepts, to delete with
+/// [`super::remove_elements`] (GC, when the veth is gone).
+pub fn labelled_mac_spoof_checks(gone: impl Fn(&str) -> bool) -> Result<Vec<SetElement>, Error> {
+    labelled_set_elements("bridge", |set| set == "ports" || set == "pairs", gone)
 }

@@ -2,7 +2,7 @@
 
 use ipnetwork::IpNetwork;
 
-use super::{delete_elements, labelled_elements, set_element, Element, KeyPart, Label, INET_TABLE};
+use super::{labelled_set_elements, set_element, KeyPart, Label, INET_TABLE};
 use crate::net::nftables::SetElement;
 use crate::spec::Error;
 
@@ -74,14 +74,10 @@ pub fn remove_masquerade(addrs: &[IpNetwork]) -> Vec<SetElement> {
     addrs.iter().flat_map(|a| masq_elements(a, None)).collect()
 }
 
-/// Script: stop masquerading the addresses whose labels `gone` accepts (for when their
-/// addresses are unknown); empty when there are none.
-pub fn remove_labelled_masquerade(gone: impl Fn(&str) -> bool) -> Result<String, Error> {
-    let mine: Vec<Element> = labelled_elements("inet", |set| set.starts_with("masq"))?
-        .into_iter()
-        .filter(|e| gone(&e.note))
-        .collect();
-    Ok(delete_elements("inet", &mine))
+/// The masquerade elements whose labels `gone` accepts, to delete with
+/// [`super::remove_elements`] when their addresses are unknown.
+pub fn labelled_masquerade(gone: impl Fn(&str) -> bool) -> Result<Vec<SetElement>, Error> {
+    labelled_set_elements("inet", |set| set.starts_with("masq"), gone)
 }
 
 /// The reference's `ipMasqBackend` (v1.6+): `iptables` or `nftables` (absent: its own

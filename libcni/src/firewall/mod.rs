@@ -32,7 +32,8 @@ use std::process::{Child, Command, Stdio};
 
 use ipnetwork::IpNetwork;
 
-use crate::net::nftables::{self, Change, Family, SetElement};
+pub use crate::net::nftables::SetElement;
+use crate::net::nftables::{self, Change, Family};
 use crate::spec::{code, Error};
 
 /// Our table for NAT of IP traffic (both families).
@@ -229,17 +230,36 @@ pub fn set_element(
         }
     }
     SetElement {
-        family: if family == "bridge" {
-            Family::Bridge
-        } else {
-            Family::Inet
-        },
+        family: family_of(family),
         table: table_of(family),
         set: set.to_string(),
         key,
         key_end: interval.then_some(end),
         comment: note.map(|l| l.as_str().to_string()),
     }
+}
+
+fn family_of(family: &str) -> Family {
+    if family == "bridge" {
+        Family::Bridge
+    } else {
+        Family::Inet
+    }
+}
+
+/// The elements of our sets in `family` whose set names `wanted` accepts and whose labels
+/// `labelled` accepts (an element without a label is none of ours), listed over netlink.
+pub fn labelled_set_elements(
+    family: &str,
+    wanted: impl Fn(&str) -> bool,
+    labelled: impl Fn(&str) -> bool,
+) -> Result<Vec<SetElement>, Error> {
+    let listed = nftables::list_elements(family_of(family), table_of(family), wanted)
+        .map_err(|e| netlink_error("listing our set elements", e))?;
+    Ok(listed
+        .into_iter()
+        .filter(|e| e.comment.as_deref().is_some_and(&labelled))
+        .collect())
 }
 
 fn netlink_error(what: &str, e: crate::net::Error) -> Error {
@@ -344,8 +364,6 @@ enum Recovery {
     Fail,
     /// Run this setup and the script again, as one transaction.
     Setup(String),
-    /// Succeed if what the script names does not exist (nothing to remove).
-    MissingIsFine,
 }
 
 /// Starts `script` as one nft transaction; `what` names it in errors.
@@ -362,12 +380,6 @@ pub fn apply_with_setup(
     what: impl Into<String>,
 ) -> Result<Pending, Error> {
     start(script, what.into(), Recovery::Setup(setup))
-}
-
-/// Starts a removal `script` that fails only when its table or sets do not exist, which
-/// counts as done.
-pub fn apply_if_present(script: &str, what: impl Into<String>) -> Result<Pending, Error> {
-    start(script, what.into(), Recovery::MissingIsFine)
 }
 
 fn start(script: &str, what: String, recovery: Recovery) -> Result<Pending, Error> {
@@ -421,8 +433,6 @@ impl Pending {
         match std::mem::replace(&mut self.recovery, Recovery::Fail) {
             Recovery::Fail => Err(fail(stderr)),
             Recovery::Setup(setup) => run(&(setup + &self.script), self.what.clone()).map(|_| true),
-            Recovery::MissingIsFine if stderr.contains("No such file or directory") => Ok(false),
-            Recovery::MissingIsFine => Err(fail(stderr)),
         }
     }
 }

@@ -1,5 +1,6 @@
-//! nf_tables set elements over nfnetlink: adding and deleting elements of sets that
-//! exist, one batch (one transaction: all or nothing) per call. What an `nft -f -` run
+//! nf_tables set elements over nfnetlink: listing the elements of a table's sets, adding
+//! and deleting elements of sets that exist, one batch (one transaction: all or nothing)
+//! per call. What an `nft -f -` run
 //! costs for the same is a process, its libraries and a cache of every table in the
 //! namespace (docs/DESIGN.md). Tables, chains and sets are still made by nft, once.
 
@@ -13,12 +14,22 @@ use super::Error;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_GETSETELEM: u16 = 13;
 const NFT_MSG_DELSETELEM: u16 = 14;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+const NFTA_SET_TABLE: u16 = 1;
+const NFTA_SET_NAME: u16 = 2;
+const NFTA_SET_ELEM_FLAGS: u16 = 3;
+/// The closing element of a range in a single-field interval set (not one of ours).
+const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
 const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
@@ -93,6 +104,174 @@ pub fn commit(changes: &[(Change, &SetElement)]) -> Result<(), Error> {
         let _ = super::detached::close_detached(fd);
     }
     outcome
+}
+
+/// The elements, with their comments, of the sets of `table` in `family` whose names
+/// `wanted` accepts; none when the table does not exist. An element that only closes a
+/// range (single-field interval sets, which we do not keep elements in) is left out.
+pub fn list_elements(
+    family: Family,
+    table: &'static str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<SetElement>, Error> {
+    let fail = |what: &str, e: io::Error| Error::io(format!("nftables: {what} of {table}"), e);
+    let socket = super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(10))
+        .map_err(|e| fail("opening a socket", e))?;
+    let mut body = Vec::new();
+    attr(
+        &mut body,
+        NFTA_SET_TABLE,
+        &nul_terminated(table).map_err(|e| fail("naming", e))?,
+    );
+    let sets = match dump(&socket, NFT_MSG_GETSET, family, &body) {
+        Ok(sets) => sets,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Vec::new()),
+        Err(e) => return Err(fail("listing the sets", e)),
+    };
+    let mut out = Vec::new();
+    for set in sets {
+        let Some(name) = string_attr(&set, NFTA_SET_NAME).filter(|n| wanted(n)) else {
+            continue;
+        };
+        let mut body = Vec::new();
+        attr(
+            &mut body,
+            NFTA_SET_ELEM_LIST_TABLE,
+            &nul_terminated(table).map_err(|e| fail("naming", e))?,
+        );
+        attr(
+            &mut body,
+            NFTA_SET_ELEM_LIST_SET,
+            &nul_terminated(&name).map_err(|e| fail("naming", e))?,
+        );
+        let listed = match dump(&socket, NFT_MSG_GETSETELEM, family, &body) {
+            Ok(listed) => listed,
+            // the set went meanwhile
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(fail(&format!("listing the elements of {name}"), e)),
+        };
+        for message in listed {
+            let Some(list) = attribute(&message, NFTA_SET_ELEM_LIST_ELEMENTS) else {
+                continue;
+            };
+            for (kind, elem) in attributes(list) {
+                if kind != NFTA_LIST_ELEM {
+                    continue;
+                }
+                if let Some(e) = element(family, table, &name, elem) {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One listed element; None for a range's closing element or one without a key.
+fn element(family: Family, table: &'static str, set: &str, elem: &[u8]) -> Option<SetElement> {
+    let flags = attribute(elem, NFTA_SET_ELEM_FLAGS)
+        .and_then(|f| f.try_into().ok())
+        .map_or(0, u32::from_be_bytes);
+    if flags & NFT_SET_ELEM_INTERVAL_END != 0 {
+        return None;
+    }
+    let value = |kind| attribute(attribute(elem, kind)?, NFTA_DATA_VALUE).map(<[u8]>::to_vec);
+    Some(SetElement {
+        family,
+        table,
+        set: set.to_string(),
+        key: value(NFTA_SET_ELEM_KEY)?,
+        key_end: value(NFTA_SET_ELEM_KEY_END),
+        comment: attribute(elem, NFTA_SET_ELEM_USERDATA).and_then(comment),
+    })
+}
+
+/// The comment in an element's user data (libnftnl's type-length-value records).
+fn comment(mut udata: &[u8]) -> Option<String> {
+    while udata.len() >= 2 {
+        let (kind, len) = (udata[0], udata[1] as usize);
+        let value = udata.get(2..2 + len)?;
+        if kind == UDATA_SET_ELEM_COMMENT {
+            let text = value.strip_suffix(b"\0").unwrap_or(value);
+            return String::from_utf8(text.to_vec()).ok();
+        }
+        udata = &udata[2 + len..];
+    }
+    None
+}
+
+/// Sends dump request `kind` with `body` and returns the attributes of every answer.
+fn dump(
+    socket: &netlink_sys::Socket,
+    kind: u16,
+    family: Family,
+    body: &[u8],
+) -> io::Result<Vec<Vec<u8>>> {
+    let mut request = Vec::new();
+    message(
+        &mut request,
+        (NFNL_SUBSYS_NFTABLES << 8) | kind,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        [family as u8, 0],
+        [0, 0],
+        body,
+    );
+    socket.send(&request, 0)?;
+    let mut out = Vec::new();
+    loop {
+        let (datagram, _) = socket.recv_from_full()?;
+        let mut rest = &datagram[..];
+        while rest.len() >= 16 {
+            let len = u32::from_ne_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            if len < 16 || len > rest.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a message length past its datagram",
+                ));
+            }
+            match u16::from_ne_bytes([rest[4], rest[5]]) {
+                NLMSG_DONE => return Ok(out),
+                NLMSG_ERROR => {
+                    let code = rest
+                        .get(16..20)
+                        .map_or(0, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+                    return match code {
+                        0 => Ok(out),
+                        c => Err(io::Error::from_raw_os_error(-c)),
+                    };
+                }
+                _ => out.push(rest.get(20..len).unwrap_or_default().to_vec()),
+            }
+            rest = &rest[((len + 3) & !3).min(rest.len())..];
+        }
+    }
+}
+
+/// The attributes of a payload: (type, value); stops at the first malformed one.
+fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    std::iter::from_fn(move || {
+        if buf.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
+        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
+        if len < 4 || len > buf.len() {
+            return None;
+        }
+        let value = &buf[4..len];
+        buf = &buf[((len + 3) & !3).min(buf.len())..];
+        Some((kind, value))
+    })
+}
+
+fn attribute(buf: &[u8], kind: u16) -> Option<&[u8]> {
+    attributes(buf).find(|(k, _)| *k == kind).map(|(_, v)| v)
+}
+
+fn string_attr(buf: &[u8], kind: u16) -> Option<String> {
+    let v = attribute(buf, kind)?;
+    String::from_utf8(v.strip_suffix(b"\0").unwrap_or(v).to_vec()).ok()
 }
 
 /// The batch: begin (sequence 0), one message per change (sequences 1..=n, each
@@ -267,6 +446,30 @@ mod tests {
         m.extend_from_slice(&code.to_ne_bytes());
         m.extend_from_slice(&[0; 16]); // the header of the message answered
         m
+    }
+
+    #[test]
+    fn a_listed_element_reads_back_as_written() {
+        let e = element(Some("net/c1"));
+        let body = element_list(&e).unwrap();
+        let list = attribute(&body, NFTA_SET_ELEM_LIST_ELEMENTS).unwrap();
+        let (kind, elem) = attributes(list).next().unwrap();
+        assert_eq!(kind, NFTA_LIST_ELEM);
+        assert_eq!(
+            super::element(Family::Inet, "cni_rs", "masq4_local", elem),
+            Some(e)
+        );
+        // a range's closing element (flags INTERVAL_END) is none of ours
+        let mut closing = elem.to_vec();
+        attr(
+            &mut closing,
+            NFTA_SET_ELEM_FLAGS,
+            &NFT_SET_ELEM_INTERVAL_END.to_be_bytes(),
+        );
+        assert_eq!(super::element(Family::Inet, "cni_rs", "s", &closing), None);
+        // other user data before the comment, a comment cut short
+        assert_eq!(comment(b"\x01\x01x\x00\x03ab\0").as_deref(), Some("ab"));
+        assert_eq!(comment(b"\x00\x09ab"), None);
     }
 
     #[test]

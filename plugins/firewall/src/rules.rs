@@ -18,8 +18,8 @@ use std::net::IpAddr;
 
 use libcni::firewall::iptables::{self, ACCEPTED_MARK};
 use libcni::firewall::{
-    add_elements, labelled_elements, listed_sets, listed_table, lock, remove_elements, run,
-    set_element, Element, KeyPart, Label, Word, INET_TABLE,
+    add_elements, labelled_set_elements, listed_sets, listed_table, lock, remove_elements, run,
+    set_element, KeyPart, Label, SetElement, Word, INET_TABLE,
 };
 use libcni::Error;
 
@@ -79,37 +79,20 @@ fn forward_setup(admin: &Word) -> String {
     setup
 }
 
-/// The labelled addresses of our forward sets.
-fn elements() -> Result<Vec<Element>, Error> {
-    labelled_elements("inet", |set| set.ends_with("-v4") || set.ends_with("-v6"))
-}
-
-/// Deletes listed elements over netlink; our forward sets hold addresses only.
-fn delete(elements: Vec<Element>, what: &str) -> Result<(), Error> {
-    let elements: Vec<_> = elements
-        .iter()
-        .filter_map(|e| {
-            let ip: IpAddr = e.key.parse().ok()?;
-            Some(set_element(
-                "inet",
-                e.set.as_str(),
-                &[KeyPart::Addr(ip)],
-                false,
-                None,
-            ))
-        })
-        .collect();
-    remove_elements(&elements, what)
+/// The elements of our forward sets whose labels `labelled` accepts.
+fn elements(labelled: impl Fn(&str) -> bool) -> Result<Vec<SetElement>, Error> {
+    labelled_set_elements(
+        "inet",
+        |set| set.ends_with("-v4") || set.ends_with("-v6"),
+        labelled,
+    )
 }
 
 /// Removes the container's addresses from our sets, whichever admin chain they are under.
 pub fn remove_forward(note: &Label) -> Result<(), Error> {
     lock::hold(note)?;
-    delete(
-        elements()?
-            .into_iter()
-            .filter(|e| e.note == note.as_str())
-            .collect(),
+    remove_elements(
+        &elements(|l| l == note.as_str())?,
         &format!("removing the forward rules of {note}"),
     )
 }
@@ -122,29 +105,31 @@ pub fn remove_stale_forward(network: &str, valid: &HashSet<String>) -> Result<()
         .iter()
         .map(|c| Label::new(network, c).as_str().to_string())
         .collect();
-    delete(
-        elements()?
-            .into_iter()
-            .filter(|e| e.note.starts_with(&ours) && !keep.contains(&e.note))
-            .collect(),
+    remove_elements(
+        &elements(|l| l.starts_with(&ours) && !keep.contains(l))?,
         "removing stale forward rules",
     )
 }
 
 /// What CHECK misses of the container's forward rules under `admin`.
 pub fn missing_forward(note: &Label, addrs: &[IpAddr], admin: &Word) -> Result<Vec<String>, Error> {
-    let listed = elements()?;
+    let listed = elements(|l| l == note.as_str())?;
     let chain_exists = listed_table()?
         .iter()
         .any(|i| i["chain"]["name"] == format!("{admin}-forward").as_str());
     let mut missing: Vec<String> = addrs
         .iter()
         .filter(|ip| {
-            !listed.iter().any(|e| {
-                e.key == ip.to_string()
-                    && e.note == note.as_str()
-                    && e.set.as_str() == set_name(admin, ip)
-            })
+            let want = set_element(
+                "inet",
+                &set_name(admin, ip),
+                &[KeyPart::Addr(**ip)],
+                false,
+                None,
+            );
+            !listed
+                .iter()
+                .any(|e| e.set == want.set && e.key == want.key)
         })
         .map(|ip| format!("accept for {ip}"))
         .collect();

@@ -453,8 +453,8 @@ fn teardown(force: bool) -> Result<(), Error> {
     k.run(delete_bridge(k.host(), &o.bridge, force))?;
     let prefix = Label::network_prefix(&o.name);
     firewall::lock::hold_all()?;
-    let masq = firewall::remove_labelled_masquerade(|n| n.starts_with(&prefix))?;
-    firewall::apply_if_present(&masq, "removing the network's masquerade")?.wait()?;
+    let masq = firewall::labelled_masquerade(|n| n.starts_with(&prefix))?;
+    firewall::remove_elements(&masq, "removing the network's masquerade")?;
     firewall::remove_cluster(&o.name)?;
     ipam_store::remove(&o)
 }
