@@ -262,8 +262,13 @@ pub fn labelled_set_elements(
         .collect())
 }
 
+/// A failed nfnetlink exchange of `what`; one the kernel never answered is a try-again.
 fn netlink_error(what: &str, e: crate::net::Error) -> Error {
-    Error::new(code::FIREWALL, what.to_string()).details(e.to_string())
+    let code = match e.source.kind() {
+        std::io::ErrorKind::WouldBlock => code::TRY_AGAIN,
+        _ => code::FIREWALL,
+    };
+    Error::new(code, what.to_string()).details(e.to_string())
 }
 
 /// Adds `elements` to our shared sets in one transaction. When a table or set is missing,
@@ -467,6 +472,16 @@ mod tests {
         assert!(Word::ifname("br\"0").is_err() && Word::ifname("a/b").is_err());
         let hostile = serde_json::json!({"concat": ["veth\" ; flush ruleset", "10.0.0.1"]});
         assert_eq!(element_key(&hostile), None);
+    }
+
+    #[test]
+    fn an_unanswered_nfnetlink_request_is_a_try_again() {
+        let timeout = std::io::Error::from(std::io::ErrorKind::WouldBlock);
+        let e = netlink_error("x", crate::net::Error::io("reading", timeout));
+        assert_eq!(e.code, code::TRY_AGAIN);
+        let refused = std::io::Error::from_raw_os_error(libc::EPERM);
+        let e = netlink_error("x", crate::net::Error::io("sending", refused));
+        assert_eq!(e.code, code::FIREWALL);
     }
 
     #[test]
