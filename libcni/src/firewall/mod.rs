@@ -359,6 +359,8 @@ pub struct Pending {
     what: String,
     script: String,
     recovery: Recovery,
+    /// nft closed its input before it had the whole script.
+    unread: bool,
 }
 
 /// No nft run takes this long.
@@ -388,8 +390,17 @@ pub fn apply_with_setup(
 }
 
 fn start(script: &str, what: String, recovery: Recovery) -> Result<Pending, Error> {
+    start_program("nft", script, what, recovery)
+}
+
+fn start_program(
+    program: &str,
+    script: &str,
+    what: String,
+    recovery: Recovery,
+) -> Result<Pending, Error> {
     let fail = |d: String| Error::new(code::FIREWALL, what.clone()).details(d);
-    let mut cmd = Command::new("nft");
+    let mut cmd = Command::new(program);
     cmd.args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
@@ -400,16 +411,23 @@ fn start(script: &str, what: String, recovery: Recovery) -> Result<Pending, Erro
         cmd.pre_exec(move || lock::in_child(parent, &fds));
     }
     let mut child = cmd.spawn().map_err(|e| fail(format!("running nft: {e}")))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| fail(format!("writing to nft: {e}")))?;
-    }
+    let written = match child.stdin.take() {
+        Some(mut stdin) => stdin.write_all(script.as_bytes()),
+        None => Ok(()),
+    };
+    // An nft that failed before reading all of it closed the pipe: its exit status and
+    // its stderr say why, once waited for.
+    let unread = match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => true,
+        Err(e) => return Err(fail(format!("writing to nft: {e}"))),
+        Ok(()) => false,
+    };
     Ok(Pending {
         child: Some(child),
         what,
         script: script.to_string(),
         recovery,
+        unread,
     })
 }
 
@@ -431,6 +449,9 @@ impl Pending {
         let child = self.child.take().expect("waited for once");
         let out = crate::exec::wait_bounded(child, NFT_WAIT, "nft")?;
         let fail = |d: String| Error::new(code::FIREWALL, self.what.clone()).details(d);
+        if out.status.success() && self.unread {
+            return Err(fail("nft exited without reading its whole script".into()));
+        }
         if out.status.success() {
             return Ok(false);
         }
@@ -472,6 +493,20 @@ mod tests {
         assert!(Word::ifname("br\"0").is_err() && Word::ifname("a/b").is_err());
         let hostile = serde_json::json!({"concat": ["veth\" ; flush ruleset", "10.0.0.1"]});
         assert_eq!(element_key(&hostile), None);
+    }
+
+    #[test]
+    fn an_nft_that_fails_before_reading_its_script_reports_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let nft = dir.path().join("nft");
+        std::fs::write(&nft, "#!/bin/sh\necho 'refused by the test' >&2\nexit 1\n").unwrap();
+        std::fs::set_permissions(&nft, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        // larger than a pipe holds, so the write meets the closed pipe
+        let script = "add table inet t\n".repeat(16 << 10);
+        let pending = start_program(nft.to_str().unwrap(), &script, "x".into(), Recovery::Fail);
+        let e = pending.expect("started").wait().unwrap_err();
+        assert!(e.details.contains("refused by the test"), "{e:?}");
     }
 
     #[test]
