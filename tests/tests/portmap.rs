@@ -82,14 +82,26 @@ fn host_ip_restricts_and_bad_mappings_are_refused() {
         .expect_ok();
     // A runtime that lost the mappings (no cache, no capability args) still removes
     // them; DEL of a container that had none is a no-op.
+    // One of the container's chains gone by hand: DEL still removes the others.
+    let out_chain = (rules.lines())
+        .find_map(|l| l.trim().strip_prefix("chain pm-out-"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the container's output chain");
+    host.sh(&format!("nft delete chain inet cni_rs pm-out-{out_chain}"));
+    // Chains go over netlink: no nft run on a DEL.
     let mut forgotten = ok.clone();
     forgotten.as_object_mut().unwrap().remove("runtimeConfig");
+    let spy = tempfile::tempdir().unwrap();
+    let (path, log) = nft_spy(spy.path());
     for cid in ["p1", "p1", "never-added"] {
         Call::new("portmap", "DEL", &host, &c.path(), cid)
+            .env("PATH", &path)
             .run(&forgotten)
             .expect_ok();
     }
     assert!(!host.nft_ruleset().contains("dnat"));
+    let runs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(runs.is_empty(), "nft ran: {runs}");
     assert_eq!(
         Call::new("portmap", "CHECK", &host, &c.path(), "p1")
             .run(&ok)

@@ -4,7 +4,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::{listed_table, Label, INET_TABLE};
 use crate::names::stable_hash;
-use crate::spec::Error;
+use crate::net::nftables::{self, Family};
+use crate::spec::{code, Error};
 
 fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
     format!("{kind}-{:016x}", stable_hash(&[network, container_id]))
@@ -128,12 +129,17 @@ pub fn port_mappings(
     Ok(s)
 }
 
-/// Script: remove the container's port mappings; nothing there is fine.
-pub fn remove_port_mappings(network: &str, container_id: &str) -> String {
-    port_chains(network, container_id)
-        .iter()
-        .map(|(chain, _)| delete_chain("inet", INET_TABLE, chain))
-        .collect()
+/// Removes the container's port mappings over netlink (no nft run); nothing there is
+/// fine.
+pub fn remove_port_mappings(network: &str, container_id: &str) -> Result<(), Error> {
+    let chains = port_chains(network, container_id).map(|(chain, _)| chain);
+    nftables::delete_chains(Family::Inet, INET_TABLE, &chains).map_err(|e| {
+        Error::new(
+            code::FIREWALL,
+            format!("removing the port mappings of {container_id}"),
+        )
+        .details(e.to_string())
+    })
 }
 
 /// The container's DNAT rules as nft lists them (for CHECK); empty when there are none.

@@ -1,6 +1,6 @@
-//! nf_tables set elements over nfnetlink: listing the elements of a table's sets, adding
-//! and deleting elements of sets that exist, one batch (one transaction: all or nothing)
-//! per call. What an `nft -f -` run
+//! nf_tables over nfnetlink: listing the elements of a table's sets, adding and deleting
+//! elements of sets that exist, deleting a chain with its rules; one batch (one
+//! transaction: all or nothing) per call. What an `nft -f -` run
 //! costs for the same is a process, its libraries and a cache of every table in the
 //! namespace (docs/DESIGN.md). Tables, chains and sets are still made by nft, once.
 
@@ -14,6 +14,8 @@ use super::Error;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
 const NFT_MSG_GETSETELEM: u16 = 13;
@@ -25,6 +27,10 @@ const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
+const NFTA_CHAIN_TABLE: u16 = 1;
+const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_RULE_TABLE: u16 = 1;
+const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_SET_TABLE: u16 = 1;
 const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
@@ -78,25 +84,111 @@ pub fn commit(changes: &[(Change, &SetElement)]) -> Result<(), Error> {
     if changes.is_empty() {
         return Ok(());
     }
-    let fail = |what: &str, e: io::Error| Error::io(format!("nftables: {what}"), e);
-    let batch = batch(changes).map_err(|e| fail("building the set elements", e))?;
+    let requests =
+        requests(changes).map_err(|e| Error::io("nftables: building the set elements", e))?;
+    let deletes = changes.iter().any(|(c, _)| *c == Change::Delete);
+    transact(&requests, deletes).map_err(|e| Error::io("nftables: changing the set elements", e))
+}
+
+/// One message per change.
+fn requests(changes: &[(Change, &SetElement)]) -> io::Result<Vec<Request>> {
+    changes
+        .iter()
+        .map(|(change, e)| {
+            let (kind, flags) = match change {
+                Change::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
+                Change::Delete => (NFT_MSG_DELSETELEM, 0),
+            };
+            Ok(Request {
+                kind,
+                flags,
+                family: e.family,
+                body: element_list(e)?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes `chains` of `table` with their rules, in one transaction when all are there;
+/// those that are not there are fine.
+pub fn delete_chains(family: Family, table: &str, chains: &[String]) -> Result<(), Error> {
+    let fail = |e: io::Error| Error::io(format!("nftables: deleting chains of {table}"), e);
+    let mut requests = Vec::new();
+    for chain in chains {
+        let (mut rules, mut named) = (Vec::new(), Vec::new());
+        attr(
+            &mut rules,
+            NFTA_RULE_TABLE,
+            &nul_terminated(table).map_err(fail)?,
+        );
+        attr(
+            &mut rules,
+            NFTA_RULE_CHAIN,
+            &nul_terminated(chain).map_err(fail)?,
+        );
+        attr(
+            &mut named,
+            NFTA_CHAIN_TABLE,
+            &nul_terminated(table).map_err(fail)?,
+        );
+        attr(
+            &mut named,
+            NFTA_CHAIN_NAME,
+            &nul_terminated(chain).map_err(fail)?,
+        );
+        // no rule handle: every rule of the chain
+        requests.push(Request {
+            kind: NFT_MSG_DELRULE,
+            flags: 0,
+            family,
+            body: rules,
+        });
+        requests.push(Request {
+            kind: NFT_MSG_DELCHAIN,
+            flags: 0,
+            family,
+            body: named,
+        });
+    }
+    let gone = |r: io::Result<()>| match r {
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        other => other.map(|()| true),
+    };
+    if chains.is_empty() || gone(transact(&requests, true)).map_err(fail)? {
+        return Ok(());
+    }
+    // One was missing, so nothing changed: each on its own.
+    for pair in requests.chunks(2) {
+        gone(transact(pair, true)).map_err(fail)?;
+    }
+    Ok(())
+}
+
+/// One message of a batch.
+struct Request {
+    kind: u16,
+    flags: u16,
+    family: Family,
+    body: Vec<u8>,
+}
+
+/// Sends `requests` as one batch on a socket of the calling thread's namespace and reads
+/// the kernel's answers; after `deletes`, the socket's last close is left to a child.
+fn transact(requests: &[Request], deletes: bool) -> io::Result<()> {
     // Every wait bounded: the kernel answers a batch at once, or not at all.
-    let socket = super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(10))
-        .map_err(|e| fail("opening a socket", e))?;
-    socket
-        .send(&batch, 0)
-        .map_err(|e| fail("sending the set elements", e))?;
-    let last = changes.len() as u32;
+    let socket = super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(10))?;
+    socket.send(&batch(requests), 0)?;
+    let last = requests.len() as u32;
     let outcome = loop {
         let (datagram, _) = match socket.recv_from_full() {
             Ok(d) => d,
-            Err(e) => break Err(fail("reading the kernel's answer", e)),
+            Err(e) => break Err(e),
         };
         if let Some(done) = answered(&datagram, last) {
-            break done.map_err(|e| fail("changing the set elements", e));
+            break done;
         }
     };
-    if changes.iter().any(|(c, _)| *c == Change::Delete) {
+    if deletes {
         // The last close after a deletion waits for nf_tables to free what it removed.
         // SAFETY: into_raw_fd hands over the socket's descriptor, which nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
@@ -276,7 +368,7 @@ fn string_attr(buf: &[u8], kind: u16) -> Option<String> {
 
 /// The batch: begin (sequence 0), one message per change (sequences 1..=n, each
 /// acknowledged), end.
-fn batch(changes: &[(Change, &SetElement)]) -> io::Result<Vec<u8>> {
+fn batch(requests: &[Request]) -> Vec<u8> {
     let mut out = Vec::new();
     let res_id = NFNL_SUBSYS_NFTABLES.to_be_bytes();
     message(
@@ -288,23 +380,18 @@ fn batch(changes: &[(Change, &SetElement)]) -> io::Result<Vec<u8>> {
         res_id,
         &[],
     );
-    for (seq, (change, e)) in (1..).zip(changes) {
-        let (kind, flags) = match change {
-            Change::Add => (NFT_MSG_NEWSETELEM, NLM_F_CREATE),
-            Change::Delete => (NFT_MSG_DELSETELEM, 0),
-        };
-        let body = element_list(e)?;
+    for (seq, r) in (1..).zip(requests) {
         message(
             &mut out,
-            (NFNL_SUBSYS_NFTABLES << 8) | kind,
-            NLM_F_REQUEST | NLM_F_ACK | flags,
+            (NFNL_SUBSYS_NFTABLES << 8) | r.kind,
+            NLM_F_REQUEST | NLM_F_ACK | r.flags,
             seq,
-            [e.family as u8, 0],
+            [r.family as u8, 0],
             [0, 0],
-            &body,
+            &r.body,
         );
     }
-    let end = changes.len() as u32 + 1;
+    let end = requests.len() as u32 + 1;
     message(
         &mut out,
         NFNL_MSG_BATCH_END,
@@ -314,7 +401,7 @@ fn batch(changes: &[(Change, &SetElement)]) -> io::Result<Vec<u8>> {
         res_id,
         &[],
     );
-    Ok(out)
+    out
 }
 
 /// Appends one message: netlink header, nfgenmsg (family, version 0, resource id), body.
@@ -475,7 +562,7 @@ mod tests {
     #[test]
     fn batch_frames_each_change_between_begin_and_end() {
         let e = element(Some("net/c1"));
-        let b = batch(&[(Change::Add, &e), (Change::Delete, &e)]).unwrap();
+        let b = batch(&requests(&[(Change::Add, &e), (Change::Delete, &e)]).unwrap());
         let mut kinds = Vec::new();
         let mut rest = &b[..];
         while !rest.is_empty() {
@@ -502,10 +589,10 @@ mod tests {
     #[test]
     fn hostile_names_and_long_comments_are_refused() {
         let mut e = element(Some(&"x".repeat(129)));
-        assert!(batch(&[(Change::Add, &e)]).is_err());
+        assert!(requests(&[(Change::Add, &e)]).is_err());
         e.comment = None;
         e.set = "a\0b".into();
-        assert!(batch(&[(Change::Add, &e)]).is_err());
+        assert!(requests(&[(Change::Add, &e)]).is_err());
     }
 
     #[test]

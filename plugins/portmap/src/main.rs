@@ -197,18 +197,9 @@ impl Plugin for Portmap {
     fn del(&self, args: &CmdArgs) -> Result<(), Error> {
         let conf = Conf::load(args)?;
         lock::hold(&Label::new(&conf.name, &args.container_id))?;
-        // Without the mappings (a runtime that lost them), look before deleting: a delete
-        // costs the kernel a grace period even when there is nothing to remove.
-        if conf.runtime_config.port_mappings.is_empty()
-            && firewall::listed_port_mappings(&conf.name, &args.container_id).is_empty()
-        {
-            return Ok(());
-        }
-        let script = firewall::remove_port_mappings(&conf.name, &args.container_id);
-        firewall::run(
-            &script,
-            format!("removing the port mappings of {}", args.container_id),
-        )
+        // Whether or not the runtime still has the mappings: the chains are named by
+        // network and container, and a chain that is not there costs the kernel nothing.
+        firewall::remove_port_mappings(&conf.name, &args.container_id)
     }
 
     /// Removes the rules of this network's containers that are not valid any more.
