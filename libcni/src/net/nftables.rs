@@ -115,27 +115,8 @@ pub fn delete_chains(family: Family, table: &str, chains: &[String]) -> Result<(
     let fail = |e: io::Error| Error::io(format!("nftables: deleting chains of {table}"), e);
     let mut requests = Vec::new();
     for chain in chains {
-        let (mut rules, mut named) = (Vec::new(), Vec::new());
-        attr(
-            &mut rules,
-            NFTA_RULE_TABLE,
-            &nul_terminated(table).map_err(fail)?,
-        );
-        attr(
-            &mut rules,
-            NFTA_RULE_CHAIN,
-            &nul_terminated(chain).map_err(fail)?,
-        );
-        attr(
-            &mut named,
-            NFTA_CHAIN_TABLE,
-            &nul_terminated(table).map_err(fail)?,
-        );
-        attr(
-            &mut named,
-            NFTA_CHAIN_NAME,
-            &nul_terminated(chain).map_err(fail)?,
-        );
+        let rules = two_names((NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, chain)).map_err(fail)?;
+        let named = two_names((NFTA_CHAIN_TABLE, table), (NFTA_CHAIN_NAME, chain)).map_err(fail)?;
         // no rule handle: every rule of the chain
         requests.push(Request {
             kind: NFT_MSG_DELRULE,
@@ -162,6 +143,14 @@ pub fn delete_chains(family: Family, table: &str, chains: &[String]) -> Result<(
         gone(transact(pair, true)).map_err(fail)?;
     }
     Ok(())
+}
+
+/// A body of two name attributes: a table's and its object's.
+fn two_names(table: (u16, &str), object: (u16, &str)) -> io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    attr(&mut body, table.0, &nul_terminated(table.1)?);
+    attr(&mut body, object.0, &nul_terminated(object.1)?);
+    Ok(body)
 }
 
 /// One message of a batch.
@@ -225,17 +214,11 @@ pub fn list_elements(
         let Some(name) = string_attr(&set, NFTA_SET_NAME).filter(|n| wanted(n)) else {
             continue;
         };
-        let mut body = Vec::new();
-        attr(
-            &mut body,
-            NFTA_SET_ELEM_LIST_TABLE,
-            &nul_terminated(table).map_err(|e| fail("naming", e))?,
-        );
-        attr(
-            &mut body,
-            NFTA_SET_ELEM_LIST_SET,
-            &nul_terminated(&name).map_err(|e| fail("naming", e))?,
-        );
+        let body = two_names(
+            (NFTA_SET_ELEM_LIST_TABLE, table),
+            (NFTA_SET_ELEM_LIST_SET, &name),
+        )
+        .map_err(|e| fail("naming", e))?;
         let listed = match dump(&socket, NFT_MSG_GETSETELEM, family, &body) {
             Ok(listed) => listed,
             // the set went meanwhile
@@ -469,13 +452,10 @@ fn element_list(e: &SetElement) -> io::Result<Vec<u8>> {
     }
     let mut list = Vec::new();
     attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem);
-    let mut body = Vec::new();
-    attr(
-        &mut body,
-        NFTA_SET_ELEM_LIST_TABLE,
-        &nul_terminated(e.table)?,
-    );
-    attr(&mut body, NFTA_SET_ELEM_LIST_SET, &nul_terminated(&e.set)?);
+    let mut body = two_names(
+        (NFTA_SET_ELEM_LIST_TABLE, e.table),
+        (NFTA_SET_ELEM_LIST_SET, &e.set),
+    )?;
     attr(&mut body, NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, &list);
     Ok(body)
 }
