@@ -5,7 +5,7 @@ use std::collections::{BTreeSet, HashSet};
 use super::{listed_table, Label, INET_TABLE};
 use crate::names::stable_hash;
 use crate::net::nftables::{self, Family};
-use crate::spec::{code, Error};
+use crate::spec::Error;
 
 fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
     format!("{kind}-{:016x}", stable_hash(&[network, container_id]))
@@ -134,11 +134,7 @@ pub fn port_mappings(
 pub fn remove_port_mappings(network: &str, container_id: &str) -> Result<(), Error> {
     let chains = port_chains(network, container_id).map(|(chain, _)| chain);
     nftables::delete_chains(Family::Inet, INET_TABLE, &chains).map_err(|e| {
-        Error::new(
-            code::FIREWALL,
-            format!("removing the port mappings of {container_id}"),
-        )
-        .details(e.to_string())
+        super::netlink_error(&format!("removing the port mappings of {container_id}"), e)
     })
 }
 
