@@ -1,7 +1,8 @@
 //! portmap chained after bridge, through cnitool: a TCP server in the container answers on
 //! the host port from a namespace behind the host, from the host's localhost and from the
 //! container itself (hairpin, which with br_netfilter needs the bridge's hairpinMode, as
-//! for the reference plugins); CHECK; DEL removes the forwarding.
+//! for the reference plugins); CHECK; DEL removes the forwarding. The rules are made and
+//! removed over netlink, and nft lists them as the text they stand for.
 
 use cni_tests::*;
 
@@ -61,23 +62,58 @@ fn host_ip_restricts_and_bad_mappings_are_refused() {
     let c = Ns::new("c");
     let prev = json!({"cniVersion": "1.0.0",
         "interfaces": [{"name": "eth0", "sandbox": c.path()}],
-        "ips": [{"address": "10.67.0.2/24", "interface": 0}]});
+        "ips": [{"address": "10.67.0.2/24", "interface": 0},
+                {"address": "fd67::2/64", "interface": 0}]});
     let conf = |maps: serde_json::Value| {
         json!({"cniVersion": "1.0.0", "name": "pm", "type": "portmap",
         "runtimeConfig": {"portMappings": maps}, "prevResult": prev})
     };
-    let ok = conf(
-        json!([{"hostPort": 9090, "containerPort": 90, "protocol": "udp", "hostIP": "192.168.50.1"}]),
-    );
+    let ok = conf(json!([
+        {"hostPort": 9090, "containerPort": 90, "protocol": "udp", "hostIP": "192.168.50.1"},
+        {"hostPort": 7070, "containerPort": 70, "protocol": "sctp", "hostIP": "fd67::1"},
+        {"hostPort": 8080, "containerPort": 80}
+    ]));
+    // The rules go over netlink: no nft run on an ADD either (the table is new here).
+    let spy = tempfile::tempdir().unwrap();
+    let (path, log) = nft_spy(spy.path());
     Call::new("portmap", "ADD", &host, &c.path(), "p1")
+        .env("PATH", &path)
         .run(&ok)
         .expect_ok();
+    let runs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(runs.is_empty(), "nft ran on ADD: {runs}");
+    // nft lists them as the text they stand for; a hostIP takes only its own family.
     let rules = host.nft_ruleset();
-    assert!(
-        rules.contains("ip daddr 192.168.50.1 udp dport 9090 dnat ip to 10.67.0.2:90"),
-        "{rules}"
-    );
+    for rule in [
+        "ip daddr 192.168.50.1 udp dport 9090 dnat ip to 10.67.0.2:90 comment \"pm/p1\"",
+        "ip6 daddr fd67::1 sctp dport 7070 dnat ip6 to [fd67::2]:70 comment \"pm/p1\"",
+        "meta nfproto ipv4 fib daddr type local tcp dport 8080 dnat ip to 10.67.0.2:80",
+        "meta nfproto ipv6 fib daddr type local tcp dport 8080 dnat ip6 to [fd67::2]:80",
+        "ct status dnat ip saddr 127.0.0.0/8 ip daddr 10.67.0.2 udp dport 90 masquerade",
+        "ct status dnat ip saddr 10.67.0.2 ip daddr 10.67.0.2 tcp dport 80 masquerade",
+        "ct status dnat ip6 saddr ::1 ip6 daddr fd67::2 sctp dport 70 masquerade",
+        "ct status dnat ip6 saddr fd67::2 ip6 daddr fd67::2 tcp dport 80 masquerade",
+    ] {
+        assert!(rules.contains(rule), "{rule} missing from\n{rules}");
+    }
+    assert!(!rules.contains("dnat ip6 to [fd67::2]:90"), "{rules}");
+    assert!(!rules.contains("dnat ip to 10.67.0.2:70"), "{rules}");
     Call::new("portmap", "CHECK", &host, &c.path(), "p1")
+        .run(&ok)
+        .expect_ok();
+    // ADD again with fewer mappings: the container's chains hold only the new ones.
+    let fewer = conf(json!([{"hostPort": 8080, "containerPort": 80}]));
+    Call::new("portmap", "ADD", &host, &c.path(), "p1")
+        .run(&fewer)
+        .expect_ok();
+    let again = host.nft_ruleset();
+    assert!(!again.contains("dport 9090"), "{again}");
+    assert_eq!(
+        again.matches("tcp dport 8080 dnat ip to").count(),
+        2,
+        "{again}"
+    );
+    Call::new("portmap", "ADD", &host, &c.path(), "p1")
         .run(&ok)
         .expect_ok();
     // A runtime that lost the mappings (no cache, no capability args) still removes
@@ -91,8 +127,6 @@ fn host_ip_restricts_and_bad_mappings_are_refused() {
     // Chains go over netlink: no nft run on a DEL.
     let mut forgotten = ok.clone();
     forgotten.as_object_mut().unwrap().remove("runtimeConfig");
-    let spy = tempfile::tempdir().unwrap();
-    let (path, log) = nft_spy(spy.path());
     for cid in ["p1", "p1", "never-added"] {
         Call::new("portmap", "DEL", &host, &c.path(), cid)
             .env("PATH", &path)

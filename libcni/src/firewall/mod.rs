@@ -3,8 +3,9 @@
 //! and applying scripts as one `nft -f -` transaction each ([`apply`] starts one; the
 //! caller waits when it needs to, since nft and the kernel take milliseconds the caller
 //! can spend elsewhere). An attachment's own entries, elements of shared sets, are added
-//! and deleted over netlink instead ([`add_elements`], [`remove_elements`]): no nft run
-//! on an ADD once the shared objects exist. The rules themselves are in one module per
+//! and deleted over netlink instead ([`add_elements`], [`remove_elements`]), and so are
+//! portmap's per-container chains ([`add_port_mappings`]): no nft run on an ADD once the
+//! shared objects exist. The rules themselves are in one module per
 //! concern; [`lock`] keeps a killed call's nft from committing after the DEL that follows it.
 //!
 //! Scripts are text, so nothing from input is pasted into them: every string in a script

@@ -1,10 +1,12 @@
-//! Port mappings (`portmap`): per-container nat chains DNATing host ports to the container.
+//! Port mappings (`portmap`): per-container nat chains DNATing host ports to the
+//! container, made and removed over netlink; GC and CHECK read them with nft.
 
 use std::collections::{BTreeSet, HashSet};
+use std::net::IpAddr;
 
 use super::{listed_table, Label, INET_TABLE};
 use crate::names::stable_hash;
-use crate::net::nftables::{self, Family};
+use crate::net::nftables::{self, Action, Family, Hook, Match, NatChain, Rule};
 use crate::spec::Error;
 
 fn chain_name(kind: &str, network: &str, container_id: &str) -> String {
@@ -24,6 +26,28 @@ pub struct PortMapping {
     pub host_ip: String,
 }
 
+impl PortMapping {
+    /// The one host address the mapping is restricted to, if any.
+    fn host_ip(&self) -> Result<Option<IpAddr>, Error> {
+        match self.host_ip.as_str() {
+            "" => Ok(None),
+            ip => ip
+                .parse::<IpAddr>()
+                .map(|ip| Some(ip).filter(|ip| !ip.is_unspecified()))
+                .map_err(|_| Error::config(format!("invalid hostIP {ip:?}"))),
+        }
+    }
+
+    /// Whether the mapping forwards to `container_ip`: a `hostIP` takes only the
+    /// container's address of its own family.
+    pub fn reaches(&self, container_ip: &IpAddr) -> bool {
+        self.host_ip()
+            .ok()
+            .flatten()
+            .is_none_or(|h| h.is_ipv4() == container_ip.is_ipv4())
+    }
+}
+
 fn default_protocol() -> String {
     "tcp".to_string()
 }
@@ -38,101 +62,110 @@ pub enum PortMasq {
     None,
 }
 
-fn port_chains(network: &str, container_id: &str) -> [(String, &'static str); 3] {
+fn port_chains(network: &str, container_id: &str) -> [NatChain; 3] {
+    let chain = |kind, hook, priority| NatChain {
+        name: chain_name(kind, network, container_id),
+        hook,
+        priority,
+    };
     [
-        (
-            chain_name("pm-pre", network, container_id),
-            "type nat hook prerouting priority dstnat;",
-        ),
-        (
-            chain_name("pm-out", network, container_id),
-            "type nat hook output priority -100;",
-        ),
-        (
-            chain_name("pm-post", network, container_id),
-            "type nat hook postrouting priority srcnat;",
-        ),
+        chain("pm-pre", Hook::Prerouting, -100), // dstnat
+        chain("pm-out", Hook::Output, -100),
+        chain("pm-post", Hook::Postrouting, 100), // srcnat
     ]
 }
 
-/// Script: DNAT each mapping from the host's addresses (or its `hostIP`), for traffic
+/// The rules: DNAT each mapping from the host's addresses (or its `hostIP`), for traffic
 /// arriving and locally made (localhost too), to the container's address of the same
-/// family, replacing the container's previous mappings.
+/// family, and masquerade what `masq` asks for.
 pub fn port_mappings(
     network: &str,
     container_id: &str,
     mappings: &[PortMapping],
-    container_ips: &[std::net::IpAddr],
+    container_ips: &[IpAddr],
     masq: PortMasq,
-) -> Result<String, Error> {
-    let note = Label::new(network, container_id);
-    let [(pre, pre_hook), (out, out_hook), (post, post_hook)] = port_chains(network, container_id);
-    let mut s = format!("add table inet {INET_TABLE}\n");
-    for (chain, hook) in [(&pre, pre_hook), (&out, out_hook), (&post, post_hook)] {
-        s += &format!("add chain inet {INET_TABLE} {chain} {{ {hook} }}\nflush chain inet {INET_TABLE} {chain}\n");
-    }
+) -> Result<Vec<Rule>, Error> {
+    let note = Label::new(network, container_id).as_str().to_string();
+    let [pre, out, post] = port_chains(network, container_id).map(|c| c.name);
+    let mut rules = Vec::new();
+    let mut rule = |chain: &String, matches: Vec<Match>, action| {
+        rules.push(Rule {
+            chain: chain.clone(),
+            matches,
+            action,
+            comment: note.clone(),
+        })
+    };
     for m in mappings {
-        let proto = m.protocol.to_ascii_lowercase();
-        if !["tcp", "udp", "sctp"].contains(&proto.as_str()) {
-            return Err(Error::config(format!(
-                "unsupported protocol {:?} in port mapping",
-                m.protocol
-            )));
-        }
+        let proto = match m.protocol.to_ascii_lowercase().as_str() {
+            "tcp" => libc::IPPROTO_TCP as u8,
+            "udp" => libc::IPPROTO_UDP as u8,
+            "sctp" => libc::IPPROTO_SCTP as u8,
+            _ => {
+                return Err(Error::config(format!(
+                    "unsupported protocol {:?} in port mapping",
+                    m.protocol
+                )))
+            }
+        };
         if m.host_port == 0 || m.container_port == 0 {
             return Err(Error::config(format!(
                 "invalid port mapping {}:{}",
                 m.host_port, m.container_port
             )));
         }
-        let host_ip: Option<std::net::IpAddr> = match m.host_ip.as_str() {
-            "" => None,
-            ip => Some(
-                ip.parse::<std::net::IpAddr>()
-                    .map_err(|_| Error::config(format!("invalid hostIP {ip:?}")))?,
-            )
-            .filter(|ip: &std::net::IpAddr| !ip.is_unspecified()),
-        };
-        for ip in container_ips
-            .iter()
-            .filter(|ip| host_ip.is_none_or(|h| h.is_ipv4() == ip.is_ipv4()))
-        {
-            let (fam, to, local) = if ip.is_ipv4() {
-                ("ip", format!("{ip}:{}", m.container_port), "127.0.0.0/8")
-            } else {
-                ("ip6", format!("[{ip}]:{}", m.container_port), "::1")
-            };
+        let host_ip = m.host_ip()?;
+        for &ip in container_ips.iter().filter(|ip| m.reaches(ip)) {
+            let v6 = ip.is_ipv6();
             let dest = match host_ip {
-                Some(h) => format!("{fam} daddr {h}"),
-                None => format!(
-                    "meta nfproto {} fib daddr type local",
-                    if ip.is_ipv4() { "ipv4" } else { "ipv6" }
-                ),
+                Some(h) => vec![Match::Destination(h)],
+                None => vec![Match::Family { v6 }, Match::LocalDestination],
             };
+            let dnat = [Match::DestinationPort(proto, m.host_port)];
             for chain in [&pre, &out] {
-                s += &format!(
-                    "add rule inet {INET_TABLE} {chain} {dest} {proto} dport {} dnat {fam} to {to} comment \"{note}\"\n",
-                    m.host_port
+                rule(
+                    chain,
+                    [&dest[..], &dnat].concat(),
+                    Action::Dnat(ip, m.container_port),
                 );
             }
-            let source = match masq {
-                PortMasq::All => String::new(),
-                PortMasq::Hairpin => format!("{fam} saddr {{ {local}, {ip} }} "),
-                PortMasq::None => continue,
+            let to_container = [
+                Match::Destination(ip),
+                Match::DestinationPort(proto, m.container_port),
+            ];
+            // hairpin: from localhost or the container itself (one rule each, where nft
+            // would take an anonymous set of both)
+            let sources = match masq {
+                PortMasq::All => vec![None],
+                PortMasq::Hairpin => {
+                    vec![Some(Match::LoopbackSource { v6 }), Some(Match::Source(ip))]
+                }
+                PortMasq::None => vec![],
             };
-            s += &format!(
-                "add rule inet {INET_TABLE} {post} ct status dnat {source}{fam} daddr {ip} {proto} dport {} masquerade comment \"{note}\"\n",
-                m.container_port
-            );
+            for source in sources {
+                let matches = [Match::Dnatted].into_iter().chain(source);
+                rule(
+                    &post,
+                    matches.chain(to_container.clone()).collect(),
+                    Action::Masquerade,
+                );
+            }
         }
     }
-    Ok(s)
+    Ok(rules)
+}
+
+/// Makes the container's chains hold exactly `rules`, over netlink (no nft run).
+pub fn add_port_mappings(network: &str, container_id: &str, rules: &[Rule]) -> Result<(), Error> {
+    let chains = port_chains(network, container_id);
+    nftables::replace_nat_chains(Family::Inet, INET_TABLE, &chains, rules)
+        .map_err(|e| super::netlink_error(&format!("forwarding ports to {container_id}"), e))
 }
 
 /// Removes the container's port mappings over netlink (no nft run); nothing there is
 /// fine.
 pub fn remove_port_mappings(network: &str, container_id: &str) -> Result<(), Error> {
-    let chains = port_chains(network, container_id).map(|(chain, _)| chain);
+    let chains = port_chains(network, container_id).map(|c| c.name);
     nftables::delete_chains(Family::Inet, INET_TABLE, &chains).map_err(|e| {
         super::netlink_error(&format!("removing the port mappings of {container_id}"), e)
     })
@@ -140,8 +173,8 @@ pub fn remove_port_mappings(network: &str, container_id: &str) -> Result<(), Err
 
 /// The container's DNAT rules as nft lists them (for CHECK); empty when there are none.
 pub fn listed_port_mappings(network: &str, container_id: &str) -> String {
-    let [(pre, _), _, _] = port_chains(network, container_id);
-    super::nft_output(&["list", "chain", "inet", INET_TABLE, &pre])
+    let [pre, _, _] = port_chains(network, container_id);
+    super::nft_output(&["list", "chain", "inet", INET_TABLE, &pre.name])
         .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
         .unwrap_or_default()
 }
@@ -209,31 +242,75 @@ mod tests {
     }
 
     #[test]
-    fn port_mapping_script() {
+    fn port_mapping_rules() {
         let m = |p: &str, ip: &str| PortMapping {
             host_port: 8080,
             container_port: 80,
             protocol: p.into(),
             host_ip: ip.into(),
         };
-        let ips: Vec<std::net::IpAddr> =
-            vec!["10.1.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
-        let s = port_mappings("n", "c", &[m("tcp", "")], &ips, PortMasq::Hairpin).unwrap();
-        assert!(
-            s.contains(
-                "meta nfproto ipv4 fib daddr type local tcp dport 8080 dnat ip to 10.1.0.5:80"
-            ),
-            "{s}"
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ips = [ip("10.1.0.5"), ip("fd00::5")];
+        let [pre, out, post] = port_chains("n", "c").map(|c| c.name);
+        let rules = port_mappings("n", "c", &[m("tcp", "")], &ips, PortMasq::Hairpin).unwrap();
+        let local4 = vec![
+            Match::Family { v6: false },
+            Match::LocalDestination,
+            Match::DestinationPort(6, 8080),
+        ];
+        let dnat4 = Action::Dnat(ip("10.1.0.5"), 80);
+        assert!(rules
+            .iter()
+            .any(|r| r.chain == pre && r.matches == local4 && r.action == dnat4));
+        assert!(rules
+            .iter()
+            .any(|r| r.chain == out && r.matches == local4 && r.action == dnat4));
+        assert!(rules
+            .iter()
+            .any(|r| r.action == Action::Dnat(ip("fd00::5"), 80)));
+        let hairpin = |source| {
+            vec![
+                Match::Dnatted,
+                source,
+                Match::Destination(ip("10.1.0.5")),
+                Match::DestinationPort(6, 80),
+            ]
+        };
+        for source in [
+            Match::LoopbackSource { v6: false },
+            Match::Source(ip("10.1.0.5")),
+        ] {
+            let want = hairpin(source);
+            assert!(
+                rules.iter().any(|r| r.chain == post && r.matches == want),
+                "{rules:?}"
+            );
+        }
+        assert!(rules
+            .iter()
+            .all(|r| r.comment == Label::new("n", "c").as_str()));
+        // 2 families x (pre, out, 2 hairpin sources)
+        assert_eq!(rules.len(), 8);
+
+        let rules =
+            port_mappings("n", "c", &[m("UDP", "192.168.1.1")], &ips, PortMasq::None).unwrap();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(
+            rules[0].matches,
+            vec![
+                Match::Destination(ip("192.168.1.1")),
+                Match::DestinationPort(17, 8080)
+            ]
         );
-        assert!(s.contains("dnat ip6 to [fd00::5]:80"), "{s}");
-        assert!(s.contains("ct status dnat ip saddr { 127.0.0.0/8, 10.1.0.5 } ip daddr 10.1.0.5 tcp dport 80 masquerade"), "{s}");
-        let s = port_mappings("n", "c", &[m("UDP", "192.168.1.1")], &ips, PortMasq::None).unwrap();
-        assert!(
-            s.contains("ip daddr 192.168.1.1 udp dport 8080 dnat ip to 10.1.0.5:80")
-                && !s.contains("fd00::5"),
-            "{s}"
+        let all = port_mappings("n", "c", &[m("sctp", "")], &ips[..1], PortMasq::All).unwrap();
+        assert_eq!(
+            all[2].matches,
+            vec![
+                Match::Dnatted,
+                Match::Destination(ip("10.1.0.5")),
+                Match::DestinationPort(132, 80)
+            ]
         );
-        assert!(!s.contains("masquerade"));
         assert!(port_mappings("n", "c", &[m("icmp", "")], &ips, PortMasq::All).is_err());
         assert!(port_mappings("n", "c", &[m("tcp", "bogus")], &ips, PortMasq::All).is_err());
     }

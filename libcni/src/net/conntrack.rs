@@ -7,6 +7,7 @@
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
+use super::nlattr::{attr, attribute, attributes, NLA_F_NESTED};
 use super::Error;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -23,34 +24,10 @@ const CTA_TUPLE_PROTO: u16 = 2;
 const CTA_PROTO_NUM: u16 = 1;
 const CTA_PROTO_DST_PORT: u16 = 3;
 const IPPROTO_UDP: u8 = 17;
-const NLA_TYPE_MASK: u16 = 0x3fff;
 const HEADER: usize = 16 + 4; // nlmsghdr + nfgenmsg
 
 fn io(what: &str, e: std::io::Error) -> Error {
     Error::io(format!("conntrack: {what}"), e)
-}
-
-/// Attributes of a netlink payload: (type, value, the whole attribute as sent).
-fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8], &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let whole = &buf[..len];
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-        Some((kind, &whole[4..], whole))
-    })
-}
-
-fn attribute(buf: &[u8], kind: u16) -> Option<&[u8]> {
-    attributes(buf)
-        .find(|(k, _, _)| *k == kind)
-        .map(|(_, v, _)| v)
 }
 
 fn message(kind: u16, flags: u16, family: u8, attrs: &[u8]) -> Vec<u8> {
@@ -132,14 +109,12 @@ pub fn delete_udp_flows_to(v6: bool, port: u16) -> Result<usize, Error> {
             let Some(attrs) = body.get(4..) else { continue };
             let mut keep = Vec::new();
             let mut matches = false;
-            for (k, value, whole) in attributes(attrs) {
+            for (k, value) in attributes(attrs) {
                 if k == CTA_TUPLE_ORIG {
                     matches = is_udp_to(value, port);
-                    keep.extend_from_slice(whole);
-                    keep.resize((keep.len() + 3) & !3, 0);
+                    attr(&mut keep, k | NLA_F_NESTED, value);
                 } else if k == CTA_ZONE {
-                    keep.extend_from_slice(whole);
-                    keep.resize((keep.len() + 3) & !3, 0);
+                    attr(&mut keep, k, value);
                 }
             }
             if matches {
@@ -182,10 +157,8 @@ mod tests {
     use super::*;
 
     fn nla(kind: u16, value: &[u8]) -> Vec<u8> {
-        let mut a = ((4 + value.len()) as u16).to_ne_bytes().to_vec();
-        a.extend_from_slice(&kind.to_ne_bytes());
-        a.extend_from_slice(value);
-        a.resize((a.len() + 3) & !3, 0);
+        let mut a = Vec::new();
+        attr(&mut a, kind, value);
         a
     }
 

@@ -5,6 +5,7 @@ mod detached;
 mod link;
 mod netns;
 pub mod nftables;
+mod nlattr;
 mod policy;
 mod socket;
 mod tc;

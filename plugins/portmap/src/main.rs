@@ -180,13 +180,10 @@ impl Plugin for Portmap {
                 args.ifname
             )));
         }
-        let script =
+        let rules =
             firewall::port_mappings(&conf.name, &args.container_id, mappings, &ips, conf.masq())?;
         lock::hold(&Label::new(&conf.name, &args.container_id))?;
-        firewall::run(
-            &script,
-            format!("forwarding ports to {}", args.container_id),
-        )?;
+        firewall::add_port_mappings(&conf.name, &args.container_id, &rules)?;
         if conf.masq() == PortMasq::Hairpin && ips.iter().any(IpAddr::is_ipv4) {
             enable_localnet_routing(&prev)?;
         }
@@ -216,7 +213,10 @@ impl Plugin for Portmap {
         let listed = firewall::listed_port_mappings(&conf.name, &args.container_id);
         let mut missing = Vec::new();
         for m in &conf.runtime_config.port_mappings {
-            for ip in container_ips(&prev, &args.ifname) {
+            for ip in container_ips(&prev, &args.ifname)
+                .into_iter()
+                .filter(|ip| m.reaches(ip))
+            {
                 let to = if ip.is_ipv4() {
                     format!("{ip}:{}", m.container_port)
                 } else {

@@ -1,8 +1,9 @@
 //! nf_tables over nfnetlink: listing the elements of a table's sets, adding and deleting
-//! elements of sets that exist, deleting a chain with its rules; one batch (one
-//! transaction: all or nothing) per call. What an `nft -f -` run
-//! costs for the same is a process, its libraries and a cache of every table in the
-//! namespace (docs/DESIGN.md). Tables, chains and sets are still made by nft, once.
+//! elements of sets that exist, filling nat chains with rules ([`rule`]), deleting a
+//! chain with its rules; one batch (one transaction: all or nothing) per call. What an
+//! `nft -f -` run costs for the same is a process, its libraries and a cache of every
+//! table in the namespace (docs/DESIGN.md). Shared sets and chains are still made by
+//! nft, once.
 
 use std::io;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
@@ -11,10 +12,20 @@ use netlink_sys::protocols::NETLINK_NETFILTER;
 
 use super::Error;
 
+mod rule;
+mod wire;
+
+use super::nlattr::{attr, attr_u32, attribute, attributes, nested, NLA_F_NESTED};
+pub use rule::{Action, Match, Rule};
+use wire::{comment, comment_udata, nul_terminated, string_attr, NFTA_DATA_VALUE, NFTA_LIST_ELEM};
+
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
+const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_DELRULE: u16 = 8;
 const NFT_MSG_GETSET: u16 = 10;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -23,12 +34,17 @@ const NFT_MSG_DELSETELEM: u16 = 14;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_APPEND: u16 = 0x800;
 const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
-const NLA_TYPE_MASK: u16 = 0x3fff;
+const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_SET_TABLE: u16 = 1;
@@ -36,19 +52,12 @@ const NFTA_SET_NAME: u16 = 2;
 const NFTA_SET_ELEM_FLAGS: u16 = 3;
 /// The closing element of a range in a single-field interval set (not one of ours).
 const NFT_SET_ELEM_INTERVAL_END: u32 = 1;
-const NLA_F_NESTED: u16 = 0x8000;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
 const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
-const NFTA_LIST_ELEM: u16 = 1;
 const NFTA_SET_ELEM_KEY: u16 = 1;
 const NFTA_SET_ELEM_USERDATA: u16 = 6;
 const NFTA_SET_ELEM_KEY_END: u16 = 10;
-const NFTA_DATA_VALUE: u16 = 1;
-/// libnftnl's user data type of an element's comment, which `nft list` shows.
-const UDATA_SET_ELEM_COMMENT: u8 = 0;
-/// nft's own limit on a comment.
-const COMMENT_MAX: usize = 128;
 
 /// The nf_tables family of a table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +116,84 @@ fn requests(changes: &[(Change, &SetElement)]) -> io::Result<Vec<Request>> {
             })
         })
         .collect()
+}
+
+/// Where a base chain hooks in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Prerouting = 0,
+    Output = 3,
+    Postrouting = 4,
+}
+
+/// A base chain of type nat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NatChain {
+    pub name: String,
+    pub hook: Hook,
+    pub priority: i32,
+}
+
+/// Makes `table` and its nat `chains` where they are missing, and leaves the chains
+/// holding `rules` and nothing else, in one transaction (`nft -f` of `add table`, `add
+/// chain`, `flush chain`, `add rule`).
+pub fn replace_nat_chains(
+    family: Family,
+    table: &str,
+    chains: &[NatChain],
+    rules: &[Rule],
+) -> Result<(), Error> {
+    let fail = |e: io::Error| Error::io(format!("nftables: filling chains of {table}"), e);
+    let mut requests = vec![Request {
+        kind: NFT_MSG_NEWTABLE,
+        flags: NLM_F_CREATE,
+        family,
+        body: {
+            let mut b = Vec::new();
+            attr(
+                &mut b,
+                NFTA_TABLE_NAME,
+                &nul_terminated(table).map_err(fail)?,
+            );
+            b
+        },
+    }];
+    for chain in chains {
+        let mut body =
+            two_names((NFTA_CHAIN_TABLE, table), (NFTA_CHAIN_NAME, &chain.name)).map_err(fail)?;
+        nested(&mut body, NFTA_CHAIN_HOOK, |h| {
+            attr_u32(h, NFTA_HOOK_HOOKNUM, chain.hook as u32);
+            attr_u32(h, NFTA_HOOK_PRIORITY, chain.priority as u32);
+        });
+        attr(&mut body, NFTA_CHAIN_TYPE, b"nat\0");
+        requests.push(Request {
+            kind: NFT_MSG_NEWCHAIN,
+            flags: NLM_F_CREATE,
+            family,
+            body,
+        });
+        requests.push(Request {
+            kind: NFT_MSG_DELRULE,
+            flags: 0,
+            family,
+            body: two_names((NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, &chain.name))
+                .map_err(fail)?,
+        });
+    }
+    for rule in rules {
+        let mut body =
+            two_names((NFTA_RULE_TABLE, table), (NFTA_RULE_CHAIN, &rule.chain)).map_err(fail)?;
+        rule.attributes(&mut body).map_err(fail)?;
+        requests.push(Request {
+            kind: NFT_MSG_NEWRULE,
+            flags: NLM_F_CREATE | NLM_F_APPEND,
+            family,
+            body,
+        });
+    }
+    // Flushing a new chain frees nothing, so the close costs nothing either; only a
+    // repeated ADD replaces rules, and its close waits for their release.
+    transact(&requests, false).map_err(fail)
 }
 
 /// Deletes `chains` of `table` with their rules, in one transaction when all are there;
@@ -261,20 +348,6 @@ fn element(family: Family, table: &'static str, set: &str, elem: &[u8]) -> Optio
     })
 }
 
-/// The comment in an element's user data (libnftnl's type-length-value records).
-fn comment(mut udata: &[u8]) -> Option<String> {
-    while udata.len() >= 2 {
-        let (kind, len) = (udata[0], udata[1] as usize);
-        let value = udata.get(2..2 + len)?;
-        if kind == UDATA_SET_ELEM_COMMENT {
-            let text = value.strip_suffix(b"\0").unwrap_or(value);
-            return String::from_utf8(text.to_vec()).ok();
-        }
-        udata = &udata[2 + len..];
-    }
-    None
-}
-
 /// Sends dump request `kind` with `body` and returns the attributes of every answer.
 fn dump(
     socket: &netlink_sys::Socket,
@@ -321,32 +394,6 @@ fn dump(
             rest = &rest[((len + 3) & !3).min(rest.len())..];
         }
     }
-}
-
-/// The attributes of a payload: (type, value); stops at the first malformed one.
-fn attributes(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let value = &buf[4..len];
-        buf = &buf[((len + 3) & !3).min(buf.len())..];
-        Some((kind, value))
-    })
-}
-
-fn attribute(buf: &[u8], kind: u16) -> Option<&[u8]> {
-    attributes(buf).find(|(k, _)| *k == kind).map(|(_, v)| v)
-}
-
-fn string_attr(buf: &[u8], kind: u16) -> Option<String> {
-    let v = attribute(buf, kind)?;
-    String::from_utf8(v.strip_suffix(b"\0").unwrap_or(v).to_vec()).ok()
 }
 
 /// The batch: begin (sequence 0), one message per change (sequences 1..=n, each
@@ -409,24 +456,6 @@ fn message(
     out.resize((out.len() + 3) & !3, 0);
 }
 
-/// Appends attribute `kind` holding `value`, padded to 4 bytes.
-fn attr(out: &mut Vec<u8>, kind: u16, value: &[u8]) {
-    out.extend_from_slice(&((4 + value.len()) as u16).to_ne_bytes());
-    out.extend_from_slice(&kind.to_ne_bytes());
-    out.extend_from_slice(value);
-    out.resize((out.len() + 3) & !3, 0);
-}
-
-fn nul_terminated(s: &str) -> io::Result<Vec<u8>> {
-    if s.is_empty() || s.len() > 255 || s.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{s:?} cannot name an nftables object"),
-        ));
-    }
-    Ok([s.as_bytes(), b"\0"].concat())
-}
-
 /// The body of a set element message holding one element.
 fn element_list(e: &SetElement) -> io::Result<Vec<u8>> {
     let mut elem = Vec::new();
@@ -438,17 +467,8 @@ fn element_list(e: &SetElement) -> io::Result<Vec<u8>> {
         attr(&mut data, NFTA_DATA_VALUE, end);
         attr(&mut elem, NFTA_SET_ELEM_KEY_END | NLA_F_NESTED, &data);
     }
-    if let Some(comment) = &e.comment {
-        let text = nul_terminated(comment)?;
-        if comment.len() > COMMENT_MAX {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("comment {comment:?} is longer than {COMMENT_MAX} bytes"),
-            ));
-        }
-        let mut udata = vec![UDATA_SET_ELEM_COMMENT, text.len() as u8];
-        udata.extend_from_slice(&text);
-        attr(&mut elem, NFTA_SET_ELEM_USERDATA, &udata);
+    if let Some(text) = &e.comment {
+        attr(&mut elem, NFTA_SET_ELEM_USERDATA, &comment_udata(text)?);
     }
     let mut list = Vec::new();
     attr(&mut list, NFTA_LIST_ELEM | NLA_F_NESTED, &elem);
