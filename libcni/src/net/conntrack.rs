@@ -5,9 +5,8 @@
 //! portmap deletes them on ADD, as we do). rtnetlink speaks only route netlink, so the
 //! few messages are built here.
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
-
 use super::nlattr::{attr, attribute, attributes, NLA_F_NESTED};
+use super::socket::NetfilterSocket;
 use super::Error;
 
 const NFNL_SUBSYS_CTNETLINK: u16 = 1;
@@ -51,10 +50,9 @@ fn is_udp_to(tuple: &[u8], port: u16) -> bool {
         && attribute(proto, CTA_PROTO_DST_PORT) == Some(&port.to_be_bytes()[..])
 }
 
-fn connect() -> Result<Socket, Error> {
+fn connect() -> Result<NetfilterSocket, Error> {
     // Every wait bounded: the kernel answers at once, or not at all.
-    super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(5))
-        .map_err(|e| io("opening a socket", e))
+    NetfilterSocket::open(std::time::Duration::from_secs(5)).map_err(|e| io("opening a socket", e))
 }
 
 /// The netlink messages in one receive buffer: (type, payload after the headers).

@@ -1,9 +1,9 @@
 //! Deleting a link, and closing a socket, without waiting for the kernel: the kernel
 //! holds whoever deletes a veth pair 15-25 ms while it unregisters it, and whoever closes
-//! the last descriptor of a netfilter socket after a deletion until nf_tables has freed
-//! what the deletion removed (a flush of its deferred work, an RCU grace period: 8-24 ms
-//! on the bench VM). So the request, or the last close, is made by a child process that
-//! nobody waits for.
+//! the last descriptor of a netfilter socket while nf_tables has frees pending from any
+//! transaction that deleted something, its own or another process's (a flush of its
+//! deferred work, an RCU grace period: 8-24 ms on the bench VM). So the request, or the
+//! last close, is made by a child process that nobody waits for.
 //!
 //! The child shares the caller's memory (clone with CLONE_VM) rather than copying it (a
 //! fork): the caller then pays no copy of its page tables and no copy-on-write fault for

@@ -49,6 +49,40 @@ pub fn open(protocol: isize, wait: Duration) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// A netfilter netlink socket (nf_tables, conntrack) whose last close is left to a
+/// detached child ([`super::detached::close_detached`]): closing any such socket runs
+/// nf_tables' release handler, which waits, holding the commit mutex, for the frees of
+/// the last transaction that deleted anything, whoever made it (a grace period, 8-24 ms
+/// on the bench VM). Its caller has nothing to wait for.
+pub struct NetfilterSocket(Option<Socket>);
+
+impl NetfilterSocket {
+    pub fn open(wait: Duration) -> io::Result<NetfilterSocket> {
+        open(netlink_sys::protocols::NETLINK_NETFILTER, wait).map(|s| NetfilterSocket(Some(s)))
+    }
+}
+
+impl std::ops::Deref for NetfilterSocket {
+    type Target = Socket;
+
+    fn deref(&self) -> &Socket {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for NetfilterSocket {
+    fn drop(&mut self) {
+        if let Some(s) = self.0.take() {
+            use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+            // SAFETY: into_raw_fd hands over the socket's descriptor, which nothing else
+            // owns.
+            let fd = unsafe { OwnedFd::from_raw_fd(s.into_raw_fd()) };
+            // Should no child start, the descriptor is closed here, at the old cost.
+            let _ = super::detached::close_detached(fd);
+        }
+    }
+}
+
 /// A route netlink socket and its receive buffer; requests from several threads take
 /// turns.
 pub struct RouteSocket {

@@ -6,10 +6,8 @@
 //! nft, once.
 
 use std::io;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 
-use netlink_sys::protocols::NETLINK_NETFILTER;
-
+use super::socket::NetfilterSocket;
 use super::Error;
 
 mod rule;
@@ -95,8 +93,7 @@ pub fn commit(changes: &[(Change, &SetElement)]) -> Result<(), Error> {
     }
     let requests =
         requests(changes).map_err(|e| Error::io("nftables: building the set elements", e))?;
-    let deletes = changes.iter().any(|(c, _)| *c == Change::Delete);
-    transact(&requests, deletes).map_err(|e| Error::io("nftables: changing the set elements", e))
+    transact(&requests).map_err(|e| Error::io("nftables: changing the set elements", e))
 }
 
 /// One message per change.
@@ -191,9 +188,7 @@ pub fn replace_nat_chains(
             body,
         });
     }
-    // Flushing a new chain frees nothing, so the close costs nothing either; only a
-    // repeated ADD replaces rules, and its close waits for their release.
-    transact(&requests, false).map_err(fail)
+    transact(&requests).map_err(fail)
 }
 
 /// Deletes `chains` of `table` with their rules, in one transaction when all are there;
@@ -222,12 +217,12 @@ pub fn delete_chains(family: Family, table: &str, chains: &[String]) -> Result<(
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         other => other.map(|()| true),
     };
-    if chains.is_empty() || gone(transact(&requests, true)).map_err(fail)? {
+    if chains.is_empty() || gone(transact(&requests)).map_err(fail)? {
         return Ok(());
     }
     // One was missing, so nothing changed: each on its own.
     for pair in requests.chunks(2) {
-        gone(transact(pair, true)).map_err(fail)?;
+        gone(transact(pair)).map_err(fail)?;
     }
     Ok(())
 }
@@ -248,30 +243,23 @@ struct Request {
     body: Vec<u8>,
 }
 
+/// Every wait bounded: the kernel answers a batch or a dump at once, or not at all.
+fn open() -> io::Result<NetfilterSocket> {
+    NetfilterSocket::open(std::time::Duration::from_secs(10))
+}
+
 /// Sends `requests` as one batch on a socket of the calling thread's namespace and reads
-/// the kernel's answers; after `deletes`, the socket's last close is left to a child.
-fn transact(requests: &[Request], deletes: bool) -> io::Result<()> {
-    // Every wait bounded: the kernel answers a batch at once, or not at all.
-    let socket = super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(10))?;
+/// the kernel's answers.
+fn transact(requests: &[Request]) -> io::Result<()> {
+    let socket = open()?;
     socket.send(&batch(requests), 0)?;
     let last = requests.len() as u32;
-    let outcome = loop {
-        let (datagram, _) = match socket.recv_from_full() {
-            Ok(d) => d,
-            Err(e) => break Err(e),
-        };
+    loop {
+        let (datagram, _) = socket.recv_from_full()?;
         if let Some(done) = answered(&datagram, last) {
-            break done;
+            return done;
         }
-    };
-    if deletes {
-        // The last close after a deletion waits for nf_tables to free what it removed.
-        // SAFETY: into_raw_fd hands over the socket's descriptor, which nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(socket.into_raw_fd()) };
-        // Should no child start, the descriptor is closed here, at the old cost.
-        let _ = super::detached::close_detached(fd);
     }
-    outcome
 }
 
 /// The elements, with their comments, of the sets of `table` in `family` whose names
@@ -283,8 +271,7 @@ pub fn list_elements(
     wanted: impl Fn(&str) -> bool,
 ) -> Result<Vec<SetElement>, Error> {
     let fail = |what: &str, e: io::Error| Error::io(format!("nftables: {what} of {table}"), e);
-    let socket = super::socket::open(NETLINK_NETFILTER, std::time::Duration::from_secs(10))
-        .map_err(|e| fail("opening a socket", e))?;
+    let socket = open().map_err(|e| fail("opening a socket", e))?;
     let mut body = Vec::new();
     attr(
         &mut body,
@@ -350,7 +337,7 @@ fn element(family: Family, table: &'static str, set: &str, elem: &[u8]) -> Optio
 
 /// Sends dump request `kind` with `body` and returns the attributes of every answer.
 fn dump(
-    socket: &netlink_sys::Socket,
+    socket: &NetfilterSocket,
     kind: u16,
     family: Family,
     body: &[u8],
