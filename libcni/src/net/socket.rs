@@ -53,7 +53,9 @@ pub fn open(protocol: isize, wait: Duration) -> io::Result<Socket> {
 /// detached child ([`super::detached::close_detached`]): closing any such socket runs
 /// nf_tables' release handler, which waits, holding the commit mutex, for the frees of
 /// the last transaction that deleted anything, whoever made it (a grace period, 8-24 ms
-/// on the bench VM). Its caller has nothing to wait for.
+/// on the bench VM). Its caller has nothing to wait for. For the plugins' short lives: the
+/// child is reaped by whoever adopts it once the plugin has exited (a long-lived process
+/// would have to reap it; the agent and the dhcp daemon open none).
 pub struct NetfilterSocket(Option<Socket>);
 
 impl NetfilterSocket {
