@@ -76,9 +76,10 @@ impl Delegate {
         &self.plugin
     }
 
-    /// An IPAM plugin that speaks on the container's interface (dhcp sends its RELEASE
-    /// there): its DEL must end before the interface goes, as the reference orders it.
-    pub fn needs_interface_on_del(&self) -> bool {
+    /// An IPAM plugin that speaks on the container's interface (dhcp: its DISCOVER and
+    /// its RELEASE go there): its ADD starts once the interface is there and its DEL ends
+    /// before the interface goes, as the reference orders them.
+    pub fn needs_interface(&self) -> bool {
         self.plugin == "dhcp"
     }
 

@@ -149,7 +149,7 @@ pub fn del(
     ipam: Option<&Delegate>,
 ) -> Result<(), Error> {
     let a = Attachment::of(args);
-    let first = ipam.is_some_and(Delegate::needs_interface_on_del);
+    let first = ipam.is_some_and(Delegate::needs_interface);
     let mut ipam = ipam.map(|i| i.start("DEL", args)).transpose()?;
     trace::mark("ipam started");
     let released = first.then(|| ipam.take().map(|r| r.wait()).transpose());

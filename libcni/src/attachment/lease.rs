@@ -15,7 +15,10 @@ use crate::net::{self, libc_errno::EEXIST, Kernel};
 use crate::skel::CmdArgs;
 use crate::spec::{code, CniResult, Error};
 
-/// An IPAM ADD under way, started so the plugin can build links meanwhile.
+/// An IPAM ADD under way, started so the plugin can build links meanwhile; or, for an
+/// IPAM plugin that speaks on the container's interface (dhcp, whose daemon looks the
+/// interface up at once: the reference's does not wait for it), started only when the
+/// plugin waits for it, once the interface is there, as the reference orders it.
 pub struct PendingLease<'a> {
     ipam: &'a Delegate,
     args: &'a CmdArgs,
@@ -32,10 +35,14 @@ pub struct Lease<'a> {
 
 impl<'a> PendingLease<'a> {
     pub fn start(ipam: &'a Delegate, args: &'a CmdArgs) -> Result<PendingLease<'a>, Error> {
+        let running = match ipam.needs_interface() {
+            true => None,
+            false => Some(ipam.start("ADD", args)?),
+        };
         Ok(PendingLease {
             ipam,
             args,
-            running: Some(ipam.start("ADD", args)?),
+            running,
         })
     }
 
@@ -62,7 +69,10 @@ impl<'a> PendingLease<'a> {
 
     /// The lease, once the IPAM plugin answered.
     pub fn wait(mut self) -> Result<Lease<'a>, Error> {
-        let running = self.running.take().expect("waited for once");
+        let running = match self.running.take() {
+            Some(running) => running,
+            None => self.ipam.start("ADD", self.args)?,
+        };
         let printed = running.wait()?;
         let mut lease = Lease {
             ipam: self.ipam,
@@ -153,6 +163,83 @@ impl Drop for Lease<'_> {
                     self.ipam.plugin()
                 );
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::skel::{dispatch, Plugin};
+    use std::sync::Mutex;
+
+    /// An ADD that starts its IPAM lease and then waits for it, noting how each went.
+    struct Leasing(Mutex<Vec<String>>);
+
+    impl Plugin for Leasing {
+        fn uses_netns(&self) -> bool {
+            false
+        }
+        fn add(&self, args: &CmdArgs) -> Result<CniResult, Error> {
+            let ipam = Delegate::ipam(args).expect("an ipam section");
+            let note = |what: &str, r: Result<(), Error>| {
+                let outcome = r.map_or_else(|e| e.msg, |()| "ok".to_string());
+                self.0.lock().unwrap().push(format!("{what}: {outcome}"));
+            };
+            match PendingLease::start(&ipam, args) {
+                Ok(pending) => {
+                    note("start", Ok(()));
+                    note("wait", pending.wait().map(|_| ()));
+                }
+                Err(e) => note("start", Err(e)),
+            }
+            Ok(CniResult::default())
+        }
+        fn del(&self, _: &CmdArgs) -> Result<(), Error> {
+            Ok(())
+        }
+        fn check(&self, _: &CmdArgs) -> Result<(), Error> {
+            Ok(())
+        }
+    }
+
+    /// dhcp's daemon looks the container's interface up as soon as it is asked (the
+    /// reference's does not wait for it), so dhcp is started only when the plugin waits
+    /// for the lease, which it does once the interface is made; host-local at once. With
+    /// nothing on CNI_PATH, where the lookup fails tells when the start happened.
+    #[test]
+    fn dhcp_starts_when_waited_for_and_host_local_at_once() {
+        let empty = tempfile::tempdir().unwrap();
+        let path = empty.path().to_string_lossy().to_string();
+        for (ipam, expected) in [
+            ("dhcp", ["start: ok", "wait: "]),
+            ("host-local", ["start: ", ""]),
+        ] {
+            let env = |k: &str| {
+                Some(match k {
+                    "CNI_COMMAND" => "ADD".to_string(),
+                    "CNI_CONTAINERID" => "c1".to_string(),
+                    "CNI_NETNS" => "/nonexistent/netns".to_string(),
+                    "CNI_IFNAME" => "eth0".to_string(),
+                    "CNI_PATH" => path.clone(),
+                    _ => return None,
+                })
+            };
+            let conf = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"bridge","ipam":{{"type":"{ipam}"}}}}"#
+            );
+            let plugin = Leasing(Mutex::new(Vec::new()));
+            dispatch(&plugin, &env, conf.into_bytes()).unwrap();
+            let notes = plugin.0.into_inner().unwrap();
+            assert_eq!(
+                notes.len(),
+                expected.iter().filter(|e| !e.is_empty()).count()
+            );
+            for (note, want) in notes.iter().zip(expected) {
+                assert!(note.starts_with(want), "{ipam}: {notes:?}");
+            }
+            // the failed lookup is the last step in either case
+            assert!(notes.last().unwrap().contains(ipam), "{ipam}: {notes:?}");
         }
     }
 }

@@ -170,9 +170,7 @@ impl Plugin for MacvlanPlugin {
         let m = Macvlan::load(args)?;
         let a = Attachment::of(args);
         let delegate = Delegate::ipam(args);
-        let first = delegate
-            .as_ref()
-            .is_some_and(Delegate::needs_interface_on_del);
+        let first = delegate.as_ref().is_some_and(Delegate::needs_interface);
         let mut ipam = delegate.map(|i| i.start("DEL", args)).transpose()?;
         let released = first.then(|| ipam.take().map(|r| r.wait()).transpose());
         let link = args.netns().map(|ns| {
