@@ -67,7 +67,7 @@ impl Rules {
         if !self.masquerade && self.mac_check.is_none() {
             return Ok(());
         }
-        // Before listing: a killed ADD's nft may still be committing.
+        // Before listing: another process may be changing this attachment's entries.
         firewall::lock::hold(&a.label())?;
         let mut gone = Vec::new();
         match (self.masquerade, addrs) {

@@ -52,18 +52,25 @@ pub fn delete_link_detached(index: u32) -> io::Result<()> {
     }
     req.serialize(&mut job.req[..job.len]);
     let job = Box::leak(job);
-    let top = job.stack.as_mut_ptr_range().end.cast::<c_void>();
-    // SAFETY: the child runs `reap` on its own stack and reads only the leaked job; it
-    // shares nothing else the caller writes, and never returns into the caller's code.
-    let pid = unsafe {
-        libc::clone(
-            reap,
-            top,
-            libc::CLONE_VM | libc::SIGCHLD,
-            (job as *mut Job).cast(),
-        )
-    };
-    if pid < 0 {
+    let top = job.stack.as_mut_ptr_range().end.cast();
+    // SAFETY: `reap` reads only the leaked job and runs on its stack.
+    unsafe { start_child(reap, top, (job as *mut Job).cast()) }
+}
+
+/// Starts `entry(job)` in a child sharing this process's memory, on the stack that ends
+/// at `top` (in the leaked job, so it outlives the caller).
+///
+/// # Safety
+/// `job` and the stack must be leaked; `entry` must touch only `job` and its own stack,
+/// and make raw system calls only: it shares nothing else the caller writes, and never
+/// returns into the caller's code.
+unsafe fn start_child(
+    entry: extern "C" fn(*mut c_void) -> c_int,
+    top: *mut c_void,
+    job: *mut c_void,
+) -> io::Result<()> {
+    // SAFETY: as the caller promises.
+    if unsafe { libc::clone(entry, top, libc::CLONE_VM | libc::SIGCHLD, job) } < 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -99,20 +106,9 @@ pub fn close_detached(fd: OwnedFd) -> io::Result<()> {
         read_end: read_end.as_raw_fd(),
         write_end: write_end.as_raw_fd(),
     }));
-    let top = job.stack.as_mut_ptr_range().end.cast::<c_void>();
-    // SAFETY: as in delete_link_detached: the child reads only the leaked job and makes
-    // raw system calls on its own stack.
-    let pid = unsafe {
-        libc::clone(
-            close_last,
-            top,
-            libc::CLONE_VM | libc::SIGCHLD,
-            (job as *mut CloseJob).cast(),
-        )
-    };
-    if pid < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let top = job.stack.as_mut_ptr_range().end.cast();
+    // SAFETY: `close_last` reads only the leaked job and runs on its stack.
+    unsafe { start_child(close_last, top, (job as *mut CloseJob).cast())? };
     // Ours first, then the pipe: the child's copy is the last one.
     drop(fd);
     drop(write_end);
