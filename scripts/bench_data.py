@@ -18,10 +18,14 @@ built by hand that it must match, like with like:
   through conntrack) against vxlan-hand-masq (flannel's VXLAN programmed with iproute2
   plus the iptables rules a flanneld v0.20.2 node run with --ip-masq has: its
   masquerade and its default forward accept, FLANNEL-FWD);
-  overlay-nomasq (ipMasq false) against vxlan-hand (the same VXLAN, no NAT);
-  directrouting (directRouting, ipMasq false) against routing-hand (pods on a bridge,
-  each host routing the other's pod subnet via its underlay address, no encapsulation,
-  the underlay's MTU as plain routing gives, no NAT);
+  overlay-nomasq (ipMasq false) against vxlan-hand-fwd (the same VXLAN, no NAT, with
+  the FLANNEL-FWD accept that a flanneld run with --ip-masq=false keeps by default) and
+  against vxlan-hand (no rules at all);
+  directrouting (directRouting, ipMasq false) against directrouting-hand (pods on a
+  bridge, each host routing the other's pod subnet via its underlay address, no
+  encapsulation, no NAT, as flanneld's DirectRouting programs a peer on its subnet: pods
+  at the VXLAN MTU, FLANNEL-FWD) and against routing-hand (the same with pods at the
+  underlay's MTU as plain routing gives, and no rule);
 and underlay-raw (host to host). Per path and run: iperf3 TCP throughput, the machine's
 busy CPU seconds per Gbit moved, the median ping RTT and UDP loss at 100 Mbit/s; medians
 over the runs, which go round the paths in turn (after one unrecorded warm-up transfer
@@ -305,34 +309,38 @@ def hand_pod(lab, tag, i, h, mtu):
     return c, f"{base}.2"
 
 
-def flannel_masquerade(h, subnet):
-    """What a flanneld v0.20.2 node run with --ip-masq has in iptables: the nat rules of
-    --ip-masq (network/iptables.go MasqRules, with --random-fully as iptables >= 1.6.2 has
-    it) and, as by default (--iptables-forward-rules), its FLANNEL-FWD accept of the
-    cluster network (ForwardRules), in one iptables-restore as flanneld applies them."""
+def flannel_rules(h, subnet, masq):
+    """What a flanneld v0.20.2 node has in iptables: by default (--iptables-forward-rules)
+    its FLANNEL-FWD accept of the cluster network (network/iptables.go ForwardRules) and,
+    with `masq` (--ip-masq), the nat rules of MasqRules with --random-fully as iptables
+    >= 1.6.2 has it; in one iptables-restore as flanneld applies them."""
     n, c = OVERLAY_NETWORK, '-m comment --comment "flanneld masq"'
     f = '-m comment --comment "flanneld forward"'
     rules = ("*filter\n:FLANNEL-FWD - [0:0]\n"
              f"-A FORWARD {f} -j FLANNEL-FWD\n"
              f"-A FLANNEL-FWD -s {n} {f} -j ACCEPT\n"
              f"-A FLANNEL-FWD -d {n} {f} -j ACCEPT\n"
-             "COMMIT\n"
-             "*nat\n:FLANNEL-POSTRTG - [0:0]\n"
-             f"-I POSTROUTING {c} -j FLANNEL-POSTRTG\n"
-             f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN\n"
-             f"-A FLANNEL-POSTRTG -s {n} -d {n} {c} -j RETURN\n"
-             f"-A FLANNEL-POSTRTG -s {n} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully\n"
-             f"-A FLANNEL-POSTRTG ! -s {n} -d {subnet} {c} -j RETURN\n"
-             f"-A FLANNEL-POSTRTG ! -s {n} -d {n} {c} -j MASQUERADE --random-fully\n"
              "COMMIT\n")
+    if masq:
+        rules += ("*nat\n:FLANNEL-POSTRTG - [0:0]\n"
+                  f"-I POSTROUTING {c} -j FLANNEL-POSTRTG\n"
+                  f"-A FLANNEL-POSTRTG -m mark --mark 0x4000/0x4000 {c} -j RETURN\n"
+                  f"-A FLANNEL-POSTRTG -s {n} -d {n} {c} -j RETURN\n"
+                  f"-A FLANNEL-POSTRTG -s {n} ! -d 224.0.0.0/4 {c} -j MASQUERADE --random-fully\n"
+                  f"-A FLANNEL-POSTRTG ! -s {n} -d {subnet} {c} -j RETURN\n"
+                  f"-A FLANNEL-POSTRTG ! -s {n} -d {n} {c} -j MASQUERADE --random-fully\n"
+                  "COMMIT\n")
     run(["ip", "netns", "exec", h, "iptables-restore", "--noflush"], input=rules.encode())
 
 
-def vxlan_hand(lab, mtu, masq=False):
+# vxlan-hand{suffix}: flanneld rules none, FLANNEL-FWD alone, or FLANNEL-FWD and --ip-masq.
+HAND_RULES = {"": None, "-fwd": False, "-masq": True}
+
+
+def vxlan_hand(lab, mtu, rules=""):
     """flannel's VXLAN as flannel programs it, containers on a cni0 bridge as the
-    plugin attaches them; with `masq`, flanneld --ip-masq's rules on each host (its nat
-    rules and its default forward accept)."""
-    name = "vxlan-hand-masq" if masq else "vxlan-hand"
+    plugin attaches them, each host with the flanneld rules `rules` names (HAND_RULES)."""
+    name = f"vxlan-hand{rules}"
     tag = f"{name}-{mtu}"
     hosts = underlay(lab, tag, mtu)
     inner = str(mtu - VXLAN_OVERHEAD)
@@ -351,25 +359,32 @@ def vxlan_hand(lab, mtu, masq=False):
              UNDERLAY[j], "self", "permanent"])
         ip(h, "route", "replace", OVERLAY_SUBNETS[j], "via", peer_net, "dev", "flannel.1",
            "onlink")
-        if masq:
-            flannel_masquerade(h, OVERLAY_SUBNETS[i])
+        if HAND_RULES[rules] is not None:
+            flannel_rules(h, OVERLAY_SUBNETS[i], HAND_RULES[rules])
         containers.append(hand_pod(lab, tag, i, h, inner))
     return Path(name, "cross-host", mtu, containers[0][0], containers[1][0],
                 containers[1][1])
 
 
-def routing_hand(lab, mtu):
+def routing_hand(lab, mtu, flannel=False):
     """Plain routing between the hosts (what flannel's host-gw programs): pods on a cni0
     bridge with the underlay's MTU, each host's route to the other's pod subnet via the
-    other's underlay address; no encapsulation, no NAT."""
-    tag = f"routing-hand-{mtu}"
+    other's underlay address; no encapsulation, no NAT. With `flannel`, as flanneld's
+    VXLAN backend with DirectRouting programs it for a peer on the same subnet: the pods
+    at the VXLAN MTU (its FLANNEL_MTU, which holds for peers off the subnet too) and its
+    default FLANNEL-FWD accept."""
+    name = "directrouting-hand" if flannel else "routing-hand"
+    tag = f"{name}-{mtu}"
     hosts = underlay(lab, tag, mtu)
+    pod_mtu = mtu - VXLAN_OVERHEAD if flannel else mtu
     containers = []
     for i, h in enumerate(hosts):
         j = 1 - i
         ip(h, "route", "replace", OVERLAY_SUBNETS[j], "via", UNDERLAY[j], "dev", "ul0")
-        containers.append(hand_pod(lab, tag, i, h, str(mtu)))
-    return Path("routing-hand", "cross-host", mtu, containers[0][0], containers[1][0],
+        if flannel:
+            flannel_rules(h, OVERLAY_SUBNETS[i], masq=False)
+        containers.append(hand_pod(lab, tag, i, h, str(pod_mtu)))
+    return Path(name, "cross-host", mtu, containers[0][0], containers[1][0],
                 containers[1][1])
 
 
@@ -381,8 +396,8 @@ def underlay_raw(lab, mtu):
 
 SAME_HOST = ("bridge-ours", "bridge-ref", "macvlan-ours", "macvlan-ref", "ptp-ours",
              "veth-raw")
-CROSS_HOST = ("overlay", "vxlan-hand-masq", "overlay-nomasq", "vxlan-hand", "directrouting",
-              "routing-hand", "underlay-raw")
+CROSS_HOST = ("overlay", "vxlan-hand-masq", "overlay-nomasq", "vxlan-hand-fwd", "vxlan-hand",
+              "directrouting", "directrouting-hand", "routing-hand", "underlay-raw")
 
 
 def build_paths(lab, s):
@@ -409,12 +424,14 @@ def build_paths(lab, s):
     }
     cross = {
         "overlay": lambda mtu: overlay_path(lab, "overlay", mtu, ours),
-        "vxlan-hand-masq": lambda mtu: vxlan_hand(lab, mtu, masq=True),
+        "vxlan-hand-masq": lambda mtu: vxlan_hand(lab, mtu, "-masq"),
         "overlay-nomasq": lambda mtu: overlay_path(lab, "overlay-nomasq", mtu, ours,
                                                    ip_masq=False),
+        "vxlan-hand-fwd": lambda mtu: vxlan_hand(lab, mtu, "-fwd"),
         "vxlan-hand": lambda mtu: vxlan_hand(lab, mtu),
         "directrouting": lambda mtu: overlay_path(lab, "directrouting", mtu, ours,
                                                   direct=True, ip_masq=False),
+        "directrouting-hand": lambda mtu: routing_hand(lab, mtu, flannel=True),
         "routing-hand": lambda mtu: routing_hand(lab, mtu),
         "underlay-raw": lambda mtu: underlay_raw(lab, mtu),
     }
