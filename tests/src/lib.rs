@@ -892,3 +892,28 @@ pub fn fetch(ns: &Ns, addr: &str, port: u16) -> Option<String> {
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (!text.is_empty()).then_some(text)
 }
+
+/// Polls for at most 5 s until `f` holds.
+pub fn eventually(mut f: impl FnMut() -> bool) -> bool {
+    for _ in 0..250 {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}
+
+/// The name our plugins give an attachment's container link when DEL retires it: `vdel`
+/// and the low 11 hex digits of FNV-1a over the network name, container ID and ifname,
+/// each ended by a NUL (libcni's Attachment::retired_name).
+pub fn retired_name(network: &str, cid: &str, ifname: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in [network, cid, ifname]
+        .iter()
+        .flat_map(|p| p.bytes().chain([0]))
+    {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("vdel{:011x}", h & 0xfff_ffff_ffff)
+}

@@ -104,6 +104,72 @@ fn macvlan_bridge_and_private_modes() {
 }
 
 #[test]
+fn macvlan_del_retires_the_link_and_a_later_del_deletes_what_a_killed_one_left() {
+    let host = host_with_nic("mvnic3");
+    host.sh("ip link add mvhost3 link mvnic3 type macvlan mode bridge && ip addr add 10.86.0.200/24 dev mvhost3 && ip link set mvhost3 up");
+    let data = tempfile::tempdir().unwrap();
+    let conf = macvlan("mvret", "mvnic3", "bridge", "10.86.0.0/24", data.path());
+    let c = Ns::new("c");
+    let retired = retired_name("mvret", "rt1", "eth0");
+    let call = |cmd| Call::new("macvlan", cmd, &host, &c.path(), "rt1");
+    // DEL frees the name and takes the link out of service at once; its deletion follows
+    call("ADD").run(&conf).expect_ok();
+    call("DEL").run(&conf).expect_ok();
+    assert!(c.link("eth0").is_none());
+    if let Some(l) = c.link(&retired) {
+        assert!(
+            l["flags"].as_array().unwrap().iter().all(|f| f != "UP"),
+            "{l}"
+        );
+    }
+    // an ADD at once makes the link again (same name, same MAC), which the old link's
+    // deleter, deleting by index, leaves alone
+    call("ADD").run(&conf).expect_ok();
+    assert!(
+        eventually(|| c.link(&retired).is_none()),
+        "{:?}",
+        c.link_names()
+    );
+    assert!(c.ping("10.86.0.200"), "the link added again works");
+
+    // what a DEL killed once it had retired the link leaves: the runtime's next DEL
+    // deletes it and frees the address
+    c.sh(&format!(
+        "ip link set eth0 down && ip link set eth0 name {retired}"
+    ));
+    call("DEL").run(&conf).expect_ok();
+    assert!(c.link(&retired).is_none(), "the retired link is left");
+    assert_eq!(store_allocations(data.path(), "mvret"), 0);
+
+    // a link of the retired name that is not ours stays, and the DEL still works
+    c.sh(&format!("ip link add {retired} type veth peer name squat0"));
+    call("ADD").run(&conf).expect_ok();
+    call("DEL").run(&conf).expect_ok();
+    assert!(c.link("eth0").is_none());
+    assert!(c.link(&retired).is_some(), "the container's own link stays");
+    assert_eq!(store_allocations(data.path(), "mvret"), 0);
+
+    // passthru (one macvlan per master): DEL deletes before it returns, so an ADD on the
+    // same master can follow at once
+    let nic = host_with_nic("mvnic4");
+    let pass = macvlan("mvpass", "mvnic4", "passthru", "10.87.0.0/24", data.path());
+    let p = Ns::new("c");
+    for _ in 0..3 {
+        Call::new("macvlan", "ADD", &nic, &p.path(), "pt1")
+            .run(&pass)
+            .expect_ok();
+        Call::new("macvlan", "DEL", &nic, &p.path(), "pt1")
+            .run(&pass)
+            .expect_ok();
+        assert!(
+            p.link_names().iter().all(|n| n == "lo"),
+            "{:?}",
+            p.link_names()
+        );
+    }
+}
+
+#[test]
 fn macvlan_mtu_master_and_link_in_container() {
     let host = host_with_nic("mvnic1");
     host.sh("ip link set mvnic1 mtu 1400");

@@ -409,17 +409,6 @@ fn layer2_only_without_gateway_or_ipam() {
     net.call("DEL", &c2.path(), "l2").run(&conf).expect_ok();
 }
 
-/// Polls for at most 5 s until `f` holds.
-fn eventually(mut f: impl FnMut() -> bool) -> bool {
-    for _ in 0..250 {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    false
-}
-
 #[test]
 fn del_retires_the_pair_and_leftover_retired_pairs_are_cleaned() {
     let net = Net::new();

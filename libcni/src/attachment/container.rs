@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
+use super::Attachment;
 use crate::mac::format_mac;
 use crate::net::{self, sysctl_set, Kernel, LinkInfo, Netlink, Netns, RouteSpec};
 use crate::skel::CmdArgs;
@@ -52,18 +53,47 @@ pub fn route_spec(rt: &Route, ips: &[IpConfig], oif: u32) -> RouteSpec {
     }
 }
 
-/// DEL of a link born in the container (macvlan, tap, dummy): deletes `ifname` when
-/// `ours` says the link there is the one ADD made; nothing there is fine.
+/// How a DEL takes away a link born in the container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removal {
+    /// Out of service at once (down, and renamed to the attachment's retired name, which
+    /// frees its name for the next ADD) and deleted by a child not waited for: the kernel
+    /// holds whoever deletes a link 15-25 ms while it unregisters it.
+    Detached,
+    /// Deleted before DEL returns, for a link whose presence even down keeps the next ADD
+    /// from making its own (a passthru macvlan: one per master).
+    Waited,
+}
+
+/// DEL of a link born in the container (macvlan, tap, dummy): takes `a`'s interface
+/// away when `ours` says the link there is the one ADD made, and a link of the retired
+/// name that is ours (a DEL killed before its child ran); nothing there is fine.
 pub fn delete_own(
     k: &Kernel,
     inside: &Netlink,
-    ifname: &str,
+    netns: &Netns,
+    a: &Attachment,
+    removal: Removal,
     ours: impl Fn(&LinkInfo) -> bool,
 ) -> Result<(), Error> {
-    match k.run(inside.link(ifname))? {
-        Some(l) if ours(&l) => k.run(inside.delete_link(ifname)).map(|_| ()),
-        _ => Ok(()),
+    let retired = a.retired_name();
+    if let Some(l) = k.run(inside.link(&retired))?.filter(&ours) {
+        k.run(inside.delete_link_index(l.index, &l.name))?;
     }
+    let Some(l) = k.run(inside.link(a.ifname()))?.filter(&ours) else {
+        return Ok(());
+    };
+    if removal == Removal::Detached {
+        match k.run(inside.retire_link(l.index, &l.name, &retired)) {
+            Ok(()) => match netns.run(|| net::delete_link_detached(l.index))? {
+                Ok(()) => return Ok(()),
+                Err(e) => eprintln!("deleting {retired} here: cannot start its deleter ({e})"),
+            },
+            Err(e) => eprintln!("deleting {} here: {}: {}", l.name, e.msg, e.details),
+        }
+    }
+    k.run(inside.delete_link_index(l.index, &l.name))
+        .map(|_| ())
 }
 
 /// Duplicate address detection on the container's IPv6 addresses.

@@ -70,6 +70,12 @@ impl Attachment {
         format!("veth{:011x}", h & 0xfff_ffff_ffff)
     }
 
+    /// The name the attachment's container link takes when DEL retires it (the
+    /// container's end of a veth pair, a macvlan, a tap): `vdel` and the host veth's digits.
+    pub fn retired_name(&self) -> String {
+        format!("vdel{}", &self.host_veth()["veth".len()..])
+    }
+
     /// The container interface's MAC: locally administered unicast, so DEL knows it
     /// without the container (the MAC spoof check is keyed by it).
     pub fn container_mac(&self) -> [u8; 6] {

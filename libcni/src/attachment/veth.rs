@@ -72,11 +72,6 @@ pub fn is_retired(link: &LinkInfo) -> bool {
         && (renamed || link.alias.as_deref().is_some_and(is_retired_alias))
 }
 
-/// The name the container's end takes when DEL retires the pair.
-fn retired_name(a: &Attachment) -> String {
-    format!("vdel{}", &a.host_veth()["veth".len()..])
-}
-
 /// Removes the attachment's veth pair from service: by its host end (retired, deleted
 /// by a child not waited for), or, when that is gone, by a container end that is still
 /// ours (a veth with the attachment's MAC, deleted at once). A host end that carries
@@ -99,7 +94,7 @@ pub async fn delete(
             let mut cut_off = false;
             if let Some(nl) = container {
                 if let Some(c) = own_container_end(nl, a, mac).await? {
-                    cut_off = match nl.retire_link(c.index, &c.name, &retired_name(a)).await {
+                    cut_off = match nl.retire_link(c.index, &c.name, &a.retired_name()).await {
                         Err(e) if !e.is_not_found() => {
                             eprintln!("DEL: the container's end stays until the pair goes: {e}");
                             false
@@ -173,7 +168,7 @@ mod tests {
         assert!(!is_retired(&link(&a.host_veth(), "veth", Some(&live))));
         assert!(!is_retired(&link(&a.host_veth(), "veth", None)));
         // retired by the build before the label: renamed vdel<hash>
-        assert!(is_retired(&link(&retired_name(&a), "veth", Some(&live))));
+        assert!(is_retired(&link(&a.retired_name(), "veth", Some(&live))));
         for other in ["vdelta0", "vdel0123456789g", "eth0"] {
             assert!(!is_retired(&link(other, "veth", Some(&live))), "{other}");
         }

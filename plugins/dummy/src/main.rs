@@ -2,7 +2,8 @@
 //! (which it requires, as the reference). A kernel without the dummy driver refuses the
 //! link kind: ADD then fails with one error that says so, and DEL still succeeds.
 
-use libcni::attachment::{claim, container, Attachment, PendingLease, Undo};
+use libcni::attachment::container::{self, Removal};
+use libcni::attachment::{claim, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
 use libcni::net::{self, Kernel, LinkInfo};
 use libcni::skel::{self, CmdArgs, Plugin};
@@ -82,7 +83,7 @@ impl Plugin for Dummy {
         };
         let k = Kernel::new()?;
         let inside = k.connect_in(ns)?;
-        container::delete_own(&k, &inside, a.ifname(), |l| is_ours(l, &a))
+        container::delete_own(&k, &inside, ns, &a, Removal::Detached, |l| is_ours(l, &a))
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {

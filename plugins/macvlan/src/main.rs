@@ -3,7 +3,8 @@
 //! delegate (or up without an address when there is none). `linkInContainer`: the master
 //! is a link of the container's own namespace; `bcqueuelen` sizes its broadcast queue. The steps are libcni's attachment layer.
 
-use libcni::attachment::{claim, container, Attachment, PendingLease, Undo};
+use libcni::attachment::container::{self, Removal};
+use libcni::attachment::{claim, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
 use libcni::mac::parse_mac;
 use libcni::net::{self, Kernel, LinkInfo, MacVlanMode, MacvlanSettings, Netlink};
@@ -173,10 +174,15 @@ impl Plugin for MacvlanPlugin {
         let first = delegate.as_ref().is_some_and(Delegate::needs_interface);
         let mut ipam = delegate.map(|i| i.start("DEL", args)).transpose()?;
         let released = first.then(|| ipam.take().map(|r| r.wait()).transpose());
+        // One passthru macvlan per master: the next ADD's cannot wait for a child.
+        let removal = match m.mode {
+            MacVlanMode::Passthrough => Removal::Waited,
+            _ => Removal::Detached,
+        };
         let link = args.netns().map(|ns| {
             let k = Kernel::new()?;
             let inside = k.connect_in(ns)?;
-            container::delete_own(&k, &inside, a.ifname(), |l| is_ours(l, m.mac_of(&a)))
+            container::delete_own(&k, &inside, ns, &a, removal, |l| is_ours(l, m.mac_of(&a)))
         });
         let ipam = released.unwrap_or_else(|| ipam.map(|r| r.wait()).transpose());
         link.unwrap_or(Ok(())).and(ipam.map(|_| ()))

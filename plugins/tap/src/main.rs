@@ -3,7 +3,8 @@
 //! `multiQueue`, `owner`/`group` (who may open it), `bridge` (a bridge of the container's
 //! namespace it joins), addressed by the IPAM delegate or up without an address.
 
-use libcni::attachment::{claim, container, Attachment, PendingLease, Undo};
+use libcni::attachment::container::{self, Removal};
+use libcni::attachment::{claim, Attachment, PendingLease, Undo};
 use libcni::delegate::Delegate;
 use libcni::mac::parse_mac;
 use libcni::net::{self, Kernel, LinkInfo, LinkTuning, TapOptions};
@@ -174,7 +175,9 @@ impl Plugin for TapPlugin {
         };
         let k = Kernel::new()?;
         let inside = k.connect_in(ns)?;
-        container::delete_own(&k, &inside, a.ifname(), |l| is_ours(l, t.mac_of(&a)))
+        container::delete_own(&k, &inside, ns, &a, Removal::Detached, |l| {
+            is_ours(l, t.mac_of(&a))
+        })
     }
 
     fn check(&self, args: &CmdArgs) -> Result<(), Error> {
