@@ -104,16 +104,27 @@ fn macvlan_bridge_and_private_modes() {
 }
 
 #[test]
-fn macvlan_del_retires_the_link_and_a_later_del_deletes_what_a_killed_one_left() {
+fn macvlan_del_retires_the_link_and_a_later_del_or_add_deletes_what_a_killed_one_left() {
     let host = host_with_nic("mvnic3");
     host.sh("ip link add mvhost3 link mvnic3 type macvlan mode bridge && ip addr add 10.86.0.200/24 dev mvhost3 && ip link set mvhost3 up");
+    let host_links = host.link_names();
     let data = tempfile::tempdir().unwrap();
     let conf = macvlan("mvret", "mvnic3", "bridge", "10.86.0.0/24", data.path());
     let c = Ns::new("c");
     let retired = retired_name("mvret", "rt1", "eth0");
     let call = |cmd| Call::new("macvlan", cmd, &host, &c.path(), "rt1");
-    // DEL frees the name and takes the link out of service at once; its deletion follows
+    // DEL, and at once an ADD: the old link, down and renamed, frees the name and the MAC
+    // for the new one, and its deleter, deleting by index in the container, spares it
     call("ADD").run(&conf).expect_ok();
+    call("DEL").run(&conf).expect_ok();
+    call("ADD").run(&conf).expect_ok();
+    assert!(
+        eventually(|| c.link(&retired).is_none()),
+        "{:?}",
+        c.link_names()
+    );
+    assert!(c.ping("10.86.0.200"), "the link added again works");
+    assert_eq!(host.link_names(), host_links, "a host link went");
     call("DEL").run(&conf).expect_ok();
     assert!(c.link("eth0").is_none());
     if let Some(l) = c.link(&retired) {
@@ -122,32 +133,55 @@ fn macvlan_del_retires_the_link_and_a_later_del_deletes_what_a_killed_one_left()
             "{l}"
         );
     }
-    // an ADD at once makes the link again (same name, same MAC), which the old link's
-    // deleter, deleting by index, leaves alone
-    call("ADD").run(&conf).expect_ok();
     assert!(
-        eventually(|| c.link(&retired).is_none()),
+        eventually(|| c.link_names().is_empty()),
         "{:?}",
         c.link_names()
     );
-    assert!(c.ping("10.86.0.200"), "the link added again works");
 
     // what a DEL killed once it had retired the link leaves: the runtime's next DEL
-    // deletes it and frees the address
-    c.sh(&format!(
-        "ip link set eth0 down && ip link set eth0 name {retired}"
-    ));
+    // deletes it and frees the address, or the attachment's next ADD deletes it
+    let retire_by_hand = || {
+        c.sh(&format!(
+            "ip link set eth0 down && ip link set eth0 name {retired}"
+        ))
+    };
+    call("ADD").run(&conf).expect_ok();
+    retire_by_hand();
     call("DEL").run(&conf).expect_ok();
     assert!(c.link(&retired).is_none(), "the retired link is left");
     assert_eq!(store_allocations(data.path(), "mvret"), 0);
-
-    // a link of the retired name that is not ours stays, and the DEL still works
-    c.sh(&format!("ip link add {retired} type veth peer name squat0"));
     call("ADD").run(&conf).expect_ok();
+    retire_by_hand();
+    // (that DEL had released the address before it was killed)
+    Call::new("host-local", "DEL", &host, &c.path(), "rt1")
+        .run(&conf)
+        .expect_ok();
+    call("ADD").run(&conf).expect_ok();
+    assert!(c.link(&retired).is_none(), "the ADD left the retired link");
+    assert!(c.ping("10.86.0.200"), "the link added again works");
     call("DEL").run(&conf).expect_ok();
-    assert!(c.link("eth0").is_none());
-    assert!(c.link(&retired).is_some(), "the container's own link stays");
-    assert_eq!(store_allocations(data.path(), "mvret"), 0);
+
+    // a link of the retired name that is not ours (another kind, or a macvlan with
+    // another MAC) stays, and the DEL still works
+    for squat in [
+        format!(
+            "ip link add {retired} netns {0} type veth peer name squat0 netns {0}",
+            c.name
+        ),
+        format!(
+            "ip link add {retired} link mvnic3 netns {} type macvlan",
+            c.name
+        ),
+    ] {
+        host.sh(&squat);
+        call("ADD").run(&conf).expect_ok();
+        call("DEL").run(&conf).expect_ok();
+        assert!(c.link("eth0").is_none());
+        assert!(c.link(&retired).is_some(), "the container's own link stays");
+        assert_eq!(store_allocations(data.path(), "mvret"), 0);
+        c.sh(&format!("ip link del {retired}"));
+    }
 
     // passthru (one macvlan per master): DEL deletes before it returns, so an ADD on the
     // same master can follow at once
@@ -161,11 +195,7 @@ fn macvlan_del_retires_the_link_and_a_later_del_deletes_what_a_killed_one_left()
         Call::new("macvlan", "DEL", &nic, &p.path(), "pt1")
             .run(&pass)
             .expect_ok();
-        assert!(
-            p.link_names().iter().all(|n| n == "lo"),
-            "{:?}",
-            p.link_names()
-        );
+        assert!(p.link_names().is_empty(), "{:?}", p.link_names());
     }
 }
 

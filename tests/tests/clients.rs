@@ -66,7 +66,7 @@ fn assert_nothing_left(host: &Ns, varlib: &Path, network: &str) {
     assert_no_reaper_left();
 }
 
-/// DEL's detached reaper (the veth pair's deletion) leaves no zombie under this runtime:
+/// DEL's detached reaper (a link's deletion) leaves no zombie under this runtime:
 /// it is reaped by whoever adopts it (none of these runtimes is a child subreaper).
 fn assert_no_reaper_left() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -83,7 +83,7 @@ fn assert_no_reaper_left() {
     }
 }
 
-/// Zombie processes of our plugins that delete pairs (pid, parent).
+/// Zombie processes of our plugins that delete links (pid, parent).
 fn plugin_zombies() -> Vec<(String, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -96,7 +96,8 @@ fn plugin_zombies() -> Vec<(String, String)> {
         };
         let comm = head.split_once(" (").map_or("", |(_, c)| c);
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() == Some(&"Z") && ["bridge", "ptp", "vxlan-overlay"].contains(&comm) {
+        let deleters = ["bridge", "ptp", "vxlan-overlay", "macvlan", "tap", "dummy"];
+        if fields.first() == Some(&"Z") && deleters.contains(&comm) {
             out.push((
                 entry.file_name().to_string_lossy().to_string(),
                 fields[1].to_string(),

@@ -65,9 +65,27 @@ pub enum Removal {
     Waited,
 }
 
+/// Deletes in line a link of `a`'s retired name that `ours` says is ours: what a DEL left
+/// whose deleter never ran (killed in between). An ADD of the attachment calls it before
+/// making its link, so the old one goes with the container's next use of the name.
+pub fn delete_retired(
+    k: &Kernel,
+    inside: &Netlink,
+    a: &Attachment,
+    ours: impl Fn(&LinkInfo) -> bool,
+) -> Result<(), Error> {
+    match k.run(inside.link(&a.retired_name()))?.filter(ours) {
+        Some(l) => k
+            .run(inside.delete_link_index(l.index, &l.name))
+            .map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// DEL of a link born in the container (macvlan, tap, dummy): takes `a`'s interface
-/// away when `ours` says the link there is the one ADD made, and a link of the retired
-/// name that is ours (a DEL killed before its child ran); nothing there is fine.
+/// away when `ours` says the link there is the one ADD made, and a retired one a killed
+/// DEL left ([`delete_retired`]); nothing there is fine. Whatever keeps the link from
+/// being retired or its deleter from starting, it is deleted here instead.
 pub fn delete_own(
     k: &Kernel,
     inside: &Netlink,
@@ -76,18 +94,19 @@ pub fn delete_own(
     removal: Removal,
     ours: impl Fn(&LinkInfo) -> bool,
 ) -> Result<(), Error> {
-    let retired = a.retired_name();
-    if let Some(l) = k.run(inside.link(&retired))?.filter(&ours) {
-        k.run(inside.delete_link_index(l.index, &l.name))?;
+    if let Err(e) = delete_retired(k, inside, a, &ours) {
+        eprintln!("a retired link stays: {}: {}", e.msg, e.details);
     }
     let Some(l) = k.run(inside.link(a.ifname()))?.filter(&ours) else {
         return Ok(());
     };
     if removal == Removal::Detached {
+        let retired = a.retired_name();
         match k.run(inside.retire_link(l.index, &l.name, &retired)) {
-            Ok(()) => match netns.run(|| net::delete_link_detached(l.index))? {
-                Ok(()) => return Ok(()),
-                Err(e) => eprintln!("deleting {retired} here: cannot start its deleter ({e})"),
+            Ok(()) => match netns.run(|| net::delete_link_detached(l.index)) {
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => eprintln!("deleting {retired} here: cannot start its deleter ({e})"),
+                Err(e) => eprintln!("deleting {retired} here: {e}"),
             },
             Err(e) => eprintln!("deleting {} here: {}: {}", l.name, e.msg, e.details),
         }

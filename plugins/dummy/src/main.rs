@@ -59,6 +59,7 @@ impl Plugin for Dummy {
                 .await?
                 .is_some_and(|l| is_ours(&l, &a)))
         };
+        container::delete_retired(&k, &inside, &a, |l| is_ours(l, &a))?;
         claim(&k, &mut pending, create, live)??;
         undo.delete_link(&k, &inside, a.ifname());
         let lease = pending.expect("kept unless the claim failed").wait()?;

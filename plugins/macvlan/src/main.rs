@@ -146,6 +146,7 @@ impl Plugin for MacvlanPlugin {
                 .await?
                 .is_some_and(|l| is_ours(&l, mac)))
         };
+        container::delete_retired(&k, &inside, &a, |l| is_ours(l, mac))?;
         claim(&k, &mut pending, create, live)?;
         undo.delete_link(&k, &inside, a.ifname());
         let (lease, mut r) = PendingLease::addressed(pending, 0)?;

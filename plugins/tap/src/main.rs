@@ -136,6 +136,7 @@ impl Plugin for TapPlugin {
                 .await?
                 .is_some_and(|l| is_ours(&l, mac)))
         };
+        container::delete_retired(&k, &inside, &a, |l| is_ours(l, mac))?;
         claim(&k, &mut pending, create, live)?;
         undo.delete_link(&k, &inside, a.ifname());
         let tap = k
