@@ -333,14 +333,11 @@ def flannel_rules(h, subnet, masq):
     run(["ip", "netns", "exec", h, "iptables-restore", "--noflush"], input=rules.encode())
 
 
-# vxlan-hand{suffix}: flanneld rules none, FLANNEL-FWD alone, or FLANNEL-FWD and --ip-masq.
-HAND_RULES = {"": None, "-fwd": False, "-masq": True}
-
-
-def vxlan_hand(lab, mtu, rules=""):
+def vxlan_hand(lab, mtu, rules=None):
     """flannel's VXLAN as flannel programs it, containers on a cni0 bridge as the
-    plugin attaches them, each host with the flanneld rules `rules` names (HAND_RULES)."""
-    name = f"vxlan-hand{rules}"
+    plugin attaches them; `rules` "fwd" gives each host flanneld's FLANNEL-FWD, "masq" its
+    --ip-masq rules as well, None no rule."""
+    name = f"vxlan-hand-{rules}" if rules else "vxlan-hand"
     tag = f"{name}-{mtu}"
     hosts = underlay(lab, tag, mtu)
     inner = str(mtu - VXLAN_OVERHEAD)
@@ -359,8 +356,8 @@ def vxlan_hand(lab, mtu, rules=""):
              UNDERLAY[j], "self", "permanent"])
         ip(h, "route", "replace", OVERLAY_SUBNETS[j], "via", peer_net, "dev", "flannel.1",
            "onlink")
-        if HAND_RULES[rules] is not None:
-            flannel_rules(h, OVERLAY_SUBNETS[i], HAND_RULES[rules])
+        if rules:
+            flannel_rules(h, OVERLAY_SUBNETS[i], masq=rules == "masq")
         containers.append(hand_pod(lab, tag, i, h, inner))
     return Path(name, "cross-host", mtu, containers[0][0], containers[1][0],
                 containers[1][1])
@@ -424,10 +421,10 @@ def build_paths(lab, s):
     }
     cross = {
         "overlay": lambda mtu: overlay_path(lab, "overlay", mtu, ours),
-        "vxlan-hand-masq": lambda mtu: vxlan_hand(lab, mtu, "-masq"),
+        "vxlan-hand-masq": lambda mtu: vxlan_hand(lab, mtu, "masq"),
         "overlay-nomasq": lambda mtu: overlay_path(lab, "overlay-nomasq", mtu, ours,
                                                    ip_masq=False),
-        "vxlan-hand-fwd": lambda mtu: vxlan_hand(lab, mtu, "-fwd"),
+        "vxlan-hand-fwd": lambda mtu: vxlan_hand(lab, mtu, "fwd"),
         "vxlan-hand": lambda mtu: vxlan_hand(lab, mtu),
         "directrouting": lambda mtu: overlay_path(lab, "directrouting", mtu, ours,
                                                   direct=True, ip_masq=False),

@@ -50,7 +50,8 @@ def shares(lab, path, out_dir):
             if rx.search(sym):
                 kinds[kind] += pct
                 syms[sym] += pct
-    of_busy = lambda v: round(100 * v / busy, 2)  # noqa: E731
+    def of_busy(v):
+        return round(100 * v / busy, 2)
     return (received[-1][-3] if received else "?", {k: of_busy(v) for k, v in kinds.items()},
             {k: of_busy(v) for k, v in syms.most_common(8)})
 
